@@ -1,0 +1,97 @@
+use serde::{Deserialize, Serialize};
+
+/// One replica that did not contribute to a quorum, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaFailure {
+    pub node: String,
+    pub reason: String,
+}
+
+/// The error of a store operation, as every implementation of [`crate::KvStore`]
+/// reports it: the embedded node, the cluster coordinator and the remote
+/// client. It is serializable because a node sends it to its clients as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum KvError {
+    #[error("key is empty")]
+    EmptyKey,
+    #[error("key is {len} bytes, the limit is {max}")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value is {len} bytes, the limit is {max}")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("invalid ttl: {0}")]
+    InvalidTtl(String),
+    #[error("partition {partition} is overloaded ({capacity} requests queued), retry later")]
+    Busy { partition: u16, capacity: usize },
+    #[error(
+        "{operation} needed {needed} of {replicas} replicas, {acked} acknowledged ({answered:?}); failed: {}",
+        fmt_failures(failed)
+    )]
+    Quorum {
+        operation: String,
+        needed: usize,
+        replicas: usize,
+        acked: usize,
+        answered: Vec<String>,
+        failed: Vec<ReplicaFailure>,
+    },
+    #[error("timed out after {ms} ms waiting for {what}")]
+    Timeout { what: String, ms: u64 },
+    #[error("no node can serve the request: {0}")]
+    Unavailable(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("transport error: {0}")]
+    Transport(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn fmt_failures(failed: &[ReplicaFailure]) -> String {
+    if failed.is_empty() {
+        return "none".to_string();
+    }
+    failed.iter().map(|f| format!("{} ({})", f.node, f.reason)).collect::<Vec<_>>().join(", ")
+}
+
+impl KvError {
+    /// Whether retrying the same request elsewhere or later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            KvError::Busy { .. }
+                | KvError::Quorum { .. }
+                | KvError::Timeout { .. }
+                | KvError::Unavailable(_)
+                | KvError::Transport(_)
+                | KvError::ShuttingDown
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_error_names_the_replicas() {
+        let err = KvError::Quorum {
+            operation: "put".into(),
+            needed: 2,
+            replicas: 3,
+            acked: 1,
+            answered: vec!["n1".into()],
+            failed: vec![
+                ReplicaFailure { node: "n2".into(), reason: "timed out".into() },
+                ReplicaFailure { node: "n3".into(), reason: "down".into() },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "put needed 2 of 3 replicas, 1 acknowledged ([\"n1\"]); failed: n2 (timed out), n3 (down)"
+        );
+    }
+}
