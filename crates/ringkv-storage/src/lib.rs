@@ -1,1 +1,22 @@
-//! placeholder
+//! The ringkv storage engine.
+//!
+//! [`Shard`] is one partition's in-memory state and knows nothing of disks or
+//! clocks. Durability is the [`Wal`] (one per node, group-committed) plus
+//! [`SnapshotWriter`], with [`recover`] rebuilding shards at start-up. All
+//! file access goes through the [`Disk`] trait so that tests can crash a disk
+//! the way a power cut would.
+
+mod disk;
+mod error;
+mod frame;
+mod recover;
+mod shard;
+mod snapshot;
+mod wal;
+
+pub use disk::{Disk, DiskFile, FsDisk, MemDisk};
+pub use error::StorageError;
+pub use recover::{Recovered, RecoveryConfig, RecoveryStats, compact, recover};
+pub use shard::{Applied, Digest, Shard, ShardStats, Sweep};
+pub use snapshot::{SnapshotInfo, SnapshotWriter};
+pub use wal::{Durable, FsyncPolicy, Wal, WalConfig, WalRecord, WalStats, settle};

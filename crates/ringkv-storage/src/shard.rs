@@ -1,0 +1,417 @@
+//! One partition's data: the entry map, the expiry and tombstone indexes,
+//! and the repair digest. Pure state, no I/O and no clock: every method that
+//! depends on time takes `now_ms`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use ringkv_core::{Entry, Epoch, Liveness, Version, key_hash};
+
+/// The outcome of offering an entry to a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The entry replaced what was stored (it was newer).
+    pub changed: bool,
+    /// A live value was visible under the key just before.
+    pub was_live: bool,
+}
+
+/// Work done by one bounded sweep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub expired: usize,
+    pub purged: usize,
+    /// The budget ran out with eligible work left.
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Stored entries, including dead markers not yet purged.
+    pub entries: usize,
+    /// Values, counting ones whose TTL passed but were not swept yet.
+    pub values: usize,
+    pub value_bytes: usize,
+    pub key_bytes: usize,
+}
+
+/// A partition's shard.
+///
+/// Dead entries (tombstones, expired values) stay as markers without their
+/// value until they may be purged, so that an older copy arriving from
+/// another replica, a hint or the log cannot bring the key back. Purging is
+/// decided by the caller through `purge_before_ms` in [`Shard::sweep`].
+///
+/// The map is ordered so that snapshots and repair can walk it in resumable
+/// chunks while the owner keeps serving between chunks.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    entries: BTreeMap<Box<[u8]>, Entry>,
+    /// Live values with a TTL, by expiry instant.
+    expiries: BTreeSet<(u64, Box<[u8]>)>,
+    /// Dead markers, by the wall-clock instant the key died.
+    graves: BTreeSet<(u64, Box<[u8]>)>,
+    epoch: Epoch,
+    digest: Digest,
+    stats: ShardStats,
+}
+
+impl Shard {
+    pub fn new(digest_leaves: usize) -> Shard {
+        Shard {
+            entries: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            graves: BTreeSet::new(),
+            epoch: Epoch::NONE,
+            digest: Digest::new(digest_leaves),
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// The stored entry, dead or alive, unless the truncate epoch covers it.
+    pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
+        self.entries.get(key).filter(|e| !self.epoch.covers(e.version))
+    }
+
+    /// The value a reader sees at `now_ms`.
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Bytes> {
+        self.entries.get(key).and_then(|e| e.live_value(now_ms, self.epoch))
+    }
+
+    pub fn is_live(&self, key: &[u8], now_ms: u64) -> bool {
+        self.get(key, now_ms).is_some()
+    }
+
+    /// Merges `incoming` into the shard under last-writer-wins.
+    pub fn apply(&mut self, key: &[u8], incoming: Entry, now_ms: u64) -> Applied {
+        let was_live = self.is_live(key, now_ms);
+        if self.epoch.covers(incoming.version) {
+            return Applied { changed: false, was_live };
+        }
+        if let Some(existing) = self.entries.get(key)
+            && !incoming.supersedes(existing)
+        {
+            return Applied { changed: false, was_live };
+        }
+        let incoming = normalize(incoming, now_ms);
+        self.replace(key, incoming);
+        Applied { changed: true, was_live }
+    }
+
+    /// Applies `incoming` only if nothing newer than `expected` is stored,
+    /// so a read-modify-write (expire, persist) cannot silently undo a write
+    /// that raced with it. Returns the stored version on conflict.
+    pub fn apply_if_not_newer(&mut self, key: &[u8], incoming: Entry, expected: Version, now_ms: u64) -> Result<Applied, Version> {
+        match self.entry(key) {
+            Some(existing) if existing.version > expected => Err(existing.version),
+            _ => Ok(self.apply(key, incoming, now_ms)),
+        }
+    }
+
+    fn replace(&mut self, key: &[u8], new: Entry) {
+        let boxed: Box<[u8]> = key.into();
+        let hash = key_hash(key);
+        self.index(&boxed, &new, hash, true);
+        if let Some(old) = self.entries.insert(boxed.clone(), new) {
+            self.index(&boxed, &old, hash, false);
+        } else {
+            self.stats.entries += 1;
+            self.stats.key_bytes += key.len();
+        }
+    }
+
+    /// Adds (or removes) an entry's contribution to the indexes, digest and
+    /// statistics. Every change to `entries` goes through here in pairs.
+    fn index(&mut self, key: &Box<[u8]>, entry: &Entry, hash: u64, add: bool) {
+        self.digest.toggle(hash, key, entry.version);
+        let slot = match (&entry.value, entry.expires_at) {
+            (Some(_), Some(at)) => Some((&mut self.expiries, at)),
+            (Some(_), None) => None,
+            // An expired value keeps its expiry as its time of death.
+            (None, at) => Some((&mut self.graves, at.unwrap_or(entry.version.ts.wall_ms()))),
+        };
+        if let Some((set, at)) = slot {
+            if add {
+                set.insert((at, key.clone()));
+            } else {
+                set.remove(&(at, key.clone()));
+            }
+        }
+        if let Some(v) = &entry.value {
+            if add {
+                self.stats.values += 1;
+                self.stats.value_bytes += v.len();
+            } else {
+                self.stats.values -= 1;
+                self.stats.value_bytes -= v.len();
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let (boxed, old) = self.entries.remove_entry(key)?;
+        self.index(&boxed, &old, key_hash(key), false);
+        self.stats.entries -= 1;
+        self.stats.key_bytes -= key.len();
+        Some(old)
+    }
+
+    /// Bounded background expiry and purge: values whose TTL has passed lose
+    /// their bytes and become dead markers; dead markers that died before
+    /// `purge_before_ms` are dropped. At most `budget` keys are touched.
+    pub fn sweep(&mut self, now_ms: u64, purge_before_ms: u64, budget: usize) -> Sweep {
+        let mut done = Sweep::default();
+        while done.expired + done.purged < budget {
+            let Some((at, key)) = self.expiries.first().cloned() else { break };
+            if at > now_ms {
+                break;
+            }
+            let entry = self.entries.get(&key).cloned().expect("expiry index points at a stored entry");
+            self.replace(&key, normalize(entry, now_ms));
+            done.expired += 1;
+        }
+        while done.expired + done.purged < budget {
+            let Some((at, key)) = self.graves.first().cloned() else { break };
+            if at >= purge_before_ms {
+                break;
+            }
+            self.remove(&key);
+            done.purged += 1;
+        }
+        done.more = self.expiries.first().is_some_and(|(at, _)| *at <= now_ms)
+            || self.graves.first().is_some_and(|(at, _)| *at < purge_before_ms);
+        done
+    }
+
+    /// Raises the truncate epoch and drops everything it covers. The epoch
+    /// itself keeps rejecting older entries afterwards, so no marker is kept.
+    pub fn truncate(&mut self, epoch: Epoch) -> usize {
+        if epoch <= self.epoch {
+            return 0;
+        }
+        self.epoch = epoch;
+        let covered: Vec<Box<[u8]>> =
+            self.entries.iter().filter(|(_, e)| epoch.covers(e.version)).map(|(k, _)| k.clone()).collect();
+        for key in &covered {
+            self.remove(key);
+        }
+        covered.len()
+    }
+
+    /// Up to `limit` entries in key order strictly after `after`, for
+    /// snapshots and streaming. Entries covered by the epoch are left out.
+    pub fn chunk_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<(Bytes, Entry)> {
+        let start = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        self.entries
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .filter(|(_, e)| !self.epoch.covers(e.version))
+            .take(limit)
+            .map(|(k, e)| (Bytes::copy_from_slice(k), e.clone()))
+            .collect()
+    }
+
+    /// Entries whose keys fall into the given digest leaves, for repair.
+    pub fn entries_in_leaves(&self, leaves: &[usize]) -> Vec<(Bytes, Entry)> {
+        let wanted: BTreeSet<usize> = leaves.iter().copied().collect();
+        self.entries
+            .iter()
+            .filter(|(k, e)| !self.epoch.covers(e.version) && wanted.contains(&self.digest.leaf_of(key_hash(k))))
+            .map(|(k, e)| (Bytes::copy_from_slice(k), e.clone()))
+            .collect()
+    }
+
+    /// Every key a reader could see at `now_ms`, for tests and tooling.
+    pub fn live_keys(&self, now_ms: u64) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().filter(move |(_, e)| e.liveness(now_ms, self.epoch) == Liveness::Live).map(|(k, _)| &**k)
+    }
+}
+
+/// A value whose TTL already passed is stored as a dead marker: same
+/// version, no bytes. Every replica makes the same conversion at the same
+/// instant because the expiry is absolute.
+fn normalize(entry: Entry, now_ms: u64) -> Entry {
+    if entry.value.is_some() && entry.is_expired(now_ms) {
+        Entry { version: entry.version, value: None, expires_at: entry.expires_at }
+    } else {
+        entry
+    }
+}
+
+/// Bucketed hash of a shard's contents, maintained incrementally.
+///
+/// Each key falls into one leaf by its hash; a leaf is the XOR of
+/// `hash(key, version)` over its entries, so adding or removing an entry is
+/// one XOR and the order of writes does not matter. Two replicas with equal
+/// leaves hold the same versions; differing leaves name the keys to exchange.
+/// Interior nodes of the tree are XORs of their children and are computed on
+/// demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    leaves: Box<[u64]>,
+}
+
+impl Digest {
+    pub fn new(leaves: usize) -> Digest {
+        assert!(leaves.is_power_of_two(), "digest leaves must be a power of two");
+        Digest { leaves: vec![0; leaves].into_boxed_slice() }
+    }
+
+    pub fn leaves(&self) -> &[u64] {
+        &self.leaves
+    }
+
+    pub fn leaf_of(&self, key_hash: u64) -> usize {
+        // The low bits chose the partition; the high bits spread keys over
+        // leaves independently of that.
+        ((key_hash >> 32) as usize) & (self.leaves.len() - 1)
+    }
+
+    fn toggle(&mut self, key_hash: u64, key: &[u8], version: Version) {
+        let leaf = self.leaf_of(key_hash);
+        self.leaves[leaf] ^= entry_hash(key, version);
+    }
+
+    /// The XOR of `group`-sized runs of leaves: the tree one level up.
+    pub fn fold(&self, group: usize) -> Vec<u64> {
+        self.leaves.chunks(group).map(|c| c.iter().fold(0, |a, b| a ^ b)).collect()
+    }
+
+    pub fn root(&self) -> u64 {
+        self.leaves.iter().fold(0, |a, b| a ^ b)
+    }
+}
+
+fn entry_hash(key: &[u8], version: Version) -> u64 {
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&version.ts.0.to_le_bytes());
+    buf[8..].copy_from_slice(&version.node.0.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, xxhash_rust::xxh3::xxh3_64(&buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_core::{NodeTag, Timestamp};
+
+    fn v(ts: u64) -> Version {
+        Version { ts: Timestamp::new(ts, 0), node: NodeTag(1) }
+    }
+
+    fn val(ts: u64, s: &'static str, exp: Option<u64>) -> Entry {
+        Entry::value(v(ts), Bytes::from_static(s.as_bytes()), exp)
+    }
+
+    #[test]
+    fn lww_and_lazy_expiry() {
+        let mut s = Shard::new(16);
+        assert!(s.apply(b"k", val(10, "a", None), 0).changed);
+        assert!(!s.apply(b"k", val(5, "old", None), 0).changed, "older write loses");
+        assert_eq!(s.get(b"k", 0).unwrap(), "a");
+        s.apply(b"k", val(20, "b", Some(100)), 0);
+        assert_eq!(s.get(b"k", 99).unwrap(), "b");
+        assert_eq!(s.get(b"k", 100), None, "expired before any sweep");
+        let applied = s.apply(b"k", Entry::tombstone(v(30)), 50);
+        assert_eq!(applied, Applied { changed: true, was_live: true });
+        assert_eq!(s.get(b"k", 0), None);
+        assert!(!s.apply(b"k", val(25, "resurrect?", None), 0).changed, "tombstone blocks older values");
+    }
+
+    #[test]
+    fn sweep_reclaims_within_budget_and_purges_only_before_horizon() {
+        let mut s = Shard::new(16);
+        for i in 0..10u8 {
+            s.apply(&[i], val(1, "xxxxxxxx", Some(100 + u64::from(i))), 0);
+        }
+        assert_eq!(s.stats().value_bytes, 80);
+        let first = s.sweep(105, 0, 4);
+        assert_eq!(first, Sweep { expired: 4, purged: 0, more: true });
+        let second = s.sweep(105, 0, 100);
+        assert_eq!(second, Sweep { expired: 2, purged: 0, more: false });
+        assert_eq!(s.stats().values, 4);
+        assert_eq!(s.stats().value_bytes, 32);
+        assert_eq!(s.stats().entries, 10, "dead markers stay until the purge horizon");
+        let purge = s.sweep(105, 104, 100);
+        assert_eq!(purge.purged, 4, "only keys that died before the horizon");
+        assert_eq!(s.stats().entries, 6);
+        // A purged key accepts writes again.
+        assert!(s.apply(&[0], val(2, "new", None), 200).changed);
+    }
+
+    #[test]
+    fn writes_arriving_already_expired_are_stored_dead() {
+        let mut s = Shard::new(16);
+        s.apply(b"k", val(1, "x", Some(10)), 20);
+        assert_eq!(s.stats().values, 0);
+        assert!(s.entry(b"k").unwrap().is_tombstone());
+        assert_eq!(s.get(b"k", 0), None);
+    }
+
+    #[test]
+    fn truncate_drops_covered_and_rejects_older() {
+        let mut s = Shard::new(16);
+        s.apply(b"a", val(1, "x", None), 0);
+        s.apply(b"b", val(3, "y", Some(1_000)), 0);
+        assert_eq!(s.truncate(Epoch(Timestamp::new(2, 0))), 1);
+        assert_eq!(s.get(b"a", 0), None);
+        assert_eq!(s.get(b"b", 0).unwrap(), "y");
+        assert!(!s.apply(b"a", val(2, "late", None), 0).changed);
+        assert!(s.apply(b"a", val(4, "after", None), 0).changed);
+        assert_eq!(s.truncate(Epoch(Timestamp::new(1, 0))), 0, "epochs never go back");
+    }
+
+    #[test]
+    fn conditional_apply_refuses_when_something_newer_is_stored() {
+        let mut s = Shard::new(16);
+        s.apply(b"k", val(5, "x", None), 0);
+        assert_eq!(s.apply_if_not_newer(b"k", val(6, "x", Some(10)), v(4), 0), Err(v(5)));
+        assert!(s.apply_if_not_newer(b"k", val(6, "x", Some(10)), v(5), 0).unwrap().changed);
+    }
+
+    #[test]
+    fn digest_depends_on_contents_not_history() {
+        let mut a = Shard::new(64);
+        let mut b = Shard::new(64);
+        a.apply(b"x", val(1, "1", None), 0);
+        a.apply(b"y", val(2, "2", None), 0);
+        a.apply(b"x", val(3, "3", None), 0);
+        b.apply(b"y", val(2, "2", None), 0);
+        b.apply(b"x", val(3, "3", None), 0);
+        assert_eq!(a.digest(), b.digest());
+        b.apply(b"z", val(4, "4", None), 0);
+        assert_ne!(a.digest().root(), b.digest().root());
+        let differing: Vec<usize> =
+            (0..64).filter(|i| a.digest().leaves()[*i] != b.digest().leaves()[*i]).collect();
+        assert_eq!(differing.len(), 1);
+        let exchanged = b.entries_in_leaves(&differing);
+        assert!(exchanged.iter().any(|(k, _)| &k[..] == b"z"));
+    }
+
+    #[test]
+    fn chunks_resume_in_key_order() {
+        let mut s = Shard::new(16);
+        for i in 0..10u8 {
+            s.apply(&[i], val(1, "x", None), 0);
+        }
+        let first = s.chunk_after(None, 4);
+        assert_eq!(first.len(), 4);
+        let rest = s.chunk_after(Some(&first[3].0), 100);
+        assert_eq!(rest.len(), 6);
+        assert_eq!(&rest[0].0[..], &[4u8]);
+    }
+}

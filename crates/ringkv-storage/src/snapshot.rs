@@ -1,0 +1,155 @@
+//! Snapshots compact the log.
+//!
+//! Taking one never stops writes: the log is rotated first, so every record
+//! in the closed segments was applied to memory before the snapshot starts
+//! reading; then the shards are read in chunks while they keep serving. A
+//! write that lands during the snapshot is in the new segment and may also
+//! be in the snapshot, which is harmless because replay is a merge. Once the
+//! snapshot is durable under its final name, the closed segments go.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ringkv_core::{Entry, Epoch};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::disk::Disk;
+use crate::{StorageError, frame};
+
+const MAGIC: &[u8; 8] = b"RKVSNAP\0";
+pub(crate) const FORMAT: u32 = 1;
+pub(crate) const HEADER_LEN: usize = 20;
+const RECORD_FORMAT: u8 = 1;
+
+pub(crate) fn snapshot_name(covers: u64) -> String {
+    format!("snap-{covers:020}.snap")
+}
+
+pub(crate) fn parse_snapshot_name(name: &str) -> Option<u64> {
+    name.strip_prefix("snap-")?.strip_suffix(".snap")?.parse().ok()
+}
+
+pub(crate) fn header(covers: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    h[12..].copy_from_slice(&covers.to_le_bytes());
+    h
+}
+
+pub(crate) fn check_header(h: &[u8; HEADER_LEN]) -> Result<u32, &'static str> {
+    if &h[..8] != MAGIC {
+        return Err("not a ringkv snapshot (bad magic)");
+    }
+    Ok(u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SnapRecord {
+    Chunk { partition: u16, entries: Vec<(Bytes, Entry)> },
+    End { entries: u64, epoch: Epoch },
+}
+
+impl SnapRecord {
+    pub(crate) fn decode(payload: &[u8]) -> Result<SnapRecord, String> {
+        match payload.split_first() {
+            Some((&RECORD_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}")),
+            Some((other, _)) => Err(format!("record format {other}, this build reads {RECORD_FORMAT}")),
+            None => Err("empty record".into()),
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        let payload = postcard::to_extend(self, vec![RECORD_FORMAT])
+            .map_err(|e| StorageError::Encode { what: "snapshot record", reason: e.to_string() })?;
+        let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
+        frame::encode(&payload, &mut out);
+        Ok(out)
+    }
+}
+
+enum Msg {
+    Chunk(u16, Vec<(Bytes, Entry)>),
+    Finish(Epoch, oneshot::Sender<Result<SnapshotInfo, StorageError>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub covers: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Writes one snapshot on a thread of its own, fed chunk by chunk.
+/// Dropping it unfinished removes the partial file.
+pub struct SnapshotWriter {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SnapshotWriter {
+    /// `covers` is the last log segment whose records the snapshot includes
+    /// (the value [`crate::Wal::rotate`] returned).
+    pub fn start(disk: Arc<dyn Disk>, covers: u64) -> Result<SnapshotWriter, StorageError> {
+        let tmp = format!("snap-{covers:020}.tmp");
+        let mut file = disk.create(&tmp).map_err(|e| StorageError::io(disk.path(&tmp), e))?;
+        file.write_all(&header(covers)).map_err(|e| StorageError::io(disk.path(&tmp), e))?;
+        let (tx, mut rx) = mpsc::channel::<Msg>(4);
+        let spawned = std::thread::Builder::new().name("ringkv-snapshot".into()).spawn(move || {
+            let io = |e| StorageError::io(disk.path(&tmp), e);
+            let mut entries = 0u64;
+            let mut bytes = HEADER_LEN as u64;
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    Msg::Chunk(partition, chunk) => {
+                        entries += chunk.len() as u64;
+                        let written = SnapRecord::Chunk { partition, entries: chunk }
+                            .encode()
+                            .and_then(|buf| file.write_all(&buf).map_err(io).map(|()| buf.len()));
+                        match written {
+                            Ok(n) => bytes += n as u64,
+                            Err(e) => {
+                                tracing::error!(error = %e, "snapshot write failed");
+                                break;
+                            }
+                        }
+                    }
+                    Msg::Finish(epoch, done) => {
+                        let result = SnapRecord::End { entries, epoch }
+                            .encode()
+                            .and_then(|buf| {
+                                bytes += buf.len() as u64;
+                                file.write_all(&buf).map_err(io)
+                            })
+                            .and_then(|()| file.sync().map_err(io))
+                            .and_then(|()| {
+                                let name = snapshot_name(covers);
+                                disk.rename(&tmp, &name).map_err(|e| StorageError::io(disk.path(&name), e))
+                            })
+                            .map(|()| SnapshotInfo { covers, entries, bytes });
+                        let _ = done.send(result);
+                        return;
+                    }
+                }
+            }
+            let _ = disk.remove(&tmp);
+        });
+        spawned.map_err(|e| StorageError::WriterStopped(format!("cannot start the snapshot thread: {e}")))?;
+        Ok(SnapshotWriter { tx })
+    }
+
+    pub async fn add(&self, partition: u16, entries: Vec<(Bytes, Entry)>) -> Result<(), StorageError> {
+        self.tx.send(Msg::Chunk(partition, entries)).await.map_err(|_| snapshot_failed())
+    }
+
+    /// Makes the snapshot durable under its final name.
+    pub async fn finish(self, epoch: Epoch) -> Result<SnapshotInfo, StorageError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Msg::Finish(epoch, done)).await.map_err(|_| snapshot_failed())?;
+        rx.await.map_err(|_| snapshot_failed())?
+    }
+}
+
+fn snapshot_failed() -> StorageError {
+    StorageError::WriterStopped("the snapshot writer stopped; see the log for the error".into())
+}
