@@ -55,7 +55,11 @@ pub enum KeyTtl {
 /// `&'static str`, a `String`, a `Vec<u8>`) can be passed without copying
 /// twice. Every method validates sizes before anything is written.
 pub trait KvStore: Send + Sync {
-    fn put(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send) -> impl Future<Output = Result<(), KvError>> + Send;
+    fn put(
+        &self,
+        key: impl Into<Bytes> + Send,
+        value: impl Into<Bytes> + Send,
+    ) -> impl Future<Output = Result<(), KvError>> + Send;
 
     /// Stores a value that disappears for every reader `ttl` from now.
     fn put_with_ttl(
@@ -76,7 +80,8 @@ pub trait KvStore: Send + Sync {
 
     /// Sets a time to live on an existing key. Returns false if the key does
     /// not exist.
-    fn expire(&self, key: impl Into<Bytes> + Send, ttl: Duration) -> impl Future<Output = Result<bool, KvError>> + Send;
+    fn expire(&self, key: impl Into<Bytes> + Send, ttl: Duration)
+    -> impl Future<Output = Result<bool, KvError>> + Send;
 
     /// Removes the time to live of an existing key. Returns false if the key
     /// does not exist or had no time to live.

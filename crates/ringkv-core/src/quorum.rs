@@ -83,11 +83,9 @@ pub fn resolve_read(answers: &[(String, Option<Entry>)]) -> ReadResolution {
     let newest = answers.iter().filter_map(|(_, e)| e.clone()).reduce(Entry::merge);
     let stale = match &newest {
         None => Vec::new(),
-        Some(winner) => answers
-            .iter()
-            .filter(|(_, e)| e.as_ref() != Some(winner))
-            .map(|(node, _)| node.clone())
-            .collect(),
+        Some(winner) => {
+            answers.iter().filter(|(_, e)| e.as_ref() != Some(winner)).map(|(node, _)| node.clone()).collect()
+        }
     };
     ReadResolution { newest, stale }
 }

@@ -15,10 +15,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         other => return Err(format!("unknown duration unit '{other}' in '{text}' (use ms, s, m, h or d)")),
     };
-    amount
-        .checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration '{text}' is too large"))
+    amount.checked_mul(ms_per_unit).map(Duration::from_millis).ok_or_else(|| format!("duration '{text}' is too large"))
 }
 
 /// The inverse of [`parse_duration`] for display, in the largest unit that
@@ -26,7 +23,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

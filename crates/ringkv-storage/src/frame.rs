@@ -31,9 +31,13 @@ pub enum Next {
     /// An incomplete last write: a partial header, a payload cut short by
     /// the end of the file, a checksum failure on the very last record, or
     /// zero fill. Safe to truncate at [`FrameReader::offset`].
-    Torn { reason: &'static str },
+    Torn {
+        reason: &'static str,
+    },
     /// Damage with intact data after it: not something a crash produces.
-    Corrupt { reason: String },
+    Corrupt {
+        reason: String,
+    },
 }
 
 /// Reads frames from a file of known length, one at a time.
@@ -77,7 +81,9 @@ impl<R: Read> FrameReader<R> {
         }
         let len = len as usize;
         if len > self.max_len {
-            return Ok(Next::Corrupt { reason: format!("record of {len} bytes exceeds the maximum of {}", self.max_len) });
+            return Ok(Next::Corrupt {
+                reason: format!("record of {len} bytes exceeds the maximum of {}", self.max_len),
+            });
         }
         let end = self.offset + (HEADER_LEN + len) as u64;
         if end > self.file_len {

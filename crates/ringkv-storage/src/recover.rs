@@ -6,12 +6,12 @@ use std::io::Read;
 
 use ringkv_core::{Epoch, Partitioner, Timestamp};
 
+use crate::StorageError;
 use crate::disk::Disk;
 use crate::frame::{FrameReader, Next};
 use crate::shard::Shard;
 use crate::snapshot::{self, SnapRecord, parse_snapshot_name, snapshot_name};
 use crate::wal::{self, WalRecord, parse_segment_name, segment_name};
-use crate::StorageError;
 
 const META: &str = "ringkv.meta";
 const META_FORMAT: u32 = 1;
@@ -144,7 +144,12 @@ fn check_meta(disk: &dyn Disk, config: &RecoveryConfig) -> Result<(), StorageErr
             .filter_map(|l| l.split_once('='))
             .find(|(k, _)| k.trim() == name)
             .map(|(_, v)| v.trim().trim_matches('"').to_string())
-            .ok_or_else(|| StorageError::Corrupt { kind: "meta file", path: path.clone(), offset: 0, reason: format!("no {name} field") })
+            .ok_or_else(|| StorageError::Corrupt {
+                kind: "meta file",
+                path: path.clone(),
+                offset: 0,
+                reason: format!("no {name} field"),
+            })
     };
     let format: u32 = field("format")?.parse().unwrap_or(0);
     if format != META_FORMAT {
@@ -177,7 +182,8 @@ fn load_snapshot(
 ) -> Result<(u64, Epoch), StorageError> {
     let name = snapshot_name(covers);
     let path = disk.path(&name);
-    let corrupt = |offset: u64, reason: String| StorageError::Corrupt { kind: "snapshot", path: path.clone(), offset, reason };
+    let corrupt =
+        |offset: u64, reason: String| StorageError::Corrupt { kind: "snapshot", path: path.clone(), offset, reason };
     let io = |e| StorageError::io(path.clone(), e);
     let len = disk.len(&name).map_err(io)?;
     let mut reader = disk.open_read(&name).map_err(io)?;
@@ -215,7 +221,10 @@ fn load_snapshot(
             }
             SnapRecord::End { entries, epoch } => {
                 if entries != loaded {
-                    return Err(corrupt(offset, format!("end record counts {entries} entries, the file holds {loaded}")));
+                    return Err(corrupt(
+                        offset,
+                        format!("end record counts {entries} entries, the file holds {loaded}"),
+                    ));
                 }
                 return Ok((loaded, epoch));
             }
@@ -235,7 +244,12 @@ fn replay_segment(
     let name = segment_name(seq);
     let path = disk.path(&name);
     let io = |e| StorageError::io(path.clone(), e);
-    let corrupt = |offset: u64, reason: String| StorageError::Corrupt { kind: "write-ahead log", path: path.clone(), offset, reason };
+    let corrupt = |offset: u64, reason: String| StorageError::Corrupt {
+        kind: "write-ahead log",
+        path: path.clone(),
+        offset,
+        reason,
+    };
     let len = disk.len(&name).map_err(io)?;
     let mut head = [0u8; wal::SEGMENT_HEADER_LEN];
     if len < head.len() as u64 {
@@ -251,7 +265,11 @@ fn replay_segment(
     reader.read_exact(&mut head).map_err(io)?;
     let (format, header_seq) = wal::check_segment_header(&head).map_err(|r| corrupt(0, r.into()))?;
     if format != wal::SEGMENT_FORMAT {
-        return Err(StorageError::UnsupportedFormat { path: path.clone(), found: format, supported: wal::SEGMENT_FORMAT });
+        return Err(StorageError::UnsupportedFormat {
+            path: path.clone(),
+            found: format,
+            supported: wal::SEGMENT_FORMAT,
+        });
     }
     if header_seq != seq {
         return Err(corrupt(12, format!("header says segment {header_seq}, the file name says {seq}")));
@@ -270,14 +288,19 @@ fn replay_segment(
                 stats.torn = Some((name.clone(), offset, reason));
                 return Ok(Some(epoch));
             }
-            Next::Torn { reason } => return Err(corrupt(offset, format!("{reason} in a segment that is not the last"))),
+            Next::Torn { reason } => {
+                return Err(corrupt(offset, format!("{reason} in a segment that is not the last")));
+            }
             Next::Corrupt { reason } => return Err(corrupt(offset, reason)),
         };
         stats.records += 1;
         match WalRecord::decode(&payload).map_err(|r| corrupt(offset, r))? {
             WalRecord::Entry { partition, key, entry } => {
                 if partitioner.partition_of(&key).0 != partition {
-                    return Err(corrupt(offset, format!("key logged under partition {partition} does not belong there")));
+                    return Err(corrupt(
+                        offset,
+                        format!("key logged under partition {partition} does not belong there"),
+                    ));
                 }
                 stats.max_timestamp = stats.max_timestamp.max(entry.version.ts);
                 shards[partition as usize].apply(&key, entry, now_ms);

@@ -114,7 +114,13 @@ impl Shard {
     /// Applies `incoming` only if nothing newer than `expected` is stored,
     /// so a read-modify-write (expire, persist) cannot silently undo a write
     /// that raced with it. Returns the stored version on conflict.
-    pub fn apply_if_not_newer(&mut self, key: &[u8], incoming: Entry, expected: Version, now_ms: u64) -> Result<Applied, Version> {
+    pub fn apply_if_not_newer(
+        &mut self,
+        key: &[u8],
+        incoming: Entry,
+        expected: Version,
+        now_ms: u64,
+    ) -> Result<Applied, Version> {
         match self.entry(key) {
             Some(existing) if existing.version > expected => Err(existing.version),
             _ => Ok(self.apply(key, incoming, now_ms)),
@@ -395,8 +401,7 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         b.apply(b"z", val(4, "4", None), 0);
         assert_ne!(a.digest().root(), b.digest().root());
-        let differing: Vec<usize> =
-            (0..64).filter(|i| a.digest().leaves()[*i] != b.digest().leaves()[*i]).collect();
+        let differing: Vec<usize> = (0..64).filter(|i| a.digest().leaves()[*i] != b.digest().leaves()[*i]).collect();
         assert_eq!(differing.len(), 1);
         let exchanged = b.entries_in_leaves(&differing);
         assert!(exchanged.iter().any(|(k, _)| &k[..] == b"z"));

@@ -313,7 +313,9 @@ impl Writer {
             return Err(self.fail(e.to_string()));
         }
         if let Err(e) = self.file.write_all(batch) {
-            return Err(self.fail(format!("write to {} failed: {e}", self.disk.path(&segment_name(self.seq)).display())));
+            return Err(
+                self.fail(format!("write to {} failed: {e}", self.disk.path(&segment_name(self.seq)).display()))
+            );
         }
         self.len += batch.len() as u64;
         self.dirty = true;
@@ -342,7 +344,9 @@ impl Writer {
             return Ok(());
         }
         if let Err(e) = self.file.sync() {
-            return Err(self.fail(format!("fsync of {} failed: {e}", self.disk.path(&segment_name(self.seq)).display())));
+            return Err(
+                self.fail(format!("fsync of {} failed: {e}", self.disk.path(&segment_name(self.seq)).display()))
+            );
         }
         self.dirty = false;
         self.last_sync = Instant::now();

@@ -15,7 +15,11 @@ fn config() -> RecoveryConfig {
 
 fn record(i: u32) -> Vec<u8> {
     let key = Bytes::from(format!("key-{i}"));
-    let entry = Entry::value(Version { ts: Timestamp::new(1_000 + u64::from(i), 0), node: NodeTag(1) }, Bytes::from(vec![7u8; 100]), None);
+    let entry = Entry::value(
+        Version { ts: Timestamp::new(1_000 + u64::from(i), 0), node: NodeTag(1) },
+        Bytes::from(vec![7u8; 100]),
+        None,
+    );
     WalRecord::Entry { partition: Partitioner::new(P).partition_of(&key).0, key, entry }.encode().unwrap()
 }
 
