@@ -141,7 +141,7 @@ impl Shard {
 
     /// Adds (or removes) an entry's contribution to the indexes, digest and
     /// statistics. Every change to `entries` goes through here in pairs.
-    fn index(&mut self, key: &Box<[u8]>, entry: &Entry, hash: u64, add: bool) {
+    fn index(&mut self, key: &[u8], entry: &Entry, hash: u64, add: bool) {
         self.digest.toggle(hash, key, entry.version);
         let slot = match (&entry.value, entry.expires_at) {
             (Some(_), Some(at)) => Some((&mut self.expiries, at)),
@@ -151,9 +151,9 @@ impl Shard {
         };
         if let Some((set, at)) = slot {
             if add {
-                set.insert((at, key.clone()));
+                set.insert((at, key.into()));
             } else {
-                set.remove(&(at, key.clone()));
+                set.remove(&(at, key.into()));
             }
         }
         if let Some(v) = &entry.value {
