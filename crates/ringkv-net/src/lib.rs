@@ -1,1 +1,12 @@
-//! placeholder
+//! ringkv's network layer: the versioned wire protocol, QUIC endpoints with
+//! mutual TLS, and certificate generation for a cluster CA.
+
+pub mod certs;
+mod endpoint;
+mod error;
+pub mod tls;
+pub mod wire;
+
+pub use endpoint::{Connector, Handler, ServeOptions, bind, from_socket, serve};
+pub use error::NetError;
+pub use quinn::Endpoint;

@@ -1,0 +1,122 @@
+//! Certificate generation for `ringkv certs`: a cluster CA, node
+//! certificates (server and client use, since nodes call each other) and a
+//! client certificate.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+
+use crate::NetError;
+use crate::tls::SERVER_NAME;
+
+const CA_NAME: &str = "ringkv cluster CA";
+
+fn gen_err(e: rcgen::Error) -> NetError {
+    NetError::CertGen(e.to_string())
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, CA_NAME);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+}
+
+fn write(path: PathBuf, contents: &str, written: &mut Vec<PathBuf>) -> Result<(), NetError> {
+    std::fs::write(&path, contents).map_err(|e| NetError::File { path: path.clone(), reason: e.to_string() })?;
+    written.push(path);
+    Ok(())
+}
+
+fn issue(
+    dir: &Path,
+    stem: &str,
+    common_name: &str,
+    sans: Vec<String>,
+    usage: Vec<ExtendedKeyUsagePurpose>,
+    issuer: &Issuer<'_, KeyPair>,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), NetError> {
+    let mut params = CertificateParams::new(sans).map_err(gen_err)?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.extended_key_usages = usage;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
+    write(dir.join(format!("{stem}.crt")), &cert.pem(), written)?;
+    write(dir.join(format!("{stem}.key")), &key.serialize_pem(), written)
+}
+
+fn node_sans(name: &str, extra: &[String]) -> Vec<String> {
+    let mut sans = vec![SERVER_NAME.to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if name != "node" {
+        sans.push(name.to_string());
+    }
+    sans.extend(extra.iter().cloned());
+    sans.dedup();
+    sans
+}
+
+/// Creates a new CA, the shared `node` certificate, one certificate per name
+/// in `nodes`, and `client`. Refuses to overwrite an existing CA.
+pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
+    std::fs::create_dir_all(dir).map_err(|e| NetError::File { path: dir.into(), reason: e.to_string() })?;
+    if dir.join("ca.key").exists() {
+        return Err(NetError::CertGen(format!(
+            "{} already holds a CA; remove it first or issue more certificates with `ringkv certs issue`",
+            dir.display()
+        )));
+    }
+    let mut written = Vec::new();
+    let ca_key = KeyPair::generate().map_err(gen_err)?;
+    let ca_cert = ca_params().self_signed(&ca_key).map_err(gen_err)?;
+    write(dir.join("ca.crt"), &ca_cert.pem(), &mut written)?;
+    write(dir.join("ca.key"), &ca_key.serialize_pem(), &mut written)?;
+    restrict(&dir.join("ca.key"))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    for name in std::iter::once("node").chain(nodes.iter().map(String::as_str)) {
+        issue_node(dir, name, extra_sans, &issuer, &mut written)?;
+    }
+    let client_usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    issue(dir, "client", "ringkv client", vec![], client_usage, &issuer, &mut written)?;
+    Ok(written)
+}
+
+/// Issues one more node certificate from the CA in `dir`.
+pub fn issue_node_cert(dir: &Path, name: &str, extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
+    let key_path = dir.join("ca.key");
+    let pem = std::fs::read_to_string(&key_path).map_err(|e| NetError::File { path: key_path.clone(), reason: e.to_string() })?;
+    let ca_key = KeyPair::from_pem(&pem).map_err(|e| NetError::Certificate { path: key_path, reason: e.to_string() })?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut written = Vec::new();
+    issue_node(dir, name, extra_sans, &issuer, &mut written)?;
+    Ok(written)
+}
+
+fn issue_node(
+    dir: &Path,
+    name: &str,
+    extra_sans: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), NetError> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(NetError::CertGen(format!("'{name}' is not a usable node name (letters, digits, - _ .)")));
+    }
+    let usage = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    issue(dir, name, &format!("ringkv node {name}"), node_sans(name, extra_sans), usage, issuer, written)?;
+    restrict(&dir.join(format!("{name}.key")))
+}
+
+fn restrict(path: &Path) -> Result<(), NetError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| NetError::File { path: path.into(), reason: e.to_string() })?;
+    }
+    Ok(())
+}

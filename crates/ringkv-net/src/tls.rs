@@ -1,0 +1,147 @@
+//! Mutual TLS for every QUIC connection: nodes and clients present
+//! certificates signed by the cluster CA, and both sides verify the other
+//! against that CA only. There is no way to turn verification off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::rustls::{self, RootCertStore, pki_types::pem::PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::NetError;
+
+/// The name every node certificate carries and every connection verifies.
+/// Nodes are reached by IP address, so the name proves membership of the
+/// cluster (a certificate from its CA), not a host name.
+pub const SERVER_NAME: &str = "ringkv-node";
+pub const ALPN: &[u8] = b"ringkv/1";
+
+/// Where a party's certificate, key and the cluster CA live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsPaths {
+    /// A node's files in a directory written by `ringkv certs init`: its own
+    /// `<node_id>.crt` if one was issued, otherwise the shared `node.crt`.
+    pub fn node_in(dir: &Path, node_id: &str) -> TlsPaths {
+        let own = dir.join(format!("{node_id}.crt"));
+        let stem = if own.exists() { node_id } else { "node" };
+        TlsPaths { ca: dir.join("ca.crt"), cert: dir.join(format!("{stem}.crt")), key: dir.join(format!("{stem}.key")) }
+    }
+
+    pub fn client_in(dir: &Path) -> TlsPaths {
+        TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("client.crt"), key: dir.join("client.key") }
+    }
+}
+
+/// Loaded certificate material.
+#[derive(Debug)]
+pub struct Identity {
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Identity {
+        Identity { roots: self.roots.clone(), chain: self.chain.clone(), key: self.key.clone_key() }
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let bytes = std::fs::read(path).map_err(|e| NetError::File { path: path.into(), reason: e.to_string() })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NetError::Certificate { path: path.into(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(NetError::Certificate { path: path.into(), reason: "no certificate in the file".into() });
+    }
+    Ok(certs)
+}
+
+impl Identity {
+    pub fn load(paths: &TlsPaths) -> Result<Identity, NetError> {
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs(&paths.ca)? {
+            roots.add(ca).map_err(|e| NetError::Certificate { path: paths.ca.clone(), reason: e.to_string() })?;
+        }
+        let chain = read_certs(&paths.cert)?;
+        let key_bytes =
+            std::fs::read(&paths.key).map_err(|e| NetError::File { path: paths.key.clone(), reason: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(&key_bytes)
+            .map_err(|e| NetError::Certificate { path: paths.key.clone(), reason: e.to_string() })?;
+        Ok(Identity { roots: Arc::new(roots), chain, key })
+    }
+}
+
+/// QUIC transport knobs shared by servers and clients.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Concurrent requests per connection (one bidirectional stream each).
+    /// quinn's default of 100 throttles a coordinator's fan-out.
+    pub max_streams: u32,
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> TransportSettings {
+        TransportSettings { max_streams: 1024, idle_timeout: Duration::from_secs(30), keep_alive: Duration::from_secs(5) }
+    }
+}
+
+fn transport(settings: &TransportSettings) -> Result<Arc<quinn::TransportConfig>, NetError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(settings.max_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_idle_timeout(Some(
+        settings.idle_timeout.try_into().map_err(|e| NetError::Tls(format!("idle timeout out of range: {e}")))?,
+    ));
+    t.keep_alive_interval(Some(settings.keep_alive));
+    Ok(Arc::new(t))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // Always explicit: relying on a process-default provider lets a second
+    // crypto backend slip in through some other dependency.
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn server_config(identity: &Identity, settings: &TransportSettings) -> Result<quinn::ServerConfig, NetError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| NetError::Tls(format!("node certificate: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport(settings)?);
+    Ok(config)
+}
+
+pub fn client_config(identity: &Identity, settings: &TransportSettings) -> Result<quinn::ClientConfig, NetError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_root_certificates(identity.roots.clone())
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| NetError::Tls(format!("client certificate: {e}")))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport(settings)?);
+    Ok(config)
+}

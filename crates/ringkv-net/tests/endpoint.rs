@@ -1,0 +1,117 @@
+//! Real QUIC with real certificates on loopback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::{Consistency, KvError};
+use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config, server_config};
+use ringkv_net::wire::{self, Reply, Request, Response};
+use ringkv_net::{Connector, Handler, NetError, ServeOptions, bind, certs, serve};
+
+struct Echo;
+
+impl Handler for Echo {
+    async fn handle(&self, request: Request, _peer: SocketAddr) -> Response {
+        match request {
+            Request::Get { key, .. } => Ok(Reply::Value(Some(key))),
+            other => Err(KvError::Internal(format!("unexpected {}", other.kind()))),
+        }
+    }
+}
+
+const MAX_FRAME: usize = 64 * 1024;
+
+fn connector(paths: &TlsPaths) -> Connector {
+    let identity = Identity::load(paths).unwrap();
+    let endpoint =
+        bind("127.0.0.1:0".parse().unwrap(), None, client_config(&identity, &TransportSettings::default()).unwrap(), None)
+            .unwrap();
+    Connector::new(endpoint, MAX_FRAME)
+}
+
+async fn start_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let identity = Identity::load(&TlsPaths::node_in(dir, "n1")).unwrap();
+    let settings = TransportSettings::default();
+    let endpoint = bind(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(server_config(&identity, &settings).unwrap()),
+        client_config(&identity, &settings).unwrap(),
+        None,
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let options = ServeOptions { max_frame_bytes: MAX_FRAME, max_connections: 16, read_timeout: Duration::from_secs(5) };
+    tokio::spawn(serve(endpoint, Arc::new(Echo), options, stopped));
+    (addr, stop)
+}
+
+fn get(key: &'static str) -> Request {
+    Request::Get { key: Bytes::from(key), consistency: Consistency::One }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_is_answered_with_errors_and_others_keep_being_served() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &["n1".into()], &[]).unwrap();
+    let (addr, _stop) = start_server(dir.path()).await;
+    let good = connector(&TlsPaths::client_in(dir.path()));
+    let bad = connector(&TlsPaths::client_in(dir.path()));
+    let t = Duration::from_secs(5);
+
+    assert_eq!(good.call(addr, &get("a"), t).await.unwrap(), Ok(Reply::Value(Some(Bytes::from("a")))));
+
+    let protocol_error = |r: Result<Response, NetError>| match r {
+        Ok(Err(KvError::Protocol(msg))) => msg,
+        other => panic!("expected a protocol error, got {other:?}"),
+    };
+    let garbage = protocol_error(bad.call_frame(addr, b"\x00\x00\x00\x05hello").await);
+    assert!(garbage.contains("malformed") || garbage.contains("version"), "{garbage}");
+
+    let mut oversized = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
+    oversized.extend(std::iter::repeat_n(0u8, MAX_FRAME + 1));
+    let msg = protocol_error(bad.call_frame(addr, &oversized).await);
+    assert!(msg.contains("exceeds the maximum"), "{msg}");
+
+    let mut future = wire::encode(&get("x")).unwrap();
+    future[4..6].copy_from_slice(&99u16.to_be_bytes());
+    let msg = protocol_error(bad.call_frame(addr, &future).await);
+    assert!(msg.contains("version 99"), "{msg}");
+
+    // Both clients are still served.
+    assert_eq!(good.call(addr, &get("b"), t).await.unwrap(), Ok(Reply::Value(Some(Bytes::from("b")))));
+    assert_eq!(bad.call(addr, &get("c"), t).await.unwrap(), Ok(Reply::Value(Some(Bytes::from("c")))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_from_another_ca_is_refused() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    certs::init(ours.path(), &[], &[]).unwrap();
+    certs::init(theirs.path(), &[], &[]).unwrap();
+    let (addr, _stop) = start_server(ours.path()).await;
+
+    let stranger = connector(&TlsPaths::client_in(theirs.path()));
+    let err = stranger.call(addr, &get("a"), Duration::from_secs(5)).await.expect_err("a foreign certificate must be refused");
+    assert!(matches!(err, NetError::Connect { .. } | NetError::Connection { .. }), "{err}");
+
+    // A client that trusts our CA but presents their certificate: refused too.
+    let mixed = TlsPaths { ca: ours.path().join("ca.crt"), ..TlsPaths::client_in(theirs.path()) };
+    assert!(connector(&mixed).call(addr, &get("a"), Duration::from_secs(5)).await.is_err());
+
+    let friend = connector(&TlsPaths::client_in(ours.path()));
+    assert!(friend.call(addr, &get("a"), Duration::from_secs(5)).await.unwrap().is_ok());
+}
+
+#[test]
+fn certs_init_refuses_to_overwrite_a_ca_and_issues_more_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &[], &[]).unwrap();
+    assert!(certs::init(dir.path(), &[], &[]).is_err());
+    certs::issue_node_cert(dir.path(), "n9", &[]).unwrap();
+    Identity::load(&TlsPaths::node_in(dir.path(), "n9")).unwrap();
+    assert_eq!(TlsPaths::node_in(dir.path(), "n9").cert, dir.path().join("n9.crt"));
+    assert_eq!(TlsPaths::node_in(dir.path(), "other").cert, dir.path().join("node.crt"));
+}
