@@ -1,1 +1,15 @@
-//! placeholder
+//! A ringkv node: partition-owner actors holding the shards, the
+//! coordination of client requests, persistence in the background, and the
+//! QUIC server.
+
+mod clock;
+pub mod config;
+mod error;
+mod node;
+mod ops;
+mod partition;
+
+pub use clock::SystemClock;
+pub use config::{NodeConfig, Persistence, TlsConfig};
+pub use error::NodeError;
+pub use node::{Env, Node};

@@ -1,0 +1,263 @@
+//! Node configuration: one serde struct, every field documented, every
+//! default a named function. `config/node.toml` in the repository shows each
+//! option with its default; the `ringkv serve` flags override the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringkv_core::Limits;
+use ringkv_storage::FsyncPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Persistence {
+    /// Memory only: a restart starts empty.
+    None,
+    /// Write-ahead log plus snapshots in `data_dir`.
+    Wal,
+}
+
+impl std::str::FromStr for Persistence {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Persistence, String> {
+        match s {
+            "none" => Ok(Persistence::None),
+            "wal" => Ok(Persistence::Wal),
+            other => Err(format!("unknown persistence '{other}' (use none or wal)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's name. Stable across restarts: it identifies the node's
+    /// data directory and breaks ties between writes stamped in the same
+    /// clock tick.
+    pub node_id: String,
+    /// UDP address of the QUIC endpoint that serves clients and peers.
+    pub listen: SocketAddr,
+    /// Where the log, snapshots and the directory's identity file live.
+    pub data_dir: PathBuf,
+    pub persistence: Persistence,
+    /// When an acknowledged write is on disk: `always` (before the ack,
+    /// group-committed), `everysec` (within about a second), `never` (when
+    /// the OS decides).
+    pub fsync: FsyncPolicy,
+    /// Number of partitions P. Fixed when a cluster is created.
+    pub partitions: u16,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Requests queued per partition before new ones get `Busy`.
+    pub mailbox_capacity: usize,
+    /// Bytes of log records waiting for the writer before writers wait.
+    pub wal_queue_bytes: usize,
+    /// A log segment is closed past this size.
+    pub wal_segment_bytes: u64,
+    /// A snapshot is taken once this many bytes were logged since the last.
+    pub snapshot_after_bytes: u64,
+    /// How often the expiry sweeper runs over every partition.
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
+    /// Keys the sweeper may expire or purge per partition per run.
+    pub sweep_budget: usize,
+    /// How long tombstones (and expired entries) are kept before being
+    /// purged, so that an older copy elsewhere cannot resurrect the key.
+    #[serde(with = "duration")]
+    pub tombstone_grace: Duration,
+    /// A remote timestamp further ahead of our clock than this is refused.
+    #[serde(with = "duration")]
+    pub max_clock_drift: Duration,
+    /// Connections the endpoint accepts at once.
+    pub max_connections: usize,
+    /// Concurrent requests (QUIC streams) per connection.
+    pub max_streams_per_connection: u32,
+    /// Time a client has to send a whole request on its stream.
+    #[serde(with = "duration")]
+    pub request_read_timeout: Duration,
+    pub tls: TlsConfig,
+}
+
+/// Certificates: either a directory written by `ringkv certs init`, or
+/// explicit files. Explicit files win.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub certs_dir: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+pub fn default_node_id() -> String {
+    "node-1".into()
+}
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+pub fn default_partitions() -> u16 {
+    256
+}
+pub fn default_mailbox_capacity() -> usize {
+    4096
+}
+pub fn default_wal_queue_bytes() -> usize {
+    64 << 20
+}
+pub fn default_wal_segment_bytes() -> u64 {
+    64 << 20
+}
+pub fn default_snapshot_after_bytes() -> u64 {
+    256 << 20
+}
+pub fn default_sweep_interval() -> Duration {
+    Duration::from_millis(100)
+}
+pub fn default_sweep_budget() -> usize {
+    200
+}
+pub fn default_tombstone_grace() -> Duration {
+    Duration::from_secs(600)
+}
+pub fn default_max_clock_drift() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn default_max_connections() -> usize {
+    4096
+}
+pub fn default_max_streams_per_connection() -> u32 {
+    1024
+}
+pub fn default_request_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        let limits = Limits::default();
+        NodeConfig {
+            node_id: default_node_id(),
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            persistence: Persistence::Wal,
+            fsync: FsyncPolicy::Everysec,
+            partitions: default_partitions(),
+            max_key_bytes: limits.max_key_bytes,
+            max_value_bytes: limits.max_value_bytes,
+            mailbox_capacity: default_mailbox_capacity(),
+            wal_queue_bytes: default_wal_queue_bytes(),
+            wal_segment_bytes: default_wal_segment_bytes(),
+            snapshot_after_bytes: default_snapshot_after_bytes(),
+            sweep_interval: default_sweep_interval(),
+            sweep_budget: default_sweep_budget(),
+            tombstone_grace: default_tombstone_grace(),
+            max_clock_drift: default_max_clock_drift(),
+            max_connections: default_max_connections(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+            request_read_timeout: default_request_read_timeout(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn from_toml(text: &str, origin: &Path) -> Result<NodeConfig, NodeError> {
+        let config: NodeConfig =
+            toml::from_str(text).map_err(|e| NodeError::Config(format!("{}: {}", origin.display(), e.message())))?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config(format!("cannot read {}: {e}", path.display())))?;
+        NodeConfig::from_toml(&text, path)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits { max_key_bytes: self.max_key_bytes, max_value_bytes: self.max_value_bytes }
+    }
+
+    /// The largest frame on the wire: a maximal key and value plus room for
+    /// the message around them.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_key_bytes + self.max_value_bytes + 4096
+    }
+
+    /// Rejects configurations that cannot work, with the reason.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |msg: String| Err(NodeError::Config(msg));
+        if self.node_id.is_empty()
+            || !self.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return bad(format!("node_id '{}' must be non-empty letters, digits, '-', '_' or '.'", self.node_id));
+        }
+        if self.partitions == 0 {
+            return bad("partitions must be at least 1".into());
+        }
+        if self.max_key_bytes == 0 || self.max_key_bytes > 1 << 20 {
+            return bad(format!("max_key_bytes {} must be between 1 and 1 MiB", self.max_key_bytes));
+        }
+        if self.max_value_bytes > 512 << 20 {
+            return bad(format!("max_value_bytes {} must be at most 512 MiB", self.max_value_bytes));
+        }
+        if self.mailbox_capacity == 0 || self.sweep_budget == 0 || self.max_connections == 0 {
+            return bad("mailbox_capacity, sweep_budget and max_connections must be positive".into());
+        }
+        if self.sweep_interval.is_zero() {
+            return bad("sweep_interval must be positive".into());
+        }
+        if self.wal_queue_bytes < self.max_frame_bytes() {
+            return bad(format!(
+                "wal_queue_bytes {} must hold at least one maximal record ({} bytes)",
+                self.wal_queue_bytes,
+                self.max_frame_bytes()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Durations in the config file are strings such as "100ms" or "10m".
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ringkv_core::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        ringkv_core::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_roundtrip_through_toml() {
+        let config = NodeConfig::default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(NodeConfig::from_toml(&text, Path::new("x")).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_config_is_explained() {
+        let err = NodeConfig::from_toml("partitons = 3", Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `partitons`"), "{err}");
+        let err = NodeConfig::from_toml("sweep_interval = \"fast\"", Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+        let config = NodeConfig { partitions: 0, ..NodeConfig::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("partitions"));
+    }
+}

@@ -1,0 +1,16 @@
+use ringkv_net::NetError;
+use ringkv_storage::StorageError;
+
+/// Why a node could not start or stop cleanly. Errors of individual
+/// operations are [`ringkv_core::KvError`].
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("cannot start actor {name}: {reason}")]
+    Actor { name: String, reason: String },
+}
