@@ -1,1 +1,183 @@
-//! placeholder
+//! The `ringkv` command line. Lives in a library so that the `ringkv`
+//! package's binary is one line and the integration tests, which belong to
+//! that package, can run the real binary.
+
+mod bench;
+mod commands;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ringkv_core::Consistency;
+
+#[derive(Parser)]
+#[command(name = "ringkv", version, about = "A peer-to-peer, Dynamo-style key-value store and cache")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(serve::ServeArgs),
+    /// Create or extend a cluster's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Store a value.
+    Put {
+        key: String,
+        value: String,
+        /// Time to live, e.g. 500ms, 10s, 5m.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a value; exit code 1 if the key does not exist.
+    Get {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a key; exit code 1 if it did not exist.
+    Del {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Exit code 0 if the key exists, 1 if not.
+    Exists {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the remaining time to live.
+    Ttl {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set a time to live on an existing key.
+    Expire {
+        key: String,
+        #[arg(value_parser = parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove the time to live of a key; exit code 1 if it has none or does
+    /// not exist.
+    Persist {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete every key in the cluster.
+    Clear {
+        /// Required: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Check that a node answers.
+    Ping {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Load generator over the real protocol.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA, a shared node certificate, one per --nodes name,
+    /// and a client certificate.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node ids to issue their own certificates for.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Extra DNS names or IP addresses for node certificates.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+    /// Issue one more node certificate from the CA in --dir.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+}
+
+/// How client commands reach the cluster.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ClientArgs {
+    /// Node address(es), host:port, comma separated.
+    #[arg(long, env = "RINGKV_ADDR", default_value = "127.0.0.1:7400", value_delimiter = ',', global = true)]
+    addr: Vec<String>,
+    /// Directory written by `ringkv certs init`.
+    #[arg(long, env = "RINGKV_CERTS", default_value = "certs", global = true)]
+    certs: PathBuf,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, global = true)]
+    timeout: Duration,
+    #[arg(long, value_enum, default_value_t = Level::Quorum, global = true)]
+    consistency: Level,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum Level {
+    One,
+    Quorum,
+    All,
+}
+
+impl From<Level> for Consistency {
+    fn from(level: Level) -> Consistency {
+        match level {
+            Level::One => Consistency::One,
+            Level::Quorum => Consistency::Quorum,
+            Level::All => Consistency::All,
+        }
+    }
+}
+
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    ringkv_core::parse_duration(text)
+}
+
+/// Exit codes: 0 found/done, 1 key not found (or nothing to do), 2 error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Certs(cmd) => commands::certs(cmd),
+            Command::Bench(args) => bench::run(args).await,
+            other => commands::client_command(other).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

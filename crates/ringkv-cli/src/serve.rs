@@ -1,0 +1,103 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use ringkv_node::{Node, NodeConfig, Persistence};
+use ringkv_storage::FsyncPolicy;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    node_id: Option<String>,
+    /// QUIC address to serve on (UDP), e.g. 127.0.0.1:7400; port 0 picks one.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, value_parser = parse_persistence)]
+    persistence: Option<Persistence>,
+    #[arg(long, value_parser = parse_fsync)]
+    fsync: Option<FsyncPolicy>,
+    /// Certificate directory written by `ringkv certs init`.
+    #[arg(long, env = "RINGKV_CERTS")]
+    certs: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_persistence(s: &str) -> Result<Persistence, String> {
+    s.parse()
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse()
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let mut config = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.persistence {
+        config.persistence = v;
+    }
+    if let Some(v) = args.fsync {
+        config.fsync = v;
+    }
+    if let Some(v) = args.certs {
+        config.tls.certs_dir = Some(v);
+    }
+    if config.tls.certs_dir.is_none() && config.tls.cert.is_none() {
+        bail!("no certificates: pass --certs DIR (create one with `ringkv certs init --dir DIR`) or set [tls] in the config file");
+    }
+    let node = Node::start(config).await.context("cannot start the node")?;
+    let addr = node.local_addr().context("the node did not bind its endpoint")?;
+    // One line on stdout that scripts and tests wait for.
+    println!("ringkv node {} serving on {addr}", node.node_id());
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

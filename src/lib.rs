@@ -1,0 +1,20 @@
+//! ringkv: a peer-to-peer, Dynamo-style key-value store and cache.
+//!
+//! This facade re-exports what an application needs: the [`KvStore`] trait,
+//! the embedded [`Node`] and the remote [`Client`], which both implement it.
+//!
+//! ```no_run
+//! use ringkv::{KvStore, Node, NodeConfig, Persistence};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NodeConfig { persistence: Persistence::None, ..NodeConfig::default() };
+//! let node = Node::start(config).await?;
+//! node.put("greeting", "hello").await?;
+//! assert_eq!(node.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
+
+pub use bytes::Bytes;
+pub use ringkv_client::{Client, ClientConfig, ClientError};
+pub use ringkv_core::{Consistency, KeyTtl, KvError, KvStore};
+pub use ringkv_node::{Node, NodeConfig, NodeError, Persistence};
