@@ -1,0 +1,238 @@
+//! Test harness: real `ringkv` processes on loopback ports chosen at run
+//! time, killed on every exit path by their drop guards.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ringkv::{Client, ClientConfig};
+use ringkv_net::tls::TlsPaths;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// Certificates for one test, in a directory deleted with it.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ringkv_net::certs::init(dir.path(), &[], &[]).expect("certs");
+        Certs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn client(&self, nodes: Vec<SocketAddr>) -> Client {
+        let mut config = ClientConfig::new(nodes, TlsPaths::client_in(self.path()));
+        config.timeout = Duration::from_secs(5);
+        Client::new(config).expect("client")
+    }
+}
+
+/// How to start a node.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub certs: PathBuf,
+    pub listen: SocketAddr,
+    pub extra: Vec<String>,
+    /// Lines of TOML written to a config file passed with --config.
+    pub config: Vec<String>,
+}
+
+impl NodeSpec {
+    pub fn new(node_id: &str, data_dir: &Path, certs: &Path) -> NodeSpec {
+        NodeSpec {
+            node_id: node_id.into(),
+            data_dir: data_dir.into(),
+            certs: certs.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            extra: Vec::new(),
+            config: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> NodeSpec {
+        self.extra.push(a.into());
+        self
+    }
+
+    pub fn setting(mut self, line: &str) -> NodeSpec {
+        self.config.push(line.into());
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--node-id")
+            .arg(&self.node_id)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--certs")
+            .arg(&self.certs)
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .args(&self.extra)
+            .env("RUST_LOG", std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !self.config.is_empty() {
+            std::fs::create_dir_all(&self.data_dir).unwrap();
+            let path = self.data_dir.with_extension("toml");
+            std::fs::write(&path, self.config.join("\n")).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd
+    }
+
+    /// Starts the node and waits for it to announce its address.
+    pub fn start(&self) -> NodeProcess {
+        match self.try_start() {
+            Ok(p) => p,
+            Err(stderr) => panic!("node {} did not start:\n{stderr}", self.node_id),
+        }
+    }
+
+    /// Starts the node; on failure returns what it printed on stderr.
+    pub fn try_start(&self) -> Result<NodeProcess, String> {
+        let mut child = self.command().spawn().expect("spawn ringkv");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (err_tx, err_rx) = mpsc::channel();
+        let log_name = self.node_id.clone();
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("RINGKV_TEST_ECHO").is_some() {
+                    eprintln!("[{log_name}] {line}");
+                }
+                all.push_str(&line);
+                all.push('\n');
+                let _ = err_tx.send(line);
+            }
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = ready_tx.send(line);
+            }
+        });
+        let mut process = NodeProcess { child: Some(child), addr: self.listen, spec: self.clone(), stderr: err_rx, log: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {
+                let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+                if let Some(addr) = addr {
+                    process.addr = addr;
+                    process.spec.listen = addr;
+                    return Ok(process);
+                }
+            }
+            if let Some(status) = process.child.as_mut().unwrap().try_wait().unwrap() {
+                // Give the stderr reader a moment to drain.
+                std::thread::sleep(Duration::from_millis(100));
+                let log = process.drain_log().join("\n");
+                process.child = None;
+                return Err(format!("exited with {status}\n{log}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no ready line within 30 s\n{}", process.drain_log().join("\n")));
+            }
+        }
+    }
+}
+
+/// A running node; killed when dropped.
+pub struct NodeProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub spec: NodeSpec,
+    stderr: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl NodeProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        let mut child = self.child.take().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {} did not exit within {timeout:?} of SIGTERM", self.spec.node_id);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the node logged so far.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+        self.log.clone()
+    }
+
+    /// Restarts on the same port and data directory.
+    pub fn restart(&mut self) -> NodeProcess {
+        self.kill9();
+        self.spec.start()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` at the
+/// deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
