@@ -15,6 +15,7 @@
 //! ```
 
 pub use bytes::Bytes;
-pub use ringkv_client::{Client, ClientConfig, ClientError};
+pub use ringkv_client::{Client, ClientConfig, ClientError, resolve};
 pub use ringkv_core::{Consistency, KeyTtl, KvError, KvStore};
+pub use ringkv_net::tls::TlsPaths;
 pub use ringkv_node::{Node, NodeConfig, NodeError, Persistence};

@@ -81,7 +81,7 @@ async fn final_state_is_the_last_acknowledged_write_per_key() {
         match &read.value {
             None => assert!(completed_before.is_empty(), "read of {} found nothing after a completed write", read.key),
             Some(v) => {
-                let source = history.iter().find(|w| &w.value == v).expect("read a value nobody wrote");
+                let source = history.iter().find(|w| w.value == v).expect("read a value nobody wrote");
                 // Stale: some write completed before the read began, and the
                 // value read had completed before that write began.
                 if completed_before.iter().any(|w| source.done < w.invoked) {

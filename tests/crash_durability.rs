@@ -23,7 +23,10 @@ const KEYS_PER_WRITER: u64 = 400;
 enum Op {
     /// A value, with the window in which its expiry instant lies if it has
     /// a time to live.
-    Put { value: Bytes, expires: Option<(Instant, Instant)> },
+    Put {
+        value: Bytes,
+        expires: Option<(Instant, Instant)>,
+    },
     Delete,
 }
 
@@ -48,7 +51,8 @@ async fn writer(client: Client, id: usize, seed: u64, history: History) -> u64 {
             75..80 => Some(Duration::from_secs(3_600)),
             _ => None,
         };
-        let op = if roll >= 85 { Op::Delete } else { Op::Put { value: Bytes::from(format!("{key}#{seq}")), expires: None } };
+        let op =
+            if roll >= 85 { Op::Delete } else { Op::Put { value: Bytes::from(format!("{key}#{seq}")), expires: None } };
         history.lock().unwrap().entry(key.clone()).or_default().in_flight = Some(op.clone());
         let invoked = Instant::now();
         let result = match (&op, ttl) {
@@ -97,7 +101,8 @@ struct Outcome {
 async fn run(fsync: &str, seed: u64) -> Outcome {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let spec = NodeSpec::new("crash", data.path(), certs.path()).arg("--persistence").arg("wal").arg("--fsync").arg(fsync);
+    let spec =
+        NodeSpec::new("crash", data.path(), certs.path()).arg("--persistence").arg("wal").arg("--fsync").arg(fsync);
     let mut node = spec.start();
     let client = certs.client(vec![node.addr]);
 
@@ -137,7 +142,10 @@ async fn run(fsync: &str, seed: u64) -> Outcome {
         // different failure from a lost write; the check above already
         // rules out the allowed states, so report what was read.
         let acked_at = h.acked.as_ref().map(|(_, at)| killed_at.saturating_duration_since(*at)).unwrap_or_default();
-        eprintln!("{key}: read {got:?}, last acknowledged {acked:?} ({acked_at:?} before the kill), in flight {:?}", h.in_flight);
+        eprintln!(
+            "{key}: read {got:?}, last acknowledged {acked:?} ({acked_at:?} before the kill), in flight {:?}",
+            h.in_flight
+        );
         lost.push((key.clone(), acked_at));
     }
     node.terminate(Duration::from_secs(10));

@@ -129,7 +129,8 @@ impl NodeSpec {
                 let _ = ready_tx.send(line);
             }
         });
-        let mut process = NodeProcess { child: Some(child), addr: self.listen, spec: self.clone(), stderr: err_rx, log: Vec::new() };
+        let mut process =
+            NodeProcess { child: Some(child), addr: self.listen, spec: self.clone(), stderr: err_rx, log: Vec::new() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {

@@ -83,7 +83,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (client, issued, done, stop, value) = (client.clone(), issued.clone(), done.clone(), stop.clone(), value.clone());
+        let (client, issued, done, stop, value) =
+            (client.clone(), issued.clone(), done.clone(), stop.clone(), value.clone());
         let (limit, keys, read_ratio, ttl) = (args.ops, args.keys, args.read_ratio, args.ttl);
         let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
         workers.push(tokio::spawn(async move {
@@ -181,7 +182,14 @@ async fn worker(
     w
 }
 
-fn report(args: &BenchArgs, elapsed: Duration, gets: &Histogram<u64>, puts: &Histogram<u64>, errors: u64, first_error: Option<&str>) {
+fn report(
+    args: &BenchArgs,
+    elapsed: Duration,
+    gets: &Histogram<u64>,
+    puts: &Histogram<u64>,
+    errors: u64,
+    first_error: Option<&str>,
+) {
     let secs = elapsed.as_secs_f64();
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let total = gets.len() + puts.len();

@@ -17,7 +17,8 @@ pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new(nodes, tls);
     config.timeout = args.timeout;
     config.consistency = args.consistency.into();
-    Client::new(config).with_context(|| format!("cannot set up a client with certificates from {}", args.certs.display()))
+    Client::new(config)
+        .with_context(|| format!("cannot set up a client with certificates from {}", args.certs.display()))
 }
 
 fn flag(found: bool, missing: &str) -> ExitCode {

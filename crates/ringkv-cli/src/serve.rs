@@ -79,7 +79,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.tls.certs_dir = Some(v);
     }
     if config.tls.certs_dir.is_none() && config.tls.cert.is_none() {
-        bail!("no certificates: pass --certs DIR (create one with `ringkv certs init --dir DIR`) or set [tls] in the config file");
+        bail!(
+            "no certificates: pass --certs DIR (create one with `ringkv certs init --dir DIR`) or set [tls] in the config file"
+        );
     }
     let node = Node::start(config).await.context("cannot start the node")?;
     let addr = node.local_addr().context("the node did not bind its endpoint")?;

@@ -81,8 +81,11 @@ impl Client {
         }
         let identity = Identity::load(&config.tls)?;
         let tls = client_config(&identity, &TransportSettings::default())?;
-        let bind_addr: SocketAddr =
-            if config.nodes[0].is_ipv6() { "[::]:0".parse().expect("valid") } else { "0.0.0.0:0".parse().expect("valid") };
+        let bind_addr: SocketAddr = if config.nodes[0].is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
         let endpoint = bind(bind_addr, None, tls, None)?;
         Ok(Client {
             connector: Arc::new(Connector::new(endpoint, config.max_frame_bytes)),
@@ -150,13 +153,23 @@ fn ttl_ms(ttl: Duration) -> Result<u64, KvError> {
 
 impl KvStore for Client {
     async fn put(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send) -> Result<(), KvError> {
-        let request = Request::Put { key: key.into(), value: value.into(), ttl_ms: None, consistency: self.consistency };
+        let request =
+            Request::Put { key: key.into(), value: value.into(), ttl_ms: None, consistency: self.consistency };
         self.call(request).await.map(|_| ())
     }
 
-    async fn put_with_ttl(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send, ttl: Duration) -> Result<(), KvError> {
-        let request =
-            Request::Put { key: key.into(), value: value.into(), ttl_ms: Some(ttl_ms(ttl)?), consistency: self.consistency };
+    async fn put_with_ttl(
+        &self,
+        key: impl Into<Bytes> + Send,
+        value: impl Into<Bytes> + Send,
+        ttl: Duration,
+    ) -> Result<(), KvError> {
+        let request = Request::Put {
+            key: key.into(),
+            value: value.into(),
+            ttl_ms: Some(ttl_ms(ttl)?),
+            consistency: self.consistency,
+        };
         self.call(request).await.map(|_| ())
     }
 

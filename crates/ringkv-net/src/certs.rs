@@ -88,8 +88,10 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
 /// Issues one more node certificate from the CA in `dir`.
 pub fn issue_node_cert(dir: &Path, name: &str, extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
     let key_path = dir.join("ca.key");
-    let pem = std::fs::read_to_string(&key_path).map_err(|e| NetError::File { path: key_path.clone(), reason: e.to_string() })?;
-    let ca_key = KeyPair::from_pem(&pem).map_err(|e| NetError::Certificate { path: key_path, reason: e.to_string() })?;
+    let pem = std::fs::read_to_string(&key_path)
+        .map_err(|e| NetError::File { path: key_path.clone(), reason: e.to_string() })?;
+    let ca_key =
+        KeyPair::from_pem(&pem).map_err(|e| NetError::Certificate { path: key_path, reason: e.to_string() })?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut written = Vec::new();
     issue_node(dir, name, extra_sans, &issuer, &mut written)?;

@@ -72,7 +72,12 @@ pub struct ServeOptions {
 /// Accepts connections until `shutdown` turns true, then closes the
 /// endpoint. Misbehaving peers get an error reply on their own stream and are
 /// logged; nothing they send affects other connections.
-pub async fn serve<H: Handler>(endpoint: Endpoint, handler: Arc<H>, options: ServeOptions, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve<H: Handler>(
+    endpoint: Endpoint,
+    handler: Arc<H>,
+    options: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let connections = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
@@ -114,8 +119,15 @@ async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>, o
     }
 }
 
-async fn serve_stream<H: Handler>(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, handler: &H, options: &ServeOptions) {
-    let request = match tokio::time::timeout(options.read_timeout, read_frame(&mut recv, options.max_frame_bytes)).await {
+async fn serve_stream<H: Handler>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: SocketAddr,
+    handler: &H,
+    options: &ServeOptions,
+) {
+    let request = match tokio::time::timeout(options.read_timeout, read_frame(&mut recv, options.max_frame_bytes)).await
+    {
         Ok(Ok(body)) => wire::decode::<Request>(&body),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(NetError::Malformed(format!("no complete request within {:?}", options.read_timeout))),
@@ -170,7 +182,9 @@ impl Connector {
     pub async fn call(&self, addr: SocketAddr, request: &Request, timeout: Duration) -> Result<Response, NetError> {
         let frame = wire::encode(request)?;
         let ms = timeout.as_millis() as u64;
-        tokio::time::timeout(timeout, self.call_frame(addr, &frame)).await.map_err(|_| NetError::Timeout { addr, ms })?
+        tokio::time::timeout(timeout, self.call_frame(addr, &frame))
+            .await
+            .map_err(|_| NetError::Timeout { addr, ms })?
     }
 
     /// Sends raw frame bytes. Public so that tests can send what a broken
@@ -240,7 +254,9 @@ async fn exchange(connection: &Connection, frame: &[u8], max: usize) -> Result<V
         Err(quinn::ReadToEndError::TooLong) => {
             Err(Exchange::Frame(NetError::FrameTooLarge { len: (max + 5) as u64, max: max + 4 }))
         }
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e))) => Err(Exchange::Connection(describe(&e))),
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e))) => {
+            Err(Exchange::Connection(describe(&e)))
+        }
         Err(e) => Err(Exchange::Frame(NetError::Malformed(format!("reading the reply: {e}")))),
     }
 }
@@ -249,7 +265,11 @@ async fn exchange(connection: &Connection, frame: &[u8], max: usize) -> Result<V
 /// rejects shows up as a closed connection on the first stream.
 fn describe(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
-    if text.contains("handshake") || text.contains("certificate") || text.contains("CryptoError") || text.contains("crypto") {
+    if text.contains("handshake")
+        || text.contains("certificate")
+        || text.contains("CryptoError")
+        || text.contains("crypto")
+    {
         format!("{text} (is the certificate signed by this cluster's CA?)")
     } else {
         text

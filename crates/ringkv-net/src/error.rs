@@ -30,7 +30,9 @@ pub enum NetError {
 impl From<NetError> for ringkv_core::KvError {
     fn from(e: NetError) -> ringkv_core::KvError {
         match e {
-            NetError::Timeout { addr, ms } => ringkv_core::KvError::Timeout { what: format!("a reply from {addr}"), ms },
+            NetError::Timeout { addr, ms } => {
+                ringkv_core::KvError::Timeout { what: format!("a reply from {addr}"), ms }
+            }
             NetError::UnsupportedVersion { .. } | NetError::Malformed(_) | NetError::FrameTooLarge { .. } => {
                 ringkv_core::KvError::Protocol(e.to_string())
             }

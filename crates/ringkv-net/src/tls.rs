@@ -93,7 +93,11 @@ pub struct TransportSettings {
 
 impl Default for TransportSettings {
     fn default() -> TransportSettings {
-        TransportSettings { max_streams: 1024, idle_timeout: Duration::from_secs(30), keep_alive: Duration::from_secs(5) }
+        TransportSettings {
+            max_streams: 1024,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        }
     }
 }
 

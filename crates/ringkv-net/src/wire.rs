@@ -68,7 +68,8 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, NetError> {
     let mut buf = vec![0u8; FRAME_HEADER_LEN];
     buf[4..6].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     let mut buf = postcard::to_extend(message, buf).map_err(|e| NetError::Malformed(format!("cannot encode: {e}")))?;
-    let len = u32::try_from(buf.len() - 4).map_err(|_| NetError::FrameTooLarge { len: buf.len() as u64, max: u32::MAX as usize })?;
+    let len = u32::try_from(buf.len() - 4)
+        .map_err(|_| NetError::FrameTooLarge { len: buf.len() as u64, max: u32::MAX as usize })?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf)
 }
@@ -87,7 +88,8 @@ pub fn frame_len(header: [u8; 4], max: usize) -> Result<usize, NetError> {
 
 /// Decodes a frame body (everything after the length prefix).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NetError> {
-    let (version, payload) = body.split_at_checked(2).ok_or_else(|| NetError::Malformed("frame has no version".into()))?;
+    let (version, payload) =
+        body.split_at_checked(2).ok_or_else(|| NetError::Malformed("frame has no version".into()))?;
     let version = u16::from_be_bytes([version[0], version[1]]);
     if version != PROTOCOL_VERSION {
         return Err(NetError::UnsupportedVersion { found: version, supported: PROTOCOL_VERSION });
@@ -101,7 +103,8 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NetError> {
 
 /// Splits a whole frame (as read from a finished stream) and decodes it.
 pub fn decode_frame<T: DeserializeOwned>(frame: &[u8], max: usize) -> Result<T, NetError> {
-    let (header, body) = frame.split_at_checked(4).ok_or_else(|| NetError::Malformed("frame shorter than its length prefix".into()))?;
+    let (header, body) =
+        frame.split_at_checked(4).ok_or_else(|| NetError::Malformed("frame shorter than its length prefix".into()))?;
     let len = frame_len(header.try_into().expect("4 bytes"), max)?;
     if body.len() != len {
         return Err(NetError::Malformed(format!("length prefix says {len} bytes, the stream carried {}", body.len())));
@@ -115,7 +118,12 @@ mod tests {
 
     #[test]
     fn roundtrip_and_rejections() {
-        let req = Request::Put { key: Bytes::from("k"), value: Bytes::from("v"), ttl_ms: Some(5), consistency: Consistency::All };
+        let req = Request::Put {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+            ttl_ms: Some(5),
+            consistency: Consistency::All,
+        };
         let frame = encode(&req).unwrap();
         assert_eq!(decode_frame::<Request>(&frame, 1024).unwrap(), req);
         assert!(matches!(decode_frame::<Request>(&frame, 4), Err(NetError::FrameTooLarge { .. })));

@@ -25,9 +25,13 @@ const MAX_FRAME: usize = 64 * 1024;
 
 fn connector(paths: &TlsPaths) -> Connector {
     let identity = Identity::load(paths).unwrap();
-    let endpoint =
-        bind("127.0.0.1:0".parse().unwrap(), None, client_config(&identity, &TransportSettings::default()).unwrap(), None)
-            .unwrap();
+    let endpoint = bind(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        client_config(&identity, &TransportSettings::default()).unwrap(),
+        None,
+    )
+    .unwrap();
     Connector::new(endpoint, MAX_FRAME)
 }
 
@@ -43,7 +47,8 @@ async fn start_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::watch:
     .unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let options = ServeOptions { max_frame_bytes: MAX_FRAME, max_connections: 16, read_timeout: Duration::from_secs(5) };
+    let options =
+        ServeOptions { max_frame_bytes: MAX_FRAME, max_connections: 16, read_timeout: Duration::from_secs(5) };
     tokio::spawn(serve(endpoint, Arc::new(Echo), options, stopped));
     (addr, stop)
 }
@@ -94,7 +99,10 @@ async fn a_client_from_another_ca_is_refused() {
     let (addr, _stop) = start_server(ours.path()).await;
 
     let stranger = connector(&TlsPaths::client_in(theirs.path()));
-    let err = stranger.call(addr, &get("a"), Duration::from_secs(5)).await.expect_err("a foreign certificate must be refused");
+    let err = stranger
+        .call(addr, &get("a"), Duration::from_secs(5))
+        .await
+        .expect_err("a foreign certificate must be refused");
     assert!(matches!(err, NetError::Connect { .. } | NetError::Connection { .. }), "{err}");
 
     // A client that trusts our CA but presents their certificate: refused too.

@@ -175,7 +175,8 @@ impl NodeConfig {
     }
 
     pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NodeError::Config(format!("cannot read {}: {e}", path.display())))?;
         NodeConfig::from_toml(&text, path)
     }
 

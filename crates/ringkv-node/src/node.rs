@@ -126,8 +126,10 @@ impl Node {
         let endpoint = match tls_paths(&config) {
             Some(paths) => {
                 let identity = Identity::load(&paths)?;
-                let settings =
-                    TransportSettings { max_streams: config.max_streams_per_connection, ..TransportSettings::default() };
+                let settings = TransportSettings {
+                    max_streams: config.max_streams_per_connection,
+                    ..TransportSettings::default()
+                };
                 let server = ringkv_net::tls::server_config(&identity, &settings)?;
                 let client = ringkv_net::tls::client_config(&identity, &settings)?;
                 Some(bind(config.listen, Some(server), client, None)?)
@@ -196,7 +198,8 @@ impl Node {
             let mut after: Option<Bytes> = None;
             loop {
                 let cursor = after.clone();
-                let chunk = partition.call(|reply| PartitionMsg::Chunk { after: cursor, limit: SNAPSHOT_CHUNK, reply }).await?;
+                let chunk =
+                    partition.call(|reply| PartitionMsg::Chunk { after: cursor, limit: SNAPSHOT_CHUNK, reply }).await?;
                 let Some((last, _)) = chunk.last() else { break };
                 after = Some(last.clone());
                 writer.add(i as u16, chunk).await.map_err(storage)?;
@@ -225,7 +228,8 @@ impl Node {
     /// Stops serving, flushes the log and stops the actors.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

@@ -25,7 +25,12 @@ struct WriteResult {
 }
 
 impl Inner {
-    async fn write(&self, key: Bytes, entry: Entry, condition: Option<Version>) -> Result<Option<WriteResult>, KvError> {
+    async fn write(
+        &self,
+        key: Bytes,
+        entry: Entry,
+        condition: Option<Version>,
+    ) -> Result<Option<WriteResult>, KvError> {
         let partition = &self.partitions[self.partitioner.partition_of(&key).0 as usize];
         let applied = partition.call(|reply| PartitionMsg::Apply { key, entry, condition, reply }).await??;
         match applied {
@@ -125,7 +130,12 @@ impl KvStore for Node {
         self.inner.put(key.into(), value.into(), None).await
     }
 
-    async fn put_with_ttl(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send, ttl: Duration) -> Result<(), KvError> {
+    async fn put_with_ttl(
+        &self,
+        key: impl Into<Bytes> + Send,
+        value: impl Into<Bytes> + Send,
+        ttl: Duration,
+    ) -> Result<(), KvError> {
         self.inner.put(key.into(), value.into(), Some(ttl)).await
     }
 
@@ -162,7 +172,9 @@ impl Handler for Node {
     async fn handle(&self, request: Request, _peer: SocketAddr) -> Response {
         let inner = &self.inner;
         match request {
-            Request::Ping => Ok(Reply::Pong { node_id: inner.config.node_id.clone(), version: env!("CARGO_PKG_VERSION").into() }),
+            Request::Ping => {
+                Ok(Reply::Pong { node_id: inner.config.node_id.clone(), version: env!("CARGO_PKG_VERSION").into() })
+            }
             Request::Put { key, value, ttl_ms, .. } => {
                 inner.put(key, value, ttl_ms.map(Duration::from_millis)).await.map(|()| Reply::Done)
             }
@@ -170,7 +182,9 @@ impl Handler for Node {
             Request::Delete { key, .. } => inner.delete(key).await.map(Reply::Flag),
             Request::Exists { key, .. } => inner.exists(key).await.map(Reply::Flag),
             Request::Ttl { key, .. } => inner.ttl(key).await.map(Reply::Ttl),
-            Request::Expire { key, ttl_ms, .. } => inner.set_expiry(key, Some(Duration::from_millis(ttl_ms))).await.map(Reply::Flag),
+            Request::Expire { key, ttl_ms, .. } => {
+                inner.set_expiry(key, Some(Duration::from_millis(ttl_ms))).await.map(Reply::Flag)
+            }
             Request::Persist { key, .. } => inner.set_expiry(key, None).await.map(Reply::Flag),
             Request::Clear => inner.clear().await.map(|()| Reply::Done),
         }

@@ -15,17 +15,41 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub(crate) enum PartitionMsg {
     /// Merge an entry. With a condition, only if nothing newer than that
     /// version is stored (read-modify-write operations).
-    Apply { key: Bytes, entry: Entry, condition: Option<Version>, reply: RpcReplyPort<Result<Applied, KvError>> },
+    Apply {
+        key: Bytes,
+        entry: Entry,
+        condition: Option<Version>,
+        reply: RpcReplyPort<Result<Applied, KvError>>,
+    },
     /// The stored entry, dead or alive, for the coordinator to judge.
-    Read { key: Bytes, reply: RpcReplyPort<Option<Entry>> },
-    Truncate { epoch: Epoch, reply: RpcReplyPort<Result<Option<Durable>, KvError>> },
-    Sweep { purge_before_ms: u64, budget: usize, reply: RpcReplyPort<Sweep> },
-    Chunk { after: Option<Bytes>, limit: usize, reply: RpcReplyPort<Vec<(Bytes, Entry)>> },
-    Stats { reply: RpcReplyPort<ShardStats> },
+    Read {
+        key: Bytes,
+        reply: RpcReplyPort<Option<Entry>>,
+    },
+    Truncate {
+        epoch: Epoch,
+        reply: RpcReplyPort<Result<Option<Durable>, KvError>>,
+    },
+    Sweep {
+        purge_before_ms: u64,
+        budget: usize,
+        reply: RpcReplyPort<Sweep>,
+    },
+    Chunk {
+        after: Option<Bytes>,
+        limit: usize,
+        reply: RpcReplyPort<Vec<(Bytes, Entry)>>,
+    },
+    Stats {
+        reply: RpcReplyPort<ShardStats>,
+    },
 }
 
 pub(crate) enum Applied {
-    Done { was_live: bool, durable: Option<Durable> },
+    Done {
+        was_live: bool,
+        durable: Option<Durable>,
+    },
     /// The condition failed: something newer is stored.
     Conflict,
 }
@@ -87,11 +111,20 @@ impl Actor for PartitionActor {
     type State = PartitionState;
     type Arguments = PartitionArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Envelope>, args: PartitionArgs) -> Result<PartitionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Envelope>,
+        args: PartitionArgs,
+    ) -> Result<PartitionState, ActorProcessingErr> {
         Ok(PartitionState { id: args.id, shard: args.shard, wal: args.wal, clock: args.clock })
     }
 
-    async fn handle(&self, _myself: ActorRef<Envelope>, envelope: Envelope, state: &mut PartitionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<Envelope>,
+        envelope: Envelope,
+        state: &mut PartitionState,
+    ) -> Result<(), ActorProcessingErr> {
         // A dropped reply port only means the caller gave up waiting.
         match envelope.msg {
             PartitionMsg::Apply { key, entry, condition, reply } => {
@@ -147,7 +180,10 @@ impl Mailbox {
         Ok(Mailbox { actor, slots: Arc::new(Semaphore::new(capacity)), capacity, id })
     }
 
-    pub(crate) async fn call<T: Send + 'static>(&self, build: impl FnOnce(RpcReplyPort<T>) -> PartitionMsg) -> Result<T, KvError> {
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(RpcReplyPort<T>) -> PartitionMsg,
+    ) -> Result<T, KvError> {
         let slot = self
             .slots
             .clone()
@@ -156,7 +192,9 @@ impl Mailbox {
         match self.actor.call(|reply| Envelope { msg: build(reply), _slot: slot }, None).await {
             Ok(CallResult::Success(value)) => Ok(value),
             Ok(CallResult::Timeout) => Err(KvError::Timeout { what: format!("partition {}", self.id), ms: 0 }),
-            Ok(CallResult::SenderError) | Err(_) => Err(KvError::Internal(format!("partition {} is not running", self.id))),
+            Ok(CallResult::SenderError) | Err(_) => {
+                Err(KvError::Internal(format!("partition {} is not running", self.id)))
+            }
         }
     }
 

@@ -1,0 +1,37 @@
+# ringkv tasks. `just --list` shows them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Certificates for local use.
+certs_dir := "certs"
+
+default:
+    @just --list
+
+# Build the release binary.
+build:
+    cargo build --release --bin ringkv
+
+# Create a local cluster CA and certificates in ./certs (once).
+certs: build
+    [ -f {{certs_dir}}/ca.crt ] || ./target/release/ringkv certs init --dir {{certs_dir}}
+
+# Run one node in the foreground on 127.0.0.1:7400 with data in ./data/node-1.
+serve: certs
+    @echo "point the CLI at it:  export RINGKV_ADDR=127.0.0.1:7400 RINGKV_CERTS=$PWD/{{certs_dir}}"
+    ./target/release/ringkv serve --config config/node.toml --certs {{certs_dir}} --data-dir data/node-1
+
+# The whole test suite.
+test:
+    cargo test --workspace
+
+# Formatting and lints, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Criterion benchmarks of the storage engine, then `ringkv bench` against a
+# fresh single node (see BENCHMARKS.md for the figures and commands).
+bench: build
+    cargo bench -p ringkv-storage
+    scripts/bench-node.sh
