@@ -62,7 +62,10 @@ if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; 
     echo "redis baseline (same machine, same run): redis-benchmark -c 50 -P 1 -d 100 -r 1000000 -n 500000"
     for _ in $(seq "$RUNS"); do
         redis-benchmark -p "$port" -c 50 -P 1 -d 100 -r 1000000 -n 500000 -t set,get --csv 2>/dev/null | tail -n +2
-    done | awk -F'"' '{print $2, $4}' | sort | awk '
-        { v[$1] = v[$1] " " $2 }
-        END { for (k in v) { n = split(v[k], a, " "); asort(a); printf "redis %-4s ops/s %8.0f (median of %d)\n", k, a[int((n+1)/2)], n } }'
+    done | awk -F'"' '{print $2, $4}' >"$tmp/redis"
+    for op in SET GET; do
+        printf 'redis %-4s ops/s %8s (median of %s runs)\n' "$op" "$(grep "^$op " "$tmp/redis" | awk '{print $2}' | median)" "$RUNS"
+    done
+    redis-benchmark -p "$port" -c 1 -P 1 -d 100 -r 1000000 -n 50000 -t get --csv 2>/dev/null | tail -n +2 |
+        awk -F'"' '{printf "redis single client GET ops/s %s\n", $4}'
 fi
