@@ -21,6 +21,10 @@ serve: certs
     @echo "point the CLI at it:  export RINGKV_ADDR=127.0.0.1:7400 RINGKV_CERTS=$PWD/{{certs_dir}}"
     ./target/release/ringkv serve --config config/node.toml --certs {{certs_dir}} --data-dir data/node-1
 
+# A local cluster of N nodes in the foreground; Ctrl-C stops it.
+cluster n="3": build
+    scripts/cluster.sh {{n}}
+
 # The whole test suite.
 test:
     cargo test --workspace

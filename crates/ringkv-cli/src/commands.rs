@@ -77,6 +77,8 @@ pub(crate) async fn client_command(command: Command) -> anyhow::Result<ExitCode>
             connect(&client).await?.clear().await?;
             ExitCode::from(FOUND)
         }
+        Command::Status { client } => status(&connect(&client).await?).await?,
+        Command::Explain { key, client } => explain(&connect(&client).await?, key).await?,
         Command::Ping { client } => {
             let (node, version) = connect(&client).await?.ping().await?;
             println!("pong from {node} (ringkv {version})");
@@ -93,6 +95,79 @@ pub(crate) fn certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
     };
     for path in written {
         println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::from(FOUND))
+}
+
+async fn status(client: &Client) -> anyhow::Result<ExitCode> {
+    let members = client.members().await?;
+    println!(
+        "cluster {}: {} members, {} partitions, N={}",
+        members.cluster_id,
+        members.members.len(),
+        members.partitions,
+        members.replication
+    );
+    println!(
+        "{:<12} {:<22} {:<8} {:<5} {:<5} {:>6} {:>10} {:>10}  hints pending",
+        "node", "address", "status", "live", "ring", "owned", "entries", "values"
+    );
+    let mut unhealthy = false;
+    for m in &members.members {
+        let detail =
+            if m.live { client.status_of(m.addr).await.map_err(|e| e.to_string()) } else { Err("down".into()) };
+        let (owned, entries, values, hints) = match &detail {
+            Ok(s) => {
+                let hints: Vec<String> = s.hints.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+                let mut hints = if hints.is_empty() { "-".to_string() } else { hints.join(" ") };
+                if s.hints_dropped > 0 {
+                    hints.push_str(&format!(" ({} dropped)", s.hints_dropped));
+                }
+                (s.partitions_owned.to_string(), s.entries.to_string(), s.values.to_string(), hints)
+            }
+            Err(e) => {
+                unhealthy = true;
+                ("?".into(), "?".into(), "?".into(), format!("unreachable: {e}"))
+            }
+        };
+        println!(
+            "{:<12} {:<22} {:<8} {:<5} {:<5} {:>6} {:>10} {:>10}  {}",
+            m.node_id,
+            m.addr.to_string(),
+            m.status.as_str(),
+            if m.live { "yes" } else { "no" },
+            if m.in_ring { "yes" } else { "no" },
+            owned,
+            entries,
+            values,
+            hints
+        );
+    }
+    Ok(ExitCode::from(if unhealthy { NOT_FOUND } else { FOUND }))
+}
+
+async fn explain(client: &Client, key: String) -> anyhow::Result<ExitCode> {
+    let explanation = client.explain(key.clone()).await?;
+    println!("key {key:?}: partition {}", explanation.partition);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    for (i, replica) in explanation.replicas.iter().enumerate() {
+        let held = match &replica.entry {
+            Err(e) => format!("unreachable: {e}"),
+            Ok(None) => "absent".to_string(),
+            Ok(Some(entry)) => {
+                let what = match &entry.value {
+                    None => "tombstone".to_string(),
+                    Some(v) => format!("value of {} bytes", v.len()),
+                };
+                let expiry = match entry.expires_at {
+                    None => String::new(),
+                    Some(at) if at <= now => ", expired".to_string(),
+                    Some(at) => format!(", expires in {}", format_duration(std::time::Duration::from_millis(at - now))),
+                };
+                format!("{what}, version {}@{:016x}{expiry}", entry.version.ts, entry.version.node.0)
+            }
+        };
+        println!("  replica {} {:<12} {held}", i + 1, replica.node_id);
     }
     Ok(ExitCode::from(FOUND))
 }

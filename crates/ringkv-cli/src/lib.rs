@@ -84,6 +84,19 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cluster members with their address, status, liveness, partitions
+    /// owned and hints pending.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Where a key lives: its partition, preference list, and what each
+    /// replica holds.
+    Explain {
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Check that a node answers.
     Ping {
         #[command(flatten)]

@@ -26,6 +26,14 @@ pub(crate) struct ServeArgs {
     /// Certificate directory written by `ringkv certs init`.
     #[arg(long, env = "RINGKV_CERTS")]
     certs: Option<PathBuf>,
+    /// UDP address for gossip; required to form a cluster.
+    #[arg(long)]
+    gossip: Option<SocketAddr>,
+    /// Gossip addresses of nodes to join through, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<String>,
+    #[arg(long)]
+    cluster_id: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -47,7 +55,11 @@ fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -77,6 +89,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.certs {
         config.tls.certs_dir = Some(v);
+    }
+    if let Some(v) = args.gossip {
+        config.gossip = Some(v);
+    }
+    if !args.seeds.is_empty() {
+        config.seeds = args.seeds;
+    }
+    if let Some(v) = args.cluster_id {
+        config.cluster_id = v;
     }
     if config.tls.certs_dir.is_none() && config.tls.cert.is_none() {
         bail!(

@@ -1,19 +1,28 @@
 //! The ringkv client.
 //!
 //! [`Client`] implements [`KvStore`], the same trait as the embedded node, so
-//! code written against one runs against the other. It keeps one QUIC
-//! connection per node and sends each request on a new stream.
+//! code written against one runs against the other. It learns the cluster's
+//! membership from any node it is given, computes placement exactly as the
+//! nodes do, and sends each request to a replica of the key's partition,
+//! which coordinates it; if that node is unreachable it fails over to the
+//! next replica, then to any other member. [`actor`] wraps it as a ractor
+//! actor whose messages are the store's operations.
 
+pub mod actor;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{Consistency, KeyTtl, KvError, KvStore};
+use ringkv_core::ring::{NodeName, PartitionTable};
+use ringkv_core::{Consistency, KeyTtl, KvError, KvStore, Partitioner};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
-use ringkv_net::wire::{Reply, Request};
+use ringkv_net::wire::{Explanation, MemberStatus, Members, NodeStatus, Reply, Request};
 use ringkv_net::{Connector, NetError, bind};
+use tokio::time::Instant;
 
 /// Why a client could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -28,14 +37,16 @@ pub enum ClientError {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Nodes to talk to; requests fail over to the next on transport errors.
+    /// Nodes to learn the cluster from; any one reachable node is enough.
     pub nodes: Vec<SocketAddr>,
     pub tls: TlsPaths,
-    /// Per request, including fail-over attempts.
+    /// Per attempt; a request fails over to at most a few other nodes.
     pub timeout: Duration,
     pub consistency: Consistency,
     /// Largest reply accepted; must cover the cluster's value limit.
     pub max_frame_bytes: usize,
+    /// How old the membership view may get before it is refreshed.
+    pub refresh: Duration,
 }
 
 impl ClientConfig {
@@ -46,6 +57,7 @@ impl ClientConfig {
             timeout: Duration::from_secs(5),
             consistency: Consistency::Quorum,
             max_frame_bytes: 64 << 20,
+            refresh: Duration::from_secs(5),
         }
     }
 }
@@ -62,15 +74,61 @@ pub async fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, ClientError> {
     Ok(out)
 }
 
+/// The cluster as the client last saw it.
+struct View {
+    members: Members,
+    partitioner: Partitioner,
+    table: PartitionTable,
+    addrs: HashMap<NodeName, SocketAddr>,
+    fetched: Instant,
+}
+
+impl View {
+    fn new(members: Members) -> View {
+        let ring: Vec<NodeName> =
+            members.members.iter().filter(|m| m.in_ring).map(|m| NodeName::from(m.node_id.as_str())).collect();
+        let table = PartitionTable::build(&ring, members.partitions, members.replication as usize, members.vnodes);
+        let addrs = members.members.iter().map(|m| (NodeName::from(m.node_id.as_str()), m.addr)).collect();
+        View { partitioner: Partitioner::new(members.partitions), table, addrs, members, fetched: Instant::now() }
+    }
+
+    fn is_up(&self, node: &str) -> bool {
+        self.members.members.iter().any(|m| m.node_id == node && m.live && m.status == MemberStatus::Serving)
+    }
+
+    /// Replicas of the key's partition that are up, in preference order,
+    /// then every other serving member.
+    fn route(&self, key: Option<&[u8]>) -> Vec<SocketAddr> {
+        let mut order: Vec<SocketAddr> = Vec::new();
+        if let Some(key) = key {
+            for name in self.table.replicas(self.partitioner.partition_of(key)) {
+                if self.is_up(name) {
+                    order.extend(self.addrs.get(name));
+                }
+            }
+        }
+        for m in &self.members.members {
+            if m.live && m.status == MemberStatus::Serving && !order.contains(&m.addr) {
+                order.push(m.addr);
+            }
+        }
+        order
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     connector: Arc<Connector>,
-    nodes: Arc<[SocketAddr]>,
-    /// Index of the node that answered last; requests start there.
-    preferred: Arc<AtomicUsize>,
+    seeds: Arc<[SocketAddr]>,
+    view: Arc<RwLock<Option<View>>>,
+    refreshing: Arc<AtomicBool>,
     timeout: Duration,
+    refresh: Duration,
     consistency: Consistency,
 }
+
+/// How many nodes one request tries before giving up.
+const MAX_ATTEMPTS: usize = 3;
 
 impl Client {
     /// Creates the client's endpoint. No connection is made until the first
@@ -89,9 +147,11 @@ impl Client {
         let endpoint = bind(bind_addr, None, tls, None)?;
         Ok(Client {
             connector: Arc::new(Connector::new(endpoint, config.max_frame_bytes)),
-            nodes: config.nodes.into(),
-            preferred: Arc::new(AtomicUsize::new(0)),
+            seeds: config.nodes.into(),
+            view: Arc::new(RwLock::new(None)),
+            refreshing: Arc::new(AtomicBool::new(false)),
             timeout: config.timeout,
+            refresh: config.refresh,
             consistency: config.consistency,
         })
     }
@@ -108,35 +168,114 @@ impl Client {
 
     /// The answering node's id and version.
     pub async fn ping(&self) -> Result<(String, String), KvError> {
-        match self.call(Request::Ping).await? {
+        match self.call(None, Request::Ping).await? {
             Reply::Pong { node_id, version } => Ok((node_id, version)),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Sends a request to the preferred node, failing over to the others on
-    /// transport errors. Errors the node itself returns are final.
-    pub async fn call(&self, request: Request) -> Result<Reply, KvError> {
-        let start = self.preferred.load(Ordering::Relaxed);
-        let mut last = None;
-        for i in 0..self.nodes.len() {
-            let index = (start + i) % self.nodes.len();
-            match self.connector.call(self.nodes[index], &request, self.timeout).await {
-                Ok(response) => {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    return response;
+    /// The membership as a node reports it (fetched fresh).
+    pub async fn members(&self) -> Result<Members, KvError> {
+        self.fetch_members().await
+    }
+
+    /// One node's own status.
+    pub async fn status_of(&self, node: SocketAddr) -> Result<NodeStatus, KvError> {
+        match self.call_at(node, &Request::Status).await? {
+            Reply::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Where the key lives and what each replica holds.
+    pub async fn explain(&self, key: impl Into<Bytes>) -> Result<Explanation, KvError> {
+        let key = key.into();
+        match self.call(Some(&key), Request::Explain { key: key.clone() }).await? {
+            Reply::Explain(explanation) => Ok(explanation),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn call_at(&self, addr: SocketAddr, request: &Request) -> Result<Reply, KvError> {
+        self.connector.call(addr, request, self.timeout).await.map_err(KvError::from)?
+    }
+
+    async fn fetch_members(&self) -> Result<Members, KvError> {
+        let known: Vec<SocketAddr> = {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            let mut addrs: Vec<SocketAddr> = view.as_ref().map(|v| v.route(None)).unwrap_or_default();
+            addrs.extend(self.seeds.iter().filter(|s| !addrs.contains(s)).collect::<Vec<_>>());
+            addrs
+        };
+        let mut last = KvError::Unavailable("no node to ask for the membership".into());
+        for addr in known {
+            match self.call_at(addr, &Request::Members).await {
+                Ok(Reply::Members(members)) => {
+                    *self.view.write().unwrap_or_else(|e| e.into_inner()) = Some(View::new(members.clone()));
+                    return Ok(members);
                 }
+                Ok(other) => last = unexpected(other),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Where to send a request for `key`: a fresh-enough view's routing, or
+    /// the configured nodes if no view could be had.
+    async fn route(&self, key: Option<&[u8]>) -> Vec<SocketAddr> {
+        let stale = {
+            let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+            match view.as_ref() {
+                Some(v) if v.fetched.elapsed() < self.refresh => return v.route(key),
+                Some(_) => true,
+                None => false,
+            }
+        };
+        if stale {
+            // Route with the old view now, refresh in the background.
+            if !self.refreshing.swap(true, Ordering::AcqRel) {
+                let client = self.clone();
+                tokio::spawn(async move {
+                    let _ = client.fetch_members().await;
+                    client.refreshing.store(false, Ordering::Release);
+                });
+            }
+        } else if self.fetch_members().await.is_err() {
+            return self.seeds.to_vec();
+        }
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.as_ref().map(|v| v.route(key)).unwrap_or_else(|| self.seeds.to_vec())
+    }
+
+    /// Sends a request to a replica of `key` (or any node), failing over to
+    /// the next on transport errors. Errors the node itself returns are
+    /// final: the request reached a coordinator and its answer stands.
+    pub async fn call(&self, key: Option<&[u8]>, request: Request) -> Result<Reply, KvError> {
+        let mut route = self.route(key).await;
+        if route.is_empty() {
+            route = self.seeds.to_vec();
+        }
+        let mut last = KvError::Unavailable("no node to send the request to".into());
+        for addr in route.into_iter().take(MAX_ATTEMPTS) {
+            match self.connector.call(addr, &request, self.timeout).await {
+                Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
+                Ok(response) => return response,
                 Err(e) => {
-                    tracing::debug!(node = %self.nodes[index], error = %e, "request failed, trying the next node");
-                    last = Some(e);
+                    tracing::debug!(node = %addr, error = %e, "request failed, trying another node");
+                    last = e.into();
+                    // Whatever we knew about the cluster may be out of date.
+                    if let Some(view) = self.view.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        view.fetched = Instant::now() - self.refresh;
+                    }
                 }
             }
         }
-        Err(last.map(KvError::from).unwrap_or_else(|| KvError::Unavailable("no nodes".into())))
+        Err(last)
     }
 
-    async fn flag(&self, request: Request) -> Result<bool, KvError> {
-        match self.call(request).await? {
+    async fn flag(&self, key: &Bytes, request: Request) -> Result<bool, KvError> {
+        match self.call(Some(key), request).await? {
             Reply::Flag(flag) => Ok(flag),
             other => Err(unexpected(other)),
         }
@@ -153,9 +292,10 @@ fn ttl_ms(ttl: Duration) -> Result<u64, KvError> {
 
 impl KvStore for Client {
     async fn put(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send) -> Result<(), KvError> {
+        let key = key.into();
         let request =
-            Request::Put { key: key.into(), value: value.into(), ttl_ms: None, consistency: self.consistency };
-        self.call(request).await.map(|_| ())
+            Request::Put { key: key.clone(), value: value.into(), ttl_ms: None, consistency: self.consistency };
+        self.call(Some(&key), request).await.map(|_| ())
     }
 
     async fn put_with_ttl(
@@ -164,46 +304,50 @@ impl KvStore for Client {
         value: impl Into<Bytes> + Send,
         ttl: Duration,
     ) -> Result<(), KvError> {
-        let request = Request::Put {
-            key: key.into(),
-            value: value.into(),
-            ttl_ms: Some(ttl_ms(ttl)?),
-            consistency: self.consistency,
-        };
-        self.call(request).await.map(|_| ())
+        let key = key.into();
+        let ttl_ms = Some(ttl_ms(ttl)?);
+        let request = Request::Put { key: key.clone(), value: value.into(), ttl_ms, consistency: self.consistency };
+        self.call(Some(&key), request).await.map(|_| ())
     }
 
     async fn get(&self, key: impl Into<Bytes> + Send) -> Result<Option<Bytes>, KvError> {
-        match self.call(Request::Get { key: key.into(), consistency: self.consistency }).await? {
+        let key = key.into();
+        match self.call(Some(&key), Request::Get { key: key.clone(), consistency: self.consistency }).await? {
             Reply::Value(value) => Ok(value),
             other => Err(unexpected(other)),
         }
     }
 
     async fn delete(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.flag(Request::Delete { key: key.into(), consistency: self.consistency }).await
+        let key = key.into();
+        self.flag(&key, Request::Delete { key: key.clone(), consistency: self.consistency }).await
     }
 
     async fn exists(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.flag(Request::Exists { key: key.into(), consistency: self.consistency }).await
+        let key = key.into();
+        self.flag(&key, Request::Exists { key: key.clone(), consistency: self.consistency }).await
     }
 
     async fn ttl(&self, key: impl Into<Bytes> + Send) -> Result<KeyTtl, KvError> {
-        match self.call(Request::Ttl { key: key.into(), consistency: self.consistency }).await? {
+        let key = key.into();
+        match self.call(Some(&key), Request::Ttl { key: key.clone(), consistency: self.consistency }).await? {
             Reply::Ttl(ttl) => Ok(ttl),
             other => Err(unexpected(other)),
         }
     }
 
     async fn expire(&self, key: impl Into<Bytes> + Send, ttl: Duration) -> Result<bool, KvError> {
-        self.flag(Request::Expire { key: key.into(), ttl_ms: ttl_ms(ttl)?, consistency: self.consistency }).await
+        let key = key.into();
+        let request = Request::Expire { key: key.clone(), ttl_ms: ttl_ms(ttl)?, consistency: self.consistency };
+        self.flag(&key, request).await
     }
 
     async fn persist(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.flag(Request::Persist { key: key.into(), consistency: self.consistency }).await
+        let key = key.into();
+        self.flag(&key, Request::Persist { key: key.clone(), consistency: self.consistency }).await
     }
 
     async fn clear(&self) -> Result<(), KvError> {
-        self.call(Request::Clear).await.map(|_| ())
+        self.call(None, Request::Clear).await.map(|_| ())
     }
 }

@@ -20,8 +20,8 @@ pub enum KvError {
     ValueTooLarge { len: usize, max: usize },
     #[error("invalid ttl: {0}")]
     InvalidTtl(String),
-    #[error("partition {partition} is overloaded ({capacity} requests queued), retry later")]
-    Busy { partition: u16, capacity: usize },
+    #[error("{what} is overloaded ({capacity} requests queued), retry later")]
+    Busy { what: String, capacity: usize },
     #[error(
         "{operation} needed {needed} of {replicas} replicas, {acked} acknowledged ({answered:?}); failed: {}",
         fmt_failures(failed)

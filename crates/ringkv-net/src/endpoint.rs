@@ -17,7 +17,7 @@ use ringkv_core::KvError;
 use tokio::sync::watch;
 
 use crate::NetError;
-use crate::tls::SERVER_NAME;
+use crate::tls::{NodeCheck, SERVER_NAME};
 use crate::wire::{self, Request, Response};
 
 /// Application error codes for closing streams and connections.
@@ -55,10 +55,19 @@ pub fn from_socket(
     Ok(endpoint)
 }
 
+/// Who sent a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The peer presented a node certificate of this cluster (not just a
+    /// client certificate).
+    pub is_node: bool,
+}
+
 /// Serves requests. Implemented by the node; every reply, including errors,
 /// is a [`Response`].
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request, peer: SocketAddr) -> impl Future<Output = Response> + Send;
+    fn handle(&self, request: Request, peer: Peer) -> impl Future<Output = Response> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +76,7 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long a stream may take to deliver its request.
     pub read_timeout: Duration,
+    pub node_check: NodeCheck,
 }
 
 /// Accepts connections until `shutdown` turns true, then closes the
@@ -105,12 +115,13 @@ pub async fn serve<H: Handler>(
 }
 
 async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>, options: ServeOptions) {
-    let peer = connection.remote_address();
+    let peer =
+        Peer { addr: connection.remote_address(), is_node: options.node_check.is_node(connection.peer_identity()) };
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
             Err(e) => {
-                tracing::debug!(%peer, reason = %e, "connection closed");
+                tracing::debug!(peer = %peer.addr, reason = %e, "connection closed");
                 return;
             }
         };
@@ -122,7 +133,7 @@ async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>, o
 async fn serve_stream<H: Handler>(
     mut send: SendStream,
     mut recv: RecvStream,
-    peer: SocketAddr,
+    peer: Peer,
     handler: &H,
     options: &ServeOptions,
 ) {
@@ -135,7 +146,7 @@ async fn serve_stream<H: Handler>(
     let response = match request {
         Ok(request) => handler.handle(request, peer).await,
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "rejecting request");
+            tracing::warn!(peer = %peer.addr, error = %e, "rejecting request");
             // Stop the peer from sending the rest of a frame we refused.
             let _ = recv.stop(CODE_FRAME_REFUSED.into());
             Err(KvError::Protocol(e.to_string()))
@@ -147,7 +158,7 @@ async fn serve_stream<H: Handler>(
                 let _ = send.finish();
             }
         }
-        Err(e) => tracing::error!(%peer, error = %e, "cannot encode response"),
+        Err(e) => tracing::error!(peer = %peer.addr, error = %e, "cannot encode response"),
     }
 }
 
@@ -166,12 +177,26 @@ async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Vec<u8>, NetErr
 pub struct Connector {
     endpoint: Endpoint,
     max_frame_bytes: usize,
+    connect_timeout: Duration,
     connections: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
 }
 
 impl Connector {
     pub fn new(endpoint: Endpoint, max_frame_bytes: usize) -> Connector {
-        Connector { endpoint, max_frame_bytes, connections: Mutex::new(HashMap::new()) }
+        Connector {
+            endpoint,
+            max_frame_bytes,
+            connect_timeout: Duration::from_secs(2),
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A handshake that takes longer than this fails: a node that does not
+    /// answer is better skipped quickly than waited for until the request's
+    /// own deadline.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Connector {
+        self.connect_timeout = timeout;
+        self
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -223,7 +248,10 @@ impl Connector {
         }
         let connecting =
             self.endpoint.connect(addr, SERVER_NAME).map_err(|e| NetError::Connect { addr, reason: e.to_string() })?;
-        let connection = connecting.await.map_err(|e| NetError::Connect { addr, reason: describe(&e) })?;
+        let connection = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| NetError::Connect { addr, reason: format!("no handshake within {:?}", self.connect_timeout) })?
+            .map_err(|e| NetError::Connect { addr, reason: describe(&e) })?;
         *guard = Some(connection.clone());
         Ok(connection)
     }

@@ -7,6 +7,6 @@ mod error;
 pub mod tls;
 pub mod wire;
 
-pub use endpoint::{Connector, Handler, ServeOptions, bind, from_socket, serve};
+pub use endpoint::{Connector, Handler, Peer, ServeOptions, bind, from_socket, serve};
 pub use error::NetError;
 pub use quinn::Endpoint;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::rustls::{self, RootCertStore, pki_types::pem::PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::NetError;
@@ -148,4 +150,33 @@ pub fn client_config(identity: &Identity, settings: &TransportSettings) -> Resul
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport(settings)?);
     Ok(config)
+}
+
+/// Tells node certificates from client certificates. Both are signed by the
+/// cluster CA, but only node certificates are valid for server use under
+/// [`SERVER_NAME`]; replica-level requests are accepted only from those, so a
+/// client cannot write to a replica behind its coordinator's back.
+#[derive(Debug, Clone)]
+pub struct NodeCheck {
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl NodeCheck {
+    pub fn new(identity: &Identity) -> Result<NodeCheck, NetError> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(identity.roots.clone(), provider())
+            .build()
+            .map_err(|e| NetError::Tls(e.to_string()))?;
+        Ok(NodeCheck { verifier })
+    }
+
+    /// Whether a connection's peer identity (quinn's `peer_identity()`) is a
+    /// node certificate of this cluster.
+    pub fn is_node(&self, peer_identity: Option<Box<dyn std::any::Any>>) -> bool {
+        let Some(chain) = peer_identity.and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok()) else {
+            return false;
+        };
+        let Some((end_entity, intermediates)) = chain.split_first() else { return false };
+        let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
+        self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()).is_ok()
+    }
 }

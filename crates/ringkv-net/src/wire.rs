@@ -12,8 +12,10 @@
 //! only ever appended; changing the meaning or layout of an existing one
 //! requires a new protocol version.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
-use ringkv_core::{Consistency, KeyTtl, KvError};
+use ringkv_core::{Consistency, Entry, Epoch, KeyTtl, KvError, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -25,14 +27,74 @@ pub const FRAME_HEADER_LEN: usize = 6;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Ping,
-    Put { key: Bytes, value: Bytes, ttl_ms: Option<u64>, consistency: Consistency },
-    Get { key: Bytes, consistency: Consistency },
-    Delete { key: Bytes, consistency: Consistency },
-    Exists { key: Bytes, consistency: Consistency },
-    Ttl { key: Bytes, consistency: Consistency },
-    Expire { key: Bytes, ttl_ms: u64, consistency: Consistency },
-    Persist { key: Bytes, consistency: Consistency },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        consistency: Consistency,
+    },
+    Get {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Delete {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Exists {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Ttl {
+        key: Bytes,
+        consistency: Consistency,
+    },
+    Expire {
+        key: Bytes,
+        ttl_ms: u64,
+        consistency: Consistency,
+    },
+    Persist {
+        key: Bytes,
+        consistency: Consistency,
+    },
     Clear,
+    /// Replica-level operations between nodes; refused unless the caller
+    /// presents a node certificate.
+    Replica(ReplicaRequest),
+    /// The membership and ring parameters, so that clients can route.
+    Members,
+    /// This node's own state, for `ringkv status`.
+    Status,
+    /// Where a key lives and what each of its replicas holds.
+    Explain {
+        key: Bytes,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaRequest {
+    /// Merge an entry into a partition. `hint_for` names the preferred
+    /// replica this node stands in for: the entry is kept as a hint for it
+    /// instead of in this node's shard.
+    Apply {
+        partition: u16,
+        key: Bytes,
+        entry: Entry,
+        condition: Option<Version>,
+        hint_for: Option<String>,
+    },
+    Read {
+        partition: u16,
+        key: Bytes,
+    },
+    Truncate {
+        epoch: Epoch,
+    },
+    /// Hints handed back to their owner, in one batch.
+    Deliver {
+        entries: Vec<(u16, Bytes, Entry)>,
+    },
 }
 
 impl Request {
@@ -48,17 +110,113 @@ impl Request {
             Request::Expire { .. } => "expire",
             Request::Persist { .. } => "persist",
             Request::Clear => "clear",
+            Request::Replica(ReplicaRequest::Apply { .. }) => "replica-apply",
+            Request::Replica(ReplicaRequest::Read { .. }) => "replica-read",
+            Request::Replica(ReplicaRequest::Truncate { .. }) => "replica-truncate",
+            Request::Replica(ReplicaRequest::Deliver { .. }) => "replica-deliver",
+            Request::Members => "members",
+            Request::Status => "status",
+            Request::Explain { .. } => "explain",
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
-    Pong { node_id: String, version: String },
+    Pong {
+        node_id: String,
+        version: String,
+    },
     Done,
     Value(Option<Bytes>),
     Flag(bool),
     Ttl(KeyTtl),
+    /// A replica applied (or already had) an entry.
+    Applied {
+        was_live: bool,
+    },
+    /// A conditional apply found something newer.
+    Conflict,
+    Entry(Option<Entry>),
+    Members(Members),
+    Status(NodeStatus),
+    Explain(Explanation),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberStatus {
+    /// Up, but not yet serving: recovering, or learning the cluster's state.
+    Joining,
+    Serving,
+    /// Handing its partitions off before it exits.
+    Leaving,
+}
+
+impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Joining => "joining",
+            MemberStatus::Serving => "serving",
+            MemberStatus::Leaving => "leaving",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MemberStatus> {
+        match s {
+            "joining" => Some(MemberStatus::Joining),
+            "serving" => Some(MemberStatus::Serving),
+            "leaving" => Some(MemberStatus::Leaving),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub status: MemberStatus,
+    pub live: bool,
+    /// In the ring: live, or dead for less than the grace period.
+    pub in_ring: bool,
+}
+
+/// Everything a client needs to compute placement exactly as the nodes do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    pub cluster_id: String,
+    pub partitions: u16,
+    pub replication: u8,
+    pub vnodes: u32,
+    pub members: Vec<MemberInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub status: MemberStatus,
+    /// Partitions this node is a preferred replica of.
+    pub partitions_owned: u32,
+    /// Stored entries (including dead markers) and live values.
+    pub entries: u64,
+    pub values: u64,
+    /// Hints held for other nodes, per node.
+    pub hints: Vec<(String, u64)>,
+    pub hints_dropped: u64,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub node_id: String,
+    /// What the replica holds for the key, or why it could not be asked.
+    pub entry: Result<Option<Entry>, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub partition: u16,
+    pub replicas: Vec<ReplicaView>,
 }
 
 pub type Response = Result<Reply, KvError>;

@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::{Consistency, KvError};
-use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config, server_config};
+use ringkv_net::tls::{Identity, NodeCheck, TlsPaths, TransportSettings, client_config, server_config};
 use ringkv_net::wire::{self, Reply, Request, Response};
-use ringkv_net::{Connector, Handler, NetError, ServeOptions, bind, certs, serve};
+use ringkv_net::{Connector, Handler, NetError, Peer, ServeOptions, bind, certs, serve};
 
 struct Echo;
 
 impl Handler for Echo {
-    async fn handle(&self, request: Request, _peer: SocketAddr) -> Response {
+    async fn handle(&self, request: Request, peer: Peer) -> Response {
         match request {
+            Request::Ping => Ok(Reply::Flag(peer.is_node)),
             Request::Get { key, .. } => Ok(Reply::Value(Some(key))),
             other => Err(KvError::Internal(format!("unexpected {}", other.kind()))),
         }
@@ -47,8 +48,12 @@ async fn start_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::watch:
     .unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let options =
-        ServeOptions { max_frame_bytes: MAX_FRAME, max_connections: 16, read_timeout: Duration::from_secs(5) };
+    let options = ServeOptions {
+        max_frame_bytes: MAX_FRAME,
+        max_connections: 16,
+        read_timeout: Duration::from_secs(5),
+        node_check: NodeCheck::new(&identity).unwrap(),
+    };
     tokio::spawn(serve(endpoint, Arc::new(Echo), options, stopped));
     (addr, stop)
 }
@@ -113,13 +118,19 @@ async fn a_client_from_another_ca_is_refused() {
     assert!(friend.call(addr, &get("a"), Duration::from_secs(5)).await.unwrap().is_ok());
 }
 
-#[test]
-fn certs_init_refuses_to_overwrite_a_ca_and_issues_more_nodes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_are_told_from_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     certs::init(dir.path(), &[], &[]).unwrap();
-    assert!(certs::init(dir.path(), &[], &[]).is_err());
+    assert!(certs::init(dir.path(), &[], &[]).is_err(), "an existing CA is never overwritten");
+    // A node certificate issued later, from the CA key alone, is accepted.
     certs::issue_node_cert(dir.path(), "n9", &[]).unwrap();
-    Identity::load(&TlsPaths::node_in(dir.path(), "n9")).unwrap();
     assert_eq!(TlsPaths::node_in(dir.path(), "n9").cert, dir.path().join("n9.crt"));
     assert_eq!(TlsPaths::node_in(dir.path(), "other").cert, dir.path().join("node.crt"));
+    let (addr, _stop) = start_server(dir.path()).await;
+    let t = Duration::from_secs(5);
+    let as_node = connector(&TlsPaths::node_in(dir.path(), "n9"));
+    assert_eq!(as_node.call(addr, &Request::Ping, t).await.unwrap(), Ok(Reply::Flag(true)));
+    let as_client = connector(&TlsPaths::client_in(dir.path()));
+    assert_eq!(as_client.call(addr, &Request::Ping, t).await.unwrap(), Ok(Reply::Flag(false)));
 }

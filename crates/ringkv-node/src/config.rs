@@ -32,7 +32,7 @@ impl std::str::FromStr for Persistence {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// This node's name. Stable across restarts: it identifies the node's
@@ -79,6 +79,45 @@ pub struct NodeConfig {
     /// Time a client has to send a whole request on its stream.
     #[serde(with = "duration")]
     pub request_read_timeout: Duration,
+    /// Nodes gossip only with nodes of the same cluster id.
+    pub cluster_id: String,
+    /// UDP address for gossip. Without it the node runs alone: no
+    /// membership, every partition held locally, N = 1.
+    pub gossip: Option<SocketAddr>,
+    /// Gossip addresses (host:port) of nodes to join the cluster through.
+    pub seeds: Vec<String>,
+    /// Replicas per partition (N), clamped to the number of ring members.
+    pub replication: usize,
+    /// Acknowledgements a write waits for at consistency `quorum` (W).
+    pub write_quorum: usize,
+    /// Answers a read waits for at consistency `quorum` (R).
+    pub read_quorum: usize,
+    /// Virtual nodes per member on the placement ring.
+    pub vnodes: u32,
+    #[serde(with = "duration")]
+    pub gossip_interval: Duration,
+    /// Phi accrual failure detector threshold; higher is slower to declare
+    /// a node dead and less prone to flapping.
+    pub phi_threshold: f64,
+    /// A dead node stays in the ring this long (its writes go to others as
+    /// hints); after that its partitions move to the remaining nodes.
+    #[serde(with = "duration")]
+    pub dead_node_grace: Duration,
+    /// How long a coordinator waits for one replica.
+    #[serde(with = "duration")]
+    pub replica_timeout: Duration,
+    /// How long a starting node waits to hear from the cluster (to learn its
+    /// truncate epoch and check its partition count) before serving anyway.
+    #[serde(with = "duration")]
+    pub join_timeout: Duration,
+    /// Bytes of hints held for down nodes; beyond it new hints are dropped
+    /// (counted in `ringkv status`) and anti-entropy has to repair.
+    pub max_hint_bytes: usize,
+    /// How often hints are offered to nodes that came back.
+    #[serde(with = "duration")]
+    pub hint_replay_interval: Duration,
+    /// Seed for this node's randomness (gossip peer choice and QUIC).
+    pub seed: u64,
     pub tls: TlsConfig,
 }
 
@@ -139,6 +178,43 @@ pub fn default_request_read_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+pub fn default_cluster_id() -> String {
+    "ringkv".into()
+}
+pub fn default_replication() -> usize {
+    3
+}
+pub fn default_write_quorum() -> usize {
+    2
+}
+pub fn default_read_quorum() -> usize {
+    2
+}
+pub fn default_vnodes() -> u32 {
+    64
+}
+pub fn default_gossip_interval() -> Duration {
+    Duration::from_millis(500)
+}
+pub fn default_phi_threshold() -> f64 {
+    12.0
+}
+pub fn default_dead_node_grace() -> Duration {
+    Duration::from_secs(60)
+}
+pub fn default_replica_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+pub fn default_join_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn default_max_hint_bytes() -> usize {
+    256 << 20
+}
+pub fn default_hint_replay_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
 impl Default for NodeConfig {
     fn default() -> NodeConfig {
         let limits = Limits::default();
@@ -162,6 +238,21 @@ impl Default for NodeConfig {
             max_connections: default_max_connections(),
             max_streams_per_connection: default_max_streams_per_connection(),
             request_read_timeout: default_request_read_timeout(),
+            cluster_id: default_cluster_id(),
+            gossip: None,
+            seeds: Vec::new(),
+            replication: default_replication(),
+            write_quorum: default_write_quorum(),
+            read_quorum: default_read_quorum(),
+            vnodes: default_vnodes(),
+            gossip_interval: default_gossip_interval(),
+            phi_threshold: default_phi_threshold(),
+            dead_node_grace: default_dead_node_grace(),
+            replica_timeout: default_replica_timeout(),
+            join_timeout: default_join_timeout(),
+            max_hint_bytes: default_max_hint_bytes(),
+            hint_replay_interval: default_hint_replay_interval(),
+            seed: 0,
             tls: TlsConfig::default(),
         }
     }
@@ -212,6 +303,33 @@ impl NodeConfig {
         }
         if self.sweep_interval.is_zero() {
             return bad("sweep_interval must be positive".into());
+        }
+        if self.replication == 0 || self.replication > 16 {
+            return bad(format!("replication {} must be between 1 and 16", self.replication));
+        }
+        if self.write_quorum == 0 || self.write_quorum > self.replication {
+            return bad(format!(
+                "write_quorum {} must be between 1 and replication ({})",
+                self.write_quorum, self.replication
+            ));
+        }
+        if self.read_quorum == 0 || self.read_quorum > self.replication {
+            return bad(format!(
+                "read_quorum {} must be between 1 and replication ({})",
+                self.read_quorum, self.replication
+            ));
+        }
+        if self.vnodes == 0 {
+            return bad("vnodes must be at least 1".into());
+        }
+        if self.cluster_id.is_empty() {
+            return bad("cluster_id must not be empty".into());
+        }
+        if self.phi_threshold.is_nan() || self.phi_threshold <= 0.0 {
+            return bad(format!("phi_threshold {} must be positive", self.phi_threshold));
+        }
+        if self.gossip.is_none() && !self.seeds.is_empty() {
+            return bad("seeds are set but gossip is not: set `gossip` (or --gossip) to join a cluster".into());
         }
         if self.wal_queue_bytes < self.max_frame_bytes() {
             return bad(format!(

@@ -11,6 +11,8 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
     #[error("cannot start actor {name}: {reason}")]
     Actor { name: String, reason: String },
 }

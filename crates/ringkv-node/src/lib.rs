@@ -5,9 +5,14 @@
 mod clock;
 pub mod config;
 mod error;
+mod hints;
+mod mailbox;
+mod membership;
 mod node;
 mod ops;
 mod partition;
+pub mod peers;
+mod topology;
 
 pub use clock::SystemClock;
 pub use config::{NodeConfig, Persistence, TlsConfig};

@@ -1,27 +1,36 @@
-//! `Node::start`: recovery, the partition actors, background work, and the
+//! `Node::start`: recovery, the actors, membership, background work, and the
 //! QUIC server.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringkv_core::ring::NodeName;
 use ringkv_core::{Clock, Epoch, Hlc, KvError, Limits, NodeTag, PartitionId, Partitioner, Version};
-use ringkv_net::tls::{Identity, TlsPaths, TransportSettings};
-use ringkv_net::{ServeOptions, bind, serve};
+use ringkv_net::tls::{Identity, NodeCheck, TlsPaths, TransportSettings};
+use ringkv_net::wire::{MemberStatus, ReplicaRequest};
+use ringkv_net::{Connector, Endpoint, ServeOptions, bind, serve};
 use ringkv_storage::{
-    Disk, FsDisk, RecoveryConfig, Shard, ShardStats, SnapshotWriter, Wal, WalConfig, compact, recover,
+    Disk, FsDisk, Hints, RecoveryConfig, Shard, ShardStats, SnapshotWriter, Wal, WalConfig, compact, recover,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{NodeConfig, Persistence};
-use crate::partition::{Mailbox, PartitionArgs, PartitionMsg};
+use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
+use crate::mailbox::Mailbox;
+use crate::membership::{Membership, MembershipConfig};
+use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
+use crate::peers::{PeerTransport, QuicPeers};
+use crate::topology::{self, Gossiped, Topology};
 use crate::{NodeError, SystemClock};
 
 /// Leaves per partition in the repair digest.
 pub(crate) const DIGEST_LEAVES: usize = 1024;
 const SNAPSHOT_CHUNK: usize = 1024;
+const HINT_BATCH: usize = 512;
 
 /// What a node takes from its environment instead of reaching for globals,
 /// so that tests and a simulator can substitute each part.
@@ -29,11 +38,14 @@ pub struct Env {
     pub clock: Arc<dyn Clock>,
     /// The data directory's disk; `None` opens `config.data_dir`.
     pub disk: Option<Arc<dyn Disk>>,
+    /// How to reach other nodes' replicas; `None` uses the node's QUIC
+    /// endpoint.
+    pub peers: Option<Arc<dyn PeerTransport>>,
 }
 
 impl Default for Env {
     fn default() -> Env {
-        Env { clock: Arc::new(SystemClock), disk: None }
+        Env { clock: Arc::new(SystemClock), disk: None, peers: None }
     }
 }
 
@@ -52,19 +64,108 @@ pub(crate) struct Inner {
     pub(crate) hlc: Hlc,
     pub(crate) partitioner: Partitioner,
     pub(crate) limits: Limits,
-    pub(crate) partitions: Vec<Mailbox>,
-    pub(crate) wal: Option<Wal>,
-    pub(crate) epoch: Mutex<Epoch>,
+    pub(crate) partitions: Vec<PartitionMailbox>,
+    pub(crate) hints: HintsMailbox,
+    pub(crate) peers: Arc<dyn PeerTransport>,
+    pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
+    topology: watch::Receiver<Arc<Topology>>,
+    wal: Option<Wal>,
+    epoch: Mutex<Epoch>,
     disk: Option<Arc<dyn Disk>>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     local_addr: Option<SocketAddr>,
 }
 
+/// A peer transport for a node that has no endpoint: it has no peers.
+struct NoPeers;
+
+impl PeerTransport for NoPeers {
+    fn call(&self, addr: SocketAddr, _request: ReplicaRequest, _timeout: Duration) -> crate::peers::PeerFuture<'_> {
+        Box::pin(async move { Err(KvError::Unavailable(format!("this node has no network endpoint to reach {addr}"))) })
+    }
+}
+
+struct Recovered {
+    shards: Vec<Shard>,
+    hints: Hints,
+    epoch: Epoch,
+    wal: Option<Wal>,
+    disk: Option<Arc<dyn Disk>>,
+}
+
+fn recover_state(
+    config: &NodeConfig,
+    env_disk: Option<Arc<dyn Disk>>,
+    hlc: &Hlc,
+    now_ms: u64,
+) -> Result<Recovered, NodeError> {
+    if config.persistence == Persistence::None {
+        let shards = (0..config.partitions).map(|_| Shard::new(DIGEST_LEAVES)).collect();
+        return Ok(Recovered { shards, hints: Hints::new(), epoch: Epoch::NONE, wal: None, disk: None });
+    }
+    let disk: Arc<dyn Disk> = match env_disk {
+        Some(disk) => disk,
+        None => Arc::new(FsDisk::open(&config.data_dir).map_err(|e| {
+            NodeError::Config(format!("cannot open data directory {}: {e}", config.data_dir.display()))
+        })?),
+    };
+    let recovery = RecoveryConfig {
+        node_id: config.node_id.clone(),
+        partitions: config.partitions,
+        digest_leaves: DIGEST_LEAVES,
+        max_record_bytes: config.max_frame_bytes(),
+    };
+    let started = std::time::Instant::now();
+    let recovered = recover(&*disk, &recovery, now_ms)?;
+    let entries: usize = recovered.shards.iter().map(|s| s.stats().entries).sum();
+    tracing::info!(
+        entries,
+        hints = recovered.hints.values().map(|h| h.len()).sum::<usize>(),
+        snapshot = ?recovered.stats.snapshot,
+        segments = recovered.stats.segments,
+        records = recovered.stats.records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    // Never stamp a version older than one already acknowledged.
+    let _ = hlc.observe(recovered.max_timestamp, u64::MAX);
+    let wal_config =
+        WalConfig { fsync: config.fsync, segment_bytes: config.wal_segment_bytes, queue_bytes: config.wal_queue_bytes };
+    let wal = Wal::start(disk.clone(), recovered.next_segment, wal_config)?;
+    Ok(Recovered {
+        shards: recovered.shards,
+        hints: recovered.hints,
+        epoch: recovered.epoch,
+        wal: Some(wal),
+        disk: Some(disk),
+    })
+}
+
+/// A standalone node's view: itself, always serving, N clamped to 1.
+fn standalone_topology(config: &NodeConfig, addr: SocketAddr) -> Topology {
+    let name = NodeName::from(config.node_id.as_str());
+    let mut me = BTreeMap::new();
+    me.insert(
+        name.clone(),
+        Gossiped { addr, status: MemberStatus::Serving, live: true, dead_for: None, epoch: Epoch::NONE },
+    );
+    topology::build(
+        &name,
+        &config.cluster_id,
+        me,
+        config.partitions,
+        config.replication,
+        config.vnodes,
+        config.dead_node_grace,
+    )
+}
+
 impl Node {
     /// Starts a node with the system clock and the configured data
     /// directory. It serves the network if `config.tls` names certificates;
-    /// otherwise it is embedded only.
+    /// otherwise it is embedded only. With `config.gossip` set it joins the
+    /// cluster through `config.seeds`.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         Node::start_with(config, Env::default()).await
     }
@@ -72,101 +173,111 @@ impl Node {
     pub async fn start_with(config: NodeConfig, env: Env) -> Result<Node, NodeError> {
         config.validate()?;
         let clock = env.clock;
-        let partitioner = Partitioner::new(config.partitions);
         let hlc = Hlc::new(config.max_clock_drift.as_millis() as u64);
+        let state = recover_state(&config, env.disk, &hlc, clock.now_ms())?;
 
-        let (shards, epoch, wal, disk) = match config.persistence {
-            Persistence::None => {
-                let shards = (0..config.partitions).map(|_| Shard::new(DIGEST_LEAVES)).collect();
-                (shards, Epoch::NONE, None, None)
+        let mut partitions = Vec::with_capacity(state.shards.len());
+        for (i, shard) in state.shards.into_iter().enumerate() {
+            let args = PartitionArgs { id: PartitionId(i as u16), shard, wal: state.wal.clone(), clock: clock.clone() };
+            partitions
+                .push(Mailbox::spawn(format!("partition {i}"), PartitionActor, args, config.mailbox_capacity).await?);
+        }
+        let hints_state = HintsState::new(state.hints, config.max_hint_bytes, state.wal.clone());
+        let hints = Mailbox::spawn("the hint store".into(), HintsActor, hints_state, config.mailbox_capacity).await?;
+
+        let endpoint = bind_endpoint(&config)?;
+        let local_addr = endpoint
+            .as_ref()
+            .map(|(e, _)| e.local_addr())
+            .transpose()
+            .map_err(|e| NodeError::Config(format!("cannot read the bound address: {e}")))?;
+        let peers: Arc<dyn PeerTransport> = match (env.peers, &endpoint) {
+            (Some(peers), _) => peers,
+            (None, Some((endpoint, _))) => {
+                Arc::new(QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes()))))
             }
-            Persistence::Wal => {
-                let disk: Arc<dyn Disk> = match env.disk {
-                    Some(disk) => disk,
-                    None => Arc::new(FsDisk::open(&config.data_dir).map_err(|e| {
-                        NodeError::Config(format!("cannot open data directory {}: {e}", config.data_dir.display()))
-                    })?),
-                };
-                let recovery = RecoveryConfig {
-                    node_id: config.node_id.clone(),
-                    partitions: config.partitions,
-                    digest_leaves: DIGEST_LEAVES,
-                    max_record_bytes: config.max_frame_bytes(),
-                };
-                let started = std::time::Instant::now();
-                let recovered = recover(&*disk, &recovery, clock.now_ms())?;
-                let entries: usize = recovered.shards.iter().map(|s| s.stats().entries).sum();
-                tracing::info!(
-                    entries,
-                    snapshot = ?recovered.stats.snapshot,
-                    segments = recovered.stats.segments,
-                    records = recovered.stats.records,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "recovered"
-                );
-                // Never stamp a version older than one already acknowledged.
-                let _ = hlc.observe(recovered.max_timestamp, u64::MAX);
-                let wal_config = WalConfig {
-                    fsync: config.fsync,
-                    segment_bytes: config.wal_segment_bytes,
-                    queue_bytes: config.wal_queue_bytes,
-                };
-                let wal = Wal::start(disk.clone(), recovered.next_segment, wal_config)?;
-                (recovered.shards, recovered.epoch, Some(wal), Some(disk))
-            }
+            (None, None) => Arc::new(NoPeers),
         };
 
-        let mut partitions = Vec::with_capacity(shards.len());
-        for (i, shard) in shards.into_iter().enumerate() {
-            let args = PartitionArgs { id: PartitionId(i as u16), shard, wal: wal.clone(), clock: clock.clone() };
-            partitions.push(Mailbox::spawn(args, config.mailbox_capacity).await?);
-        }
+        let addr = local_addr.unwrap_or(config.listen);
+        let (membership, topology) = match config.gossip {
+            None => (None, watch::channel(Arc::new(standalone_topology(&config, addr))).1),
+            Some(gossip) => {
+                if endpoint.is_none() {
+                    return Err(NodeError::Config("a clustered node needs certificates to talk to its peers".into()));
+                }
+                let membership = Membership::start(MembershipConfig {
+                    node_id: config.node_id.clone(),
+                    cluster_id: config.cluster_id.clone(),
+                    generation: clock.now_ms(),
+                    gossip,
+                    seeds: config.seeds.clone(),
+                    addr,
+                    partitions: config.partitions,
+                    replication: config.replication,
+                    vnodes: config.vnodes,
+                    gossip_interval: config.gossip_interval,
+                    phi_threshold: config.phi_threshold,
+                    dead_node_grace: config.dead_node_grace,
+                    join_timeout: config.join_timeout,
+                    epoch: state.epoch,
+                })
+                .await?;
+                let topology = membership.topology();
+                (Some(membership), topology)
+            }
+        };
 
         let (shutdown, _) = watch::channel(false);
-        let endpoint = match tls_paths(&config) {
-            Some(paths) => {
-                let identity = Identity::load(&paths)?;
-                let settings = TransportSettings {
-                    max_streams: config.max_streams_per_connection,
-                    ..TransportSettings::default()
-                };
-                let server = ringkv_net::tls::server_config(&identity, &settings)?;
-                let client = ringkv_net::tls::client_config(&identity, &settings)?;
-                Some(bind(config.listen, Some(server), client, None)?)
-            }
-            None => None,
-        };
-        let local_addr = endpoint.as_ref().and_then(|e| e.local_addr().ok());
-
         let node = Node {
             inner: Arc::new(Inner {
                 tag: NodeTag::from_name(&config.node_id),
                 limits: config.limits(),
+                partitioner: Partitioner::new(config.partitions),
                 clock,
                 hlc,
-                partitioner,
                 partitions,
-                wal,
-                epoch: Mutex::new(epoch),
-                disk,
+                hints,
+                peers,
+                membership: tokio::sync::Mutex::new(None),
+                topology,
+                wal: state.wal,
+                epoch: Mutex::new(state.epoch),
+                disk: state.disk,
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
                 local_addr,
                 config,
             }),
         };
+
+        let epochs = membership.as_ref().map(Membership::epochs);
+        *node.inner.membership.lock().await = membership;
+        if let Some(mut epochs) = epochs {
+            // Learn the cluster's truncate epoch before serving anything.
+            let gossiped = *epochs.borrow_and_update();
+            node.apply_epoch(gossiped)
+                .await
+                .map_err(|e| NodeError::Join(format!("cannot apply the truncate epoch: {e}")))?;
+            node.spawn(epoch_follower(node.clone(), epochs));
+        }
         node.spawn(sweeper(node.clone()));
+        node.spawn(handoff(node.clone()));
         if node.inner.wal.is_some() {
             node.spawn(snapshotter(node.clone()));
         }
-        if let Some(endpoint) = endpoint {
+        if let Some((endpoint, node_check)) = endpoint {
             let options = ServeOptions {
                 max_frame_bytes: node.inner.config.max_frame_bytes(),
                 max_connections: node.inner.config.max_connections,
                 read_timeout: node.inner.config.request_read_timeout,
+                node_check,
             };
             let server = serve(endpoint, Arc::new(node.clone()), options, node.inner.shutdown.subscribe());
             node.spawn(server);
+        }
+        if let Some(membership) = node.inner.membership.lock().await.as_ref() {
+            membership.set_status(MemberStatus::Serving).await;
         }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
         Ok(node)
@@ -205,8 +316,10 @@ impl Node {
                 writer.add(i as u16, chunk).await.map_err(storage)?;
             }
         }
-        let epoch = *self.inner.epoch.lock().unwrap_or_else(|e| e.into_inner());
-        let info = writer.finish(epoch).await.map_err(storage)?;
+        for (target, hints) in self.inner.hints.call(|reply| HintsMsg::All { reply }).await? {
+            writer.add_hints(target.to_string(), hints).await.map_err(storage)?;
+        }
+        let info = writer.finish(self.inner.epoch()).await.map_err(storage)?;
         let removed = compact(&**disk, covers).map_err(storage)?;
         tracing::info!(covers = info.covers, entries = info.entries, bytes = info.bytes, removed, "snapshot written");
         Ok(())
@@ -225,9 +338,12 @@ impl Node {
         Ok(total)
     }
 
-    /// Stops serving, flushes the log and stops the actors.
+    /// Stops serving, leaves gossip, flushes the log and stops the actors.
     pub async fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+        if let Some(membership) = self.inner.membership.lock().await.take() {
+            membership.shutdown().await;
+        }
         let tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {
@@ -241,8 +357,27 @@ impl Node {
         for partition in &self.inner.partitions {
             partition.stop();
         }
+        self.inner.hints.stop();
         tracing::info!(node = %self.inner.config.node_id, "node stopped");
     }
+}
+
+fn bind_endpoint(config: &NodeConfig) -> Result<Option<(Endpoint, NodeCheck)>, NodeError> {
+    let Some(paths) = tls_paths(config) else { return Ok(None) };
+    let identity = Identity::load(&paths)?;
+    let settings = TransportSettings { max_streams: config.max_streams_per_connection, ..TransportSettings::default() };
+    let server = ringkv_net::tls::server_config(&identity, &settings)?;
+    let client = ringkv_net::tls::client_config(&identity, &settings)?;
+    let seed = (config.seed != 0).then(|| {
+        let mut bytes = [0u8; 32];
+        let mut rng = ringkv_core::SplitMix64::new(config.seed);
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        bytes
+    });
+    let endpoint = bind(config.listen, Some(server), client, seed)?;
+    Ok(Some((endpoint, NodeCheck::new(&identity)?)))
 }
 
 impl Inner {
@@ -258,9 +393,16 @@ impl Inner {
         *self.epoch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn raise_epoch(&self, epoch: Epoch) {
+    /// Returns whether the epoch went up.
+    pub(crate) fn raise_epoch(&self, epoch: Epoch) -> bool {
         let mut current = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        let raised = epoch > *current;
         *current = current.merge(epoch);
+        raised
+    }
+
+    pub(crate) fn topology(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
     }
 
     fn stopping(&self) -> bool {
@@ -276,19 +418,30 @@ fn tls_paths(config: &NodeConfig) -> Option<TlsPaths> {
     }
 }
 
-/// Active expiry: every partition gets a bounded sweep per interval, and
-/// partitions with work left get another right away, so a burst of expiries
-/// is reclaimed quickly without any one sweep holding an actor for long.
-async fn sweeper(node: Node) {
-    let inner = &node.inner;
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut tick = tokio::time::interval(inner.config.sweep_interval);
+/// Runs `work` every `period` until shutdown.
+async fn every<F, Fut>(node: &Node, period: Duration, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut shutdown = node.inner.shutdown.subscribe();
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+        work().await;
+    }
+}
+
+/// Active expiry: every partition gets a bounded sweep per interval, and
+/// partitions with work left get another right away, so a burst of expiries
+/// is reclaimed quickly without any one sweep holding an actor for long.
+async fn sweeper(node: Node) {
+    let inner = node.inner.clone();
+    every(&node, inner.config.sweep_interval, || async {
         let grace = inner.config.tombstone_grace.as_millis() as u64;
         for partition in &inner.partitions {
             for _ in 0..16 {
@@ -303,28 +456,105 @@ async fn sweeper(node: Node) {
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Takes a snapshot whenever enough log has accumulated since the last.
 async fn snapshotter(node: Node) {
-    let inner = &node.inner;
-    let Some(wal) = &inner.wal else { return };
-    let mut shutdown = inner.shutdown.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let Some(wal) = node.inner.wal.clone() else { return };
     let mut logged_at_last = 0u64;
+    every(&node, Duration::from_secs(1), || {
+        let logged = wal.stats().appended_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let due = logged - logged_at_last >= node.inner.config.snapshot_after_bytes;
+        if due {
+            logged_at_last = logged;
+        }
+        let node = node.clone();
+        async move {
+            if due && let Err(e) = node.snapshot().await {
+                tracing::error!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
+            }
+        }
+    })
+    .await;
+}
+
+/// Applies truncate epochs that other nodes gossip.
+async fn epoch_follower(node: Node, mut epochs: watch::Receiver<Epoch>) {
+    let mut shutdown = node.inner.shutdown.subscribe();
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            changed = epochs.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let logged = wal.stats().appended_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        if logged - logged_at_last < inner.config.snapshot_after_bytes {
-            continue;
+        let epoch = *epochs.borrow_and_update();
+        if let Err(e) = node.apply_epoch(epoch).await {
+            tracing::error!(error = %e, "cannot apply a gossiped truncate epoch");
         }
-        logged_at_last = logged;
-        if let Err(e) = node.snapshot().await {
-            tracing::error!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
+    }
+}
+
+/// Hands hints to their owners once they are up and serving; hints for
+/// nodes that left the ring are written to the key's current replicas
+/// instead. Expired hints are dropped first.
+async fn handoff(node: Node) {
+    let inner = node.inner.clone();
+    every(&node, inner.config.hint_replay_interval, || async {
+        let horizon = inner.now_ms().saturating_sub(inner.config.tombstone_grace.as_millis() as u64);
+        let epoch = inner.epoch();
+        if let Err(e) = inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: horizon, reply }).await {
+            tracing::debug!(error = %e, "hint pruning skipped");
         }
+        let Ok((pending, _)) = inner.hints.call(|reply| HintsMsg::Pending { reply }).await else { return };
+        for (target, _) in pending {
+            if inner.stopping() {
+                return;
+            }
+            if let Err(e) = node.hand_off(&target).await {
+                tracing::debug!(%target, error = %e, "hint handoff paused");
+            }
+        }
+    })
+    .await;
+}
+
+impl Node {
+    async fn hand_off(&self, target: &NodeName) -> Result<(), KvError> {
+        let inner = &self.inner;
+        let topo = inner.topology();
+        let in_ring = topo.table.members().contains(target);
+        if in_ring && !topo.is_up(target) {
+            return Ok(());
+        }
+        let addr = topo.addr(target);
+        let mut delivered_total = 0;
+        loop {
+            let batch =
+                inner.hints.call(|reply| HintsMsg::Batch { target: target.clone(), max: HINT_BATCH, reply }).await?;
+            if batch.is_empty() {
+                break;
+            }
+            let delivered: Vec<(u16, Bytes, Version)> =
+                batch.iter().map(|(p, k, e)| (*p, k.clone(), e.version)).collect();
+            match (in_ring, addr) {
+                (true, Some(addr)) => {
+                    let request = ReplicaRequest::Deliver { entries: batch };
+                    inner.peers.call(addr, request, inner.config.replica_timeout * 4).await?;
+                }
+                _ => {
+                    // The owner left the ring: the key's replicas are others now.
+                    for (_, key, entry) in batch {
+                        self.write_entry(key, entry).await?;
+                    }
+                }
+            }
+            delivered_total += delivered.len();
+            inner.hints.call(|reply| HintsMsg::Delivered { target: target.clone(), delivered, reply }).await??;
+        }
+        if delivered_total > 0 {
+            tracing::info!(%target, hints = delivered_total, "hints delivered");
+        }
+        Ok(())
     }
 }

@@ -1,16 +1,26 @@
-//! The store's operations as this node coordinates them.
+//! The store's operations as a coordinating node runs them: validate, stamp,
+//! fan out to the key's replicas (local ones by actor message, remote ones
+//! over the peer transport), count answers with the sans-I/O quorum tracker,
+//! answer, and finish the rest in the background (remaining replica writes,
+//! hints for replicas that failed, read repair).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::{Entry, Epoch, KeyTtl, KvError, KvStore, Version, expiry_from_ttl};
-use ringkv_net::Handler;
-use ringkv_net::wire::{Reply, Request, Response};
+use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
+use ringkv_core::ring::NodeName;
+use ringkv_core::{
+    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl,
+};
+use ringkv_net::wire::{Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
+use ringkv_net::{Handler, Peer};
 use ringkv_storage::settle;
+use tokio::sync::mpsc;
 
-use crate::node::{Inner, Node};
+use crate::hints::HintsMsg;
+use crate::node::Node;
 use crate::partition::{Applied, PartitionMsg};
+use crate::topology::Topology;
 
 /// How often a read-modify-write (expire, persist) retries after losing a
 /// race with a concurrent write before giving up.
@@ -20,100 +30,393 @@ fn storage(e: ringkv_storage::StorageError) -> KvError {
     KvError::Storage(e.to_string())
 }
 
-struct WriteResult {
-    was_live: bool,
+enum Written {
+    Done {
+        was_live: bool,
+    },
+    /// A conditional write found something newer on some replica.
+    Conflict,
 }
 
-impl Inner {
-    async fn write(
-        &self,
-        key: Bytes,
-        entry: Entry,
-        condition: Option<Version>,
-    ) -> Result<Option<WriteResult>, KvError> {
-        let partition = &self.partitions[self.partitioner.partition_of(&key).0 as usize];
-        let applied = partition.call(|reply| PartitionMsg::Apply { key, entry, condition, reply }).await??;
-        match applied {
-            Applied::Done { was_live, durable } => {
-                if let Some(durable) = durable {
+impl Node {
+    /// Runs a replica request on this node's own partitions: for requests
+    /// from peers, and for the local share of requests this node coordinates.
+    pub(crate) async fn local_replica(&self, request: ReplicaRequest) -> Result<Reply, KvError> {
+        let inner = &self.inner;
+        match request {
+            ReplicaRequest::Apply { partition, key, entry, condition, hint_for } => {
+                self.check_placement(partition, &key)?;
+                let _ = inner.hlc.observe(entry.version.ts, inner.now_ms());
+                if let Some(target) = hint_for {
+                    let durable = inner
+                        .hints
+                        .call(|reply| HintsMsg::Store { target: target.into(), partition, key, entry, reply })
+                        .await??;
+                    if let Some(durable) = durable {
+                        settle(durable).await.map_err(storage)?;
+                    }
+                    return Ok(Reply::Applied { was_live: false });
+                }
+                let mailbox = &inner.partitions[partition as usize];
+                match mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition, reply }).await?? {
+                    Applied::Done { was_live, durable } => {
+                        if let Some(durable) = durable {
+                            settle(durable).await.map_err(storage)?;
+                        }
+                        Ok(Reply::Applied { was_live })
+                    }
+                    Applied::Conflict => Ok(Reply::Conflict),
+                }
+            }
+            ReplicaRequest::Read { partition, key } => {
+                self.check_placement(partition, &key)?;
+                let entry =
+                    inner.partitions[partition as usize].call(|reply| PartitionMsg::Read { key, reply }).await?;
+                Ok(Reply::Entry(entry))
+            }
+            ReplicaRequest::Truncate { epoch } => {
+                self.apply_epoch(epoch).await?;
+                Ok(Reply::Done)
+            }
+            ReplicaRequest::Deliver { entries } => {
+                let mut durables = Vec::new();
+                for (partition, key, entry) in entries {
+                    self.check_placement(partition, &key)?;
+                    let mailbox = &inner.partitions[partition as usize];
+                    if let Applied::Done { durable: Some(d), .. } =
+                        mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition: None, reply }).await??
+                    {
+                        durables.push(d);
+                    }
+                }
+                for durable in durables {
                     settle(durable).await.map_err(storage)?;
                 }
-                Ok(Some(WriteResult { was_live }))
+                Ok(Reply::Done)
             }
-            Applied::Conflict => Ok(None),
         }
     }
 
-    async fn read(&self, key: &Bytes) -> Result<Option<Entry>, KvError> {
-        let partition = &self.partitions[self.partitioner.partition_of(key).0 as usize];
-        let key = key.clone();
-        partition.call(|reply| PartitionMsg::Read { key, reply }).await
+    /// Requests from peers name a partition; it must be one of ours and the
+    /// key must belong to it, or a confused peer could plant keys where no
+    /// reader will look.
+    fn check_placement(&self, partition: u16, key: &Bytes) -> Result<(), KvError> {
+        let inner = &self.inner;
+        inner.limits.check_key(key)?;
+        if partition >= inner.partitioner.count() || inner.partitioner.partition_of(key).0 != partition {
+            return Err(KvError::Protocol(format!("key does not belong to partition {partition}")));
+        }
+        Ok(())
     }
 
-    /// The entry if a reader sees it live now.
-    async fn read_live(&self, key: &Bytes) -> Result<Option<(Entry, u64)>, KvError> {
-        let entry = self.read(key).await?;
-        let now = self.now_ms();
-        Ok(entry.filter(|e| e.live_value(now, self.epoch()).is_some()).map(|e| (e, now)))
+    async fn on_replica(&self, topo: &Topology, node: &NodeName, request: ReplicaRequest) -> Result<Reply, KvError> {
+        if topo.is_self(node) {
+            return self.local_replica(request).await;
+        }
+        let addr = topo.addr(node).ok_or_else(|| KvError::Unavailable(format!("no address for {node}")))?;
+        self.inner.peers.call(addr, request, self.inner.config.replica_timeout).await
     }
 
-    pub(crate) async fn put(&self, key: Bytes, value: Bytes, ttl: Option<Duration>) -> Result<(), KvError> {
-        self.limits.check_key(&key)?;
-        self.limits.check_value(&value)?;
-        let now = self.now_ms();
+    pub(crate) async fn store_hint(&self, target: NodeName, partition: PartitionId, key: Bytes, entry: Entry) {
+        let stored = self
+            .inner
+            .hints
+            .call(|reply| HintsMsg::Store { target: target.clone(), partition: partition.0, key, entry, reply })
+            .await;
+        if let Err(e) = stored.and_then(|r| r) {
+            tracing::debug!(%target, error = %e, "could not keep a hint");
+        }
+    }
+
+    fn unavailable(&self, operation: &str, topo: &Topology, partition: PartitionId, needed: usize) -> KvError {
+        let replicas = topo.replicas(partition);
+        KvError::Quorum {
+            operation: operation.to_string(),
+            needed,
+            replicas: replicas.len(),
+            acked: 0,
+            answered: Vec::new(),
+            failed: replicas
+                .iter()
+                .filter(|n| !topo.is_up(n))
+                .map(|n| ReplicaFailure { node: n.to_string(), reason: "down".into() })
+                .collect(),
+        }
+    }
+
+    /// Sends an entry to the key's replicas and waits for the quorum.
+    async fn replicate(
+        &self,
+        operation: &'static str,
+        key: Bytes,
+        entry: Entry,
+        condition: Option<Version>,
+        consistency: Consistency,
+    ) -> Result<Written, KvError> {
+        let topo = self.inner.topology();
+        let partition = self.inner.partitioner.partition_of(&key);
+        let targets = topo.table.write_targets(partition, |n| topo.is_up(n));
+        let needed = consistency.required(topo.table.replication(), self.inner.config.write_quorum);
+        if targets.len() < needed || targets.is_empty() {
+            return Err(self.unavailable(operation, &topo, partition, needed.max(1)));
+        }
+        // Down preferred replicas that no stand-in covers get a hint kept
+        // here, so they catch up when they return. (A hint held by the
+        // coordinator does not count towards the quorum; a stand-in does.)
+        for replica in topo.replicas(partition) {
+            let covered = targets.iter().any(|t| t.hint_for.as_ref() == Some(replica));
+            if !topo.is_up(replica) && !covered && !topo.is_self(replica) {
+                self.store_hint(replica.clone(), partition, key.clone(), entry.clone()).await;
+            }
+        }
+        let (tx, mut rx) = mpsc::channel(targets.len());
+        for target in &targets {
+            let (node, topo, tx, key, entry) = (self.clone(), topo.clone(), tx.clone(), key.clone(), entry.clone());
+            let target = target.clone();
+            tokio::spawn(async move {
+                let request = ReplicaRequest::Apply {
+                    partition: partition.0,
+                    key: key.clone(),
+                    entry: entry.clone(),
+                    condition,
+                    hint_for: target.hint_for.as_ref().map(|n| n.to_string()),
+                };
+                let result = node.on_replica(&topo, &target.node, request).await;
+                // A replica we believed up did not take the write: keep it
+                // for that replica as a hint, so it catches up when it can.
+                // Safe even for a conditional write that lost its race: the
+                // entry is a real version and last-writer-wins decides.
+                if let Err(e) = &result
+                    && target.hint_for.is_none()
+                    && !topo.is_self(&target.node)
+                {
+                    tracing::debug!(replica = %target.node, error = %e, "replica write failed; keeping a hint");
+                    node.store_hint(target.node.clone(), partition, key, entry).await;
+                }
+                let _ = tx.send((target.node, result)).await;
+            });
+        }
+        drop(tx);
+        let mut tracker = QuorumTracker::new(operation, needed, targets.len());
+        let mut pending: Vec<String> = targets.iter().map(|t| t.node.to_string()).collect();
+        let (mut was_live, mut conflict) = (false, false);
+        while let Some((node, result)) = rx.recv().await {
+            pending.retain(|n| *n != *node);
+            let progress = match result {
+                Ok(Reply::Applied { was_live: w }) => {
+                    was_live |= w;
+                    tracker.ok(&node)
+                }
+                Ok(Reply::Conflict) => {
+                    conflict = true;
+                    tracker.fail(&node, "a newer write is stored")
+                }
+                Ok(other) => tracker.fail(&node, format!("unexpected reply {other:?}")),
+                Err(e) => tracker.fail(&node, e.to_string()),
+            };
+            if progress != Progress::Pending {
+                break;
+            }
+        }
+        if conflict {
+            return Ok(Written::Conflict);
+        }
+        match tracker.progress() {
+            Progress::Succeeded => Ok(Written::Done { was_live }),
+            _ => Err(tracker.error("no answer", pending)),
+        }
+    }
+
+    /// Reads the key from its replicas, returns the newest entry and repairs
+    /// stale replicas in the background.
+    async fn read_entry(&self, key: &Bytes, consistency: Consistency) -> Result<Option<Entry>, KvError> {
+        let topo = self.inner.topology();
+        let partition = self.inner.partitioner.partition_of(key);
+        let replicas: Vec<NodeName> = topo.replicas(partition).to_vec();
+        let needed = consistency.required(replicas.len(), self.inner.config.read_quorum).max(1);
+        let up: Vec<NodeName> = replicas.iter().filter(|n| topo.is_up(n)).cloned().collect();
+        if up.len() < needed {
+            return Err(self.unavailable("read", &topo, partition, needed));
+        }
+        let (tx, mut rx) = mpsc::channel(up.len());
+        for node_name in &up {
+            let (node, topo, tx, key, node_name) =
+                (self.clone(), topo.clone(), tx.clone(), key.clone(), node_name.clone());
+            tokio::spawn(async move {
+                let result =
+                    node.on_replica(&topo, &node_name, ReplicaRequest::Read { partition: partition.0, key }).await;
+                let _ = tx.send((node_name, result)).await;
+            });
+        }
+        drop(tx);
+        let mut tracker = QuorumTracker::new("read", needed, up.len());
+        let mut answers: Vec<(String, Option<Entry>)> = Vec::new();
+        let mut pending: Vec<String> = up.iter().map(|n| n.to_string()).collect();
+        while let Some((node, result)) = rx.recv().await {
+            pending.retain(|n| *n != *node);
+            let progress = match result {
+                Ok(Reply::Entry(entry)) => {
+                    answers.push((node.to_string(), entry));
+                    tracker.ok(&node)
+                }
+                Ok(other) => tracker.fail(&node, format!("unexpected reply {other:?}")),
+                Err(e) => tracker.fail(&node, e.to_string()),
+            };
+            if progress != Progress::Pending {
+                break;
+            }
+        }
+        if tracker.progress() != Progress::Succeeded {
+            return Err(tracker.error("no answer", pending));
+        }
+        let newest = resolve_read(&answers).newest;
+        let (node, key) = (self.clone(), key.clone());
+        tokio::spawn(async move {
+            // Late answers count too: a replica that was slow may be stale.
+            while let Some((name, result)) = rx.recv().await {
+                if let Ok(Reply::Entry(entry)) = result {
+                    answers.push((name.to_string(), entry));
+                }
+            }
+            node.read_repair(&topo, partition, key, &answers).await;
+        });
+        Ok(newest)
+    }
+
+    async fn read_repair(
+        &self,
+        topo: &Topology,
+        partition: PartitionId,
+        key: Bytes,
+        answers: &[(String, Option<Entry>)],
+    ) {
+        let resolution = resolve_read(answers);
+        let Some(newest) = resolution.newest else { return };
+        for stale in resolution.stale {
+            let request = ReplicaRequest::Apply {
+                partition: partition.0,
+                key: key.clone(),
+                entry: newest.clone(),
+                condition: None,
+                hint_for: None,
+            };
+            let stale: NodeName = stale.into();
+            if let Err(e) = self.on_replica(topo, &stale, request).await {
+                tracing::debug!(node = %stale, error = %e, "read repair failed");
+            }
+        }
+    }
+
+    async fn read_live(&self, key: &Bytes, consistency: Consistency) -> Result<Option<(Entry, u64)>, KvError> {
+        self.inner.limits.check_key(key)?;
+        let entry = self.read_entry(key, consistency).await?;
+        let now = self.inner.now_ms();
+        let epoch = self.inner.epoch();
+        Ok(entry.filter(|e| e.live_value(now, epoch).is_some()).map(|e| (e, now)))
+    }
+
+    /// Writes an existing entry, version unchanged, to its key's current
+    /// replicas (hints whose owner left the ring).
+    pub(crate) async fn write_entry(&self, key: Bytes, entry: Entry) -> Result<(), KvError> {
+        self.replicate("handoff", key, entry, None, Consistency::One).await.map(|_| ())
+    }
+
+    pub(crate) async fn put(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        ttl: Option<Duration>,
+        c: Consistency,
+    ) -> Result<(), KvError> {
+        let inner = &self.inner;
+        inner.limits.check_key(&key)?;
+        inner.limits.check_value(&value)?;
+        let now = inner.now_ms();
         let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
-        let entry = Entry::value(self.stamp(now), value, expires_at);
-        self.write(key, entry, None).await.map(|_| ())
+        let entry = Entry::value(inner.stamp(now), value, expires_at);
+        self.replicate("put", key, entry, None, c).await.map(|_| ())
     }
 
-    pub(crate) async fn get(&self, key: Bytes) -> Result<Option<Bytes>, KvError> {
-        self.limits.check_key(&key)?;
-        Ok(self.read_live(&key).await?.and_then(|(e, _)| e.value))
+    pub(crate) async fn get(&self, key: Bytes, c: Consistency) -> Result<Option<Bytes>, KvError> {
+        Ok(self.read_live(&key, c).await?.and_then(|(e, _)| e.value))
     }
 
-    pub(crate) async fn delete(&self, key: Bytes) -> Result<bool, KvError> {
-        self.limits.check_key(&key)?;
-        let entry = Entry::tombstone(self.stamp(self.now_ms()));
-        Ok(self.write(key, entry, None).await?.is_some_and(|w| w.was_live))
+    pub(crate) async fn delete(&self, key: Bytes, c: Consistency) -> Result<bool, KvError> {
+        self.inner.limits.check_key(&key)?;
+        let entry = Entry::tombstone(self.inner.stamp(self.inner.now_ms()));
+        match self.replicate("delete", key, entry, None, c).await? {
+            Written::Done { was_live } => Ok(was_live),
+            Written::Conflict => Err(KvError::Internal("an unconditional delete reported a conflict".into())),
+        }
     }
 
-    pub(crate) async fn exists(&self, key: Bytes) -> Result<bool, KvError> {
-        self.limits.check_key(&key)?;
-        Ok(self.read_live(&key).await?.is_some())
+    pub(crate) async fn exists(&self, key: Bytes, c: Consistency) -> Result<bool, KvError> {
+        Ok(self.read_live(&key, c).await?.is_some())
     }
 
-    pub(crate) async fn ttl(&self, key: Bytes) -> Result<KeyTtl, KvError> {
-        self.limits.check_key(&key)?;
-        Ok(match self.read_live(&key).await? {
+    pub(crate) async fn ttl(&self, key: Bytes, c: Consistency) -> Result<KeyTtl, KvError> {
+        Ok(match self.read_live(&key, c).await? {
             None => KeyTtl::Missing,
             Some((Entry { expires_at: None, .. }, _)) => KeyTtl::Persistent,
             Some((Entry { expires_at: Some(at), .. }, now)) => KeyTtl::Expires(Duration::from_millis(at - now)),
         })
     }
 
-    /// Rewrites a live entry with a new expiry (or none), retrying if a
-    /// concurrent write lands between the read and the write.
-    async fn set_expiry(&self, key: Bytes, ttl: Option<Duration>) -> Result<bool, KvError> {
-        self.limits.check_key(&key)?;
+    /// Rewrites a live entry with a new expiry (or none). The write is
+    /// conditional on nothing newer than what was read being stored, and is
+    /// retried if a concurrent write got in between.
+    pub(crate) async fn set_expiry(&self, key: Bytes, ttl: Option<Duration>, c: Consistency) -> Result<bool, KvError> {
         for _ in 0..RMW_ATTEMPTS {
-            let Some((current, now)) = self.read_live(&key).await? else { return Ok(false) };
+            let Some((current, now)) = self.read_live(&key, c).await? else { return Ok(false) };
             if ttl.is_none() && current.expires_at.is_none() {
                 return Ok(false);
             }
             let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
-            let entry = Entry { version: self.stamp(now), value: current.value, expires_at };
-            if self.write(key.clone(), entry, Some(current.version)).await?.is_some() {
+            let entry = Entry { version: self.inner.stamp(now), value: current.value, expires_at };
+            let operation = if ttl.is_some() { "expire" } else { "persist" };
+            if let Written::Done { .. } =
+                self.replicate(operation, key.clone(), entry, Some(current.version), c).await?
+            {
                 return Ok(true);
             }
         }
         Err(KvError::Unavailable(format!("key kept changing during {RMW_ATTEMPTS} attempts to update its expiry")))
     }
 
+    /// Raises the truncate epoch everywhere it can reach now; gossip carries
+    /// it to the rest, and a node that was down learns it before serving.
     pub(crate) async fn clear(&self) -> Result<(), KvError> {
-        let epoch = Epoch(self.hlc.now(self.now_ms()));
-        self.raise_epoch(epoch);
+        let epoch = Epoch(self.inner.hlc.now(self.inner.now_ms()));
+        self.apply_epoch(epoch).await?;
+        let topo = self.inner.topology();
+        let mut calls = Vec::new();
+        for (name, member) in &topo.members {
+            if topo.is_self(name) || !member.live {
+                continue;
+            }
+            let (node, topo, name) = (self.clone(), topo.clone(), name.clone());
+            calls.push(tokio::spawn(async move {
+                if let Err(e) = node.on_replica(&topo, &name, ReplicaRequest::Truncate { epoch }).await {
+                    tracing::warn!(node = %name, error = %e, "clear did not reach a node; gossip will carry it");
+                }
+            }));
+        }
+        for call in calls {
+            let _ = call.await;
+        }
+        Ok(())
+    }
+
+    /// Makes `epoch` the truncate epoch here: every partition drops what it
+    /// covers (durably), hints it covers are dropped, and gossip spreads it.
+    pub(crate) async fn apply_epoch(&self, epoch: Epoch) -> Result<(), KvError> {
+        let inner = &self.inner;
+        if !inner.raise_epoch(epoch) {
+            return Ok(());
+        }
+        let _ = inner.hlc.observe(epoch.0, inner.now_ms());
         let mut durables = Vec::new();
-        for partition in &self.partitions {
+        for partition in &inner.partitions {
             if let Some(durable) = partition.call(|reply| PartitionMsg::Truncate { epoch, reply }).await?? {
                 durables.push(durable);
             }
@@ -121,13 +424,53 @@ impl Inner {
         for durable in durables {
             settle(durable).await.map_err(storage)?;
         }
+        inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: 0, reply }).await?;
+        if let Some(membership) = inner.membership.lock().await.as_ref() {
+            membership.set_epoch(epoch).await;
+        }
+        tracing::info!(epoch = %epoch.0, "truncate epoch applied");
         Ok(())
+    }
+
+    pub(crate) async fn explain(&self, key: Bytes) -> Result<Explanation, KvError> {
+        self.inner.limits.check_key(&key)?;
+        let topo = self.inner.topology();
+        let partition = self.inner.partitioner.partition_of(&key);
+        let mut replicas = Vec::new();
+        for name in topo.replicas(partition) {
+            let request = ReplicaRequest::Read { partition: partition.0, key: key.clone() };
+            let entry = match self.on_replica(&topo, name, request).await {
+                Ok(Reply::Entry(entry)) => Ok(entry),
+                Ok(other) => Err(format!("unexpected reply {other:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            replicas.push(ReplicaView { node_id: name.to_string(), entry });
+        }
+        Ok(Explanation { partition: partition.0, replicas })
+    }
+
+    pub(crate) async fn status(&self) -> Result<NodeStatus, KvError> {
+        let stats = self.stats().await?;
+        let (hints, dropped) = self.inner.hints.call(|reply| HintsMsg::Pending { reply }).await?;
+        let topo = self.inner.topology();
+        Ok(NodeStatus {
+            node_id: self.inner.config.node_id.clone(),
+            status: topo.members.get(&topo.self_name).map_or(ringkv_net::wire::MemberStatus::Joining, |m| m.status),
+            partitions_owned: topo.owned_by_self() as u32,
+            entries: stats.entries as u64,
+            values: stats.values as u64,
+            hints: hints.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
+            hints_dropped: dropped,
+            epoch: self.inner.epoch(),
+        })
     }
 }
 
+/// The embedded node serves the trait at consistency `quorum`, like the
+/// client's default.
 impl KvStore for Node {
     async fn put(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send) -> Result<(), KvError> {
-        self.inner.put(key.into(), value.into(), None).await
+        Node::put(self, key.into(), value.into(), None, Consistency::Quorum).await
     }
 
     async fn put_with_ttl(
@@ -136,57 +479,66 @@ impl KvStore for Node {
         value: impl Into<Bytes> + Send,
         ttl: Duration,
     ) -> Result<(), KvError> {
-        self.inner.put(key.into(), value.into(), Some(ttl)).await
+        Node::put(self, key.into(), value.into(), Some(ttl), Consistency::Quorum).await
     }
 
     async fn get(&self, key: impl Into<Bytes> + Send) -> Result<Option<Bytes>, KvError> {
-        self.inner.get(key.into()).await
+        Node::get(self, key.into(), Consistency::Quorum).await
     }
 
     async fn delete(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.inner.delete(key.into()).await
+        Node::delete(self, key.into(), Consistency::Quorum).await
     }
 
     async fn exists(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.inner.exists(key.into()).await
+        Node::exists(self, key.into(), Consistency::Quorum).await
     }
 
     async fn ttl(&self, key: impl Into<Bytes> + Send) -> Result<KeyTtl, KvError> {
-        self.inner.ttl(key.into()).await
+        Node::ttl(self, key.into(), Consistency::Quorum).await
     }
 
     async fn expire(&self, key: impl Into<Bytes> + Send, ttl: Duration) -> Result<bool, KvError> {
-        self.inner.set_expiry(key.into(), Some(ttl)).await
+        self.set_expiry(key.into(), Some(ttl), Consistency::Quorum).await
     }
 
     async fn persist(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.inner.set_expiry(key.into(), None).await
+        self.set_expiry(key.into(), None, Consistency::Quorum).await
     }
 
     async fn clear(&self) -> Result<(), KvError> {
-        self.inner.clear().await
+        Node::clear(self).await
     }
 }
 
 impl Handler for Node {
-    async fn handle(&self, request: Request, _peer: SocketAddr) -> Response {
+    async fn handle(&self, request: Request, peer: Peer) -> Response {
         let inner = &self.inner;
         match request {
             Request::Ping => {
                 Ok(Reply::Pong { node_id: inner.config.node_id.clone(), version: env!("CARGO_PKG_VERSION").into() })
             }
-            Request::Put { key, value, ttl_ms, .. } => {
-                inner.put(key, value, ttl_ms.map(Duration::from_millis)).await.map(|()| Reply::Done)
+            Request::Put { key, value, ttl_ms, consistency } => {
+                self.put(key, value, ttl_ms.map(Duration::from_millis), consistency).await.map(|()| Reply::Done)
             }
-            Request::Get { key, .. } => inner.get(key).await.map(Reply::Value),
-            Request::Delete { key, .. } => inner.delete(key).await.map(Reply::Flag),
-            Request::Exists { key, .. } => inner.exists(key).await.map(Reply::Flag),
-            Request::Ttl { key, .. } => inner.ttl(key).await.map(Reply::Ttl),
-            Request::Expire { key, ttl_ms, .. } => {
-                inner.set_expiry(key, Some(Duration::from_millis(ttl_ms))).await.map(Reply::Flag)
+            Request::Get { key, consistency } => self.get(key, consistency).await.map(Reply::Value),
+            Request::Delete { key, consistency } => self.delete(key, consistency).await.map(Reply::Flag),
+            Request::Exists { key, consistency } => self.exists(key, consistency).await.map(Reply::Flag),
+            Request::Ttl { key, consistency } => self.ttl(key, consistency).await.map(Reply::Ttl),
+            Request::Expire { key, ttl_ms, consistency } => {
+                self.set_expiry(key, Some(Duration::from_millis(ttl_ms)), consistency).await.map(Reply::Flag)
             }
-            Request::Persist { key, .. } => inner.set_expiry(key, None).await.map(Reply::Flag),
-            Request::Clear => inner.clear().await.map(|()| Reply::Done),
+            Request::Persist { key, consistency } => self.set_expiry(key, None, consistency).await.map(Reply::Flag),
+            Request::Clear => self.clear().await.map(|()| Reply::Done),
+            Request::Replica(replica) => {
+                if !peer.is_node {
+                    return Err(KvError::Protocol("replica requests need a node certificate".into()));
+                }
+                self.local_replica(replica).await
+            }
+            Request::Members => Ok(Reply::Members(inner.topology().to_wire())),
+            Request::Status => self.status().await.map(Reply::Status),
+            Request::Explain { key } => self.explain(key).await.map(Reply::Explain),
         }
     }
 }

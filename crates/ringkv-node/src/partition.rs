@@ -6,11 +6,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
 use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::mailbox::{Envelope, Mailbox};
+
+pub(crate) type PartitionMailbox = Mailbox<PartitionMsg>;
 
 pub(crate) enum PartitionMsg {
     /// Merge an entry. With a condition, only if nothing newer than that
@@ -52,12 +54,6 @@ pub(crate) enum Applied {
     },
     /// The condition failed: something newer is stored.
     Conflict,
-}
-
-/// A message plus the mailbox slot it occupies until handled.
-pub(crate) struct Envelope {
-    msg: PartitionMsg,
-    _slot: OwnedSemaphorePermit,
 }
 
 pub(crate) struct PartitionActor;
@@ -107,13 +103,13 @@ impl PartitionState {
 }
 
 impl Actor for PartitionActor {
-    type Msg = Envelope;
+    type Msg = Envelope<PartitionMsg>;
     type State = PartitionState;
     type Arguments = PartitionArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Envelope>,
+        _myself: ActorRef<Envelope<PartitionMsg>>,
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
         Ok(PartitionState { id: args.id, shard: args.shard, wal: args.wal, clock: args.clock })
@@ -121,8 +117,8 @@ impl Actor for PartitionActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Envelope>,
-        envelope: Envelope,
+        _myself: ActorRef<Envelope<PartitionMsg>>,
+        envelope: Envelope<PartitionMsg>,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
         // A dropped reply port only means the caller gave up waiting.
@@ -154,51 +150,5 @@ impl Actor for PartitionActor {
             }
         }
         Ok(())
-    }
-}
-
-/// A partition actor behind a bounded mailbox. ractor's mailboxes are
-/// unbounded, so admission is a semaphore: a message takes a slot when sent
-/// and frees it when handled, and a full mailbox answers `Busy` at once
-/// instead of queueing without limit.
-#[derive(Clone)]
-pub(crate) struct Mailbox {
-    actor: ActorRef<Envelope>,
-    slots: Arc<Semaphore>,
-    capacity: usize,
-    id: PartitionId,
-}
-
-impl Mailbox {
-    pub(crate) async fn spawn(args: PartitionArgs, capacity: usize) -> Result<Mailbox, crate::NodeError> {
-        let id = args.id;
-        // Unnamed: ractor's registry is process-wide, and several nodes may
-        // share a process in tests and simulation.
-        let (actor, _) = Actor::spawn(None, PartitionActor, args)
-            .await
-            .map_err(|e| crate::NodeError::Actor { name: format!("partition {id}"), reason: e.to_string() })?;
-        Ok(Mailbox { actor, slots: Arc::new(Semaphore::new(capacity)), capacity, id })
-    }
-
-    pub(crate) async fn call<T: Send + 'static>(
-        &self,
-        build: impl FnOnce(RpcReplyPort<T>) -> PartitionMsg,
-    ) -> Result<T, KvError> {
-        let slot = self
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| KvError::Busy { partition: self.id.0, capacity: self.capacity })?;
-        match self.actor.call(|reply| Envelope { msg: build(reply), _slot: slot }, None).await {
-            Ok(CallResult::Success(value)) => Ok(value),
-            Ok(CallResult::Timeout) => Err(KvError::Timeout { what: format!("partition {}", self.id), ms: 0 }),
-            Ok(CallResult::SenderError) | Err(_) => {
-                Err(KvError::Internal(format!("partition {} is not running", self.id)))
-            }
-        }
-    }
-
-    pub(crate) fn stop(&self) {
-        self.actor.stop(None);
     }
 }

@@ -2,9 +2,12 @@
 //! snapshot, replay the log segments after it, and clean up what an
 //! interrupted compaction left behind.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
-use ringkv_core::{Epoch, Partitioner, Timestamp};
+use bytes::Bytes;
+
+use ringkv_core::{Entry, Epoch, Partitioner, Timestamp, Version};
 
 use crate::StorageError;
 use crate::disk::Disk;
@@ -36,8 +39,39 @@ pub struct RecoveryStats {
     pub max_timestamp: Timestamp,
 }
 
+/// Hints held for other nodes: per target node, the newest entry per
+/// (partition, key).
+pub type Hints = BTreeMap<String, BTreeMap<(u16, Bytes), Entry>>;
+
+/// Adds a hint unless an equal or newer one is held.
+pub fn merge_hint(hints: &mut Hints, target: &str, partition: u16, key: Bytes, entry: Entry) -> bool {
+    let held = hints.entry(target.to_string()).or_default();
+    match held.get(&(partition, key.clone())) {
+        Some(existing) if !entry.supersedes(existing) => false,
+        _ => {
+            held.insert((partition, key), entry);
+            true
+        }
+    }
+}
+
+/// Removes a delivered hint unless a newer one arrived since.
+pub fn remove_hint(hints: &mut Hints, target: &str, partition: u16, key: &Bytes, version: Version) -> Option<Entry> {
+    let held = hints.get_mut(target)?;
+    let k = (partition, key.clone());
+    if held.get(&k).is_some_and(|e| e.version <= version) {
+        let removed = held.remove(&k);
+        if held.is_empty() {
+            hints.remove(target);
+        }
+        return removed;
+    }
+    None
+}
+
 pub struct Recovered {
     pub shards: Vec<Shard>,
+    pub hints: Hints,
     pub epoch: Epoch,
     /// The newest timestamp in the recovered data. The node's clock must
     /// start past it, or a write stamped right after a restart could lose
@@ -52,22 +86,25 @@ pub struct Recovered {
 /// recovered values are already expired (they are kept as dead markers).
 pub fn recover(disk: &dyn Disk, config: &RecoveryConfig, now_ms: u64) -> Result<Recovered, StorageError> {
     check_meta(disk, config)?;
-    let mut stats = RecoveryStats::default();
     let names = disk.list().map_err(|e| StorageError::io(disk.path(""), e))?;
     for tmp in names.iter().filter(|n| n.ends_with(".tmp")) {
         let _ = disk.remove(tmp);
     }
-    let mut shards: Vec<Shard> = (0..config.partitions).map(|_| Shard::new(config.digest_leaves)).collect();
+    let mut state = Rebuilt {
+        shards: (0..config.partitions).map(|_| Shard::new(config.digest_leaves)).collect(),
+        hints: Hints::new(),
+        stats: RecoveryStats::default(),
+    };
     let mut epoch = Epoch::NONE;
 
     let mut snapshots: Vec<u64> = names.iter().filter_map(|n| parse_snapshot_name(n)).collect();
     snapshots.sort_unstable();
     let covers = snapshots.last().copied().unwrap_or(0);
     if let Some(&covers) = snapshots.last() {
-        let (entries, snap_epoch) = load_snapshot(disk, covers, config, &mut shards, &mut stats, now_ms)?;
+        let (entries, snap_epoch) = load_snapshot(disk, covers, config, &mut state, now_ms)?;
         epoch = epoch.merge(snap_epoch);
-        stats.snapshot = Some(covers);
-        stats.snapshot_entries = entries;
+        state.stats.snapshot = Some(covers);
+        state.stats.snapshot_entries = entries;
     }
 
     let mut segments: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
@@ -84,18 +121,23 @@ pub fn recover(disk: &dyn Disk, config: &RecoveryConfig, now_ms: u64) -> Result<
             });
         }
         let last = i + 1 == live.len();
-        match replay_segment(disk, *seq, last, config, &mut shards, &mut stats, now_ms)? {
+        match replay_segment(disk, *seq, last, config, &mut state, now_ms)? {
             Some(seg_epoch) => epoch = epoch.merge(seg_epoch),
             // The last segment was created but never got a whole header; its
             // number is free again, and reusing it keeps the sequence
             // contiguous.
             None => next_segment = *seq,
         }
-        stats.segments += 1;
+        state.stats.segments += 1;
     }
+    let Rebuilt { mut shards, mut hints, stats } = state;
     for shard in &mut shards {
         shard.truncate(epoch);
     }
+    for held in hints.values_mut() {
+        held.retain(|_, e| !epoch.covers(e.version));
+    }
+    hints.retain(|_, held| !held.is_empty());
     // Only now that the state is rebuilt is it safe to drop leftovers of a
     // compaction that was interrupted after its snapshot became durable.
     for seq in compacted {
@@ -105,7 +147,14 @@ pub fn recover(disk: &dyn Disk, config: &RecoveryConfig, now_ms: u64) -> Result<
         let _ = disk.remove(&snapshot_name(*old));
     }
     let max_timestamp = stats.max_timestamp.max(epoch.0);
-    Ok(Recovered { shards, epoch, max_timestamp, next_segment, stats })
+    Ok(Recovered { shards, hints, epoch, max_timestamp, next_segment, stats })
+}
+
+/// What recovery rebuilds as it reads the files.
+struct Rebuilt {
+    shards: Vec<Shard>,
+    hints: Hints,
+    stats: RecoveryStats,
 }
 
 /// Deletes what a durable snapshot covering `covers` made redundant.
@@ -176,10 +225,10 @@ fn load_snapshot(
     disk: &dyn Disk,
     covers: u64,
     config: &RecoveryConfig,
-    shards: &mut [Shard],
-    stats: &mut RecoveryStats,
+    state: &mut Rebuilt,
     now_ms: u64,
 ) -> Result<(u64, Epoch), StorageError> {
+    let Rebuilt { shards, hints, stats } = state;
     let name = snapshot_name(covers);
     let path = disk.path(&name);
     let corrupt =
@@ -219,6 +268,11 @@ fn load_snapshot(
                     loaded += 1;
                 }
             }
+            SnapRecord::Hints { target, entries } => {
+                for (partition, key, entry) in entries {
+                    merge_hint(hints, &target, partition, key, entry);
+                }
+            }
             SnapRecord::End { entries, epoch } => {
                 if entries != loaded {
                     return Err(corrupt(
@@ -237,10 +291,10 @@ fn replay_segment(
     seq: u64,
     last: bool,
     config: &RecoveryConfig,
-    shards: &mut [Shard],
-    stats: &mut RecoveryStats,
+    state: &mut Rebuilt,
     now_ms: u64,
 ) -> Result<Option<Epoch>, StorageError> {
+    let Rebuilt { shards, hints, stats } = state;
     let name = segment_name(seq);
     let path = disk.path(&name);
     let io = |e| StorageError::io(path.clone(), e);
@@ -310,6 +364,13 @@ fn replay_segment(
                 for shard in shards.iter_mut() {
                     shard.truncate(e);
                 }
+            }
+            WalRecord::Hint { target, partition, key, entry } => {
+                stats.max_timestamp = stats.max_timestamp.max(entry.version.ts);
+                merge_hint(hints, &target, partition, key, entry);
+            }
+            WalRecord::HintDelivered { target, partition, key, version } => {
+                remove_hint(hints, &target, partition, &key, version);
             }
         }
     }

@@ -49,6 +49,7 @@ pub(crate) fn check_header(h: &[u8; HEADER_LEN]) -> Result<u32, &'static str> {
 pub(crate) enum SnapRecord {
     Chunk { partition: u16, entries: Vec<(Bytes, Entry)> },
     End { entries: u64, epoch: Epoch },
+    Hints { target: String, entries: Vec<(u16, Bytes, Entry)> },
 }
 
 impl SnapRecord {
@@ -71,6 +72,7 @@ impl SnapRecord {
 
 enum Msg {
     Chunk(u16, Vec<(Bytes, Entry)>),
+    Hints(String, Vec<(u16, Bytes, Entry)>),
     Finish(Epoch, oneshot::Sender<Result<SnapshotInfo, StorageError>>),
 }
 
@@ -100,20 +102,12 @@ impl SnapshotWriter {
             let mut entries = 0u64;
             let mut bytes = HEADER_LEN as u64;
             while let Some(msg) = rx.blocking_recv() {
-                match msg {
+                let record = match msg {
                     Msg::Chunk(partition, chunk) => {
                         entries += chunk.len() as u64;
-                        let written = SnapRecord::Chunk { partition, entries: chunk }
-                            .encode()
-                            .and_then(|buf| file.write_all(&buf).map_err(io).map(|()| buf.len()));
-                        match written {
-                            Ok(n) => bytes += n as u64,
-                            Err(e) => {
-                                tracing::error!(error = %e, "snapshot write failed");
-                                break;
-                            }
-                        }
+                        SnapRecord::Chunk { partition, entries: chunk }
                     }
+                    Msg::Hints(target, hints) => SnapRecord::Hints { target, entries: hints },
                     Msg::Finish(epoch, done) => {
                         let result = SnapRecord::End { entries, epoch }
                             .encode()
@@ -130,6 +124,13 @@ impl SnapshotWriter {
                         let _ = done.send(result);
                         return;
                     }
+                };
+                match record.encode().and_then(|buf| file.write_all(&buf).map_err(io).map(|()| buf.len())) {
+                    Ok(n) => bytes += n as u64,
+                    Err(e) => {
+                        tracing::error!(error = %e, "snapshot write failed");
+                        break;
+                    }
                 }
             }
             let _ = disk.remove(&tmp);
@@ -140,6 +141,11 @@ impl SnapshotWriter {
 
     pub async fn add(&self, partition: u16, entries: Vec<(Bytes, Entry)>) -> Result<(), StorageError> {
         self.tx.send(Msg::Chunk(partition, entries)).await.map_err(|_| snapshot_failed())
+    }
+
+    /// Hints held for `target`, so that they survive the log compaction.
+    pub async fn add_hints(&self, target: String, hints: Vec<(u16, Bytes, Entry)>) -> Result<(), StorageError> {
+        self.tx.send(Msg::Hints(target, hints)).await.map_err(|_| snapshot_failed())
     }
 
     /// Makes the snapshot durable under its final name.

@@ -84,8 +84,29 @@ pub(crate) fn check_segment_header(h: &[u8; SEGMENT_HEADER_LEN]) -> Result<(u32,
 /// does not affect the recovered state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WalRecord {
-    Entry { partition: u16, key: Bytes, entry: Entry },
-    Truncate { epoch: Epoch },
+    Entry {
+        partition: u16,
+        key: Bytes,
+        entry: Entry,
+    },
+    Truncate {
+        epoch: Epoch,
+    },
+    /// An entry held for another node that was down.
+    Hint {
+        target: String,
+        partition: u16,
+        key: Bytes,
+        entry: Entry,
+    },
+    /// Hints handed to their owner: a hint for the key at or below this
+    /// version is gone.
+    HintDelivered {
+        target: String,
+        partition: u16,
+        key: Bytes,
+        version: ringkv_core::Version,
+    },
 }
 
 impl WalRecord {

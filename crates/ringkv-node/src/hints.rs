@@ -1,0 +1,188 @@
+//! Hinted handoff: entries held for replicas that were down.
+//!
+//! A node stores a hint when it stands in for a down preferred replica
+//! (sloppy quorum), or when, as coordinator, a direct write to a replica it
+//! believed up failed. Hints keep only the newest entry per key and target,
+//! are logged like data when persistence is on, and are bounded in bytes:
+//! past `max_hint_bytes` new hints are refused and counted. The handoff task
+//! offers them to their owner once it is up and serving, and deletes them
+//! once it has acknowledged them.
+//!
+//! A hint never resurrects anything: it is an ordinary entry under
+//! last-writer-wins, so the owner keeps any newer tombstone; hints covered by
+//! the truncate epoch are dropped; and hints older than the tombstone grace
+//! period are dropped unsent, since the owner may already have purged the
+//! tombstone that would have overruled them.
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ringkv_core::ring::NodeName;
+use ringkv_core::{Entry, Epoch, KvError, Version};
+use ringkv_storage::{Durable, Hints, Wal, WalRecord, merge_hint, remove_hint};
+
+use crate::mailbox::{Envelope, Mailbox};
+
+pub(crate) type Hint = (u16, Bytes, Entry);
+
+pub(crate) enum HintsMsg {
+    Store {
+        target: NodeName,
+        partition: u16,
+        key: Bytes,
+        entry: Entry,
+        reply: RpcReplyPort<Result<Option<Durable>, KvError>>,
+    },
+    /// Up to `max` hints for `target`.
+    Batch {
+        target: NodeName,
+        max: usize,
+        reply: RpcReplyPort<Vec<Hint>>,
+    },
+    Delivered {
+        target: NodeName,
+        delivered: Vec<(u16, Bytes, Version)>,
+        reply: RpcReplyPort<Result<(), KvError>>,
+    },
+    /// Drops hints at or below the epoch, and hints older than the horizon.
+    Prune {
+        epoch: Epoch,
+        older_than_ms: u64,
+        reply: RpcReplyPort<usize>,
+    },
+    /// Targets with hints, with counts; and how many hints were refused.
+    Pending {
+        reply: RpcReplyPort<(Vec<(NodeName, u64)>, u64)>,
+    },
+    All {
+        reply: RpcReplyPort<Vec<(NodeName, Vec<Hint>)>>,
+    },
+}
+
+pub(crate) type HintsMailbox = Mailbox<HintsMsg>;
+
+pub(crate) struct HintsActor;
+
+pub(crate) struct HintsState {
+    hints: Hints,
+    bytes: usize,
+    max_bytes: usize,
+    dropped: u64,
+    wal: Option<Wal>,
+}
+
+impl HintsState {
+    pub(crate) fn new(hints: Hints, max_bytes: usize, wal: Option<Wal>) -> HintsState {
+        let bytes = hints.values().flat_map(|h| h.iter()).map(|((_, k), e)| k.len() + e.size_bytes()).sum();
+        HintsState { hints, bytes, max_bytes, dropped: 0, wal }
+    }
+
+    async fn log(&self, record: WalRecord) -> Result<Option<Durable>, KvError> {
+        let Some(wal) = &self.wal else { return Ok(None) };
+        let frames = record.encode().map_err(|e| KvError::Storage(e.to_string()))?;
+        Ok(Some(wal.submit(frames).await))
+    }
+
+    async fn store(
+        &mut self,
+        target: NodeName,
+        partition: u16,
+        key: Bytes,
+        entry: Entry,
+    ) -> Result<Option<Durable>, KvError> {
+        let size = key.len() + entry.size_bytes();
+        if self.bytes + size > self.max_bytes {
+            self.dropped += 1;
+            tracing::warn!(target = %target, held = self.bytes, "hint store full; dropping a hint (anti-entropy will repair)");
+            return Err(KvError::Busy { what: "the hint store".into(), capacity: self.max_bytes });
+        }
+        if merge_hint(&mut self.hints, &target, partition, key.clone(), entry.clone()) {
+            self.bytes += size;
+            return self.log(WalRecord::Hint { target: target.to_string(), partition, key, entry }).await;
+        }
+        Ok(None)
+    }
+
+    fn remove(&mut self, target: &str, partition: u16, key: &Bytes, version: Version) {
+        if let Some(removed) = remove_hint(&mut self.hints, target, partition, key, version) {
+            self.bytes -= key.len() + removed.size_bytes();
+        }
+    }
+}
+
+impl Actor for HintsActor {
+    type Msg = Envelope<HintsMsg>;
+    type State = HintsState;
+    type Arguments = HintsState;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: HintsState,
+    ) -> Result<HintsState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        envelope: Self::Msg,
+        state: &mut HintsState,
+    ) -> Result<(), ActorProcessingErr> {
+        match envelope.msg {
+            HintsMsg::Store { target, partition, key, entry, reply } => {
+                let _ = reply.send(state.store(target, partition, key, entry).await);
+            }
+            HintsMsg::Batch { target, max, reply } => {
+                let batch = state
+                    .hints
+                    .get(&*target)
+                    .map(|held| held.iter().take(max).map(|((p, k), e)| (*p, k.clone(), e.clone())).collect())
+                    .unwrap_or_default();
+                let _ = reply.send(batch);
+            }
+            HintsMsg::Delivered { target, delivered, reply } => {
+                let mut result = Ok(());
+                for (partition, key, version) in delivered {
+                    state.remove(&target, partition, &key, version);
+                    // A hint delivered twice is harmless, so nobody waits for
+                    // the marker to be durable.
+                    let marker = WalRecord::HintDelivered { target: target.to_string(), partition, key, version };
+                    if let Err(e) = state.log(marker).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                let _ = reply.send(result);
+            }
+            HintsMsg::Prune { epoch, older_than_ms, reply } => {
+                let mut gone = Vec::new();
+                for (target, held) in &state.hints {
+                    for ((p, k), e) in held {
+                        if epoch.covers(e.version) || e.version.ts.wall_ms() < older_than_ms {
+                            gone.push((target.clone(), *p, k.clone(), e.version));
+                        }
+                    }
+                }
+                for (target, p, k, v) in &gone {
+                    state.remove(target, *p, k, *v);
+                }
+                let _ = reply.send(gone.len());
+            }
+            HintsMsg::Pending { reply } => {
+                let counts = state.hints.iter().map(|(t, h)| (NodeName::from(t.as_str()), h.len() as u64)).collect();
+                let _ = reply.send((counts, state.dropped));
+            }
+            HintsMsg::All { reply } => {
+                let all = state
+                    .hints
+                    .iter()
+                    .map(|(t, h)| {
+                        (NodeName::from(t.as_str()), h.iter().map(|((p, k), e)| (*p, k.clone(), e.clone())).collect())
+                    })
+                    .collect();
+                let _ = reply.send(all);
+            }
+        }
+        Ok(())
+    }
+}

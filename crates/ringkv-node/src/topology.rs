@@ -1,0 +1,153 @@
+//! The node's view of the cluster at one moment: who the members are, which
+//! are up, and the partition table computed from the ring members. Rebuilt
+//! by the membership task on every change and swapped in whole, so a request
+//! always works from one consistent view.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ringkv_core::ring::{NodeName, PartitionTable};
+use ringkv_core::{Epoch, PartitionId};
+use ringkv_net::wire::{MemberInfo, MemberStatus, Members};
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MemberView {
+    pub addr: SocketAddr,
+    pub status: MemberStatus,
+    pub live: bool,
+    pub in_ring: bool,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Topology {
+    pub self_name: NodeName,
+    pub cluster_id: String,
+    pub vnodes: u32,
+    pub members: BTreeMap<NodeName, MemberView>,
+    pub table: PartitionTable,
+}
+
+/// What gossip says about one member, before ring rules are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Gossiped {
+    pub addr: SocketAddr,
+    pub status: MemberStatus,
+    pub live: bool,
+    /// How long it has been dead, as this node observed it.
+    pub dead_for: Option<Duration>,
+    pub epoch: Epoch,
+}
+
+/// The ring rules, as a pure function: a member is in the ring while it is
+/// live, or dead for less than `dead_node_grace` (its writes meanwhile go to
+/// stand-ins as hints); after that its partitions move to the others.
+pub(crate) fn build(
+    self_name: &NodeName,
+    cluster_id: &str,
+    gossiped: BTreeMap<NodeName, Gossiped>,
+    partitions: u16,
+    replication: usize,
+    vnodes: u32,
+    dead_node_grace: Duration,
+) -> Topology {
+    let members: BTreeMap<NodeName, MemberView> = gossiped
+        .into_iter()
+        .map(|(name, g)| {
+            let in_ring = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace);
+            (name, MemberView { addr: g.addr, status: g.status, live: g.live, in_ring, epoch: g.epoch })
+        })
+        .collect();
+    let ring: Vec<NodeName> = members.iter().filter(|(_, m)| m.in_ring).map(|(n, _)| n.clone()).collect();
+    let table = PartitionTable::build(&ring, partitions, replication, vnodes);
+    Topology { self_name: self_name.clone(), cluster_id: cluster_id.to_string(), vnodes, members, table }
+}
+
+impl Topology {
+    /// A node may be sent requests: live and serving.
+    pub fn is_up(&self, node: &str) -> bool {
+        self.members.get(node).is_some_and(|m| m.live && m.status == MemberStatus::Serving)
+    }
+
+    pub fn addr(&self, node: &str) -> Option<SocketAddr> {
+        self.members.get(node).map(|m| m.addr)
+    }
+
+    pub fn is_self(&self, node: &str) -> bool {
+        *self.self_name == *node
+    }
+
+    pub fn owned_by_self(&self) -> usize {
+        self.table.owned_by(&self.self_name).count()
+    }
+
+    pub fn replicas(&self, partition: PartitionId) -> &[NodeName] {
+        self.table.replicas(partition)
+    }
+
+    /// Whether two views place data identically and agree on who is up.
+    pub fn same_as(&self, other: &Topology) -> bool {
+        self.members == other.members
+    }
+
+    pub fn to_wire(&self) -> Members {
+        Members {
+            cluster_id: self.cluster_id.clone(),
+            partitions: self.table.partitions(),
+            replication: self.table.replication() as u8,
+            vnodes: self.vnodes,
+            members: self
+                .members
+                .iter()
+                .map(|(name, m)| MemberInfo {
+                    node_id: name.to_string(),
+                    addr: m.addr,
+                    status: m.status,
+                    live: m.live,
+                    in_ring: m.in_ring,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(port: u16, live: bool, dead_for: Option<u64>) -> Gossiped {
+        Gossiped {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            status: MemberStatus::Serving,
+            live,
+            dead_for: dead_for.map(Duration::from_secs),
+            epoch: Epoch::NONE,
+        }
+    }
+
+    #[test]
+    fn dead_members_stay_in_the_ring_for_the_grace_period() {
+        let mut gossiped = BTreeMap::new();
+        gossiped.insert(NodeName::from("a"), member(1, true, None));
+        gossiped.insert(NodeName::from("b"), member(2, false, Some(10)));
+        gossiped.insert(NodeName::from("c"), member(3, false, Some(100)));
+        let t = build(&"a".into(), "x", gossiped, 16, 3, 8, Duration::from_secs(60));
+        let ring: Vec<&str> = t.table.members().iter().map(|n| &**n).collect();
+        assert_eq!(ring, ["a", "b"]);
+        assert!(t.is_up("a") && !t.is_up("b") && !t.is_up("c"));
+        assert_eq!(t.table.replication(), 2, "N is clamped to the ring size");
+        let wire = t.to_wire();
+        assert_eq!(wire.members.len(), 3);
+        assert!(!wire.members[2].in_ring);
+    }
+
+    #[test]
+    fn joining_members_are_in_the_ring_but_not_up() {
+        let mut gossiped = BTreeMap::new();
+        gossiped.insert(NodeName::from("a"), Gossiped { status: MemberStatus::Joining, ..member(1, true, None) });
+        let t = build(&"a".into(), "x", gossiped, 4, 3, 8, Duration::from_secs(60));
+        assert_eq!(t.table.members().len(), 1);
+        assert!(!t.is_up("a"));
+    }
+}
