@@ -29,7 +29,7 @@ trap cleanup EXIT
     >"$tmp/ready" 2>"$tmp/node.log" &
 pid=$!
 for _ in $(seq 100); do grep -q serving "$tmp/ready" 2>/dev/null && break; sleep 0.1; done
-addr=$(awk '{print $NF}' "$tmp/ready")
+addr=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$tmp/ready")
 [ -n "$addr" ] || { cat "$tmp/node.log"; exit 1; }
 export RINGKV_ADDR=$addr RINGKV_CERTS=$tmp/certs
 

@@ -52,25 +52,25 @@ async fn garbage_oversized_and_wrong_version_get_errors_while_others_are_served(
 
     let bad = raw_connector(&TlsPaths::client_in(certs.path()));
     for _ in 0..20 {
-        let msg = protocol_error(bad.call_frame(node.addr, b"\x00\x00\x00\x08GARBAGE!").await);
+        let msg = protocol_error(bad.call_frame(node.addr, b"\x00\x00\x00\x08GARBAGE!", Duration::from_secs(5)).await);
         assert!(msg.contains("version") || msg.contains("malformed"), "{msg}");
 
-        let msg = protocol_error(bad.call_frame(node.addr, &[0xff; 64]).await);
+        let msg = protocol_error(bad.call_frame(node.addr, &[0xff; 64], Duration::from_secs(5)).await);
         assert!(msg.contains("exceeds the maximum"), "{msg}");
 
         let mut huge = (10u32 << 20).to_be_bytes().to_vec();
         huge.extend(std::iter::repeat_n(7u8, 256 << 10));
-        let msg = protocol_error(bad.call_frame(node.addr, &huge).await);
+        let msg = protocol_error(bad.call_frame(node.addr, &huge, Duration::from_secs(5)).await);
         assert!(msg.contains("exceeds the maximum"), "{msg}");
 
         let mut future = wire::encode(&Request::Ping).unwrap();
         future[4..6].copy_from_slice(&7u16.to_be_bytes());
-        let msg = protocol_error(bad.call_frame(node.addr, &future).await);
+        let msg = protocol_error(bad.call_frame(node.addr, &future, Duration::from_secs(5)).await);
         assert!(msg.contains("protocol version 7"), "{msg}");
 
         let mut cut = wire::encode(&Request::Clear).unwrap();
         cut.truncate(cut.len() - 1);
-        let msg = protocol_error(bad.call_frame(node.addr, &cut).await);
+        let msg = protocol_error(bad.call_frame(node.addr, &cut, Duration::from_secs(5)).await);
         assert!(msg.contains("incomplete frame") || msg.contains("malformed"), "{msg}");
     }
     // Oversized values through the API: a clear error, nothing stored.

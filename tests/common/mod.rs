@@ -45,6 +45,9 @@ pub struct NodeSpec {
     pub data_dir: PathBuf,
     pub certs: PathBuf,
     pub listen: SocketAddr,
+    /// Gossip address; `None` runs the node standalone.
+    pub gossip: Option<SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
     pub extra: Vec<String>,
     /// Lines of TOML written to a config file passed with --config.
     pub config: Vec<String>,
@@ -57,6 +60,8 @@ impl NodeSpec {
             data_dir: data_dir.into(),
             certs: certs.into(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            gossip: None,
+            seeds: Vec::new(),
             extra: Vec::new(),
             config: Vec::new(),
         }
@@ -88,6 +93,13 @@ impl NodeSpec {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(gossip) = self.gossip {
+            cmd.arg("--gossip").arg(gossip.to_string());
+        }
+        if !self.seeds.is_empty() {
+            let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
+            cmd.arg("--seeds").arg(seeds.join(","));
+        }
         if !self.config.is_empty() {
             std::fs::create_dir_all(&self.data_dir).unwrap();
             let path = self.data_dir.with_extension("toml");
@@ -134,10 +146,14 @@ impl NodeSpec {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {
-                let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
-                if let Some(addr) = addr {
+                let words: Vec<&str> = line.split(' ').collect();
+                let after = |marker: &str| {
+                    words.iter().position(|w| *w == marker).and_then(|i| words.get(i + 1)).and_then(|a| a.parse().ok())
+                };
+                if let Some(addr) = after("on") {
                     process.addr = addr;
                     process.spec.listen = addr;
+                    process.spec.gossip = after("gossip").or(process.spec.gossip);
                     return Ok(process);
                 }
             }
@@ -218,6 +234,71 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A cluster of real nodes on loopback, ports chosen at run time.
+pub struct Cluster {
+    pub certs: Certs,
+    pub data: tempfile::TempDir,
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes named n1.. with the given config lines; every node
+    /// after the first joins through n1. Afterwards every node's seeds are
+    /// all the others, so any of them can be restarted.
+    pub fn start(n: usize, settings: &[&str]) -> Cluster {
+        let certs = Certs::new();
+        let data = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<NodeProcess> = Vec::new();
+        for i in 1..=n {
+            let mut spec = NodeSpec::new(&format!("n{i}"), &data.path().join(format!("n{i}")), certs.path());
+            spec.gossip = Some("127.0.0.1:0".parse().unwrap());
+            spec.seeds = nodes.first().and_then(|n1| n1.spec.gossip).into_iter().collect();
+            for line in settings {
+                spec = spec.setting(line);
+            }
+            nodes.push(spec.start());
+        }
+        let gossips: Vec<SocketAddr> = nodes.iter().filter_map(|n| n.spec.gossip).collect();
+        for node in &mut nodes {
+            let own = node.spec.gossip;
+            node.spec.seeds = gossips.iter().copied().filter(|g| Some(*g) != own).collect();
+        }
+        Cluster { certs, data, nodes }
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        self.certs.client(self.addrs())
+    }
+
+    /// A client that only knows node `i` (0-based).
+    pub fn client_of(&self, i: usize) -> Client {
+        self.certs.client(vec![self.nodes[i].addr])
+    }
+
+    /// Waits until node `i` reports `expected` members serving and live.
+    pub async fn wait_serving(&self, i: usize, expected: usize, timeout: Duration) {
+        let client = self.client_of(i);
+        let addr = self.nodes[i].addr;
+        wait_for(&format!("{expected} serving members"), timeout, || {
+            let client = client.clone();
+            async move {
+                let members = client.members_of(addr).await.ok()?;
+                let serving = members
+                    .members
+                    .iter()
+                    .filter(|m| m.live && m.status == ringkv_net::wire::MemberStatus::Serving)
+                    .count();
+                (serving == expected).then_some(())
+            }
+        })
+        .await
     }
 }
 

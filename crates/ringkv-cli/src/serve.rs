@@ -107,7 +107,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let node = Node::start(config).await.context("cannot start the node")?;
     let addr = node.local_addr().context("the node did not bind its endpoint")?;
     // One line on stdout that scripts and tests wait for.
-    println!("ringkv node {} serving on {addr}", node.node_id());
+    match node.gossip_addr() {
+        Some(gossip) => println!("ringkv node {} serving on {addr} gossip {gossip}", node.node_id()),
+        None => println!("ringkv node {} serving on {addr}", node.node_id()),
+    }
     wait_for_signal().await?;
     tracing::info!("shutting down");
     node.shutdown().await;

@@ -13,7 +13,7 @@ pub mod actor;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,6 +121,10 @@ pub struct Client {
     connector: Arc<Connector>,
     seeds: Arc<[SocketAddr]>,
     view: Arc<RwLock<Option<View>>>,
+    /// Nodes that recently failed a request, and when. They go to the back
+    /// of every route until they answer again or the suspicion expires, so a
+    /// dead node costs one timeout, not one per request.
+    suspects: Arc<Mutex<HashMap<SocketAddr, Instant>>>,
     refreshing: Arc<AtomicBool>,
     timeout: Duration,
     refresh: Duration,
@@ -129,6 +133,8 @@ pub struct Client {
 
 /// How many nodes one request tries before giving up.
 const MAX_ATTEMPTS: usize = 3;
+/// How long a node that failed a request stays at the back of routes.
+const SUSPICION: Duration = Duration::from_secs(10);
 
 impl Client {
     /// Creates the client's endpoint. No connection is made until the first
@@ -149,6 +155,7 @@ impl Client {
             connector: Arc::new(Connector::new(endpoint, config.max_frame_bytes)),
             seeds: config.nodes.into(),
             view: Arc::new(RwLock::new(None)),
+            suspects: Arc::new(Mutex::new(HashMap::new())),
             refreshing: Arc::new(AtomicBool::new(false)),
             timeout: config.timeout,
             refresh: config.refresh,
@@ -166,6 +173,11 @@ impl Client {
         self.consistency
     }
 
+    /// A handle to the same connections with another per-attempt timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client { timeout, ..self.clone() }
+    }
+
     /// The answering node's id and version.
     pub async fn ping(&self) -> Result<(String, String), KvError> {
         match self.call(None, Request::Ping).await? {
@@ -177,6 +189,14 @@ impl Client {
     /// The membership as a node reports it (fetched fresh).
     pub async fn members(&self) -> Result<Members, KvError> {
         self.fetch_members().await
+    }
+
+    /// The membership as one particular node sees it.
+    pub async fn members_of(&self, node: SocketAddr) -> Result<Members, KvError> {
+        match self.call_at(node, &Request::Members).await? {
+            Reply::Members(members) => Ok(members),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// One node's own status.
@@ -200,16 +220,35 @@ impl Client {
         self.connector.call(addr, request, self.timeout).await.map_err(KvError::from)?
     }
 
+    /// Moves suspected nodes to the back, keeping the order otherwise.
+    fn deprioritize(&self, mut route: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        suspects.retain(|_, since| since.elapsed() < SUSPICION);
+        route.sort_by_key(|addr| suspects.contains_key(addr));
+        route
+    }
+
+    fn suspect(&self, addr: SocketAddr, failed: bool) {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        if failed {
+            suspects.insert(addr, Instant::now());
+        } else {
+            suspects.remove(&addr);
+        }
+    }
+
     async fn fetch_members(&self) -> Result<Members, KvError> {
         let known: Vec<SocketAddr> = {
             let view = self.view.read().unwrap_or_else(|e| e.into_inner());
             let mut addrs: Vec<SocketAddr> = view.as_ref().map(|v| v.route(None)).unwrap_or_default();
             addrs.extend(self.seeds.iter().filter(|s| !addrs.contains(s)).collect::<Vec<_>>());
-            addrs
+            self.deprioritize(addrs)
         };
         let mut last = KvError::Unavailable("no node to ask for the membership".into());
         for addr in known {
-            match self.call_at(addr, &Request::Members).await {
+            let answer = self.call_at(addr, &Request::Members).await;
+            self.suspect(addr, matches!(answer, Err(KvError::Transport(_) | KvError::Timeout { .. })));
+            match answer {
                 Ok(Reply::Members(members)) => {
                     *self.view.write().unwrap_or_else(|e| e.into_inner()) = Some(View::new(members.clone()));
                     return Ok(members);
@@ -256,13 +295,18 @@ impl Client {
         if route.is_empty() {
             route = self.seeds.to_vec();
         }
+        let route = self.deprioritize(route);
         let mut last = KvError::Unavailable("no node to send the request to".into());
         for addr in route.into_iter().take(MAX_ATTEMPTS) {
             match self.connector.call(addr, &request, self.timeout).await {
                 Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
-                Ok(response) => return response,
+                Ok(response) => {
+                    self.suspect(addr, false);
+                    return response;
+                }
                 Err(e) => {
                     tracing::debug!(node = %addr, error = %e, "request failed, trying another node");
+                    self.suspect(addr, true);
                     last = e.into();
                     // Whatever we knew about the cluster may be out of date.
                     if let Some(view) = self.view.write().unwrap_or_else(|e| e.into_inner()).as_mut() {

@@ -206,31 +206,38 @@ impl Connector {
     /// Sends one request and waits for its response, within `timeout`.
     pub async fn call(&self, addr: SocketAddr, request: &Request, timeout: Duration) -> Result<Response, NetError> {
         let frame = wire::encode(request)?;
-        let ms = timeout.as_millis() as u64;
-        tokio::time::timeout(timeout, self.call_frame(addr, &frame))
-            .await
-            .map_err(|_| NetError::Timeout { addr, ms })?
+        self.call_frame(addr, &frame, timeout).await
     }
 
-    /// Sends raw frame bytes. Public so that tests can send what a broken
-    /// or hostile client would.
-    pub async fn call_frame(&self, addr: SocketAddr, frame: &[u8]) -> Result<Response, NetError> {
+    /// Sends raw frame bytes and waits at most `timeout` for the reply.
+    /// Public so that tests can send what a broken or hostile client would.
+    pub async fn call_frame(&self, addr: SocketAddr, frame: &[u8], timeout: Duration) -> Result<Response, NetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || NetError::Timeout { addr, ms: timeout.as_millis() as u64 };
         // A cached connection may have died since its last use (peer
         // restarted, idle timeout); one retry on a fresh connection covers
         // that without hiding real failures.
         for attempt in 0..2 {
-            let connection = self.connection(addr).await?;
-            match exchange(&connection, frame, self.max_frame_bytes).await {
-                Err(Exchange::Connection(reason)) if attempt == 0 => {
+            let connection =
+                tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| timed_out())??;
+            match tokio::time::timeout_at(deadline, exchange(&connection, frame, self.max_frame_bytes)).await {
+                Err(_) => {
+                    // A peer that was killed never closes its connections;
+                    // one that stopped answering is not reused, so the next
+                    // call reconnects instead of waiting on a dead path.
+                    self.forget(addr, &connection).await;
+                    return Err(timed_out());
+                }
+                Ok(Err(Exchange::Connection(reason))) if attempt == 0 => {
                     tracing::debug!(%addr, %reason, "connection failed, reconnecting");
                     self.forget(addr, &connection).await;
                 }
-                Err(Exchange::Connection(reason)) => {
+                Ok(Err(Exchange::Connection(reason))) => {
                     self.forget(addr, &connection).await;
                     return Err(NetError::Connection { addr, reason });
                 }
-                Err(Exchange::Frame(e)) => return Err(e),
-                Ok(body) => return wire::decode_frame::<Response>(&body, self.max_frame_bytes),
+                Ok(Err(Exchange::Frame(e))) => return Err(e),
+                Ok(Ok(body)) => return wire::decode_frame::<Response>(&body, self.max_frame_bytes),
             }
         }
         unreachable!("the loop returns on its second attempt")

@@ -77,17 +77,17 @@ async fn abuse_is_answered_with_errors_and_others_keep_being_served() {
         Ok(Err(KvError::Protocol(msg))) => msg,
         other => panic!("expected a protocol error, got {other:?}"),
     };
-    let garbage = protocol_error(bad.call_frame(addr, b"\x00\x00\x00\x05hello").await);
+    let garbage = protocol_error(bad.call_frame(addr, b"\x00\x00\x00\x05hello", Duration::from_secs(5)).await);
     assert!(garbage.contains("malformed") || garbage.contains("version"), "{garbage}");
 
     let mut oversized = (MAX_FRAME as u32 + 1).to_be_bytes().to_vec();
     oversized.extend(std::iter::repeat_n(0u8, MAX_FRAME + 1));
-    let msg = protocol_error(bad.call_frame(addr, &oversized).await);
+    let msg = protocol_error(bad.call_frame(addr, &oversized, Duration::from_secs(5)).await);
     assert!(msg.contains("exceeds the maximum"), "{msg}");
 
     let mut future = wire::encode(&get("x")).unwrap();
     future[4..6].copy_from_slice(&99u16.to_be_bytes());
-    let msg = protocol_error(bad.call_frame(addr, &future).await);
+    let msg = protocol_error(bad.call_frame(addr, &future, Duration::from_secs(5)).await);
     assert!(msg.contains("version 99"), "{msg}");
 
     // Both clients are still served.

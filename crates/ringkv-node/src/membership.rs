@@ -58,6 +58,7 @@ pub(crate) struct MembershipConfig {
 
 pub(crate) struct Membership {
     handle: ChitchatHandle,
+    gossip_addr: SocketAddr,
     topology: watch::Receiver<Arc<Topology>>,
     epochs: watch::Receiver<Epoch>,
     task: JoinHandle<()>,
@@ -207,7 +208,11 @@ impl Membership {
         let (topology_tx, topology) = watch::channel(first);
         let (epoch_tx, epochs) = watch::channel(Epoch::NONE);
         let task = tokio::spawn(maintain(handle.chitchat(), config, topology_tx, epoch_tx));
-        Ok(Membership { handle, topology, epochs, task })
+        Ok(Membership { handle, gossip_addr, topology, epochs, task })
+    }
+
+    pub(crate) fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
     }
 
     pub(crate) fn topology(&self) -> watch::Receiver<Arc<Topology>> {

@@ -75,6 +75,7 @@ pub(crate) struct Inner {
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     local_addr: Option<SocketAddr>,
+    gossip_addr: Option<SocketAddr>,
 }
 
 /// A peer transport for a node that has no endpoint: it has no peers.
@@ -228,6 +229,7 @@ impl Node {
             }
         };
 
+        let gossip_addr = membership.as_ref().map(Membership::gossip_addr);
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
@@ -247,6 +249,7 @@ impl Node {
                 shutdown,
                 tasks: Mutex::new(Vec::new()),
                 local_addr,
+                gossip_addr,
                 config,
             }),
         };
@@ -295,6 +298,11 @@ impl Node {
     /// The QUIC address actually bound (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner.local_addr
+    }
+
+    /// The gossip address actually bound, for a clustered node.
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.inner.gossip_addr
     }
 
     /// Takes a snapshot now and drops the log segments it covers.

@@ -1,0 +1,151 @@
+//! One node of three fails under a unique-key write load (N=3, W=2): killed
+//! with SIGKILL and restarted, or paused with SIGSTOP for 5 s. Writes must
+//! keep succeeding, no acknowledged write may be lost, hints must drain
+//! once the node is back, and then every key's replicas must hold the same
+//! version.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use ringkv::{Client, KvStore};
+
+/// Cluster tests share two cores; running them one at a time keeps the
+/// failure detector's view of "slow" honest.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Write {
+    key: String,
+    invoked: Instant,
+    ok: bool,
+}
+
+async fn writer(client: Client, id: usize, stop: Arc<AtomicBool>) -> Vec<Write> {
+    let mut log = Vec::new();
+    let mut seq = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{id}-{seq}");
+        seq += 1;
+        let invoked = Instant::now();
+        let ok = client.put(key.clone(), key.clone()).await.is_ok();
+        log.push(Write { key, invoked, ok });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    log
+}
+
+enum Fault {
+    Kill,
+    Pause,
+}
+
+async fn run(fault: Fault) {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let mut client = cluster.client();
+    client = client.with_timeout(Duration::from_secs(3));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4).map(|id| tokio::spawn(writer(client.clone(), id, stop.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let victim = 1;
+    let fault_at = Instant::now();
+    match fault {
+        Fault::Kill => cluster.nodes[victim].kill9(),
+        Fault::Pause => cluster.nodes[victim].signal("STOP"),
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let healed_at = Instant::now();
+    match fault {
+        Fault::Kill => cluster.nodes[victim] = cluster.nodes[victim].spec.start(),
+        Fault::Pause => cluster.nodes[victim].signal("CONT"),
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = Vec::new();
+    for w in writers {
+        writes.extend(w.await.unwrap());
+    }
+
+    // Writes keep succeeding: any failure lies within the detection window
+    // after the fault, and writes made while the node was out succeeded.
+    let failed: Vec<&Write> = writes.iter().filter(|w| !w.ok).collect();
+    let acked: Vec<&Write> = writes.iter().filter(|w| w.ok).collect();
+    let during = acked.iter().filter(|w| w.invoked > fault_at && w.invoked < healed_at).count();
+    println!(
+        "{} writes, {} acknowledged ({during} while the node was out), {} failed",
+        writes.len(),
+        acked.len(),
+        failed.len()
+    );
+    for w in &failed {
+        let after = w.invoked.saturating_duration_since(fault_at);
+        assert!(
+            w.invoked >= fault_at && after < Duration::from_secs(6),
+            "write {} failed {after:?} after the fault",
+            w.key
+        );
+    }
+    assert!(during > 50, "too few writes while the node was out ({during})");
+
+    // Hints drain once the node is back.
+    common::wait_for("hints to drain", Duration::from_secs(30), || {
+        let (client, addrs) = (client.clone(), cluster.addrs());
+        async move {
+            for addr in addrs {
+                let status = client.status_of(addr).await.ok()?;
+                if !status.hints.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+
+    // No acknowledged write is lost.
+    for w in &acked {
+        let value = client.get(w.key.clone()).await.unwrap();
+        assert_eq!(value.as_deref(), Some(w.key.as_bytes()), "acknowledged write {} lost", w.key);
+    }
+    // And every replica holds the same version of every key.
+    let started = Instant::now();
+    let mut diverged: Vec<String> = acked.iter().map(|w| w.key.clone()).collect();
+    while !diverged.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "replicas still differ for {} keys, e.g. {}",
+            diverged.len(),
+            diverged[0]
+        );
+        let mut still = Vec::new();
+        for key in diverged {
+            let explanation = client.explain(key.clone()).await.unwrap();
+            let versions: Vec<_> =
+                explanation.replicas.iter().map(|r| r.entry.clone().ok().flatten().map(|e| e.version)).collect();
+            if versions.len() != 3 || versions.iter().any(|v| v.is_none() || *v != versions[0]) {
+                still.push(key);
+            }
+        }
+        diverged = still;
+        if !diverged.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!("replicas identical {:?} after the checks began", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_loses_nothing_and_converges() {
+    run(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_pause_loses_nothing_and_converges() {
+    run(Fault::Pause).await;
+}
