@@ -35,7 +35,9 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Criterion benchmarks of the storage engine, then `ringkv bench` against a
-# fresh single node (see BENCHMARKS.md for the figures and commands).
+# single node (with a Redis baseline if installed) and against a 3-node
+# cluster (see BENCHMARKS.md for the figures and commands).
 bench: build
     cargo bench -p ringkv-storage
     scripts/bench-node.sh
+    scripts/bench-cluster.sh

@@ -77,7 +77,7 @@ pub(crate) async fn client_command(command: Command) -> anyhow::Result<ExitCode>
             connect(&client).await?.clear().await?;
             ExitCode::from(FOUND)
         }
-        Command::Status { client } => status(&connect(&client).await?).await?,
+        Command::Status { brief, client } => status(&connect(&client).await?, brief).await?,
         Command::Explain { key, client } => explain(&connect(&client).await?, key).await?,
         Command::Ping { client } => {
             let (node, version) = connect(&client).await?.ping().await?;
@@ -99,7 +99,7 @@ pub(crate) fn certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(FOUND))
 }
 
-async fn status(client: &Client) -> anyhow::Result<ExitCode> {
+async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     let members = client.members().await?;
     println!(
         "cluster {}: {} members, {} partitions, N={}",
@@ -114,8 +114,11 @@ async fn status(client: &Client) -> anyhow::Result<ExitCode> {
     );
     let mut unhealthy = false;
     for m in &members.members {
-        let detail =
-            if m.live { client.status_of(m.addr).await.map_err(|e| e.to_string()) } else { Err("down".into()) };
+        let detail = match (brief, m.live) {
+            (true, _) => Err(String::new()),
+            (false, true) => client.status_of(m.addr).await.map_err(|e| e.to_string()),
+            (false, false) => Err("down".into()),
+        };
         let (owned, entries, values, hints) = match &detail {
             Ok(s) => {
                 let hints: Vec<String> = s.hints.iter().map(|(n, c)| format!("{n}:{c}")).collect();
@@ -125,6 +128,7 @@ async fn status(client: &Client) -> anyhow::Result<ExitCode> {
                 }
                 (s.partitions_owned.to_string(), s.entries.to_string(), s.values.to_string(), hints)
             }
+            Err(e) if e.is_empty() => ("-".into(), "-".into(), "-".into(), "-".into()),
             Err(e) => {
                 unhealthy = true;
                 ("?".into(), "?".into(), "?".into(), format!("unreachable: {e}"))

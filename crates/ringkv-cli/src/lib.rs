@@ -87,6 +87,10 @@ enum Command {
     /// Cluster members with their address, status, liveness, partitions
     /// owned and hints pending.
     Status {
+        /// Only the membership as the contacted node sees it, without asking
+        /// each member for its own figures.
+        #[arg(long)]
+        brief: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
