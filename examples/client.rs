@@ -32,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let strict = client.with_consistency(Consistency::All);
     println!("read at consistency all: {:?}", strict.get("greeting").await?);
     let explained = client.explain("greeting").await?;
-    println!("greeting lives in partition {} on {:?}", explained.partition, explained.replicas.iter().map(|r| &r.node_id).collect::<Vec<_>>());
+    println!(
+        "greeting lives in partition {} on {:?}",
+        explained.partition,
+        explained.replicas.iter().map(|r| &r.node_id).collect::<Vec<_>>()
+    );
 
     // The same operations as actor messages with reply ports.
     let store = actor::spawn(client.clone(), 1024).await?;

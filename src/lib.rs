@@ -15,9 +15,9 @@
 //! ```
 
 pub use bytes::Bytes;
-pub use ringkv_client::{Client, ClientConfig, ClientError, resolve};
 /// The client crate, including the actor-message client in `client::actor`.
 pub use ringkv_client as client;
+pub use ringkv_client::{Client, ClientConfig, ClientError, resolve};
 pub use ringkv_core::{Consistency, KeyTtl, KvError, KvStore};
 pub use ringkv_net::tls::TlsPaths;
 pub use ringkv_node::{Node, NodeConfig, NodeError, Persistence};
