@@ -113,6 +113,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
         "node", "address", "status", "live", "ring", "owned", "entries", "values"
     );
     let mut unhealthy = false;
+    let mut repairs = Vec::new();
     for m in &members.members {
         let detail = match (brief, m.live) {
             (true, _) => Err(String::new()),
@@ -121,6 +122,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
         };
         let (owned, entries, values, hints) = match &detail {
             Ok(s) => {
+                repairs.push((m.node_id.clone(), s.repair.clone()));
                 let hints: Vec<String> = s.hints.iter().map(|(n, c)| format!("{n}:{c}")).collect();
                 let mut hints = if hints.is_empty() { "-".to_string() } else { hints.join(" ") };
                 if s.hints_dropped > 0 {
@@ -145,6 +147,31 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
             entries,
             values,
             hints
+        );
+    }
+    if !repairs.is_empty() {
+        println!("anti-entropy:");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    for (node, r) in repairs {
+        let progress = match r.progress {
+            Some((done, total)) => format!("pass under way: {done}/{total} comparisons"),
+            None => "idle".to_string(),
+        };
+        let last = r.last_pass_ms.map_or("-".to_string(), |ms| format!("{ms} ms"));
+        let divergence = match r.last_divergence {
+            None => "none found".to_string(),
+            Some(d) => format!(
+                "{} keys in partition {} with {}, {} ago",
+                d.keys,
+                d.partition,
+                d.peer,
+                format_duration(std::time::Duration::from_millis(now.saturating_sub(d.at_ms) / 1000 * 1000))
+            ),
+        };
+        println!(
+            "  {node:<12} {} passes (last {last}), {progress}; exchanged {} keys, {} bytes; last divergence: {divergence}",
+            r.passes, r.keys_exchanged, r.bytes_exchanged
         );
     }
     Ok(ExitCode::from(if unhealthy { NOT_FOUND } else { FOUND }))

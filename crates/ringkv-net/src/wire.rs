@@ -91,9 +91,31 @@ pub enum ReplicaRequest {
     Truncate {
         epoch: Epoch,
     },
-    /// Hints handed back to their owner, in one batch.
+    /// Entries merged in one batch: hints handed back to their owner,
+    /// repair, and partition transfers.
     Deliver {
         entries: Vec<(u16, Bytes, Entry)>,
+    },
+    /// A partition's repair digest: with `branches` unset, the hash of each
+    /// group of leaves; otherwise the leaves of those groups, in order. If
+    /// `root` is the caller's root and it matches, the answer is empty: a
+    /// partition in sync costs a few bytes.
+    Digest {
+        partition: u16,
+        branches: Option<Vec<u16>>,
+        root: Option<u64>,
+    },
+    /// The entries of a partition that fall into the given digest leaves.
+    Fetch {
+        partition: u16,
+        leaves: Vec<u16>,
+    },
+    /// Up to `limit` entries of a partition after the key `after`, in the
+    /// shard's order: resumable partition transfer.
+    Stream {
+        partition: u16,
+        after: Option<Bytes>,
+        limit: u32,
     },
 }
 
@@ -114,6 +136,9 @@ impl Request {
             Request::Replica(ReplicaRequest::Read { .. }) => "replica-read",
             Request::Replica(ReplicaRequest::Truncate { .. }) => "replica-truncate",
             Request::Replica(ReplicaRequest::Deliver { .. }) => "replica-deliver",
+            Request::Replica(ReplicaRequest::Digest { .. }) => "replica-digest",
+            Request::Replica(ReplicaRequest::Fetch { .. }) => "replica-fetch",
+            Request::Replica(ReplicaRequest::Stream { .. }) => "replica-stream",
             Request::Members => "members",
             Request::Status => "status",
             Request::Explain { .. } => "explain",
@@ -138,6 +163,8 @@ pub enum Reply {
     /// A conditional apply found something newer.
     Conflict,
     Entry(Option<Entry>),
+    Digest(Vec<u64>),
+    Entries(Vec<(Bytes, Entry)>),
     Members(Members),
     Status(NodeStatus),
     Explain(Explanation),
@@ -204,6 +231,31 @@ pub struct NodeStatus {
     pub hints: Vec<(String, u64)>,
     pub hints_dropped: u64,
     pub epoch: Epoch,
+    pub repair: RepairStatus,
+}
+
+/// Anti-entropy as one node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairStatus {
+    /// Completed passes over every (partition, peer) pair since start.
+    pub passes: u64,
+    /// Pairs compared in the pass under way, of how many.
+    pub progress: Option<(u32, u32)>,
+    pub last_pass_ms: Option<u64>,
+    /// Keys received or sent because replicas differed, since start.
+    pub keys_exchanged: u64,
+    /// Digest and entry bytes sent and received, since start.
+    pub bytes_exchanged: u64,
+    pub last_divergence: Option<Divergence>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Divergence {
+    /// Wall-clock milliseconds when it was found.
+    pub at_ms: u64,
+    pub partition: u16,
+    pub peer: String,
+    pub keys: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -116,6 +116,12 @@ pub struct NodeConfig {
     /// How often hints are offered to nodes that came back.
     #[serde(with = "duration")]
     pub hint_replay_interval: Duration,
+    /// How often every partition is compared with its other replicas (a
+    /// comparison also starts whenever a peer comes back).
+    #[serde(with = "duration")]
+    pub repair_interval: Duration,
+    /// Bytes per second anti-entropy may spend on exchanging entries.
+    pub repair_bytes_per_sec: u64,
     /// Seed for this node's randomness (gossip peer choice and QUIC).
     pub seed: u64,
     pub tls: TlsConfig,
@@ -211,6 +217,12 @@ pub fn default_join_timeout() -> Duration {
 pub fn default_max_hint_bytes() -> usize {
     256 << 20
 }
+pub fn default_repair_interval() -> Duration {
+    Duration::from_secs(30)
+}
+pub fn default_repair_bytes_per_sec() -> u64 {
+    8 << 20
+}
 pub fn default_hint_replay_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -252,6 +264,8 @@ impl Default for NodeConfig {
             join_timeout: default_join_timeout(),
             max_hint_bytes: default_max_hint_bytes(),
             hint_replay_interval: default_hint_replay_interval(),
+            repair_interval: default_repair_interval(),
+            repair_bytes_per_sec: default_repair_bytes_per_sec(),
             seed: 0,
             tls: TlsConfig::default(),
         }
@@ -301,8 +315,8 @@ impl NodeConfig {
         if self.mailbox_capacity == 0 || self.sweep_budget == 0 || self.max_connections == 0 {
             return bad("mailbox_capacity, sweep_budget and max_connections must be positive".into());
         }
-        if self.sweep_interval.is_zero() {
-            return bad("sweep_interval must be positive".into());
+        if self.sweep_interval.is_zero() || self.repair_interval.is_zero() || self.repair_bytes_per_sec == 0 {
+            return bad("sweep_interval, repair_interval and repair_bytes_per_sec must be positive".into());
         }
         if self.replication == 0 || self.replication > 16 {
             return bad(format!("replication {} must be between 1 and 16", self.replication));

@@ -12,6 +12,7 @@ mod node;
 mod ops;
 mod partition;
 pub mod peers;
+mod repair;
 mod topology;
 
 pub use clock::SystemClock;

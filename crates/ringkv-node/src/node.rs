@@ -24,6 +24,7 @@ use crate::mailbox::Mailbox;
 use crate::membership::{Membership, MembershipConfig};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{PeerTransport, QuicPeers};
+use crate::repair::{Repair, repair_task};
 use crate::topology::{self, Gossiped, Topology};
 use crate::{NodeError, SystemClock};
 
@@ -68,6 +69,7 @@ pub(crate) struct Inner {
     pub(crate) hints: HintsMailbox,
     pub(crate) peers: Arc<dyn PeerTransport>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
+    pub(crate) repair: Repair,
     topology: watch::Receiver<Arc<Topology>>,
     wal: Option<Wal>,
     epoch: Mutex<Epoch>,
@@ -242,6 +244,7 @@ impl Node {
                 hints,
                 peers,
                 membership: tokio::sync::Mutex::new(None),
+                repair: Repair::new(config.repair_bytes_per_sec),
                 topology,
                 wal: state.wal,
                 epoch: Mutex::new(state.epoch),
@@ -266,6 +269,7 @@ impl Node {
         }
         node.spawn(sweeper(node.clone()));
         node.spawn(handoff(node.clone()));
+        node.spawn(repair_task(node.clone()));
         if node.inner.wal.is_some() {
             node.spawn(snapshotter(node.clone()));
         }
@@ -413,7 +417,15 @@ impl Inner {
         self.topology.borrow().clone()
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn topology_watch(&self) -> watch::Receiver<Arc<Topology>> {
+        self.topology.clone()
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
         *self.shutdown.borrow()
     }
 }
@@ -451,12 +463,13 @@ async fn sweeper(node: Node) {
     let inner = node.inner.clone();
     every(&node, inner.config.sweep_interval, || async {
         let grace = inner.config.tombstone_grace.as_millis() as u64;
-        for partition in &inner.partitions {
+        let topo = inner.topology();
+        for (i, partition) in inner.partitions.iter().enumerate() {
             for _ in 0..16 {
                 if inner.stopping() {
                     return;
                 }
-                let purge_before_ms = inner.now_ms().saturating_sub(grace);
+                let purge_before_ms = inner.repair.purge_horizon(&topo, PartitionId(i as u16), inner.now_ms(), grace);
                 let budget = inner.config.sweep_budget;
                 match partition.call(|reply| PartitionMsg::Sweep { purge_before_ms, budget, reply }).await {
                     Ok(sweep) if sweep.more => tokio::task::yield_now().await,

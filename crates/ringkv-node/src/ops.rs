@@ -78,6 +78,21 @@ impl Node {
                 self.apply_epoch(epoch).await?;
                 Ok(Reply::Done)
             }
+            ReplicaRequest::Digest { partition, branches, root } => {
+                let mailbox = self.partition(partition)?;
+                let words = mailbox.call(|reply| PartitionMsg::Digest { branches, reply }).await?;
+                let same = root.is_some_and(|r| r == words.iter().fold(0, |a, b| a ^ b));
+                Ok(Reply::Digest(if same { Vec::new() } else { words }))
+            }
+            ReplicaRequest::Fetch { partition, leaves } => {
+                let mailbox = self.partition(partition)?;
+                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::Fetch { leaves, reply }).await?))
+            }
+            ReplicaRequest::Stream { partition, after, limit } => {
+                let mailbox = self.partition(partition)?;
+                let limit = (limit as usize).clamp(1, 4096);
+                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::Chunk { after, limit, reply }).await?))
+            }
             ReplicaRequest::Deliver { entries } => {
                 let mut durables = Vec::new();
                 for (partition, key, entry) in entries {
@@ -97,6 +112,13 @@ impl Node {
         }
     }
 
+    fn partition(&self, partition: u16) -> Result<&crate::partition::PartitionMailbox, KvError> {
+        self.inner
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| KvError::Protocol(format!("partition {partition} out of range")))
+    }
+
     /// Requests from peers name a partition; it must be one of ours and the
     /// key must belong to it, or a confused peer could plant keys where no
     /// reader will look.
@@ -109,7 +131,12 @@ impl Node {
         Ok(())
     }
 
-    async fn on_replica(&self, topo: &Topology, node: &NodeName, request: ReplicaRequest) -> Result<Reply, KvError> {
+    pub(crate) async fn on_replica(
+        &self,
+        topo: &Topology,
+        node: &NodeName,
+        request: ReplicaRequest,
+    ) -> Result<Reply, KvError> {
         if topo.is_self(node) {
             return self.local_replica(request).await;
         }
@@ -462,6 +489,7 @@ impl Node {
             hints: hints.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
             hints_dropped: dropped,
             epoch: self.inner.epoch(),
+            repair: self.inner.repair.status(),
         })
     }
 }

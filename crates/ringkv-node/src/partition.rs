@@ -45,7 +45,20 @@ pub(crate) enum PartitionMsg {
     Stats {
         reply: RpcReplyPort<ShardStats>,
     },
+    /// Digest branches (groups of leaves), or the leaves of some branches.
+    Digest {
+        branches: Option<Vec<u16>>,
+        reply: RpcReplyPort<Vec<u64>>,
+    },
+    /// Entries in the given digest leaves.
+    Fetch {
+        leaves: Vec<u16>,
+        reply: RpcReplyPort<Vec<(Bytes, Entry)>>,
+    },
 }
+
+/// Leaves per digest branch: the repair tree is root → branches → leaves.
+pub(crate) const BRANCH: usize = 32;
 
 pub(crate) enum Applied {
     Done {
@@ -147,6 +160,26 @@ impl Actor for PartitionActor {
             }
             PartitionMsg::Stats { reply } => {
                 let _ = reply.send(state.shard.stats());
+            }
+            PartitionMsg::Digest { branches, reply } => {
+                let digest = state.shard.digest();
+                let answer = match branches {
+                    None => digest.fold(BRANCH),
+                    Some(branches) => branches
+                        .iter()
+                        .flat_map(|b| {
+                            let start = (*b as usize * BRANCH).min(digest.leaves().len());
+                            let end = (start + BRANCH).min(digest.leaves().len());
+                            digest.leaves()[start..end].iter().copied()
+                        })
+                        .collect(),
+                };
+                let _ = reply.send(answer);
+            }
+            PartitionMsg::Fetch { leaves, reply } => {
+                let leaves: Vec<usize> =
+                    leaves.iter().map(|l| *l as usize).filter(|l| *l < state.shard.digest().leaves().len()).collect();
+                let _ = reply.send(state.shard.entries_in_leaves(&leaves));
             }
         }
         Ok(())

@@ -1,0 +1,301 @@
+//! Anti-entropy: replicas of a partition compare repair digests and
+//! exchange only the keys of the leaves that differ.
+//!
+//! Each shard keeps a digest of 1024 leaves, updated on every write (see
+//! `ringkv_storage::Digest`). A comparison asks the peer for its 32 branch
+//! hashes (XORs of 32 leaves each), then for the leaves of the branches that
+//! differ, then for the entries of the leaves that differ, and pushes ours
+//! for the same leaves. Last-writer-wins merges both sides. Entry transfers
+//! take tokens from a byte-rate budget, so repair never crowds out clients.
+//!
+//! Every node compares each partition it replicates with every other
+//! replica, once per `repair_interval` and as soon as a peer comes back. A
+//! comparison that leaves the pair in sync is recorded with its start time:
+//! a tombstone older than that is on both. The purge horizon of a partition
+//! is the oldest such record over all its other replicas, so tombstones are
+//! only purged once every replica has them (and never before
+//! `tombstone_grace`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_core::ring::NodeName;
+use ringkv_core::{Entry, KvError, PartitionId};
+use ringkv_net::wire::{Divergence, RepairStatus, ReplicaRequest, Reply};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::node::Node;
+use crate::partition::BRANCH;
+use crate::topology::Topology;
+
+/// Indices at which two digests differ. A missing word counts as differing.
+pub(crate) fn differing(ours: &[u64], theirs: &[u64]) -> Vec<usize> {
+    (0..ours.len().max(theirs.len())).filter(|i| ours.get(*i) != theirs.get(*i)).collect()
+}
+
+/// A byte-rate budget.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// How long to wait before `bytes` may be sent; the debt is taken now.
+    fn take(&mut self, bytes: usize) -> Duration {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.tokens / self.rate) }
+    }
+}
+
+pub(crate) struct Repair {
+    /// (partition, peer) → wall-clock ms at which the last comparison that
+    /// ended with both in sync began.
+    synced: Mutex<HashMap<(u16, NodeName), u64>>,
+    status: Mutex<RepairStatus>,
+    budget: Mutex<TokenBucket>,
+    pub(crate) wake: Notify,
+}
+
+impl Repair {
+    pub(crate) fn new(bytes_per_sec: u64) -> Repair {
+        let rate = bytes_per_sec.max(1) as f64;
+        Repair {
+            synced: Mutex::new(HashMap::new()),
+            status: Mutex::new(RepairStatus::default()),
+            budget: Mutex::new(TokenBucket { rate, tokens: rate, last: Instant::now() }),
+            wake: Notify::new(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> RepairStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Dead entries that died before this instant may be purged from the
+    /// partition: every other replica was in sync with us after it, and the
+    /// grace period has passed.
+    pub(crate) fn purge_horizon(&self, topo: &Topology, partition: PartitionId, now_ms: u64, grace_ms: u64) -> u64 {
+        let after_grace = now_ms.saturating_sub(grace_ms);
+        if !topo.table.is_replica(partition, &topo.self_name) {
+            return after_grace;
+        }
+        let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        topo.replicas(partition)
+            .iter()
+            .filter(|peer| !topo.is_self(peer))
+            .map(|peer| synced.get(&(partition.0, peer.clone())).copied().unwrap_or(0))
+            .fold(after_grace, u64::min)
+    }
+
+    async fn throttle(&self, bytes: usize) {
+        let wait = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn record(&self, update: impl FnOnce(&mut RepairStatus)) {
+        update(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+fn entries_bytes(entries: &[(Bytes, Entry)]) -> usize {
+    entries.iter().map(|(k, e)| k.len() + e.size_bytes()).sum()
+}
+
+impl Node {
+    async fn digest(
+        &self,
+        topo: &Topology,
+        node: &NodeName,
+        partition: u16,
+        branches: Option<Vec<u16>>,
+        root: Option<u64>,
+    ) -> Result<Vec<u64>, KvError> {
+        match self.on_replica(topo, node, ReplicaRequest::Digest { partition, branches, root }).await? {
+            Reply::Digest(words) => Ok(words),
+            other => Err(KvError::Protocol(format!("unexpected reply to a digest request: {other:?}"))),
+        }
+    }
+
+    async fn fetch(
+        &self,
+        topo: &Topology,
+        node: &NodeName,
+        partition: u16,
+        leaves: Vec<u16>,
+    ) -> Result<Vec<(Bytes, Entry)>, KvError> {
+        match self.on_replica(topo, node, ReplicaRequest::Fetch { partition, leaves }).await? {
+            Reply::Entries(entries) => Ok(entries),
+            other => Err(KvError::Protocol(format!("unexpected reply to a fetch request: {other:?}"))),
+        }
+    }
+
+    async fn deliver(
+        &self,
+        topo: &Topology,
+        node: &NodeName,
+        partition: u16,
+        entries: Vec<(Bytes, Entry)>,
+    ) -> Result<(), KvError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let entries = entries.into_iter().map(|(k, e)| (partition, k, e)).collect();
+        self.on_replica(topo, node, ReplicaRequest::Deliver { entries }).await.map(|_| ())
+    }
+
+    /// Compares one partition with one peer and exchanges what differs.
+    /// Returns the keys exchanged.
+    async fn repair_pair(&self, topo: &Topology, partition: PartitionId, peer: &NodeName) -> Result<u64, KvError> {
+        let repair = &self.inner.repair;
+        let me = topo.self_name.clone();
+        let started_ms = self.inner.now_ms();
+        let p = partition.0;
+        let mut bytes = 0usize;
+        let ours = self.digest(topo, &me, p, None, None).await?;
+        let root = ours.iter().fold(0, |a, b| a ^ b);
+        // The peer answers nothing when its root equals ours.
+        let theirs = self.digest(topo, peer, p, None, Some(root)).await?;
+        bytes += 16 + 8 * theirs.len();
+        let branches: Vec<u16> = if theirs.is_empty() {
+            Vec::new()
+        } else {
+            differing(&ours, &theirs).into_iter().map(|b| b as u16).collect()
+        };
+        let mut keys = 0u64;
+        if !branches.is_empty() {
+            let (ours, theirs) = tokio::try_join!(
+                self.digest(topo, &me, p, Some(branches.clone()), None),
+                self.digest(topo, peer, p, Some(branches.clone()), None)
+            )?;
+            bytes += 8 * theirs.len();
+            // Position i of the answer is leaf i % BRANCH of the i / BRANCH-th
+            // requested branch.
+            let leaves: Vec<u16> = differing(&ours, &theirs)
+                .into_iter()
+                .map(|i| (branches[i / BRANCH] as usize * BRANCH + i % BRANCH) as u16)
+                .collect();
+            let (ours, theirs) =
+                tokio::try_join!(self.fetch(topo, &me, p, leaves.clone()), self.fetch(topo, peer, p, leaves))?;
+            let exchange = entries_bytes(&ours) + entries_bytes(&theirs);
+            repair.throttle(exchange).await;
+            bytes += exchange;
+            // Send each side only what it lacks or holds older.
+            let theirs_by_key: HashMap<&Bytes, &Entry> = theirs.iter().map(|(k, e)| (k, e)).collect();
+            let ours_by_key: HashMap<&Bytes, &Entry> = ours.iter().map(|(k, e)| (k, e)).collect();
+            let to_peer: Vec<(Bytes, Entry)> =
+                ours.iter().filter(|(k, e)| theirs_by_key.get(k).is_none_or(|t| e.supersedes(t))).cloned().collect();
+            let to_me: Vec<(Bytes, Entry)> =
+                theirs.iter().filter(|(k, e)| ours_by_key.get(k).is_none_or(|o| e.supersedes(o))).cloned().collect();
+            keys = (to_peer.len() + to_me.len()) as u64;
+            tokio::try_join!(self.deliver(topo, peer, p, to_peer), self.deliver(topo, &me, p, to_me))?;
+            if keys > 0 {
+                tracing::info!(partition = p, %peer, keys, "anti-entropy repaired a divergence");
+                repair.record(|s| {
+                    s.last_divergence =
+                        Some(Divergence { at_ms: started_ms, partition: p, peer: peer.to_string(), keys })
+                });
+            }
+        }
+        repair.record(|s| {
+            s.keys_exchanged += keys;
+            s.bytes_exchanged += bytes as u64;
+        });
+        // Writes in flight when the comparison began may still land; a
+        // margin of two replica timeouts keeps them out of the sync point.
+        let margin = 2 * self.inner.config.replica_timeout.as_millis() as u64;
+        repair
+            .synced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((p, peer.clone()), started_ms.saturating_sub(margin));
+        Ok(keys)
+    }
+
+    async fn repair_pass(&self) {
+        let topo = self.inner.topology();
+        let pairs: Vec<(PartitionId, NodeName)> = topo
+            .table
+            .owned_by(&topo.self_name)
+            .flat_map(|p| {
+                topo.replicas(p).iter().filter(|n| !topo.is_self(n) && topo.is_up(n)).map(move |n| (p, n.clone()))
+            })
+            .collect();
+        let started = Instant::now();
+        let total = pairs.len() as u32;
+        for (done, (partition, peer)) in pairs.into_iter().enumerate() {
+            if self.inner.stopping() {
+                return;
+            }
+            self.inner.repair.record(|s| s.progress = Some((done as u32, total)));
+            if let Err(e) = self.repair_pair(&topo, partition, &peer).await {
+                tracing::debug!(partition = partition.0, %peer, error = %e, "repair comparison failed");
+            }
+        }
+        let elapsed = started.elapsed().as_millis() as u64;
+        self.inner.repair.record(|s| {
+            s.progress = None;
+            s.passes += 1;
+            s.last_pass_ms = Some(elapsed);
+        });
+    }
+}
+
+/// Runs a pass every `repair_interval`, and at once when a peer comes up.
+pub(crate) async fn repair_task(node: Node) {
+    let inner = node.inner.clone();
+    let mut shutdown = inner.shutdown_signal();
+    let mut topology = inner.topology_watch();
+    let mut up: HashSet<NodeName> = HashSet::new();
+    let mut tick = tokio::time::interval(inner.config.repair_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.repair.wake.notified() => {}
+            changed = topology.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let topo = topology.borrow_and_update().clone();
+                let now_up: HashSet<NodeName> = topo.members.keys().filter(|n| topo.is_up(n)).cloned().collect();
+                let returned = now_up.difference(&up).any(|n| !topo.is_self(n));
+                up = now_up;
+                if !returned {
+                    continue;
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        node.repair_pass().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_positions() {
+        assert_eq!(differing(&[1, 2, 3], &[1, 5, 3]), vec![1]);
+        assert_eq!(differing(&[1, 2], &[1, 2, 3]), vec![2]);
+        assert!(differing(&[7; 32], &[7; 32]).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_delays_in_proportion_to_the_debt() {
+        let mut bucket = TokenBucket { rate: 1000.0, tokens: 1000.0, last: Instant::now() };
+        assert_eq!(bucket.take(1000), Duration::ZERO);
+        assert_eq!(bucket.take(500), Duration::from_millis(500));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(bucket.take(400), Duration::ZERO, "refilled up to one second's worth");
+    }
+}
