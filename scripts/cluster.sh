@@ -21,7 +21,7 @@ done
 pids=()
 stop() {
     trap - INT TERM EXIT
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
     wait
 }
 trap stop INT TERM EXIT

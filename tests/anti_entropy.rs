@@ -5,34 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cluster;
-use ringkv::{Client, Consistency, KvStore};
+use common::{Cluster, converged};
+use ringkv::{Consistency, KvStore};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Waits until every replica of every key holds the same version, and
-/// returns how long that took.
-async fn converged(client: &Client, keys: &[String], bound: Duration) -> Duration {
-    let started = Instant::now();
-    let mut pending: Vec<String> = keys.to_vec();
-    while !pending.is_empty() {
-        assert!(started.elapsed() < bound, "{} keys still differ after {bound:?}, e.g. {}", pending.len(), pending[0]);
-        let mut still = Vec::new();
-        for key in pending {
-            let explanation = client.explain(key.clone()).await.unwrap();
-            let versions: Vec<_> =
-                explanation.replicas.iter().map(|r| r.entry.clone().ok().flatten().map(|e| e.version)).collect();
-            if versions.len() != 3 || versions.iter().any(|v| v.is_none() || *v != versions[0]) {
-                still.push(key);
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    started.elapsed()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_replica_is_refilled_by_anti_entropy() {
@@ -44,10 +20,17 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
     for key in &keys {
         client.put(key.clone(), key.clone()).await.unwrap();
     }
-    // Same node id, empty data directory.
+    // Same node id, its log and snapshots gone; the member file stays, so it
+    // comes back as the same ring member (not as a new node that would pull
+    // its partitions before serving).
     cluster.nodes[2].kill9();
     let dir = cluster.nodes[2].spec.data_dir.clone();
-    std::fs::remove_dir_all(&dir).unwrap();
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.file_name().unwrap() != "member" {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
 
@@ -65,7 +48,7 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
         assert!(Instant::now() < deadline, "n3 holds {} of 2000 keys after {BOUND:?}", s.entries);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let took = converged(&client, &keys, BOUND).await;
+    let took = converged(&client, &keys, 3, BOUND).await;
     let mut found = Vec::new();
     for node in &cluster.nodes {
         let repair = client.status_of(node.addr).await.unwrap().repair;
@@ -108,7 +91,7 @@ async fn a_small_divergence_costs_a_small_fraction_of_the_data() {
     };
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
-    let took = converged(&quorum, &keys[20_000..], Duration::from_secs(60)).await;
+    let took = converged(&quorum, &keys[20_000..], 3, Duration::from_secs(60)).await;
     let mut after = 0;
     let mut exchanged_keys = 0;
     for node in &cluster.nodes {

@@ -198,6 +198,13 @@ impl NodeProcess {
         }
     }
 
+    /// The exit status, if the process has exited by itself.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
     /// SIGTERM, and wait for a clean exit within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.signal("TERM");
@@ -316,5 +323,52 @@ where
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until each key has `replicas` replicas that all hold the same
+/// version (a tombstone counts), and returns how long that took.
+pub async fn converged(client: &Client, keys: &[String], replicas: usize, bound: Duration) -> Duration {
+    let started = Instant::now();
+    let mut pending: Vec<String> = keys.to_vec();
+    while !pending.is_empty() {
+        assert!(started.elapsed() < bound, "{} keys still differ after {bound:?}, e.g. {}", pending.len(), pending[0]);
+        let mut still = Vec::new();
+        for key in pending {
+            let agree = match client.explain(key.clone()).await {
+                Ok(explanation) => {
+                    let versions: Vec<_> = explanation
+                        .replicas
+                        .iter()
+                        .map(|r| r.entry.clone().ok().flatten().map(|e| e.version))
+                        .collect();
+                    versions.len() == replicas && versions.iter().all(|v| v.is_some() && *v == versions[0])
+                }
+                Err(_) => false,
+            };
+            if !agree {
+                still.push(key);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    started.elapsed()
+}
+
+impl Cluster {
+    /// Starts a new member n{k} that joins through every current node.
+    pub fn add(&mut self, settings: &[&str]) -> usize {
+        let i = self.nodes.len() + 1;
+        let mut spec = NodeSpec::new(&format!("n{i}"), &self.data.path().join(format!("n{i}")), self.certs.path());
+        spec.gossip = Some("127.0.0.1:0".parse().unwrap());
+        spec.seeds = self.nodes.iter().filter_map(|n| n.spec.gossip).collect();
+        for line in settings {
+            spec = spec.setting(line);
+        }
+        self.nodes.push(spec.start());
+        self.nodes.len() - 1
     }
 }

@@ -79,6 +79,12 @@ pub(crate) async fn client_command(command: Command) -> anyhow::Result<ExitCode>
         }
         Command::Status { brief, client } => status(&connect(&client).await?, brief).await?,
         Command::Explain { key, client } => explain(&connect(&client).await?, key).await?,
+        Command::Leave { client } => {
+            let node = *resolve(&client.addr).await?.first().context("no --addr given")?;
+            connect(&client).await?.leave(node).await?;
+            println!("{node} is leaving: handing its partitions off, then it exits");
+            ExitCode::from(FOUND)
+        }
         Command::Ping { client } => {
             let (node, version) = connect(&client).await?.ping().await?;
             println!("pong from {node} (ringkv {version})");
@@ -114,6 +120,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     );
     let mut unhealthy = false;
     let mut repairs = Vec::new();
+    let mut transfers = Vec::new();
     for m in &members.members {
         let detail = match (brief, m.live) {
             (true, _) => Err(String::new()),
@@ -123,6 +130,9 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
         let (owned, entries, values, hints) = match &detail {
             Ok(s) => {
                 repairs.push((m.node_id.clone(), s.repair.clone()));
+                if let Some(phase) = &s.transfers.phase {
+                    transfers.push((m.node_id.clone(), phase.clone(), s.transfers.clone()));
+                }
                 let hints: Vec<String> = s.hints.iter().map(|(n, c)| format!("{n}:{c}")).collect();
                 let mut hints = if hints.is_empty() { "-".to_string() } else { hints.join(" ") };
                 if s.hints_dropped > 0 {
@@ -147,6 +157,19 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
             entries,
             values,
             hints
+        );
+    }
+    if !transfers.is_empty() {
+        println!("transfers in progress:");
+    }
+    for (node, phase, t) in transfers {
+        let current = match &t.current {
+            Some((partition, peer)) => format!("; now partition {partition} with {peer}"),
+            None => String::new(),
+        };
+        println!(
+            "  {node:<12} {phase}: {}/{} partitions, {} keys, {} bytes moved{current}",
+            t.partitions_done, t.partitions_total, t.keys_moved, t.bytes_moved
         );
     }
     if !repairs.is_empty() {

@@ -101,6 +101,13 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make the node at --addr hand its partitions to the other members and
+    /// exit (as SIGTERM does). Returns once it has started leaving; follow
+    /// it with `ringkv status`.
+    Leave {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Check that a node answers.
     Ping {
         #[command(flatten)]

@@ -111,19 +111,26 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(gossip) => println!("ringkv node {} serving on {addr} gossip {gossip}", node.node_id()),
         None => println!("ringkv node {} serving on {addr}", node.node_id()),
     }
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    node.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+    // SIGINT stops the node where it stands (it keeps its place in the ring
+    // and catches up when restarted); SIGTERM, like `ringkv leave`, hands
+    // its partitions off first and removes it from the ring.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
-        _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = node.wait_left() => tracing::info!("left the ring"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM: leaving the ring before stopping (SIGINT stops at once)");
+            tokio::select! {
+                left = node.leave() => if let Err(e) = left {
+                    tracing::warn!(error = %e, "cannot leave the ring; stopping anyway");
+                },
+                _ = int.recv() => tracing::warn!("SIGINT: stopping before the handoff finished"),
+            }
+        }
     }
-    Ok(())
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use ringkv_core::ring::{NodeName, PartitionTable};
 use ringkv_core::{Consistency, KeyTtl, KvError, KvStore, Partitioner};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
-use ringkv_net::wire::{Explanation, MemberStatus, Members, NodeStatus, Reply, Request};
+use ringkv_net::wire::{Explanation, Members, NodeStatus, Reply, Request};
 use ringkv_net::{Connector, NetError, bind};
 use tokio::time::Instant;
 
@@ -93,7 +93,7 @@ impl View {
     }
 
     fn is_up(&self, node: &str) -> bool {
-        self.members.members.iter().any(|m| m.node_id == node && m.live && m.status == MemberStatus::Serving)
+        self.members.members.iter().any(|m| m.node_id == node && m.live && m.status.serves())
     }
 
     /// Replicas of the key's partition that are up, in preference order,
@@ -108,7 +108,7 @@ impl View {
             }
         }
         for m in &self.members.members {
-            if m.live && m.status == MemberStatus::Serving && !order.contains(&m.addr) {
+            if m.live && m.status.serves() && !order.contains(&m.addr) {
                 order.push(m.addr);
             }
         }
@@ -202,7 +202,25 @@ impl Client {
     /// One node's own status.
     pub async fn status_of(&self, node: SocketAddr) -> Result<NodeStatus, KvError> {
         match self.call_at(node, &Request::Status).await? {
-            Reply::Status(status) => Ok(status),
+            Reply::Status(status) => Ok(*status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks one node to hand its partitions off and exit.
+    pub async fn leave(&self, node: SocketAddr) -> Result<(), KvError> {
+        match self.call_at(node, &Request::Leave).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Fault injection: makes `node` drop all traffic with `blocked`
+    /// (an empty list heals). Only nodes started with `fault_injection`
+    /// accept it.
+    pub async fn inject_fault(&self, node: SocketAddr, blocked: Vec<SocketAddr>) -> Result<(), KvError> {
+        match self.call_at(node, &Request::Fault { blocked }).await? {
+            Reply::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }

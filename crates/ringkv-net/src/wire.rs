@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::NetError;
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Raised whenever a message changes shape. 2: repair digests, partition
+/// streams, transfer status, leave and fault injection.
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +71,16 @@ pub enum Request {
     /// Where a key lives and what each of its replicas holds.
     Explain {
         key: Bytes,
+    },
+    /// Hand this node's partitions off and exit. Answered once leaving has
+    /// begun.
+    Leave,
+    /// Fault injection, refused unless the node runs with
+    /// `fault_injection = true`: drop all traffic (replica requests and
+    /// gossip, both directions) to and from these addresses. An empty list
+    /// heals.
+    Fault {
+        blocked: Vec<SocketAddr>,
     },
 }
 
@@ -142,6 +154,8 @@ impl Request {
             Request::Members => "members",
             Request::Status => "status",
             Request::Explain { .. } => "explain",
+            Request::Leave => "leave",
+            Request::Fault { .. } => "fault",
         }
     }
 }
@@ -166,17 +180,23 @@ pub enum Reply {
     Digest(Vec<u64>),
     Entries(Vec<(Bytes, Entry)>),
     Members(Members),
-    Status(NodeStatus),
+    Status(Box<NodeStatus>),
     Explain(Explanation),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberStatus {
-    /// Up, but not yet serving: recovering, or learning the cluster's state.
+    /// New to the ring: takes writes for the partitions it is gaining and
+    /// pulls their contents, but serves nothing until it has them.
     Joining,
     Serving,
-    /// Handing its partitions off before it exits.
+    /// Handing its partitions off before it exits; still serves meanwhile.
     Leaving,
+    /// A member restarting with its data: keeps its place in the ring, but
+    /// serves nothing until it has learnt the cluster's state.
+    Recovering,
+    /// Has handed its partitions off and is about to exit.
+    Left,
 }
 
 impl MemberStatus {
@@ -185,6 +205,8 @@ impl MemberStatus {
             MemberStatus::Joining => "joining",
             MemberStatus::Serving => "serving",
             MemberStatus::Leaving => "leaving",
+            MemberStatus::Recovering => "recovering",
+            MemberStatus::Left => "left",
         }
     }
 
@@ -193,8 +215,25 @@ impl MemberStatus {
             "joining" => Some(MemberStatus::Joining),
             "serving" => Some(MemberStatus::Serving),
             "leaving" => Some(MemberStatus::Leaving),
+            "recovering" => Some(MemberStatus::Recovering),
+            "left" => Some(MemberStatus::Left),
             _ => None,
         }
+    }
+
+    /// Answers client requests and replica reads.
+    pub fn serves(self) -> bool {
+        matches!(self, MemberStatus::Serving | MemberStatus::Leaving)
+    }
+
+    /// Counts in the ring that places data now (reads, quorums).
+    pub fn in_current_ring(self) -> bool {
+        matches!(self, MemberStatus::Serving | MemberStatus::Leaving | MemberStatus::Recovering)
+    }
+
+    /// Counts in the ring that rebalancing moves towards.
+    pub fn in_next_ring(self) -> bool {
+        matches!(self, MemberStatus::Serving | MemberStatus::Joining | MemberStatus::Recovering)
     }
 }
 
@@ -232,6 +271,20 @@ pub struct NodeStatus {
     pub hints_dropped: u64,
     pub epoch: Epoch,
     pub repair: RepairStatus,
+    pub transfers: TransferStatus,
+}
+
+/// Partition transfers of a joining or leaving node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// "joining" or "leaving" while transfers run.
+    pub phase: Option<String>,
+    pub partitions_done: u32,
+    pub partitions_total: u32,
+    /// The partition being moved and the peer on the other end.
+    pub current: Option<(u16, String)>,
+    pub keys_moved: u64,
+    pub bytes_moved: u64,
 }
 
 /// Anti-entropy as one node sees it.

@@ -122,6 +122,12 @@ pub struct NodeConfig {
     pub repair_interval: Duration,
     /// Bytes per second anti-entropy may spend on exchanging entries.
     pub repair_bytes_per_sec: u64,
+    /// Bytes per second a joining or leaving node may spend moving
+    /// partitions.
+    pub transfer_bytes_per_sec: u64,
+    /// Accept `Request::Fault` (drop traffic with named addresses). For the
+    /// chaos suite only; never enable it in production.
+    pub fault_injection: bool,
     /// Seed for this node's randomness (gossip peer choice and QUIC).
     pub seed: u64,
     pub tls: TlsConfig,
@@ -223,6 +229,9 @@ pub fn default_repair_interval() -> Duration {
 pub fn default_repair_bytes_per_sec() -> u64 {
     8 << 20
 }
+pub fn default_transfer_bytes_per_sec() -> u64 {
+    32 << 20
+}
 pub fn default_hint_replay_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -266,6 +275,8 @@ impl Default for NodeConfig {
             hint_replay_interval: default_hint_replay_interval(),
             repair_interval: default_repair_interval(),
             repair_bytes_per_sec: default_repair_bytes_per_sec(),
+            transfer_bytes_per_sec: default_transfer_bytes_per_sec(),
+            fault_injection: false,
             seed: 0,
             tls: TlsConfig::default(),
         }
@@ -315,8 +326,15 @@ impl NodeConfig {
         if self.mailbox_capacity == 0 || self.sweep_budget == 0 || self.max_connections == 0 {
             return bad("mailbox_capacity, sweep_budget and max_connections must be positive".into());
         }
-        if self.sweep_interval.is_zero() || self.repair_interval.is_zero() || self.repair_bytes_per_sec == 0 {
-            return bad("sweep_interval, repair_interval and repair_bytes_per_sec must be positive".into());
+        if self.sweep_interval.is_zero()
+            || self.repair_interval.is_zero()
+            || self.repair_bytes_per_sec == 0
+            || self.transfer_bytes_per_sec == 0
+        {
+            return bad(
+                "sweep_interval, repair_interval, repair_bytes_per_sec and transfer_bytes_per_sec must be positive"
+                    .into(),
+            );
         }
         if self.replication == 0 || self.replication > 16 {
             return bad(format!("replication {} must be between 1 and 16", self.replication));
@@ -382,6 +400,21 @@ mod tests {
         config.validate().unwrap();
         let text = toml::to_string(&config).unwrap();
         assert_eq!(NodeConfig::from_toml(&text, Path::new("x")).unwrap(), config);
+    }
+
+    #[test]
+    fn the_documented_config_file_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/node.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let documented = NodeConfig::from_toml(&text, &path).unwrap();
+        let expected = NodeConfig {
+            node_id: "node-1".into(),
+            listen: "127.0.0.1:7400".parse().unwrap(),
+            data_dir: "data".into(),
+            persistence: Persistence::Wal,
+            ..NodeConfig::default()
+        };
+        assert_eq!(documented, expected);
     }
 
     #[test]

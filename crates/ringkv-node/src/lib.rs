@@ -5,6 +5,7 @@
 mod clock;
 pub mod config;
 mod error;
+mod fault;
 mod hints;
 mod mailbox;
 mod membership;
@@ -12,6 +13,7 @@ mod node;
 mod ops;
 mod partition;
 pub mod peers;
+mod rebalance;
 mod repair;
 mod topology;
 

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::NodeError;
+use crate::fault::Faults;
 use crate::topology::{self, Gossiped, Topology};
 
 const KEY_ADDR: &str = "addr";
@@ -54,6 +55,10 @@ pub(crate) struct MembershipConfig {
     pub dead_node_grace: Duration,
     pub join_timeout: Duration,
     pub epoch: Epoch,
+    /// What to gossip until the node decides otherwise: `Recovering` for a
+    /// member restarting with its data, `Joining` for a new one.
+    pub status: MemberStatus,
+    pub faults: Arc<Faults>,
 }
 
 pub(crate) struct Membership {
@@ -64,15 +69,18 @@ pub(crate) struct Membership {
     task: JoinHandle<()>,
 }
 
-/// Wraps chitchat's UDP socket to notice `BadCluster` rejections.
+/// Wraps chitchat's UDP socket to notice `BadCluster` rejections, and to
+/// drop the datagrams fault injection says to.
 struct GuardedTransport {
     socket: Mutex<Option<UdpSocket>>,
     rejected_by: Arc<Mutex<Option<SocketAddr>>>,
+    faults: Arc<Faults>,
 }
 
 struct GuardedSocket {
     inner: UdpSocket,
     rejected_by: Arc<Mutex<Option<SocketAddr>>>,
+    faults: Arc<Faults>,
 }
 
 #[async_trait]
@@ -82,7 +90,7 @@ impl Transport for GuardedTransport {
         // could be resolved into the address we advertise.
         let inner = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
         let inner = inner.ok_or_else(|| anyhow::anyhow!("the gossip socket was already opened"))?;
-        Ok(Box::new(GuardedSocket { inner, rejected_by: self.rejected_by.clone() }))
+        Ok(Box::new(GuardedSocket { inner, rejected_by: self.rejected_by.clone(), faults: self.faults.clone() }))
     }
 }
 
@@ -93,15 +101,23 @@ impl Socket for GuardedSocket {
     }
 
     async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        if self.faults.blocks(to) {
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         self.inner.send(to, envelope).await
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        let outcome = self.inner.recv().await?;
-        if matches!(outcome.envelope.message, ChitchatMessage::BadCluster) {
-            *self.rejected_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.from_addr);
+        loop {
+            let outcome = self.inner.recv().await?;
+            if self.faults.blocks(outcome.from_addr) {
+                continue;
+            }
+            if matches!(outcome.envelope.message, ChitchatMessage::BadCluster) {
+                *self.rejected_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.from_addr);
+            }
+            return Ok(outcome);
         }
-        Ok(outcome)
     }
 }
 
@@ -133,7 +149,11 @@ impl Membership {
             .map_err(|e| NodeError::Config(format!("cannot bind gossip address {}: {e:#}", config.gossip)))?;
         let gossip_addr = socket.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
         let rejected_by = Arc::new(Mutex::new(None));
-        let transport = GuardedTransport { socket: Mutex::new(Some(socket)), rejected_by: rejected_by.clone() };
+        let transport = GuardedTransport {
+            socket: Mutex::new(Some(socket)),
+            rejected_by: rejected_by.clone(),
+            faults: config.faults.clone(),
+        };
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(config.node_id.clone(), config.generation, gossip_addr),
             cluster_id: config.cluster_id.clone(),
@@ -157,7 +177,7 @@ impl Membership {
         let initial = vec![
             (KEY_ADDR.to_string(), config.addr.to_string()),
             (KEY_PARTITIONS.to_string(), config.partitions.to_string()),
-            (KEY_STATUS.to_string(), MemberStatus::Joining.as_str().to_string()),
+            (KEY_STATUS.to_string(), config.status.as_str().to_string()),
             (KEY_EPOCH.to_string(), config.epoch.0.0.to_string()),
         ];
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
@@ -222,6 +242,15 @@ impl Membership {
     /// The largest truncate epoch any member gossips.
     pub(crate) fn epochs(&self) -> watch::Receiver<Epoch> {
         self.epochs.clone()
+    }
+
+    /// Start times (generations, wall-clock ms) of the other live members
+    /// that serve.
+    pub(crate) async fn serving_since(&self) -> Vec<u64> {
+        let chitchat = self.handle.chitchat();
+        let seen = read_gossip(&chitchat).await;
+        let me = chitchat.lock().await.self_chitchat_id().node_id.clone();
+        seen.iter().filter(|(n, s)| ***n != *me && s.live && s.status.serves()).map(|(_, s)| s.generation).collect()
     }
 
     pub(crate) async fn set_status(&self, status: MemberStatus) {

@@ -19,11 +19,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{NodeConfig, Persistence};
+use crate::fault::{Faults, FaultyPeers};
 use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{Membership, MembershipConfig};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{PeerTransport, QuicPeers};
+use crate::rebalance::{MemberFile, Transfers, replaced};
 use crate::repair::{Repair, repair_task};
 use crate::topology::{self, Gossiped, Topology};
 use crate::{NodeError, SystemClock};
@@ -70,6 +72,12 @@ pub(crate) struct Inner {
     pub(crate) peers: Arc<dyn PeerTransport>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
     pub(crate) repair: Repair,
+    pub(crate) transfers: Transfers,
+    pub(crate) faults: Arc<Faults>,
+    /// Present for a clustered node that persists its data.
+    pub(crate) member_file: Option<MemberFile>,
+    /// Set once a leaving node has handed everything off.
+    pub(crate) left: watch::Sender<bool>,
     topology: watch::Receiver<Arc<Topology>>,
     wal: Option<Wal>,
     epoch: Mutex<Epoch>,
@@ -177,7 +185,10 @@ impl Node {
         config.validate()?;
         let clock = env.clock;
         let hlc = Hlc::new(config.max_clock_drift.as_millis() as u64);
+        let member_file = (config.gossip.is_some() && config.persistence == Persistence::Wal && env.disk.is_none())
+            .then(|| MemberFile::new(&config.data_dir));
         let state = recover_state(&config, env.disk, &hlc, clock.now_ms())?;
+        let last_alive = member_file.as_ref().and_then(MemberFile::last_alive);
 
         let mut partitions = Vec::with_capacity(state.shards.len());
         for (i, shard) in state.shards.into_iter().enumerate() {
@@ -200,6 +211,13 @@ impl Node {
                 Arc::new(QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes()))))
             }
             (None, None) => Arc::new(NoPeers),
+        };
+        let faults = Arc::new(Faults::default());
+        let peers: Arc<dyn PeerTransport> = if config.fault_injection {
+            tracing::warn!("fault injection is enabled: this node obeys requests to cut its links");
+            Arc::new(FaultyPeers { inner: peers, faults: faults.clone() })
+        } else {
+            peers
         };
 
         let addr = local_addr.unwrap_or(config.listen);
@@ -224,6 +242,8 @@ impl Node {
                     dead_node_grace: config.dead_node_grace,
                     join_timeout: config.join_timeout,
                     epoch: state.epoch,
+                    status: if last_alive.is_some() { MemberStatus::Recovering } else { MemberStatus::Joining },
+                    faults: faults.clone(),
                 })
                 .await?;
                 let topology = membership.topology();
@@ -245,6 +265,10 @@ impl Node {
                 peers,
                 membership: tokio::sync::Mutex::new(None),
                 repair: Repair::new(config.repair_bytes_per_sec),
+                transfers: Transfers::new(config.transfer_bytes_per_sec),
+                faults,
+                member_file,
+                left: watch::channel(false).0,
                 topology,
                 wal: state.wal,
                 epoch: Mutex::new(state.epoch),
@@ -283,8 +307,44 @@ impl Node {
             let server = serve(endpoint, Arc::new(node.clone()), options, node.inner.shutdown.subscribe());
             node.spawn(server);
         }
-        if let Some(membership) = node.inner.membership.lock().await.as_ref() {
-            membership.set_status(MemberStatus::Serving).await;
+        let serving_since = match node.inner.membership.lock().await.as_ref() {
+            Some(membership) => Some(membership.serving_since().await),
+            None => None,
+        };
+        if let Some(others) = serving_since {
+            let now = node.inner.now_ms();
+            let returning = match last_alive {
+                Some(last) if replaced(last, now, node.inner.config.dead_node_grace, &others) => {
+                    tracing::warn!(
+                        gone_ms = now.saturating_sub(last),
+                        "this member was gone longer than dead_node_grace and the cluster moved on; discarding its \
+                         data and joining as a new member"
+                    );
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
+            if returning {
+                node.set_status(MemberStatus::Serving).await;
+            } else {
+                if let Some(file) = &node.inner.member_file {
+                    file.remove();
+                }
+                // Whatever is here predates this membership and may hold
+                // keys deleted and purged meanwhile.
+                let dropped = node
+                    .drop_all_partitions()
+                    .await
+                    .map_err(|e| NodeError::Join(format!("cannot discard old data: {e}")))?;
+                if dropped > 0 {
+                    tracing::warn!(dropped, "discarded entries from an earlier membership");
+                }
+                node.set_status(MemberStatus::Joining).await;
+                node.spawn(node.clone().join());
+            }
+            node.spawn(member_keeper(node.clone()));
+            node.spawn(mover(node.clone()));
         }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
         Ok(node)
@@ -348,6 +408,20 @@ impl Node {
             total.key_bytes += s.key_bytes;
         }
         Ok(total)
+    }
+
+    /// Hands this node's partitions to the other members and leaves the
+    /// ring; returns once done (the node should then be shut down).
+    pub async fn leave(&self) -> Result<(), KvError> {
+        self.begin_leave().await?;
+        self.wait_left().await;
+        Ok(())
+    }
+
+    /// Returns once the node has left the ring, whoever asked it to.
+    pub async fn wait_left(&self) {
+        let mut left = self.inner.left.subscribe();
+        let _ = left.wait_for(|left| *left).await;
     }
 
     /// Stops serving, leaves gossip, flushes the log and stops the actors.
@@ -477,6 +551,39 @@ async fn sweeper(node: Node) {
                 }
             }
         }
+    })
+    .await;
+}
+
+/// Keeps the member file's last-alive time fresh while this node holds its
+/// place in the ring.
+async fn member_keeper(node: Node) {
+    let inner = node.inner.clone();
+    let Some(file) = &inner.member_file else { return };
+    every(&node, Duration::from_secs(1), || async {
+        let topo = inner.topology();
+        let status = topo.members.get(&topo.self_name).map(|m| m.status);
+        if status.is_some_and(|s| s.in_current_ring()) {
+            file.touch(inner.now_ms());
+        }
+    })
+    .await;
+}
+
+/// Drops partitions that moved to other nodes, once placement has settled.
+async fn mover(node: Node) {
+    let interval = node.inner.config.repair_interval;
+    let mut last = node.inner.topology();
+    let mut since = tokio::time::Instant::now();
+    every(&node, interval, || {
+        let topo = node.inner.topology();
+        if !topo.same_as(&last) {
+            last = topo;
+            since = tokio::time::Instant::now();
+        }
+        let node = node.clone();
+        let settled_for = since.elapsed();
+        async move { node.drop_moved_partitions(settled_for, interval * 2).await }
     })
     .await;
 }

@@ -196,6 +196,20 @@ impl Node {
                 self.store_hint(replica.clone(), partition, key.clone(), entry.clone()).await;
             }
         }
+        // Nodes gaining the partition take every write while they pull it;
+        // their answers do not count, and anti-entropy covers a miss.
+        for gainer in topo.gaining(partition) {
+            if topo.takes_writes(&gainer) && !targets.iter().any(|t| t.node == gainer) {
+                let (node, topo, key, entry) = (self.clone(), topo.clone(), key.clone(), entry.clone());
+                tokio::spawn(async move {
+                    let request =
+                        ReplicaRequest::Apply { partition: partition.0, key, entry, condition, hint_for: None };
+                    if let Err(e) = node.on_replica(&topo, &gainer, request).await {
+                        tracing::debug!(%gainer, error = %e, "write to a gaining replica failed");
+                    }
+                });
+            }
+        }
         let (tx, mut rx) = mpsc::channel(targets.len());
         for target in &targets {
             let (node, topo, tx, key, entry) = (self.clone(), topo.clone(), tx.clone(), key.clone(), entry.clone());
@@ -490,6 +504,7 @@ impl Node {
             hints_dropped: dropped,
             epoch: self.inner.epoch(),
             repair: self.inner.repair.status(),
+            transfers: self.inner.transfers.status(),
         })
     }
 }
@@ -562,10 +577,22 @@ impl Handler for Node {
                 if !peer.is_node {
                     return Err(KvError::Protocol("replica requests need a node certificate".into()));
                 }
+                if inner.faults.blocks(peer.addr) {
+                    return Err(KvError::Unavailable(format!("link from {} cut by fault injection", peer.addr)));
+                }
                 self.local_replica(replica).await
             }
             Request::Members => Ok(Reply::Members(inner.topology().to_wire())),
-            Request::Status => self.status().await.map(Reply::Status),
+            Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
+            Request::Leave => self.begin_leave().await.map(|()| Reply::Done),
+            Request::Fault { blocked } => {
+                if !inner.config.fault_injection {
+                    return Err(KvError::Protocol("fault injection is disabled on this node".into()));
+                }
+                tracing::warn!(?blocked, "fault injection: traffic with these addresses is dropped");
+                inner.faults.set(blocked);
+                Ok(Reply::Done)
+            }
             Request::Explain { key } => self.explain(key).await.map(Reply::Explain),
         }
     }

@@ -55,6 +55,11 @@ pub(crate) enum PartitionMsg {
         leaves: Vec<u16>,
         reply: RpcReplyPort<Vec<(Bytes, Entry)>>,
     },
+    /// Forget the partition's contents (durably): it moved elsewhere, or is
+    /// about to be pulled afresh.
+    Drop {
+        reply: RpcReplyPort<Result<(usize, Option<Durable>), KvError>>,
+    },
 }
 
 /// Leaves per digest branch: the repair tree is root → branches → leaves.
@@ -175,6 +180,11 @@ impl Actor for PartitionActor {
                         .collect(),
                 };
                 let _ = reply.send(answer);
+            }
+            PartitionMsg::Drop { reply } => {
+                let dropped = state.shard.drop_all();
+                let logged = state.log(WalRecord::DropPartition { partition: state.id.0 }).await;
+                let _ = reply.send(logged.map(|durable| (dropped, durable)));
             }
             PartitionMsg::Fetch { leaves, reply } => {
                 let leaves: Vec<usize> =

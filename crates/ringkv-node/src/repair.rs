@@ -29,6 +29,9 @@ use tokio::time::Instant;
 
 use crate::node::Node;
 use crate::partition::BRANCH;
+
+/// Digest leaves whose entries are exchanged in one round.
+const FETCH_LEAVES: usize = 64;
 use crate::topology::Topology;
 
 /// Indices at which two digests differ. A missing word counts as differing.
@@ -36,7 +39,24 @@ pub(crate) fn differing(ours: &[u64], theirs: &[u64]) -> Vec<usize> {
     (0..ours.len().max(theirs.len())).filter(|i| ours.get(*i) != theirs.get(*i)).collect()
 }
 
-/// A byte-rate budget.
+/// A byte-rate budget, shared by the tasks that draw on it.
+pub(crate) struct Budget(Mutex<TokenBucket>);
+
+impl Budget {
+    pub(crate) fn new(bytes_per_sec: u64) -> Budget {
+        let rate = bytes_per_sec.max(1) as f64;
+        Budget(Mutex::new(TokenBucket { rate, tokens: rate, last: Instant::now() }))
+    }
+
+    /// Waits until `bytes` fit the budget.
+    pub(crate) async fn throttle(&self, bytes: usize) {
+        let wait = self.0.lock().unwrap_or_else(|e| e.into_inner()).take(bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 struct TokenBucket {
     rate: f64,
     tokens: f64,
@@ -59,17 +79,16 @@ pub(crate) struct Repair {
     /// ended with both in sync began.
     synced: Mutex<HashMap<(u16, NodeName), u64>>,
     status: Mutex<RepairStatus>,
-    budget: Mutex<TokenBucket>,
+    budget: Budget,
     pub(crate) wake: Notify,
 }
 
 impl Repair {
     pub(crate) fn new(bytes_per_sec: u64) -> Repair {
-        let rate = bytes_per_sec.max(1) as f64;
         Repair {
             synced: Mutex::new(HashMap::new()),
             status: Mutex::new(RepairStatus::default()),
-            budget: Mutex::new(TokenBucket { rate, tokens: rate, last: Instant::now() }),
+            budget: Budget::new(bytes_per_sec),
             wake: Notify::new(),
         }
     }
@@ -92,13 +111,6 @@ impl Repair {
             .filter(|peer| !topo.is_self(peer))
             .map(|peer| synced.get(&(partition.0, peer.clone())).copied().unwrap_or(0))
             .fold(after_grace, u64::min)
-    }
-
-    async fn throttle(&self, bytes: usize) {
-        let wait = self.budget.lock().unwrap_or_else(|e| e.into_inner()).take(bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
     }
 
     fn record(&self, update: impl FnOnce(&mut RepairStatus)) {
@@ -183,20 +195,32 @@ impl Node {
                 .into_iter()
                 .map(|i| (branches[i / BRANCH] as usize * BRANCH + i % BRANCH) as u16)
                 .collect();
-            let (ours, theirs) =
-                tokio::try_join!(self.fetch(topo, &me, p, leaves.clone()), self.fetch(topo, peer, p, leaves))?;
-            let exchange = entries_bytes(&ours) + entries_bytes(&theirs);
-            repair.throttle(exchange).await;
-            bytes += exchange;
-            // Send each side only what it lacks or holds older.
-            let theirs_by_key: HashMap<&Bytes, &Entry> = theirs.iter().map(|(k, e)| (k, e)).collect();
-            let ours_by_key: HashMap<&Bytes, &Entry> = ours.iter().map(|(k, e)| (k, e)).collect();
-            let to_peer: Vec<(Bytes, Entry)> =
-                ours.iter().filter(|(k, e)| theirs_by_key.get(k).is_none_or(|t| e.supersedes(t))).cloned().collect();
-            let to_me: Vec<(Bytes, Entry)> =
-                theirs.iter().filter(|(k, e)| ours_by_key.get(k).is_none_or(|o| e.supersedes(o))).cloned().collect();
-            keys = (to_peer.len() + to_me.len()) as u64;
-            tokio::try_join!(self.deliver(topo, peer, p, to_peer), self.deliver(topo, &me, p, to_me))?;
+            // A bounded number of leaves per exchange keeps each message
+            // small even when a replica is empty and every leaf differs.
+            for leaves in leaves.chunks(FETCH_LEAVES) {
+                let (ours, theirs) = tokio::try_join!(
+                    self.fetch(topo, &me, p, leaves.to_vec()),
+                    self.fetch(topo, peer, p, leaves.to_vec())
+                )?;
+                let exchange = entries_bytes(&ours) + entries_bytes(&theirs);
+                repair.budget.throttle(exchange).await;
+                bytes += exchange;
+                // Send each side only what it lacks or holds older.
+                let theirs_by_key: HashMap<&Bytes, &Entry> = theirs.iter().map(|(k, e)| (k, e)).collect();
+                let ours_by_key: HashMap<&Bytes, &Entry> = ours.iter().map(|(k, e)| (k, e)).collect();
+                let to_peer: Vec<(Bytes, Entry)> = ours
+                    .iter()
+                    .filter(|(k, e)| theirs_by_key.get(k).is_none_or(|t| e.supersedes(t)))
+                    .cloned()
+                    .collect();
+                let to_me: Vec<(Bytes, Entry)> = theirs
+                    .iter()
+                    .filter(|(k, e)| ours_by_key.get(k).is_none_or(|o| e.supersedes(o)))
+                    .cloned()
+                    .collect();
+                keys += (to_peer.len() + to_me.len()) as u64;
+                tokio::try_join!(self.deliver(topo, peer, p, to_peer), self.deliver(topo, &me, p, to_me))?;
+            }
             if keys > 0 {
                 tracing::info!(partition = p, %peer, keys, "anti-entropy repaired a divergence");
                 repair.record(|s| {
@@ -220,7 +244,10 @@ impl Node {
         Ok(keys)
     }
 
-    async fn repair_pass(&self) {
+    /// Compares every partition this node replicates with each other
+    /// replica. Returns false if placement changed meanwhile, in which case
+    /// the pass stopped early and should start over.
+    async fn repair_pass(&self) -> bool {
         let topo = self.inner.topology();
         let pairs: Vec<(PartitionId, NodeName)> = topo
             .table
@@ -231,13 +258,24 @@ impl Node {
             .collect();
         let started = Instant::now();
         let total = pairs.len() as u32;
+        // A peer that stops answering costs one timeout per pass, not one
+        // per partition.
+        let mut failed: HashSet<NodeName> = HashSet::new();
         for (done, (partition, peer)) in pairs.into_iter().enumerate() {
             if self.inner.stopping() {
-                return;
+                return true;
+            }
+            if !self.inner.topology().same_as(&topo) {
+                self.inner.repair.record(|s| s.progress = None);
+                return false;
+            }
+            if failed.contains(&peer) {
+                continue;
             }
             self.inner.repair.record(|s| s.progress = Some((done as u32, total)));
             if let Err(e) = self.repair_pair(&topo, partition, &peer).await {
                 tracing::debug!(partition = partition.0, %peer, error = %e, "repair comparison failed");
+                failed.insert(peer);
             }
         }
         let elapsed = started.elapsed().as_millis() as u64;
@@ -246,6 +284,7 @@ impl Node {
             s.passes += 1;
             s.last_pass_ms = Some(elapsed);
         });
+        true
     }
 }
 
@@ -255,6 +294,7 @@ pub(crate) async fn repair_task(node: Node) {
     let mut shutdown = inner.shutdown_signal();
     let mut topology = inner.topology_watch();
     let mut up: HashSet<NodeName> = HashSet::new();
+    let mut ring: Vec<NodeName> = inner.topology().table.members().to_vec();
     let mut tick = tokio::time::interval(inner.config.repair_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -269,13 +309,17 @@ pub(crate) async fn repair_task(node: Node) {
                 let now_up: HashSet<NodeName> = topo.members.keys().filter(|n| topo.is_up(n)).cloned().collect();
                 let returned = now_up.difference(&up).any(|n| !topo.is_self(n));
                 up = now_up;
-                if !returned {
+                // A member that left or was given up on: its partitions have
+                // new replicas now, which repair fills to N copies.
+                let ring_shrank = ring.iter().any(|n| !topo.table.members().contains(n));
+                ring = topo.table.members().to_vec();
+                if !returned && !ring_shrank {
                     continue;
                 }
             }
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        node.repair_pass().await;
+        while !node.repair_pass().await {}
     }
 }
 

@@ -26,7 +26,12 @@ pub(crate) struct Topology {
     pub cluster_id: String,
     pub vnodes: u32,
     pub members: BTreeMap<NodeName, MemberView>,
+    /// Placement now: reads, quorums, hints and repair use it.
     pub table: PartitionTable,
+    /// Placement once the members that are joining or leaving are done,
+    /// while it differs from `table`. Writes also go to its replicas, so
+    /// that a partition's new owners miss nothing while they pull it.
+    pub pending: Option<PartitionTable>,
 }
 
 /// What gossip says about one member, before ring rules are applied.
@@ -42,7 +47,10 @@ pub(crate) struct Gossiped {
 
 /// The ring rules, as a pure function: a member is in the ring while it is
 /// live, or dead for less than `dead_node_grace` (its writes meanwhile go to
-/// stand-ins as hints); after that its partitions move to the others.
+/// stand-ins as hints); after that its partitions move to the others. Of
+/// those, the current ring holds the members that serve or recover, and
+/// leaving ones until they are done; the next ring swaps leaving members
+/// for joining ones.
 pub(crate) fn build(
     self_name: &NodeName,
     cluster_id: &str,
@@ -55,19 +63,40 @@ pub(crate) fn build(
     let members: BTreeMap<NodeName, MemberView> = gossiped
         .into_iter()
         .map(|(name, g)| {
-            let in_ring = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace);
+            let around = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace);
+            let in_ring = around && g.status.in_current_ring();
             (name, MemberView { addr: g.addr, status: g.status, live: g.live, in_ring, epoch: g.epoch })
         })
         .collect();
     let ring: Vec<NodeName> = members.iter().filter(|(_, m)| m.in_ring).map(|(n, _)| n.clone()).collect();
+    let next: Vec<NodeName> = members
+        .iter()
+        .filter(|(_, m)| (m.in_ring || m.live) && m.status.in_next_ring())
+        .map(|(n, _)| n.clone())
+        .collect();
     let table = PartitionTable::build(&ring, partitions, replication, vnodes);
-    Topology { self_name: self_name.clone(), cluster_id: cluster_id.to_string(), vnodes, members, table }
+    let pending =
+        (next != ring && !next.is_empty()).then(|| PartitionTable::build(&next, partitions, replication, vnodes));
+    Topology { self_name: self_name.clone(), cluster_id: cluster_id.to_string(), vnodes, members, table, pending }
 }
 
 impl Topology {
     /// A node may be sent requests: live and serving.
     pub fn is_up(&self, node: &str) -> bool {
-        self.members.get(node).is_some_and(|m| m.live && m.status == MemberStatus::Serving)
+        self.members.get(node).is_some_and(|m| m.live && m.status.serves())
+    }
+
+    /// A node takes writes for the partitions it is gaining.
+    pub fn takes_writes(&self, node: &str) -> bool {
+        self.members.get(node).is_some_and(|m| m.live && (m.status.serves() || m.status == MemberStatus::Joining))
+    }
+
+    /// Nodes that will replicate the partition once rebalancing is done
+    /// but do not now.
+    pub fn gaining(&self, partition: PartitionId) -> Vec<NodeName> {
+        let Some(pending) = &self.pending else { return Vec::new() };
+        let now = self.replicas(partition);
+        pending.replicas(partition).iter().filter(|n| !now.contains(n)).cloned().collect()
     }
 
     pub fn addr(&self, node: &str) -> Option<SocketAddr> {
@@ -143,11 +172,37 @@ mod tests {
     }
 
     #[test]
-    fn joining_members_are_in_the_ring_but_not_up() {
+    fn joining_members_are_only_in_the_next_ring() {
         let mut gossiped = BTreeMap::new();
-        gossiped.insert(NodeName::from("a"), Gossiped { status: MemberStatus::Joining, ..member(1, true, None) });
-        let t = build(&"a".into(), "x", gossiped, 4, 3, 8, Duration::from_secs(60));
+        gossiped.insert(NodeName::from("a"), member(1, true, None));
+        gossiped.insert(NodeName::from("b"), Gossiped { status: MemberStatus::Joining, ..member(2, true, None) });
+        let t = build(&"a".into(), "x", gossiped, 64, 3, 8, Duration::from_secs(60));
         assert_eq!(t.table.members().len(), 1);
-        assert!(!t.is_up("a"));
+        assert!(!t.is_up("b") && t.takes_writes("b"));
+        let pending = t.pending.as_ref().expect("a join is pending");
+        assert_eq!(pending.members().len(), 2);
+        assert!((0..64).all(|p| t.gaining(PartitionId(p)) == [NodeName::from("b")]));
+    }
+
+    #[test]
+    fn leaving_members_serve_until_they_are_done() {
+        let mut gossiped = BTreeMap::new();
+        for (name, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            gossiped.insert(NodeName::from(name), member(port, true, None));
+        }
+        gossiped.insert(NodeName::from("d"), Gossiped { status: MemberStatus::Leaving, ..member(4, true, None) });
+        let t = build(&"a".into(), "x", gossiped.clone(), 64, 3, 8, Duration::from_secs(60));
+        assert_eq!(t.table.members().len(), 4);
+        assert!(t.is_up("d"));
+        let pending = t.pending.as_ref().expect("a leave is pending");
+        assert!(!pending.members().contains(&NodeName::from("d")));
+        let gained: usize = (0..64).map(|p| t.gaining(PartitionId(p)).len()).sum();
+        let held_by_d = t.table.owned_by("d").count();
+        assert_eq!(gained, held_by_d, "every partition d held gains exactly one new replica");
+
+        gossiped.get_mut("d").unwrap().status = MemberStatus::Left;
+        let t = build(&"a".into(), "x", gossiped, 64, 3, 8, Duration::from_secs(60));
+        assert_eq!(t.table.members().len(), 3);
+        assert!(t.pending.is_none());
     }
 }

@@ -372,6 +372,12 @@ fn replay_segment(
             WalRecord::HintDelivered { target, partition, key, version } => {
                 remove_hint(hints, &target, partition, &key, version);
             }
+            WalRecord::DropPartition { partition } => {
+                let shard = shards
+                    .get_mut(partition as usize)
+                    .ok_or_else(|| corrupt(offset, format!("dropped partition {partition} does not exist")))?;
+                shard.drop_all();
+            }
         }
     }
 }

@@ -224,6 +224,14 @@ impl Shard {
         covered.len()
     }
 
+    /// Forgets every entry, keeping the truncate epoch: for a partition
+    /// this node no longer replicates, or is about to pull afresh.
+    pub fn drop_all(&mut self) -> usize {
+        let dropped = self.entries.len();
+        *self = Shard { epoch: self.epoch, ..Shard::new(self.digest.leaves().len()) };
+        dropped
+    }
+
     /// Up to `limit` entries in map order strictly after the key `after`,
     /// for snapshots and streaming. Entries covered by the epoch are left out.
     pub fn chunk_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<(Bytes, Entry)> {

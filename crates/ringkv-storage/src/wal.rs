@@ -107,6 +107,10 @@ pub enum WalRecord {
         key: Bytes,
         version: ringkv_core::Version,
     },
+    /// Every entry of the partition was dropped (it moved to other nodes).
+    DropPartition {
+        partition: u16,
+    },
 }
 
 impl WalRecord {

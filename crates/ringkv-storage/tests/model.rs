@@ -31,6 +31,7 @@ enum Op {
     Expire(u8, u64),
     Persist(u8),
     Clear,
+    DropPartition(u16),
     Advance(u64),
     Sweep(usize),
     Snapshot,
@@ -70,6 +71,7 @@ impl ReferenceStateMachine for Reference {
             2 => (key.clone(), ttl).prop_map(|(k, t)| Op::Expire(k, t)),
             2 => key.prop_map(Op::Persist),
             1 => Just(Op::Clear),
+            1 => (0..PARTITIONS).prop_map(Op::DropPartition),
             4 => prop_oneof![0u64..10, 500u64..4_000, 6_000u64..8_000].prop_map(Op::Advance),
             2 => (1usize..5).prop_map(Op::Sweep),
             1 => Just(Op::Snapshot),
@@ -101,6 +103,10 @@ impl ReferenceStateMachine for Reference {
                 }
             }
             Op::Clear => m.data.clear(),
+            Op::DropPartition(p) => {
+                let partitioner = Partitioner::new(PARTITIONS);
+                m.data.retain(|k, _| partitioner.partition_of(&[*k]).0 != p);
+            }
             Op::Advance(ms) => m.now += ms,
             Op::Sweep(_) | Op::Snapshot | Op::Restart | Op::Crash => {}
         }
@@ -221,6 +227,11 @@ impl StateMachineTest for StorageTest {
                     shard.truncate(epoch);
                 }
                 let frames = WalRecord::Truncate { epoch }.encode().unwrap();
+                e.rt.block_on(e.wal.append(frames)).unwrap();
+            }
+            Op::DropPartition(p) => {
+                e.shards[p as usize].drop_all();
+                let frames = WalRecord::DropPartition { partition: p }.encode().unwrap();
                 e.rt.block_on(e.wal.append(frames)).unwrap();
             }
             Op::Advance(ms) => e.clock.advance_ms(ms),
