@@ -41,3 +41,10 @@ bench: build
     cargo bench -p ringkv-storage
     scripts/bench-node.sh
     scripts/bench-cluster.sh
+
+# The chaos suite: a 5-node cluster under a seeded fault schedule (kill,
+# pause, partition, add and remove a node, clear) while clients write and
+# read; checks the history. Output in target/chaos/seed-N.
+chaos seed="1" duration="120s":
+    cargo build --release -p ringkv -p ringkv-chaos
+    "${CARGO_TARGET_DIR:-target}/release/ringkv-chaos" --seed {{seed}} --duration {{duration}}

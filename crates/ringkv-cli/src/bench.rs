@@ -39,6 +39,13 @@ pub(crate) struct BenchArgs {
     /// Give written values this time to live.
     #[arg(long, value_parser = parse_duration)]
     ttl: Option<Duration>,
+    /// Take keys in order (0, 1, 2, ...) instead of at random: with --ops
+    /// equal to --keys, writes every key exactly once.
+    #[arg(long)]
+    sequential: bool,
+    /// Keys are PREFIX:NNNNNNNNNNNN.
+    #[arg(long, default_value = "key")]
+    key_prefix: String,
     /// Seed for key choice, so runs are repeatable.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -85,11 +92,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for w in 0..args.concurrency {
         let (client, issued, done, stop, value) =
             (client.clone(), issued.clone(), done.clone(), stop.clone(), value.clone());
-        let (limit, keys, read_ratio, ttl) = (args.ops, args.keys, args.read_ratio, args.ttl);
-        let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64);
-        workers.push(tokio::spawn(async move {
-            worker(client, seed, limit, keys, read_ratio, ttl, value, issued, done, stop).await
-        }));
+        let plan = Plan {
+            limit: args.ops,
+            keys: args.keys,
+            read_ratio: args.read_ratio,
+            ttl: args.ttl,
+            sequential: args.sequential,
+            prefix: args.key_prefix.clone(),
+            seed: args.seed.wrapping_mul(1_000_003).wrapping_add(w as u64),
+        };
+        workers.push(tokio::spawn(async move { worker(client, plan, value, issued, done, stop).await }));
     }
 
     let progress = {
@@ -134,28 +146,35 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn worker(
-    client: Client,
-    seed: u64,
+/// What one worker does.
+struct Plan {
     limit: Option<u64>,
     keys: u64,
     read_ratio: f64,
     ttl: Option<Duration>,
+    sequential: bool,
+    prefix: String,
+    seed: u64,
+}
+
+async fn worker(
+    client: Client,
+    plan: Plan,
     value: Bytes,
     issued: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 ) -> Worker {
+    let Plan { limit, keys, read_ratio, ttl, sequential, prefix, seed } = plan;
     let mut rng = SplitMix64::new(seed);
     let mut w = Worker { gets: histogram(), puts: histogram(), errors: 0, first_error: None };
     while !stop.load(Ordering::Relaxed) {
-        if let Some(limit) = limit
-            && issued.fetch_add(1, Ordering::Relaxed) >= limit
-        {
+        let n = issued.fetch_add(1, Ordering::Relaxed);
+        if limit.is_some_and(|limit| n >= limit) {
             break;
         }
-        let key = Bytes::from(format!("key:{:012}", rng.below(keys)));
+        let index = if sequential { n % keys } else { rng.below(keys) };
+        let key = Bytes::from(format!("{prefix}:{index:012}"));
         let read = rng.chance(read_ratio);
         let start = Instant::now();
         let result = if read {

@@ -1,0 +1,210 @@
+//! The client history: one record per operation, with its invocation and
+//! completion times (milliseconds since the run started, from a monotonic
+//! clock) and its outcome.
+//!
+//! Every written value is unique (`v{client}.{seq}`), so a value read back
+//! names the one operation that wrote it; the checker relies on this.
+
+use std::io::Write;
+use std::path::Path;
+
+use ringkv_core::KvError;
+use serde::{Deserialize, Serialize};
+
+/// Client id of the controller (the scheduled `clear`).
+pub const CONTROLLER: u32 = 1000;
+/// Client id of the final reads after the cluster healed.
+pub const FINAL_READER: u32 = 1001;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Put,
+    PutTtl,
+    Delete,
+    Get,
+    Clear,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 5] = [OpKind::Put, OpKind::PutTtl, OpKind::Delete, OpKind::Get, OpKind::Clear];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Put => "put",
+            OpKind::PutTtl => "put_ttl",
+            OpKind::Delete => "delete",
+            OpKind::Get => "get",
+            OpKind::Clear => "clear",
+        }
+    }
+
+    pub fn is_mutation(self) -> bool {
+        !matches!(self, OpKind::Get)
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Acknowledged.
+    Ok,
+    /// Refused by a node (e.g. no quorum). It may still have reached some
+    /// replicas, and with them become the key's state later: a failed write
+    /// is "may or may not have happened", stamped within its interval.
+    Fail,
+    /// No answer (timeout, transport error): may or may not have happened.
+    Unknown,
+}
+
+/// What a read returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Read {
+    Absent,
+    Value(String),
+}
+
+/// Which part of the run an operation belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The workload, while faults are applied.
+    Run,
+    /// The reads at consistency `all` after the cluster healed.
+    Final,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub client: u32,
+    pub phase: Phase,
+    pub op: OpKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The value written (puts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    pub invoke_ms: u64,
+    pub complete_ms: u64,
+    pub outcome: Outcome,
+    /// What a successful read returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<Read>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Record {
+    /// A record for an operation about to be invoked; `complete_ms` and the
+    /// outcome are filled in by [`Record::finish`].
+    pub fn invoke(client: u32, phase: Phase, op: OpKind, key: Option<String>, invoke_ms: u64) -> Record {
+        Record {
+            client,
+            phase,
+            op,
+            key,
+            value: None,
+            ttl_ms: None,
+            invoke_ms,
+            complete_ms: invoke_ms,
+            outcome: Outcome::Unknown,
+            read: None,
+            error: None,
+        }
+    }
+
+    pub fn with_value(mut self, value: String, ttl_ms: Option<u64>) -> Record {
+        self.value = Some(value);
+        self.ttl_ms = ttl_ms;
+        self
+    }
+
+    pub fn finish<T>(&mut self, complete_ms: u64, result: &Result<T, KvError>) {
+        self.complete_ms = complete_ms;
+        match result {
+            Ok(_) => self.outcome = Outcome::Ok,
+            Err(e) => {
+                self.outcome = classify(e);
+                self.error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// One JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record serializes")
+    }
+}
+
+/// Whether a failed request may have been applied. Only errors that a node
+/// returned after deciding are `Fail`; anything that might be a lost answer
+/// is `Unknown`. The checker treats both as "may have happened", so a wrong
+/// guess here can only move counts in the summary, never hide a violation.
+pub fn classify(error: &KvError) -> Outcome {
+    match error {
+        KvError::EmptyKey
+        | KvError::KeyTooLarge { .. }
+        | KvError::ValueTooLarge { .. }
+        | KvError::InvalidTtl(_)
+        | KvError::Quorum { .. }
+        | KvError::Unavailable(_)
+        | KvError::ShuttingDown => Outcome::Fail,
+        KvError::Busy { .. }
+        | KvError::Timeout { .. }
+        | KvError::Transport(_)
+        | KvError::Storage(_)
+        | KvError::Protocol(_)
+        | KvError::Internal(_) => Outcome::Unknown,
+    }
+}
+
+/// Writes the history, one JSON object per line.
+pub fn write_jsonl(path: &Path, history: &[Record]) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for record in history {
+        writeln!(out, "{}", record.to_json())?;
+    }
+    out.flush()
+}
+
+/// Reads a history written by [`write_jsonl`] (for re-checking a run).
+pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let mut put = Record::invoke(3, Phase::Run, OpKind::PutTtl, Some("t/3/1".into()), 10)
+            .with_value("v3.7".into(), Some(2000));
+        put.finish::<()>(12, &Err(KvError::Timeout { what: "x".into(), ms: 1 }));
+        let mut get = Record::invoke(FINAL_READER, Phase::Final, OpKind::Get, Some("t/3/1".into()), 20);
+        get.finish(21, &Ok(()));
+        get.read = Some(Read::Absent);
+        let mut get2 = get.clone();
+        get2.read = Some(Read::Value("v3.7".into()));
+        for r in [put, get, get2] {
+            let line = r.to_json();
+            assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r, "{line}");
+        }
+    }
+
+    #[test]
+    fn timeouts_are_unknown_refusals_fail() {
+        assert_eq!(classify(&KvError::Timeout { what: "x".into(), ms: 1 }), Outcome::Unknown);
+        assert_eq!(classify(&KvError::Transport("reset".into())), Outcome::Unknown);
+        assert_eq!(classify(&KvError::Unavailable("none".into())), Outcome::Fail);
+    }
+}

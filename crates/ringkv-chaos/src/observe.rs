@@ -1,0 +1,204 @@
+//! What the harness measures besides the history: node memory while the run
+//! goes on, replica convergence after it, and the final reads.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ringkv_client::Client;
+use ringkv_core::{Epoch, KvStore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::checker::{describe_replicas, replicas_agree};
+use crate::cluster::Pids;
+use crate::history::{FINAL_READER, OpKind, Phase, Record};
+use crate::workload::{RunClock, read_of};
+
+/// Resident set size of a process, from `/proc/PID/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Samples every node's RSS every `every` until `stop`; returns the largest
+/// seen per node (across restarts).
+pub async fn sample_memory(pids: Pids, every: Duration, stop: Arc<AtomicBool>) -> BTreeMap<String, u64> {
+    let mut max: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let now: Vec<(String, u32)> =
+            pids.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (node, pid) in now {
+            if let Some(rss) = rss_bytes(pid) {
+                let m = max.entry(node).or_insert(0);
+                *m = (*m).max(rss);
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return max;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub fn now_wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The outcome of waiting for convergence.
+#[derive(Debug, Clone)]
+pub struct Convergence {
+    /// Time from the start of the wait until a pass found every key's
+    /// replicas identical; `None` if the bound passed first.
+    pub converged_after: Option<Duration>,
+    pub passes: u32,
+    pub keys: usize,
+    /// At the bound: keys whose replicas still differed, with what they held.
+    pub diverged: Vec<(String, String)>,
+    /// How long the last pass took (the resolution of `converged_after`).
+    pub last_pass: Duration,
+}
+
+/// Compares every key's replicas (via `explain`) in full passes until one
+/// pass finds them all identical, or `bound` passes.
+pub async fn wait_converged(
+    client: &Client,
+    nodes: &[SocketAddr],
+    keys: &[String],
+    replication: usize,
+    bound: Duration,
+) -> Convergence {
+    let start = Instant::now();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let pass = Instant::now();
+        let diverged = diverged_keys(client, nodes, keys, replication).await;
+        let last_pass = pass.elapsed();
+        if diverged.is_empty() {
+            return Convergence {
+                converged_after: Some(start.elapsed()),
+                passes,
+                keys: keys.len(),
+                diverged,
+                last_pass,
+            };
+        }
+        if start.elapsed() >= bound {
+            return Convergence { converged_after: None, passes, keys: keys.len(), diverged, last_pass };
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One pass: the keys whose replicas differ now.
+async fn diverged_keys(
+    client: &Client,
+    nodes: &[SocketAddr],
+    keys: &[String],
+    replication: usize,
+) -> Vec<(String, String)> {
+    // The truncate epoch: entries it covers count as absent.
+    let mut epoch = Epoch::NONE;
+    for addr in nodes {
+        let asked = Instant::now();
+        match client.status_of(*addr).await {
+            Ok(status) => epoch = epoch.merge(status.epoch),
+            Err(e) => eprintln!("[chaos] status of {addr} failed after {:?}: {e}", asked.elapsed()),
+        }
+        if asked.elapsed() > Duration::from_secs(1) {
+            eprintln!("[chaos] status of {addr} took {:?}", asked.elapsed());
+        }
+    }
+    let mut tasks = JoinSet::new();
+    let mut diverged = Vec::new();
+    let mut pending = keys.iter().cloned();
+    const CONCURRENCY: usize = 16;
+    loop {
+        while tasks.len() < CONCURRENCY {
+            let Some(key) = pending.next() else { break };
+            let client = client.clone();
+            tasks.spawn(async move {
+                match client.explain(Bytes::from(key.clone())).await {
+                    Err(e) => Some((key, format!("explain failed: {e}"))),
+                    Ok(explanation) => {
+                        let replicas: Vec<_> = explanation.replicas.into_iter().map(|r| (r.node_id, r.entry)).collect();
+                        if replicas_agree(&replicas, replication, now_wall_ms(), epoch) {
+                            None
+                        } else {
+                            Some((key, describe_replicas(&replicas)))
+                        }
+                    }
+                }
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok(Some(d))) => diverged.push(d),
+            Some(Ok(None)) => {}
+            Some(Err(e)) => diverged.push(("?".into(), format!("explain task failed: {e}"))),
+            None => break,
+        }
+    }
+    diverged.sort();
+    diverged
+}
+
+/// Reads every key at consistency `all`, retrying each until it succeeds or
+/// `deadline`; records the successful read (or the last failure).
+pub async fn final_reads(client: &Client, keys: &[String], clock: RunClock, deadline: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + deadline;
+    let mut tasks = JoinSet::new();
+    let mut out = Vec::new();
+    let mut pending = keys.iter().cloned();
+    const CONCURRENCY: usize = 16;
+    loop {
+        while tasks.len() < CONCURRENCY {
+            let Some(key) = pending.next() else { break };
+            let client = client.clone();
+            tasks.spawn(async move {
+                loop {
+                    let mut r = Record::invoke(FINAL_READER, Phase::Final, OpKind::Get, Some(key.clone()), clock.ms());
+                    let result = client.get(Bytes::from(key.clone())).await;
+                    r.finish(clock.ms(), &result);
+                    match result {
+                        Ok(value) => {
+                            r.read = Some(read_of(value));
+                            return r;
+                        }
+                        Err(_) if Instant::now() >= deadline => return r,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+            });
+        }
+        match tasks.join_next().await {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(e)) => panic!("final read task failed: {e}"),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vm_rss() {
+        let status = "Name:\tringkv\nVmPeak:\t  200000 kB\nVmRSS:\t   12345 kB\nThreads:\t9\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,153 @@
+//! The run's summary: what was done, what went wrong, how long healing took.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::checker::Violation;
+use crate::faults::Applied;
+use crate::history::{OpKind, Outcome, Phase, Record};
+
+/// Invoked / acknowledged / failed / unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub invoked: u64,
+    pub ok: u64,
+    pub fail: u64,
+    pub unknown: u64,
+}
+
+impl Counts {
+    fn add(&mut self, outcome: Outcome) {
+        self.invoked += 1;
+        match outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::Fail => self.fail += 1,
+            Outcome::Unknown => self.unknown += 1,
+        }
+    }
+}
+
+/// Counts per operation kind, for one phase.
+pub fn count(history: &[Record], phase: Phase) -> BTreeMap<&'static str, Counts> {
+    let mut out = BTreeMap::new();
+    for r in history.iter().filter(|r| r.phase == phase) {
+        out.entry(r.op.as_str()).or_insert_with(Counts::default).add(r.outcome);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub fault_phase_ms: u64,
+    pub nodes: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub ops: BTreeMap<&'static str, Counts>,
+    pub final_reads: Counts,
+    pub faults: Vec<Applied>,
+    pub convergence_bound_ms: u64,
+    /// From the end of the workload (every fault over, every link healed).
+    pub convergence_ms: Option<u64>,
+    pub convergence_passes: u32,
+    pub memory_bound_bytes: u64,
+    pub max_rss_bytes: BTreeMap<String, u64>,
+    pub violations: Vec<Violation>,
+    pub history: PathBuf,
+    pub out_dir: PathBuf,
+    pub wall_ms: u64,
+}
+
+impl Summary {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Most violations of one kind listed in the text summary (all are in
+/// `violations.json`).
+const LIST_PER_KIND: usize = 20;
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "=== ringkv chaos: seed {} ===", self.seed)?;
+        writeln!(
+            f,
+            "cluster: {} nodes (N=3 W=2 R=2), {} clients, fault phase planned {:.0}s, wall time {:.1}s",
+            self.nodes,
+            self.clients,
+            self.fault_phase_ms as f64 / 1000.0,
+            self.wall_ms as f64 / 1000.0
+        )?;
+        let total = self.ops.values().fold(Counts::default(), |a, c| Counts {
+            invoked: a.invoked + c.invoked,
+            ok: a.ok + c.ok,
+            fail: a.fail + c.fail,
+            unknown: a.unknown + c.unknown,
+        });
+        writeln!(f, "operations: {} invoked on {} keys", total.invoked, self.keys)?;
+        writeln!(f, "  {:<8} {:>8} {:>8} {:>8} {:>8}", "op", "invoked", "acked", "failed", "unknown")?;
+        for kind in OpKind::ALL {
+            if let Some(c) = self.ops.get(kind.as_str()) {
+                writeln!(f, "  {:<8} {:>8} {:>8} {:>8} {:>8}", kind.as_str(), c.invoked, c.ok, c.fail, c.unknown)?;
+            }
+        }
+        writeln!(f, "  {:<8} {:>8} {:>8} {:>8} {:>8}", "total", total.invoked, total.ok, total.fail, total.unknown)?;
+        writeln!(
+            f,
+            "  final reads (consistency all): {} of {} succeeded",
+            self.final_reads.ok, self.final_reads.invoked
+        )?;
+        writeln!(f, "faults applied: {}", self.faults.len())?;
+        for a in &self.faults {
+            let healthy = a.healthy_ms.map_or("never".to_string(), |h| format!("{:.1}s", h as f64 / 1000.0));
+            writeln!(
+                f,
+                "  {}  | ran {:.1}s..{:.1}s, healthy at {healthy}{}",
+                a.fault,
+                a.start_ms as f64 / 1000.0,
+                a.end_ms as f64 / 1000.0,
+                if a.note.is_empty() { String::new() } else { format!(" ({})", a.note) }
+            )?;
+        }
+        match self.convergence_ms {
+            Some(ms) => writeln!(
+                f,
+                "convergence: every key's replicas identical {:.1}s after healing ({} passes; bound {:.0}s)",
+                ms as f64 / 1000.0,
+                self.convergence_passes,
+                self.convergence_bound_ms as f64 / 1000.0
+            )?,
+            None => writeln!(
+                f,
+                "convergence: NOT within the bound of {:.0}s ({} passes)",
+                self.convergence_bound_ms as f64 / 1000.0,
+                self.convergence_passes
+            )?,
+        }
+        let rss: Vec<String> =
+            self.max_rss_bytes.iter().map(|(n, b)| format!("{n} {:.0} MiB", *b as f64 / 1048576.0)).collect();
+        writeln!(f, "max RSS (bound {} MiB): {}", self.memory_bound_bytes >> 20, rss.join(", "))?;
+        if self.violations.is_empty() {
+            writeln!(f, "violations: none")?;
+        } else {
+            writeln!(f, "violations: {}", self.violations.len())?;
+            let mut listed: BTreeMap<&str, usize> = BTreeMap::new();
+            for v in &self.violations {
+                let n = listed.entry(v.kind()).or_default();
+                *n += 1;
+                if *n <= LIST_PER_KIND {
+                    writeln!(f, "  - {v}")?;
+                } else if *n == LIST_PER_KIND + 1 {
+                    writeln!(f, "  - ... more {} violations in violations.json", v.kind())?;
+                }
+            }
+        }
+        writeln!(f, "history: {}", self.history.display())?;
+        writeln!(f, "node logs, schedule, summary: {}", self.out_dir.display())?;
+        write!(f, "result: {}", if self.passed() { "PASS" } else { "FAIL" })
+    }
+}
