@@ -8,11 +8,12 @@
 #      steady state, then while a fourth node joins, then while it leaves;
 #      throughput ratios against the steady state of the same run.
 #
-#   scripts/bench-fault.sh     # KEYS=1000000 RUNS=3 DURATION=10s
+#   scripts/bench-fault.sh     # KEYS=1000000 RUNS=3 DURATION=10s PARTS="repair rebalance"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KEYS=${KEYS:-1000000}
+PARTS=" ${PARTS:-repair rebalance} "
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 BIN=$PWD/target/release/ringkv
@@ -78,6 +79,7 @@ RINGKV_ADDR=${addr[r1]},${addr[r2]},${addr[r3]} "$BIN" bench --sequential --ops 
 echo "loaded in $(awk -v a="$t0" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}') s"
 
 # 1. Repair of a 1% divergence.
+if [[ $PARTS == *" repair "* ]]; then
 kill -9 "${pid[r3]}"
 for _ in $(seq 200); do [ "$(status | awk '$1 == "r3" {print $4}')" = no ] && break; sleep 0.1; done
 div=$((KEYS / 100))
@@ -96,7 +98,10 @@ echo "repair: $div of $target keys differed on one replica (hints off)"
 echo "  converged ${repair_s}s after the restart (includes start-up and failure-detector recovery)"
 awk -v b="$bytes" -v d="$data" 'BEGIN {printf "  bytes exchanged by anti-entropy: %d = %.2f%% of the %d bytes of keys+values\n", b, 100 * b / d, d}'
 
+fi
+
 # 2. Throughput while a node joins and leaves.
+[[ $PARTS == *" rebalance "* ]] || exit 0
 echo
 declare -a steady join leave jtime ltime
 for run in $(seq "$RUNS"); do

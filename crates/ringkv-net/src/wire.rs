@@ -117,10 +117,17 @@ pub enum ReplicaRequest {
         branches: Option<Vec<u16>>,
         root: Option<u64>,
     },
-    /// The entries of a partition that fall into the given digest leaves.
-    Fetch {
+    /// The key and version of each entry of a partition that falls into
+    /// the given digest leaves: repair compares these before it moves any
+    /// value.
+    Versions {
         partition: u16,
         leaves: Vec<u16>,
+    },
+    /// The stored entries (dead or alive) of these keys of a partition.
+    ReadMany {
+        partition: u16,
+        keys: Vec<Bytes>,
     },
     /// Up to `limit` entries of a partition after the key `after`, in the
     /// shard's order: resumable partition transfer.
@@ -149,7 +156,8 @@ impl Request {
             Request::Replica(ReplicaRequest::Truncate { .. }) => "replica-truncate",
             Request::Replica(ReplicaRequest::Deliver { .. }) => "replica-deliver",
             Request::Replica(ReplicaRequest::Digest { .. }) => "replica-digest",
-            Request::Replica(ReplicaRequest::Fetch { .. }) => "replica-fetch",
+            Request::Replica(ReplicaRequest::Versions { .. }) => "replica-versions",
+            Request::Replica(ReplicaRequest::ReadMany { .. }) => "replica-read-many",
             Request::Replica(ReplicaRequest::Stream { .. }) => "replica-stream",
             Request::Members => "members",
             Request::Status => "status",
@@ -178,6 +186,7 @@ pub enum Reply {
     Conflict,
     Entry(Option<Entry>),
     Digest(Vec<u64>),
+    Versions(Vec<(Bytes, Version)>),
     Entries(Vec<(Bytes, Entry)>),
     Members(Members),
     Status(Box<NodeStatus>),

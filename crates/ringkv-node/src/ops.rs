@@ -84,9 +84,16 @@ impl Node {
                 let same = root.is_some_and(|r| r == words.iter().fold(0, |a, b| a ^ b));
                 Ok(Reply::Digest(if same { Vec::new() } else { words }))
             }
-            ReplicaRequest::Fetch { partition, leaves } => {
+            ReplicaRequest::Versions { partition, leaves } => {
                 let mailbox = self.partition(partition)?;
-                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::Fetch { leaves, reply }).await?))
+                Ok(Reply::Versions(mailbox.call(|reply| PartitionMsg::Versions { leaves, reply }).await?))
+            }
+            ReplicaRequest::ReadMany { partition, keys } => {
+                for key in &keys {
+                    self.check_placement(partition, key)?;
+                }
+                let mailbox = self.partition(partition)?;
+                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::ReadMany { keys, reply }).await?))
             }
             ReplicaRequest::Stream { partition, after, limit } => {
                 let mailbox = self.partition(partition)?;

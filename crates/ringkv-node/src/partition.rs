@@ -50,9 +50,14 @@ pub(crate) enum PartitionMsg {
         branches: Option<Vec<u16>>,
         reply: RpcReplyPort<Vec<u64>>,
     },
-    /// Entries in the given digest leaves.
-    Fetch {
+    /// Keys and versions of the entries in the given digest leaves.
+    Versions {
         leaves: Vec<u16>,
+        reply: RpcReplyPort<Vec<(Bytes, Version)>>,
+    },
+    /// The stored entries of these keys.
+    ReadMany {
+        keys: Vec<Bytes>,
         reply: RpcReplyPort<Vec<(Bytes, Entry)>>,
     },
     /// Forget the partition's contents (durably): it moved elsewhere, or is
@@ -186,10 +191,15 @@ impl Actor for PartitionActor {
                 let logged = state.log(WalRecord::DropPartition { partition: state.id.0 }).await;
                 let _ = reply.send(logged.map(|durable| (dropped, durable)));
             }
-            PartitionMsg::Fetch { leaves, reply } => {
+            PartitionMsg::Versions { leaves, reply } => {
                 let leaves: Vec<usize> =
                     leaves.iter().map(|l| *l as usize).filter(|l| *l < state.shard.digest().leaves().len()).collect();
-                let _ = reply.send(state.shard.entries_in_leaves(&leaves));
+                let versions = state.shard.entries_in_leaves(&leaves).into_iter().map(|(k, e)| (k, e.version));
+                let _ = reply.send(versions.collect());
+            }
+            PartitionMsg::ReadMany { keys, reply } => {
+                let entries = keys.into_iter().filter_map(|k| state.shard.entry(&k).cloned().map(|e| (k, e)));
+                let _ = reply.send(entries.collect());
             }
         }
         Ok(())

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
-use ringkv_core::{Entry, KvError, PartitionId};
+use ringkv_core::{Entry, KvError, PartitionId, Version};
 use ringkv_net::wire::{Divergence, RepairStatus, ReplicaRequest, Reply};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -118,6 +118,21 @@ impl Repair {
     }
 }
 
+/// Which keys each side must send the other: those it holds at a newer
+/// version, or that the other lacks. Both lists are in the shard's order.
+pub(crate) fn plan_exchange(ours: &[(Bytes, Version)], theirs: &[(Bytes, Version)]) -> (Vec<Bytes>, Vec<Bytes>) {
+    let theirs_by_key: HashMap<&Bytes, Version> = theirs.iter().map(|(k, v)| (k, *v)).collect();
+    let ours_by_key: HashMap<&Bytes, Version> = ours.iter().map(|(k, v)| (k, *v)).collect();
+    let newer = |mine: &[(Bytes, Version)], other: &HashMap<&Bytes, Version>| -> Vec<Bytes> {
+        mine.iter().filter(|(k, v)| other.get(k).is_none_or(|o| v > o)).map(|(k, _)| k.clone()).collect()
+    };
+    (newer(ours, &theirs_by_key), newer(theirs, &ours_by_key))
+}
+
+fn versions_bytes(versions: &[(Bytes, Version)]) -> usize {
+    versions.iter().map(|(k, _)| k.len() + 16).sum()
+}
+
 fn entries_bytes(entries: &[(Bytes, Entry)]) -> usize {
     entries.iter().map(|(k, e)| k.len() + e.size_bytes()).sum()
 }
@@ -137,16 +152,32 @@ impl Node {
         }
     }
 
-    async fn fetch(
+    async fn versions(
         &self,
         topo: &Topology,
         node: &NodeName,
         partition: u16,
         leaves: Vec<u16>,
+    ) -> Result<Vec<(Bytes, Version)>, KvError> {
+        match self.on_replica(topo, node, ReplicaRequest::Versions { partition, leaves }).await? {
+            Reply::Versions(versions) => Ok(versions),
+            other => Err(KvError::Protocol(format!("unexpected reply to a versions request: {other:?}"))),
+        }
+    }
+
+    async fn read_many(
+        &self,
+        topo: &Topology,
+        node: &NodeName,
+        partition: u16,
+        keys: Vec<Bytes>,
     ) -> Result<Vec<(Bytes, Entry)>, KvError> {
-        match self.on_replica(topo, node, ReplicaRequest::Fetch { partition, leaves }).await? {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.on_replica(topo, node, ReplicaRequest::ReadMany { partition, keys }).await? {
             Reply::Entries(entries) => Ok(entries),
-            other => Err(KvError::Protocol(format!("unexpected reply to a fetch request: {other:?}"))),
+            other => Err(KvError::Protocol(format!("unexpected reply to a read request: {other:?}"))),
         }
     }
 
@@ -195,29 +226,21 @@ impl Node {
                 .into_iter()
                 .map(|i| (branches[i / BRANCH] as usize * BRANCH + i % BRANCH) as u16)
                 .collect();
-            // A bounded number of leaves per exchange keeps each message
-            // small even when a replica is empty and every leaf differs.
+            // A bounded number of leaves per round keeps each message small
+            // even when a replica is empty and every leaf differs. Versions
+            // first, so that only entries one side lacks cross the network.
             for leaves in leaves.chunks(FETCH_LEAVES) {
                 let (ours, theirs) = tokio::try_join!(
-                    self.fetch(topo, &me, p, leaves.to_vec()),
-                    self.fetch(topo, peer, p, leaves.to_vec())
+                    self.versions(topo, &me, p, leaves.to_vec()),
+                    self.versions(topo, peer, p, leaves.to_vec())
                 )?;
-                let exchange = entries_bytes(&ours) + entries_bytes(&theirs);
+                let (to_peer, to_me) = plan_exchange(&ours, &theirs);
+                let listed = versions_bytes(&theirs) + to_me.iter().map(Bytes::len).sum::<usize>();
+                let (to_peer, to_me) =
+                    tokio::try_join!(self.read_many(topo, &me, p, to_peer), self.read_many(topo, peer, p, to_me))?;
+                let exchange = listed + entries_bytes(&to_peer) + entries_bytes(&to_me);
                 repair.budget.throttle(exchange).await;
                 bytes += exchange;
-                // Send each side only what it lacks or holds older.
-                let theirs_by_key: HashMap<&Bytes, &Entry> = theirs.iter().map(|(k, e)| (k, e)).collect();
-                let ours_by_key: HashMap<&Bytes, &Entry> = ours.iter().map(|(k, e)| (k, e)).collect();
-                let to_peer: Vec<(Bytes, Entry)> = ours
-                    .iter()
-                    .filter(|(k, e)| theirs_by_key.get(k).is_none_or(|t| e.supersedes(t)))
-                    .cloned()
-                    .collect();
-                let to_me: Vec<(Bytes, Entry)> = theirs
-                    .iter()
-                    .filter(|(k, e)| ours_by_key.get(k).is_none_or(|o| e.supersedes(o)))
-                    .cloned()
-                    .collect();
                 keys += (to_peer.len() + to_me.len()) as u64;
                 tokio::try_join!(self.deliver(topo, peer, p, to_peer), self.deliver(topo, &me, p, to_me))?;
             }
@@ -256,6 +279,14 @@ impl Node {
                 topo.replicas(p).iter().filter(|n| !topo.is_self(n) && topo.is_up(n)).map(move |n| (p, n.clone()))
             })
             .collect();
+        // Replicas of a partition start their passes at different places, so
+        // that two of them repairing a third do not do the same work at the
+        // same moment: the second finds the roots equal.
+        let mut pairs = pairs;
+        if !pairs.is_empty() {
+            let offset = ringkv_core::NodeTag::from_name(&topo.self_name).0 as usize % pairs.len();
+            pairs.rotate_left(offset);
+        }
         let started = Instant::now();
         let total = pairs.len() as u32;
         // A peer that stops answering costs one timeout per pass, not one
@@ -293,9 +324,14 @@ pub(crate) async fn repair_task(node: Node) {
     let inner = node.inner.clone();
     let mut shutdown = inner.shutdown_signal();
     let mut topology = inner.topology_watch();
-    let mut up: HashSet<NodeName> = HashSet::new();
-    let mut ring: Vec<NodeName> = inner.topology().table.members().to_vec();
-    let mut tick = tokio::time::interval(inner.config.repair_interval);
+    // The peers up at start are not "returning": a node that restarts lets
+    // them come to it (they see it return) instead of repairing the same
+    // pairs from its side at the same moment.
+    let first = inner.topology();
+    let mut up: HashSet<NodeName> = first.members.keys().filter(|n| first.is_up(n)).cloned().collect();
+    let mut ring: Vec<NodeName> = first.table.members().to_vec();
+    let period = inner.config.repair_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -326,6 +362,19 @@ pub(crate) async fn repair_task(node: Node) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_side_sends_only_what_the_other_lacks_or_holds_older() {
+        let v = |ts: u64| Version { ts: ringkv_core::Timestamp(ts), node: ringkv_core::NodeTag(1) };
+        let k = |s: &'static str| Bytes::from(s);
+        let ours = [(k("a"), v(1)), (k("b"), v(5)), (k("c"), v(3)), (k("d"), v(2))];
+        let theirs = [(k("b"), v(4)), (k("c"), v(6)), (k("d"), v(2)), (k("e"), v(1))];
+        let (to_peer, to_me) = plan_exchange(&ours, &theirs);
+        assert_eq!(to_peer, [k("a"), k("b")]);
+        assert_eq!(to_me, [k("c"), k("e")]);
+        let (to_peer, to_me) = plan_exchange(&ours, &ours);
+        assert!(to_peer.is_empty() && to_me.is_empty());
+    }
 
     #[test]
     fn differing_positions() {
