@@ -92,7 +92,16 @@ impl HintsState {
         let size = key.len() + entry.size_bytes();
         if self.bytes + size > self.max_bytes {
             self.dropped += 1;
-            tracing::warn!(target = %target, held = self.bytes, "hint store full; dropping a hint (anti-entropy will repair)");
+            // Once per thousand, not once per write: a full store under load
+            // would otherwise flood the log.
+            if self.dropped % 1000 == 1 {
+                tracing::warn!(
+                    target = %target,
+                    held = self.bytes,
+                    dropped = self.dropped,
+                    "hint store full; dropping hints (anti-entropy will repair)"
+                );
+            }
             return Err(KvError::Busy { what: "the hint store".into(), capacity: self.max_bytes });
         }
         if merge_hint(&mut self.hints, &target, partition, key.clone(), entry.clone()) {

@@ -268,9 +268,8 @@ impl Node {
     }
 
     /// Compares every partition this node replicates with each other
-    /// replica. Returns false if placement changed meanwhile, in which case
-    /// the pass stopped early and should start over.
-    async fn repair_pass(&self) -> bool {
+    /// replica.
+    async fn repair_pass(&self) -> Pass {
         let topo = self.inner.topology();
         let pairs: Vec<(PartitionId, NodeName)> = topo
             .table
@@ -294,11 +293,11 @@ impl Node {
         let mut failed: HashSet<NodeName> = HashSet::new();
         for (done, (partition, peer)) in pairs.into_iter().enumerate() {
             if self.inner.stopping() {
-                return true;
+                return Pass::Done;
             }
             if !self.inner.topology().same_as(&topo) {
                 self.inner.repair.record(|s| s.progress = None);
-                return false;
+                return Pass::Restart;
             }
             if failed.contains(&peer) {
                 continue;
@@ -315,9 +314,21 @@ impl Node {
             s.passes += 1;
             s.last_pass_ms = Some(elapsed);
         });
-        true
+        if failed.is_empty() { Pass::Done } else { Pass::Incomplete }
     }
 }
+
+enum Pass {
+    Done,
+    /// Placement changed mid-way: start over at once.
+    Restart,
+    /// Some peers failed (a peer that just restarted often times out once,
+    /// on a connection to its previous incarnation): try again soon.
+    Incomplete,
+}
+
+/// How soon a pass that missed some peers is retried.
+const RETRY_INCOMPLETE: Duration = Duration::from_secs(3);
 
 /// Runs a pass every `repair_interval`, and at once when a peer comes up.
 pub(crate) async fn repair_task(node: Node) {
@@ -355,7 +366,22 @@ pub(crate) async fn repair_task(node: Node) {
             }
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        while !node.repair_pass().await {}
+        let mut retries = 0;
+        loop {
+            match node.repair_pass().await {
+                Pass::Done => break,
+                Pass::Restart => continue,
+                // Bounded: a peer that keeps failing waits for the next tick.
+                Pass::Incomplete if retries < 3 => {
+                    retries += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_INCOMPLETE.min(inner.config.repair_interval)) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+                Pass::Incomplete => break,
+            }
+        }
     }
 }
 
