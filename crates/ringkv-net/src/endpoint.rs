@@ -243,6 +243,11 @@ impl Connector {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// Drops the connection to `addr`, if any; the next call reconnects.
+    pub fn disconnect(&self, addr: SocketAddr) {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
+    }
+
     fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Option<Connection>>> {
         self.connections.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone()
     }

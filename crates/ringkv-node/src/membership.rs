@@ -290,7 +290,8 @@ fn compute(
         } else {
             Some(now - *dead_since.entry(name.clone()).or_insert(now))
         };
-        gossiped.insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for, epoch: s.epoch });
+        let member = Gossiped { addr, generation: s.generation, status: s.status, live, dead_for, epoch: s.epoch };
+        gossiped.insert(name.clone(), member);
     }
     topology::build(
         &NodeName::from(config.node_id.as_str()),
