@@ -122,7 +122,9 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     let mut repairs = Vec::new();
     let mut transfers = Vec::new();
     for m in &members.members {
-        let detail = match (brief, m.live) {
+        // A member that left on purpose is gone, not unhealthy.
+        let left = m.status == ringkv_net::wire::MemberStatus::Left && !m.live;
+        let detail = match (brief || left, m.live) {
             (true, _) => Err(String::new()),
             (false, true) => client.status_of(m.addr).await.map_err(|e| e.to_string()),
             (false, false) => Err("down".into()),

@@ -182,6 +182,16 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Exit codes: 0 found/done, 1 key not found (or nothing to do), 2 error.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Like any Unix tool, stop quietly when the reader of our output
+        // goes away (`ringkv status | head`) instead of panicking on a broken
+        // pipe. Not for `serve`: a node must outlive whatever reads its logs.
+        // SAFETY: restoring a signal's default disposition before any thread
+        // is started has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
