@@ -119,35 +119,24 @@ async fn diverged_keys(
             eprintln!("[chaos] status of {addr} took {:?}", asked.elapsed());
         }
     }
-    let mut tasks = JoinSet::new();
-    let mut diverged = Vec::new();
-    let mut pending = keys.iter().cloned();
-    const CONCURRENCY: usize = 16;
-    loop {
-        while tasks.len() < CONCURRENCY {
-            let Some(key) = pending.next() else { break };
-            let client = client.clone();
-            tasks.spawn(async move {
-                match client.explain(Bytes::from(key.clone())).await {
-                    Err(e) => Some((key, format!("explain failed: {e}"))),
-                    Ok(explanation) => {
-                        let replicas: Vec<_> = explanation.replicas.into_iter().map(|r| (r.node_id, r.entry)).collect();
-                        if replicas_agree(&replicas, replication, now_wall_ms(), epoch) {
-                            None
-                        } else {
-                            Some((key, describe_replicas(&replicas)))
-                        }
+    let diverged = for_each_key(keys, move |key| {
+        let client = client.clone();
+        async move {
+            match client.explain(Bytes::from(key.clone())).await {
+                Err(e) => Some((key, format!("explain failed: {e}"))),
+                Ok(explanation) => {
+                    let replicas: Vec<_> = explanation.replicas.into_iter().map(|r| (r.node_id, r.entry)).collect();
+                    if replicas_agree(&replicas, replication, now_wall_ms(), epoch) {
+                        None
+                    } else {
+                        Some((key, describe_replicas(&replicas)))
                     }
                 }
-            });
+            }
         }
-        match tasks.join_next().await {
-            Some(Ok(Some(d))) => diverged.push(d),
-            Some(Ok(None)) => {}
-            Some(Err(e)) => diverged.push(("?".into(), format!("explain task failed: {e}"))),
-            None => break,
-        }
-    }
+    })
+    .await;
+    let mut diverged: Vec<(String, String)> = diverged.into_iter().flatten().collect();
     diverged.sort();
     diverged
 }
@@ -156,38 +145,52 @@ async fn diverged_keys(
 /// `deadline`; records the successful read (or the last failure).
 pub async fn final_reads(client: &Client, keys: &[String], clock: RunClock, deadline: Duration) -> Vec<Record> {
     let deadline = Instant::now() + deadline;
-    let mut tasks = JoinSet::new();
-    let mut out = Vec::new();
-    let mut pending = keys.iter().cloned();
+    let mut out = for_each_key(keys, move |key| {
+        let client = client.clone();
+        async move {
+            loop {
+                let mut r = Record::invoke(FINAL_READER, Phase::Final, OpKind::Get, Some(key.clone()), clock.ms());
+                let result = client.get(Bytes::from(key.clone())).await;
+                r.finish(clock.ms(), &result);
+                match result {
+                    Ok(value) => {
+                        r.read = Some(read_of(value));
+                        return r;
+                    }
+                    Err(_) if Instant::now() >= deadline => return r,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+    })
+    .await;
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+/// Runs `work` for every key, a bounded number at a time, and collects the
+/// results in completion order.
+async fn for_each_key<T, F, Fut>(keys: &[String], work: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
     const CONCURRENCY: usize = 16;
+    let mut tasks = JoinSet::new();
+    let mut out = Vec::with_capacity(keys.len());
+    let mut pending = keys.iter().cloned();
     loop {
         while tasks.len() < CONCURRENCY {
             let Some(key) = pending.next() else { break };
-            let client = client.clone();
-            tasks.spawn(async move {
-                loop {
-                    let mut r = Record::invoke(FINAL_READER, Phase::Final, OpKind::Get, Some(key.clone()), clock.ms());
-                    let result = client.get(Bytes::from(key.clone())).await;
-                    r.finish(clock.ms(), &result);
-                    match result {
-                        Ok(value) => {
-                            r.read = Some(read_of(value));
-                            return r;
-                        }
-                        Err(_) if Instant::now() >= deadline => return r,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    }
-                }
-            });
+            tasks.spawn(work(key));
         }
         match tasks.join_next().await {
-            Some(Ok(r)) => out.push(r),
-            Some(Err(e)) => panic!("final read task failed: {e}"),
-            None => break,
+            Some(Ok(result)) => out.push(result),
+            Some(Err(e)) => panic!("a per-key task failed: {e}"),
+            None => return out,
         }
     }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    out
 }
 
 #[cfg(test)]

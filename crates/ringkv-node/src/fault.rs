@@ -26,8 +26,7 @@ impl Faults {
     }
 
     pub(crate) fn blocks(&self, addr: SocketAddr) -> bool {
-        let blocked = self.blocked.read().unwrap_or_else(|e| e.into_inner());
-        !blocked.is_empty() && blocked.contains(&addr)
+        self.blocked.read().unwrap_or_else(|e| e.into_inner()).contains(&addr)
     }
 }
 

@@ -561,7 +561,10 @@ async fn sweeper(node: Node) {
 async fn member_keeper(node: Node) {
     let inner = node.inner.clone();
     let Some(file) = &inner.member_file else { return };
-    every(&node, Duration::from_secs(1), || async {
+    // Precise enough to compare with the grace period, without a file write
+    // every second.
+    let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    every(&node, period, || async {
         let topo = inner.topology();
         let status = topo.members.get(&topo.self_name).map(|m| m.status);
         if status.is_some_and(|s| s.in_current_ring()) {

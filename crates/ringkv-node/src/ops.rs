@@ -584,7 +584,7 @@ impl Handler for Node {
                 if !peer.is_node {
                     return Err(KvError::Protocol("replica requests need a node certificate".into()));
                 }
-                if inner.faults.blocks(peer.addr) {
+                if inner.config.fault_injection && inner.faults.blocks(peer.addr) {
                     return Err(KvError::Unavailable(format!("link from {} cut by fault injection", peer.addr)));
                 }
                 self.local_replica(replica).await

@@ -187,9 +187,15 @@ impl Actor for PartitionActor {
                 let _ = reply.send(answer);
             }
             PartitionMsg::Drop { reply } => {
-                let dropped = state.shard.drop_all();
-                let logged = state.log(WalRecord::DropPartition { partition: state.id.0 }).await;
-                let _ = reply.send(logged.map(|durable| (dropped, durable)));
+                // An empty shard has nothing a replay could bring back, so
+                // dropping it costs no log record.
+                let result = match state.shard.drop_all() {
+                    0 => Ok((0, None)),
+                    dropped => {
+                        state.log(WalRecord::DropPartition { partition: state.id.0 }).await.map(|d| (dropped, d))
+                    }
+                };
+                let _ = reply.send(result);
             }
             PartitionMsg::Versions { leaves, reply } => {
                 let leaves: Vec<usize> =

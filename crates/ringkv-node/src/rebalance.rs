@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::node::Node;
 use crate::partition::PartitionMsg;
-use crate::repair::Budget;
+use crate::repair::{Budget, entries_bytes};
 use crate::topology::Topology;
 
 /// Entries per page of a partition transfer.
@@ -58,10 +58,6 @@ impl Transfers {
     fn record(&self, update: impl FnOnce(&mut TransferStatus)) {
         update(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
-}
-
-fn entries_bytes(entries: &[(Bytes, Entry)]) -> usize {
-    entries.iter().map(|(k, e)| k.len() + e.size_bytes()).sum()
 }
 
 /// The file that says this data directory belongs to a ring member, and
@@ -143,11 +139,34 @@ impl Node {
     }
 
     /// Waits, unless shutting down; returns whether to go on.
-    async fn pause(&self, period: Duration) -> bool {
+    pub(crate) async fn pause(&self, period: Duration) -> bool {
         let mut shutdown = self.inner.shutdown_signal();
         tokio::select! {
             _ = tokio::time::sleep(period) => true,
             _ = shutdown.wait_for(|stop| *stop) => false,
+        }
+    }
+
+    /// One page of a transfer: retried with a growing pause, so that a
+    /// hiccup does not restart the transfer, but given up after
+    /// `PAGE_ATTEMPTS` so that a dead peer does not stall it.
+    async fn call_retrying(
+        &self,
+        topo: &Topology,
+        node: &NodeName,
+        request: impl Fn() -> ReplicaRequest,
+    ) -> Result<Reply, KvError> {
+        let mut attempt = 0;
+        loop {
+            match self.on_replica(topo, node, request()).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= PAGE_ATTEMPTS || !self.pause(Duration::from_millis(200 * attempt as u64)).await {
+                        return Err(e);
+                    }
+                }
+            }
         }
     }
 
@@ -246,25 +265,12 @@ impl Node {
         let transfers = &self.inner.transfers;
         transfers.record(|s| s.current = Some((partition.0, source.to_string())));
         let mut after: Option<Bytes> = None;
-        let mut failures = 0;
         loop {
-            if self.inner.stopping() {
-                return Err(KvError::Unavailable("shutting down".into()));
-            }
-            let request = ReplicaRequest::Stream { partition: partition.0, after: after.clone(), limit: PAGE as u32 };
-            let page = match self.on_replica(topo, source, request).await {
-                Ok(Reply::Entries(page)) => page,
-                Ok(other) => return Err(KvError::Protocol(format!("unexpected reply to a stream request: {other:?}"))),
-                Err(e) => {
-                    failures += 1;
-                    if failures >= PAGE_ATTEMPTS {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
-                    continue;
-                }
+            let stream = || ReplicaRequest::Stream { partition: partition.0, after: after.clone(), limit: PAGE as u32 };
+            let page = match self.call_retrying(topo, source, stream).await? {
+                Reply::Entries(page) => page,
+                other => return Err(KvError::Protocol(format!("unexpected reply to a stream request: {other:?}"))),
             };
-            failures = 0;
             let Some((last, _)) = page.last() else { return Ok(()) };
             after = Some(last.clone());
             let (keys, bytes) = (page.len() as u64, entries_bytes(&page));
@@ -281,12 +287,11 @@ impl Node {
     /// Starts handing this node's partitions off; the node exits when done
     /// (see [`Node::left`]).
     pub(crate) async fn begin_leave(&self) -> Result<(), KvError> {
+        if self.inner.membership.lock().await.is_none() {
+            return Err(KvError::Unavailable("a standalone node has no cluster to hand its data to".into()));
+        }
         let topo = self.inner.topology();
-        let me = topo.members.get(&topo.self_name).map(|m| m.status);
-        match me {
-            _ if self.inner.membership.lock().await.is_none() => {
-                return Err(KvError::Unavailable("a standalone node has no cluster to hand its data to".into()));
-            }
+        match topo.members.get(&topo.self_name).map(|m| m.status) {
             Some(MemberStatus::Leaving | MemberStatus::Left) => return Ok(()),
             Some(MemberStatus::Serving) => {}
             other => {
@@ -364,20 +369,7 @@ impl Node {
             let (keys, bytes) = (page.len() as u64, entries_bytes(&page));
             inner.transfers.budget.throttle(bytes).await;
             let entries: Vec<(u16, Bytes, Entry)> = page.into_iter().map(|(k, e)| (partition.0, k, e)).collect();
-            let mut attempt = 0;
-            loop {
-                let request = ReplicaRequest::Deliver { entries: entries.clone() };
-                match self.on_replica(topo, gainer, request).await {
-                    Ok(_) => break,
-                    Err(e) => {
-                        attempt += 1;
-                        if attempt >= PAGE_ATTEMPTS {
-                            return Err(e);
-                        }
-                        tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
-                    }
-                }
-            }
+            self.call_retrying(topo, gainer, || ReplicaRequest::Deliver { entries: entries.clone() }).await?;
             inner.transfers.record(|s| {
                 s.keys_moved += keys;
                 s.bytes_moved += bytes as u64;

@@ -133,7 +133,8 @@ fn versions_bytes(versions: &[(Bytes, Version)]) -> usize {
     versions.iter().map(|(k, _)| k.len() + 16).sum()
 }
 
-fn entries_bytes(entries: &[(Bytes, Entry)]) -> usize {
+/// What entries cost to move: their keys and stored sizes.
+pub(crate) fn entries_bytes(entries: &[(Bytes, Entry)]) -> usize {
     entries.iter().map(|(k, e)| k.len() + e.size_bytes()).sum()
 }
 
@@ -374,9 +375,8 @@ pub(crate) async fn repair_task(node: Node) {
                 // Bounded: a peer that keeps failing waits for the next tick.
                 Pass::Incomplete if retries < 3 => {
                     retries += 1;
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY_INCOMPLETE.min(inner.config.repair_interval)) => {}
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    if !node.pause(RETRY_INCOMPLETE.min(inner.config.repair_interval)).await {
+                        return;
                     }
                 }
                 Pass::Incomplete => break,
