@@ -27,7 +27,7 @@ cluster n="3": build
 
 # The whole test suite.
 test:
-    cargo test --workspace
+    cargo test --workspace --no-fail-fast
 
 # Formatting and lints, as CI runs them.
 lint:

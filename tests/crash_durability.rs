@@ -30,10 +30,32 @@ enum Op {
     Delete,
 }
 
+/// An operation sent but not acknowledged when the node died: it may or may
+/// not have been applied, at any instant between its invocation and the kill.
+#[derive(Debug, Clone)]
+struct InFlight {
+    op: Op,
+    invoked: Instant,
+    ttl: Option<Duration>,
+}
+
+impl InFlight {
+    /// The state it leaves if it was applied; a put with a time to live
+    /// expires somewhere between invocation + ttl and kill + ttl.
+    fn applied(&self, killed_at: Instant) -> Op {
+        match (&self.op, self.ttl) {
+            (Op::Put { value, .. }, Some(ttl)) => {
+                Op::Put { value: value.clone(), expires: Some((self.invoked + ttl, killed_at + ttl)) }
+            }
+            (op, _) => op.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct KeyHistory {
     acked: Option<(Op, Instant)>,
-    in_flight: Option<Op>,
+    in_flight: Option<InFlight>,
 }
 
 type History = Arc<Mutex<HashMap<String, KeyHistory>>>;
@@ -53,8 +75,9 @@ async fn writer(client: Client, id: usize, seed: u64, history: History) -> u64 {
         };
         let op =
             if roll >= 85 { Op::Delete } else { Op::Put { value: Bytes::from(format!("{key}#{seq}")), expires: None } };
-        history.lock().unwrap().entry(key.clone()).or_default().in_flight = Some(op.clone());
         let invoked = Instant::now();
+        history.lock().unwrap().entry(key.clone()).or_default().in_flight =
+            Some(InFlight { op: op.clone(), invoked, ttl });
         let result = match (&op, ttl) {
             (Op::Delete, _) => client.delete(key.clone()).await.map(|_| ()),
             (Op::Put { value, .. }, Some(ttl)) => client.put_with_ttl(key.clone(), value.clone(), ttl).await,
@@ -135,7 +158,8 @@ async fn run(fsync: &str, seed: u64) -> Outcome {
         if allows(acked, &got, from, to) {
             continue;
         }
-        if h.in_flight.is_some() && allows(h.in_flight.as_ref(), &got, from, to) {
+        let in_flight = h.in_flight.as_ref().map(|f| f.applied(killed_at));
+        if in_flight.is_some() && allows(in_flight.as_ref(), &got, from, to) {
             continue;
         }
         // An older acknowledged state or a value never written would be a
@@ -143,8 +167,7 @@ async fn run(fsync: &str, seed: u64) -> Outcome {
         // rules out the allowed states, so report what was read.
         let acked_at = h.acked.as_ref().map(|(_, at)| killed_at.saturating_duration_since(*at)).unwrap_or_default();
         eprintln!(
-            "{key}: read {got:?}, last acknowledged {acked:?} ({acked_at:?} before the kill), in flight {:?}",
-            h.in_flight
+            "{key}: read {got:?}, last acknowledged {acked:?} ({acked_at:?} before the kill), in flight {in_flight:?}"
         );
         lost.push((key.clone(), acked_at));
     }
