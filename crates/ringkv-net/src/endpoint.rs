@@ -17,7 +17,7 @@ use ringkv_core::KvError;
 use tokio::sync::watch;
 
 use crate::NetError;
-use crate::tls::{NodeCheck, SERVER_NAME};
+use crate::tls::{Listener, NodeCheck, SERVER_NAME};
 use crate::wire::{self, Request, Response};
 
 /// Application error codes for closing streams and connections.
@@ -29,7 +29,7 @@ const CODE_SHUTDOWN: u32 = 2;
 /// randomness so a simulated run can be replayed.
 pub fn bind(
     addr: SocketAddr,
-    server: Option<quinn::ServerConfig>,
+    server: Option<Listener>,
     client: quinn::ClientConfig,
     seed: Option<[u8; 32]>,
 ) -> Result<Endpoint, NetError> {
@@ -44,11 +44,18 @@ pub fn bind(
 pub fn from_socket(
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     runtime: Arc<dyn quinn::Runtime>,
-    server: Option<quinn::ServerConfig>,
+    server: Option<Listener>,
     client: quinn::ClientConfig,
     seed: Option<[u8; 32]>,
 ) -> std::io::Result<Endpoint> {
-    let mut config = EndpointConfig::default();
+    let (mut config, server) = match server {
+        Some(Listener { config, reset_key, cid_key }) => {
+            let mut endpoint = EndpointConfig::new(reset_key);
+            endpoint.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            (endpoint, Some(config))
+        }
+        None => (EndpointConfig::default(), None),
+    };
     config.rng_seed(seed);
     let mut endpoint = Endpoint::new_with_abstract_socket(config, server, socket, runtime)?;
     endpoint.set_default_client_config(client);
@@ -241,11 +248,6 @@ impl Connector {
             }
         }
         unreachable!("the loop returns on its second attempt")
-    }
-
-    /// Drops the connection to `addr`, if any; the next call reconnects.
-    pub fn disconnect(&self, addr: SocketAddr) {
-        self.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&addr);
     }
 
     fn slot(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Option<Connection>>> {

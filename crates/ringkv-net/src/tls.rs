@@ -120,7 +120,36 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub fn server_config(identity: &Identity, settings: &TransportSettings) -> Result<quinn::ServerConfig, NetError> {
+/// What a node's endpoint needs to accept connections.
+pub struct Listener {
+    pub config: quinn::ServerConfig,
+    /// Signs the stateless resets this endpoint sends for connections it
+    /// does not know.
+    pub reset_key: Arc<dyn quinn::crypto::HmacKey>,
+    /// Keys the connection ids this endpoint issues; a packet whose id does
+    /// not validate is dropped without a reset.
+    pub cid_key: u64,
+}
+
+/// Both keys are derived from the node's private key, so a restarted
+/// process validates the connection ids its predecessor issued and signs
+/// resets as it did: a client still holding a connection to the dead
+/// process recognises the reset and reconnects at once, instead of waiting
+/// out its request timeout.
+pub fn listener(identity: &Identity, settings: &TransportSettings) -> Result<Listener, NetError> {
+    let secret = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, identity.key.secret_der());
+    // Never the private key itself: one derived key per purpose.
+    let derive = |purpose: &[u8]| ring::hmac::sign(&secret, purpose);
+    let reset = derive(b"ringkv stateless reset key v1");
+    let cid = derive(b"ringkv connection id key v1");
+    Ok(Listener {
+        config: server_config(identity, settings)?,
+        reset_key: Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref())),
+        cid_key: u64::from_le_bytes(cid.as_ref()[..8].try_into().expect("an HMAC-SHA256 tag has 32 bytes")),
+    })
+}
+
+fn server_config(identity: &Identity, settings: &TransportSettings) -> Result<quinn::ServerConfig, NetError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider.clone())
         .build()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::{Consistency, KvError};
-use ringkv_net::tls::{Identity, NodeCheck, TlsPaths, TransportSettings, client_config, server_config};
+use ringkv_net::tls::{Identity, NodeCheck, TlsPaths, TransportSettings, client_config, listener};
 use ringkv_net::wire::{self, Reply, Request, Response};
 use ringkv_net::{Connector, Handler, NetError, Peer, ServeOptions, bind, certs, serve};
 
@@ -41,7 +41,7 @@ async fn start_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::watch:
     let settings = TransportSettings::default();
     let endpoint = bind(
         "127.0.0.1:0".parse().unwrap(),
-        Some(server_config(&identity, &settings).unwrap()),
+        Some(listener(&identity, &settings).unwrap()),
         client_config(&identity, &settings).unwrap(),
         None,
     )

@@ -45,10 +45,6 @@ impl PeerTransport for FaultyPeers {
         }
         self.inner.call(addr, request, timeout)
     }
-
-    fn reset(&self, addr: SocketAddr) {
-        self.inner.reset(addr);
-    }
 }
 
 #[cfg(test)]

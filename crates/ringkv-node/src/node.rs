@@ -344,7 +344,6 @@ impl Node {
                 node.spawn(node.clone().join());
             }
             node.spawn(member_keeper(node.clone()));
-            node.spawn(reconnector(node.clone()));
             node.spawn(mover(node.clone()));
         }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
@@ -453,7 +452,7 @@ fn bind_endpoint(config: &NodeConfig) -> Result<Option<(Endpoint, NodeCheck)>, N
     let Some(paths) = tls_paths(config) else { return Ok(None) };
     let identity = Identity::load(&paths)?;
     let settings = TransportSettings { max_streams: config.max_streams_per_connection, ..TransportSettings::default() };
-    let server = ringkv_net::tls::server_config(&identity, &settings)?;
+    let server = ringkv_net::tls::listener(&identity, &settings)?;
     let client = ringkv_net::tls::client_config(&identity, &settings)?;
     let seed = (config.seed != 0).then(|| {
         let mut bytes = [0u8; 32];
@@ -572,31 +571,6 @@ async fn member_keeper(node: Node) {
         }
     })
     .await;
-}
-
-/// Drops cached connections to a member that restarted. Its new process
-/// does not know the old connection, and its stateless resets are signed
-/// with a key the old one never had, so a request on that connection would
-/// wait out the replica timeout before the caller reconnected.
-async fn reconnector(node: Node) {
-    let inner = node.inner.clone();
-    let mut shutdown = inner.shutdown_signal();
-    let mut topology = inner.topology_watch();
-    let mut known: BTreeMap<NodeName, u64> = BTreeMap::new();
-    loop {
-        let topo = topology.borrow_and_update().clone();
-        for (name, member) in &topo.members {
-            let previous = known.insert(name.clone(), member.generation);
-            if previous.is_some_and(|g| g != member.generation) && !topo.is_self(name) {
-                tracing::debug!(node = %name, "member restarted; dropping its connection");
-                inner.peers.reset(member.addr);
-            }
-        }
-        tokio::select! {
-            changed = topology.changed() => if changed.is_err() { return },
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-    }
 }
 
 /// Drops partitions that moved to other nodes, once placement has settled.

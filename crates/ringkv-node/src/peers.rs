@@ -17,9 +17,6 @@ pub type PeerFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, KvError>> + 
 pub trait PeerTransport: Send + Sync + 'static {
     /// Sends one replica request and waits at most `timeout` for the reply.
     fn call(&self, addr: SocketAddr, request: ReplicaRequest, timeout: Duration) -> PeerFuture<'_>;
-
-    /// Forgets any connection to `addr`: the process there restarted.
-    fn reset(&self, _addr: SocketAddr) {}
 }
 
 /// The production transport: the node's own QUIC endpoint, one connection
@@ -35,10 +32,6 @@ impl QuicPeers {
 }
 
 impl PeerTransport for QuicPeers {
-    fn reset(&self, addr: SocketAddr) {
-        self.connector.disconnect(addr);
-    }
-
     fn call(&self, addr: SocketAddr, request: ReplicaRequest, timeout: Duration) -> PeerFuture<'_> {
         Box::pin(async move {
             match self.connector.call(addr, &Request::Replica(request), timeout).await {
