@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::NetError;
 
 /// Raised whenever a message changes shape. 2: repair digests, partition
-/// streams, transfer status, leave and fault injection.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// streams, transfer status, leave and fault injection. 3: batched replica
+/// requests.
+pub const PROTOCOL_VERSION: u16 = 3;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +137,10 @@ pub enum ReplicaRequest {
         after: Option<Bytes>,
         limit: u32,
     },
+    /// Several requests on one stream, run concurrently; answered with
+    /// `Reply::Batch`, one response per request in the same order. Batches
+    /// do not nest.
+    Batch(Vec<ReplicaRequest>),
 }
 
 impl Request {
@@ -159,6 +164,7 @@ impl Request {
             Request::Replica(ReplicaRequest::Versions { .. }) => "replica-versions",
             Request::Replica(ReplicaRequest::ReadMany { .. }) => "replica-read-many",
             Request::Replica(ReplicaRequest::Stream { .. }) => "replica-stream",
+            Request::Replica(ReplicaRequest::Batch(_)) => "replica-batch",
             Request::Members => "members",
             Request::Status => "status",
             Request::Explain { .. } => "explain",
@@ -191,6 +197,7 @@ pub enum Reply {
     Members(Members),
     Status(Box<NodeStatus>),
     Explain(Explanation),
+    Batch(Vec<Response>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

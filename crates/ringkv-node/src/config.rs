@@ -106,6 +106,10 @@ pub struct NodeConfig {
     /// How long a coordinator waits for one replica.
     #[serde(with = "duration")]
     pub replica_timeout: Duration,
+    /// Most replica writes sent to one peer as one batch (one QUIC stream).
+    /// A batch is whatever has queued for the peer when it is sent; no write
+    /// waits to fill one. 1 turns batching off.
+    pub replica_batch_max: usize,
     /// How long a starting node waits to hear from the cluster (to learn its
     /// truncate epoch and check its partition count) before serving anyway.
     #[serde(with = "duration")]
@@ -217,6 +221,9 @@ pub fn default_dead_node_grace() -> Duration {
 pub fn default_replica_timeout() -> Duration {
     Duration::from_secs(2)
 }
+pub fn default_replica_batch_max() -> usize {
+    64
+}
 pub fn default_join_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -270,6 +277,7 @@ impl Default for NodeConfig {
             phi_threshold: default_phi_threshold(),
             dead_node_grace: default_dead_node_grace(),
             replica_timeout: default_replica_timeout(),
+            replica_batch_max: default_replica_batch_max(),
             join_timeout: default_join_timeout(),
             max_hint_bytes: default_max_hint_bytes(),
             hint_replay_interval: default_hint_replay_interval(),
@@ -323,8 +331,12 @@ impl NodeConfig {
         if self.max_value_bytes > 512 << 20 {
             return bad(format!("max_value_bytes {} must be at most 512 MiB", self.max_value_bytes));
         }
-        if self.mailbox_capacity == 0 || self.sweep_budget == 0 || self.max_connections == 0 {
-            return bad("mailbox_capacity, sweep_budget and max_connections must be positive".into());
+        if self.mailbox_capacity == 0
+            || self.sweep_budget == 0
+            || self.max_connections == 0
+            || self.replica_batch_max == 0
+        {
+            return bad("mailbox_capacity, sweep_budget, max_connections and replica_batch_max must be positive".into());
         }
         if self.sweep_interval.is_zero()
             || self.repair_interval.is_zero()

@@ -24,7 +24,7 @@ use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{Membership, MembershipConfig};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
-use crate::peers::{PeerTransport, QuicPeers};
+use crate::peers::{BatchingPeers, PeerTransport, QuicPeers};
 use crate::rebalance::{MemberFile, Transfers, replaced};
 use crate::repair::{Repair, repair_task};
 use crate::topology::{self, Gossiped, Topology};
@@ -208,7 +208,10 @@ impl Node {
         let peers: Arc<dyn PeerTransport> = match (env.peers, &endpoint) {
             (Some(peers), _) => peers,
             (None, Some((endpoint, _))) => {
-                Arc::new(QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes()))))
+                let quic = QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes())));
+                // A batch is one frame; keep its keys and values well inside.
+                let batch_bytes = config.max_frame_bytes() / 2;
+                Arc::new(BatchingPeers::new(Arc::new(quic), config.replica_batch_max, batch_bytes))
             }
             (None, None) => Arc::new(NoPeers),
         };

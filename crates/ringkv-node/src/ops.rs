@@ -116,6 +116,17 @@ impl Node {
                 }
                 Ok(Reply::Done)
             }
+            ReplicaRequest::Batch(requests) => {
+                // Concurrently: each write waits for its own durability, and
+                // waiting in turn would serialise a batch's fsyncs.
+                let replies = requests.into_iter().map(|request| async move {
+                    if matches!(request, ReplicaRequest::Batch(_)) {
+                        return Err(KvError::Protocol("batches do not nest".into()));
+                    }
+                    Box::pin(self.local_replica(request)).await
+                });
+                Ok(Reply::Batch(futures_util::future::join_all(replies).await))
+            }
         }
     }
 
