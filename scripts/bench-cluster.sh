@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cluster benchmarks, on loopback, all in one run so the ratios are fair:
-#   1. `ringkv bench` PUT and GET against a single node and against a
-#      3-node cluster (N=3, W=2, R=2), alternating, RUNS times each;
+#   1. `ringkv bench` PUT and GET against a single node, a 3-node cluster
+#      (N=3, W=2, R=2) and a second 3-node cluster with replication
+#      batching off (replica_batch_max = 1), alternating, RUNS times each;
 #   2. failure detection: SIGKILL a cluster node, time until another node
 #      reports it down (RUNS times);
 #   3. hint drain: with one node down, write HINT_KEYS keys, restart it and
@@ -58,11 +59,20 @@ c2=$ADDR c2_pid=$PID c2_gossip=$GOSSIP
 start c3 127.0.0.1:0 --fsync everysec --gossip 127.0.0.1:0 --seeds "$seed"
 c3=$ADDR
 cluster=$c1,$c2,$c3
+# The same cluster without replication batching, for the batching ratio.
+sed 's/^replica_batch_max = .*/replica_batch_max = 1/' config/node.toml >"$tmp/unbatched.toml"
+grep -q '^replica_batch_max = 1$' "$tmp/unbatched.toml"
+start u1 127.0.0.1:0 --config "$tmp/unbatched.toml" --fsync everysec --gossip 127.0.0.1:0
+u1=$ADDR useed=$GOSSIP
+start u2 127.0.0.1:0 --config "$tmp/unbatched.toml" --fsync everysec --gossip 127.0.0.1:0 --seeds "$useed"
+u2=$ADDR
+start u3 127.0.0.1:0 --config "$tmp/unbatched.toml" --fsync everysec --gossip 127.0.0.1:0 --seeds "$useed"
+unbatched=$u1,$u2,$ADDR
 sleep 3
 
 declare -A results
 for run in $(seq "$RUNS"); do
-    for target in single cluster; do
+    for target in single cluster unbatched; do
         addr=${!target}
         results[$target.put]+="$(bench "$addr" 0 "$run")"$'\n'
         results[$target.get]+="$(bench "$addr" 1 "$run")"$'\n'
@@ -72,7 +82,7 @@ echo "ringkv bench: 1M-key space, 100-byte values, 50 in flight, $DURATION per r
 printf '%-22s %10s %9s %9s %18s\n' target ops/s p50_ms p99_ms "cluster/single"
 for op in put get; do
     s_ops=$(printf '%s' "${results[single.$op]}" | grep . | field "$op" ops_per_sec | median)
-    for target in single cluster; do
+    for target in single cluster unbatched; do
         r=$(printf '%s' "${results[$target.$op]}" | grep .)
         ops=$(echo "$r" | field "$op" ops_per_sec | median)
         ratio=$(awk -v a="$ops" -v b="$s_ops" 'BEGIN {printf "%.2f", a / b}')
