@@ -357,33 +357,27 @@ mod tests {
         }
     }
 
+    /// The size of every request the peer saw when `n` writes queued behind
+    /// busy slots, smallest first.
+    async fn sizes_sent(max_items: usize, max_bytes: usize, n: usize) -> Vec<usize> {
+        let mut h = Harness::new(max_items, max_bytes, false);
+        saturate(&mut h, n).await;
+        let inner = h.inner.clone();
+        h.finish().await;
+        let mut sizes = inner.sizes.lock().unwrap().clone();
+        sizes.sort_unstable();
+        sizes
+    }
+
     #[tokio::test]
     async fn queued_writes_leave_as_one_batch_within_the_limits() {
-        let mut h = Harness::new(64, 1 << 20, false);
-        saturate(&mut h, 20).await;
-        let inner = h.inner.clone();
-        h.finish().await;
-        let mut sizes = inner.sizes.lock().unwrap().clone();
-        sizes.sort_unstable();
-        assert_eq!(sizes, [vec![1; BATCHES_IN_FLIGHT], vec![20]].concat());
-
-        let mut h = Harness::new(4, 1 << 20, false);
-        saturate(&mut h, 10).await;
-        let inner = h.inner.clone();
-        h.finish().await;
-        let mut sizes = inner.sizes.lock().unwrap().clone();
-        sizes.sort_unstable();
-        assert_eq!(sizes, [vec![1; BATCHES_IN_FLIGHT], vec![2, 4, 4]].concat(), "at most 4 per batch");
-
+        let alone = vec![1; BATCHES_IN_FLIGHT];
+        assert_eq!(sizes_sent(64, 1 << 20, 20).await, [alone.clone(), vec![20]].concat());
+        assert_eq!(sizes_sent(4, 1 << 20, 10).await, [alone.clone(), vec![2, 4, 4]].concat(), "at most 4 per batch");
         // Each write counts its key, its one-byte value and the overhead.
         let per_write = |i: usize| i + 1 + 1 + APPLY_OVERHEAD;
-        let mut h = Harness::new(64, per_write(0) + per_write(1) + per_write(2), false);
-        saturate(&mut h, 6).await;
-        let inner = h.inner.clone();
-        h.finish().await;
-        let mut sizes = inner.sizes.lock().unwrap().clone();
-        sizes.sort_unstable();
-        assert_eq!(sizes, [vec![1; BATCHES_IN_FLIGHT], vec![1, 2, 3]].concat(), "bounded by bytes");
+        let max_bytes = per_write(0) + per_write(1) + per_write(2);
+        assert_eq!(sizes_sent(64, max_bytes, 6).await, [alone, vec![1, 2, 3]].concat(), "bounded by bytes");
     }
 
     #[tokio::test]
