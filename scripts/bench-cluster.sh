@@ -15,18 +15,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
 HINT_KEYS=${HINT_KEYS:-20000}
-BIN=$PWD/target/release/ringkv
-[ -x "$BIN" ] || cargo build --release --bin ringkv
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$BIN" certs init --dir "$tmp/certs" >/dev/null
-export RINGKV_CERTS=$tmp/certs
+source scripts/lib.sh
 
 # start NAME LISTEN [serve args...]: starts a node, waits for its ready
 # line, and sets ADDR / GOSSIP / PID.
@@ -42,8 +31,6 @@ start() {
     [ -n "$ADDR" ] || { echo "node $name did not start:"; cat "$tmp/$name.log"; exit 1; }
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-field() { sed -E "s/.*\"$1\":\{[^}]*\"$2\":([0-9.]+).*/\1/"; }
 bench() { # addr read-ratio seed
     RINGKV_ADDR=$1 "$BIN" bench --keys 1000000 --value-size 100 --concurrency 50 --duration "$DURATION" \
         --read-ratio "$2" --seed "$3" --json 2>/dev/null

@@ -16,18 +16,7 @@ KEYS=${KEYS:-1000000}
 PARTS=" ${PARTS:-repair rebalance} "
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
-BIN=$PWD/target/release/ringkv
-cargo build --release --bin ringkv >/dev/null 2>&1
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$BIN" certs init --dir "$tmp/certs" >/dev/null
-export RINGKV_CERTS=$tmp/certs
+source scripts/lib.sh
 cat >"$tmp/node.toml" <<EOF
 cluster_id = "bench"
 fsync = "everysec"
@@ -60,7 +49,6 @@ member_status() { status | awk -v n="$1" '$1 == n {print $3; exit}'; }
 # exchanged: total bytes anti-entropy exchanged, over all nodes.
 exchanged() { status | sed -nE 's/.*exchanged [0-9]+ keys, ([0-9]+) bytes.*/\1/p' | awk '{s += $1} END {print s + 0}'; }
 now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ops_of() { sed -E 's/.*"ops_per_sec":([0-9.]+).*/\1/'; }
 bench() { # DURATION -> JSON
     RINGKV_ADDR=${addr[r1]},${addr[r2]},${addr[r3]} "$BIN" bench --keys "$KEYS" --value-size 100 --concurrency 50 \
@@ -93,8 +81,13 @@ for run in $(seq "$RUNS"); do
     start r3 "${addr[r3]}"
     while [ "$(entries r3)" != "$target" ]; do sleep 0.2; done
     rtime+=("$(awk -v a="$t0" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}')")
-    # Counters restart with r3; what r3 exchanged since its restart is all new.
-    rbytes+=("$(( $(exchanged) - before ))")
+    # A pass adds to the counters when it finishes a partition, which can be
+    # after the last entry landed: read them once they stop moving (30 s at
+    # most). Counters restart with r3; what r3 exchanged since its restart
+    # is all new.
+    last=-1
+    for _ in $(seq 30); do now_bytes=$(exchanged); [ "$now_bytes" = "$last" ] && break; last=$now_bytes; sleep 1; done
+    rbytes+=("$(( now_bytes - before ))")
     echo "repair run $run: $div of $target keys differed; converged ${rtime[-1]}s after the restart; ${rbytes[-1]} bytes"
 done
 data=$(( target * (16 + 100) ))

@@ -11,30 +11,15 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 FSYNC=${FSYNC:-everysec}
-BIN=target/release/ringkv
-[ -x "$BIN" ] || cargo build --release --bin ringkv
+source scripts/lib.sh
 
-tmp=$(mktemp -d)
-pid=
-redis_pid=
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-"$BIN" certs init --dir "$tmp/certs" >/dev/null
 "$BIN" serve --certs "$tmp/certs" --data-dir "$tmp/data" --listen 127.0.0.1:0 --fsync "$FSYNC" \
     >"$tmp/ready" 2>"$tmp/node.log" &
-pid=$!
+pids+=($!)
 for _ in $(seq 100); do grep -q serving "$tmp/ready" 2>/dev/null && break; sleep 0.1; done
 addr=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$tmp/ready")
 [ -n "$addr" ] || { cat "$tmp/node.log"; exit 1; }
-export RINGKV_ADDR=$addr RINGKV_CERTS=$tmp/certs
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-field() { sed -E "s/.*\"$1\":\{[^}]*\"$2\":([0-9.]+).*/\1/"; }
+export RINGKV_ADDR=$addr
 
 phase() { # name read-ratio
     local name=$1 ratio=$2 out=()
@@ -57,7 +42,7 @@ phase GET 1
 if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
     port=$((20000 + RANDOM % 20000))
     redis-server --port "$port" --save '' --appendonly no --daemonize no >/dev/null &
-    redis_pid=$!
+    pids+=($!)
     for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     echo "redis baseline (same machine, same run): redis-benchmark -c 50 -P 1 -d 100 -r 1000000 -n 500000"
     for _ in $(seq "$RUNS"); do

@@ -9,8 +9,9 @@
 //! The version sits outside the postcard body so that a node can tell a
 //! client from the future ("unsupported protocol version") from garbage
 //! ("malformed frame") before trying to decode anything. Enum variants are
-//! only ever appended; changing the meaning or layout of an existing one
-//! requires a new protocol version.
+//! only ever appended, and any change of shape, an appended variant
+//! included, raises the protocol version: there is no negotiation, so a peer
+//! on another version gets a clear refusal rather than a decoding error.
 
 use std::net::SocketAddr;
 

@@ -1,0 +1,24 @@
+# Shared by the bench scripts; sourced from the repository root, not run.
+# Builds the release binary (a stale one would be measured otherwise) and
+# sets BIN, a scratch directory $tmp with cluster certificates in
+# $tmp/certs (exported as RINGKV_CERTS), and a list pids of processes that
+# are killed, like $tmp is removed, on every exit path.
+
+BIN=$PWD/target/release/ringkv
+cargo build --release --bin ringkv >/dev/null 2>&1 || cargo build --release --bin ringkv
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+"$BIN" certs init --dir "$tmp/certs" >/dev/null
+export RINGKV_CERTS=$tmp/certs
+
+# median: the median of the numbers on stdin, one per line.
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# field OP NAME: NAME of OP's section in `ringkv bench --json` output.
+field() { sed -E "s/.*\"$1\":\{[^}]*\"$2\":([0-9.]+).*/\1/"; }
