@@ -42,6 +42,16 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
     }
 
     let client = cluster.client();
+    // n1 coordinated 50 writes, each to itself and to the two others.
+    common::wait_for("n1 to have sent its 100 replica writes", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let sent = client.status_of(n1).await.ok()?.replication;
+            assert!(sent.requests <= sent.writes && sent.writes <= 100, "{sent:?}");
+            (sent.writes == 100).then_some(())
+        }
+    })
+    .await;
     client.put_with_ttl("ttl-key", "v", Duration::from_secs(600)).await.unwrap();
     // Replica writes beyond the quorum finish in the background.
     common::wait_for("all three replicas to hold key-7", Duration::from_secs(10), || {

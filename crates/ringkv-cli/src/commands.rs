@@ -121,6 +121,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     let mut unhealthy = false;
     let mut repairs = Vec::new();
     let mut transfers = Vec::new();
+    let mut replication = Vec::new();
     for m in &members.members {
         // A member that left on purpose is gone, not unhealthy.
         let left = m.status == ringkv_net::wire::MemberStatus::Left && !m.live;
@@ -132,6 +133,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
         let (owned, entries, values, hints) = match &detail {
             Ok(s) => {
                 repairs.push((m.node_id.clone(), s.repair.clone()));
+                replication.push((m.node_id.clone(), s.replication.clone()));
                 if let Some(phase) = &s.transfers.phase {
                     transfers.push((m.node_id.clone(), phase.clone(), s.transfers.clone()));
                 }
@@ -197,6 +199,17 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
         println!(
             "  {node:<12} {} passes (last {last}), {progress}; exchanged {} keys, {} bytes; last divergence: {divergence}",
             r.passes, r.keys_exchanged, r.bytes_exchanged
+        );
+    }
+    if replication.iter().any(|(_, r)| r.writes > 0) {
+        println!("replica writes sent to peers:");
+    }
+    for (node, r) in replication.iter().filter(|(_, r)| r.writes > 0) {
+        println!(
+            "  {node:<12} {} writes in {} requests ({:.1} per request)",
+            r.writes,
+            r.requests,
+            r.writes as f64 / r.requests.max(1) as f64
         );
     }
     Ok(ExitCode::from(if unhealthy { NOT_FOUND } else { FOUND }))

@@ -289,6 +289,15 @@ pub struct NodeStatus {
     pub epoch: Epoch,
     pub repair: RepairStatus,
     pub transfers: TransferStatus,
+    pub replication: ReplicationStatus,
+}
+
+/// Replica writes this node sent to peers as coordinator, since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    pub writes: u64,
+    /// The requests (streams) they took; fewer than `writes` when batched.
+    pub requests: u64,
 }
 
 /// Partition transfers of a joining or leaving node.

@@ -24,7 +24,7 @@ use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{Membership, MembershipConfig};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
-use crate::peers::{BatchingPeers, PeerTransport, QuicPeers};
+use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
 use crate::rebalance::{MemberFile, Transfers, replaced};
 use crate::repair::{Repair, repair_task};
 use crate::topology::{self, Gossiped, Topology};
@@ -70,6 +70,7 @@ pub(crate) struct Inner {
     pub(crate) partitions: Vec<PartitionMailbox>,
     pub(crate) hints: HintsMailbox,
     pub(crate) peers: Arc<dyn PeerTransport>,
+    pub(crate) batch_stats: Arc<BatchStats>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
     pub(crate) repair: Repair,
     pub(crate) transfers: Transfers,
@@ -205,13 +206,14 @@ impl Node {
             .map(|(e, _)| e.local_addr())
             .transpose()
             .map_err(|e| NodeError::Config(format!("cannot read the bound address: {e}")))?;
+        let batch_stats = Arc::new(BatchStats::default());
         let peers: Arc<dyn PeerTransport> = match (env.peers, &endpoint) {
             (Some(peers), _) => peers,
             (None, Some((endpoint, _))) => {
                 let quic = QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes())));
                 // A batch is one frame; keep its keys and values well inside.
                 let batch_bytes = config.max_frame_bytes() / 2;
-                Arc::new(BatchingPeers::new(Arc::new(quic), config.replica_batch_max, batch_bytes))
+                Arc::new(BatchingPeers::new(Arc::new(quic), config.replica_batch_max, batch_bytes, batch_stats.clone()))
             }
             (None, None) => Arc::new(NoPeers),
         };
@@ -266,6 +268,7 @@ impl Node {
                 partitions,
                 hints,
                 peers,
+                batch_stats,
                 membership: tokio::sync::Mutex::new(None),
                 repair: Repair::new(config.repair_bytes_per_sec),
                 transfers: Transfers::new(config.transfer_bytes_per_sec),

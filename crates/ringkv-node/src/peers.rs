@@ -74,9 +74,17 @@ pub struct BatchingPeers {
     shared: Arc<Shared>,
 }
 
+/// What `ringkv status` shows of batching.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    pub writes: AtomicU64,
+    pub requests: AtomicU64,
+}
+
 struct Shared {
     max_items: usize,
     max_bytes: usize,
+    stats: Arc<BatchStats>,
     queues: Mutex<HashMap<SocketAddr, (u64, mpsc::Sender<Queued>)>>,
     next_id: AtomicU64,
 }
@@ -91,8 +99,13 @@ struct Queued {
 impl BatchingPeers {
     /// `max_items` requests or `max_bytes` of keys and values per batch,
     /// whichever comes first; a write bigger than `max_bytes` travels alone.
-    pub fn new(inner: Arc<dyn PeerTransport>, max_items: usize, max_bytes: usize) -> BatchingPeers {
-        let shared = Shared { max_items, max_bytes, queues: Mutex::default(), next_id: AtomicU64::new(0) };
+    pub fn new(
+        inner: Arc<dyn PeerTransport>,
+        max_items: usize,
+        max_bytes: usize,
+        stats: Arc<BatchStats>,
+    ) -> BatchingPeers {
+        let shared = Shared { max_items, max_bytes, stats, queues: Mutex::default(), next_id: AtomicU64::new(0) };
         BatchingPeers { inner, shared: Arc::new(shared) }
     }
 
@@ -113,11 +126,16 @@ impl BatchingPeers {
 impl PeerTransport for BatchingPeers {
     fn call(&self, addr: SocketAddr, request: ReplicaRequest, timeout: Duration) -> PeerFuture<'_> {
         let bytes = match &request {
-            ReplicaRequest::Apply { key, entry, .. } if self.shared.max_items > 1 => {
+            ReplicaRequest::Apply { key, entry, .. } => {
                 key.len() + entry.value.as_ref().map_or(0, |v| v.len()) + APPLY_OVERHEAD
             }
             _ => return self.inner.call(addr, request, timeout),
         };
+        if self.shared.max_items <= 1 {
+            self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            return self.inner.call(addr, request, timeout);
+        }
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let timed_out = || KvError::from(ringkv_net::NetError::Timeout { addr, ms: timeout.as_millis() as u64 });
@@ -188,19 +206,21 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        let inner = inner.clone();
+        let (inner, stats) = (inner.clone(), shared.stats.clone());
         tokio::spawn(async move {
-            send_batch(&*inner, addr, batch).await;
+            send_batch(&*inner, &stats, addr, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn send_batch(inner: &dyn PeerTransport, addr: SocketAddr, batch: Vec<Queued>) {
+async fn send_batch(inner: &dyn PeerTransport, stats: &BatchStats, addr: SocketAddr, batch: Vec<Queued>) {
     let now = Instant::now();
     // Writes whose callers have given up are not sent at all.
     let batch: Vec<Queued> = batch.into_iter().filter(|q| q.deadline > now && !q.reply.is_closed()).collect();
     let Some(deadline) = batch.iter().map(|q| q.deadline).max() else { return };
+    stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    stats.requests.fetch_add(1, Ordering::Relaxed);
     let timeout = deadline - now;
     if batch.len() == 1 {
         let Queued { request, reply, .. } = batch.into_iter().next().expect("one");
@@ -286,7 +306,7 @@ mod tests {
     impl Harness {
         fn new(max_items: usize, max_bytes: usize, fail: bool) -> Harness {
             let inner = Arc::new(Gated { gate: Semaphore::new(0), sizes: Mutex::default(), fail });
-            let peers = Arc::new(BatchingPeers::new(inner.clone(), max_items, max_bytes));
+            let peers = Arc::new(BatchingPeers::new(inner.clone(), max_items, max_bytes, Arc::default()));
             Harness { inner, peers, calls: Vec::new() }
         }
 
@@ -362,10 +382,12 @@ mod tests {
     async fn sizes_sent(max_items: usize, max_bytes: usize, n: usize) -> Vec<usize> {
         let mut h = Harness::new(max_items, max_bytes, false);
         saturate(&mut h, n).await;
-        let inner = h.inner.clone();
+        let (inner, stats) = (h.inner.clone(), h.peers.shared.stats.clone());
         h.finish().await;
         let mut sizes = inner.sizes.lock().unwrap().clone();
         sizes.sort_unstable();
+        assert_eq!(stats.writes.load(Ordering::Relaxed), sizes.iter().sum::<usize>() as u64);
+        assert_eq!(stats.requests.load(Ordering::Relaxed), sizes.len() as u64);
         sizes
     }
 
@@ -387,6 +409,20 @@ mod tests {
         for (key, result) in h.finish().await {
             assert_eq!(result, Err(KvError::Unavailable("link cut".into())), "{key}");
         }
+    }
+
+    #[tokio::test]
+    async fn with_batching_off_every_write_is_its_own_request() {
+        let h = Harness::new(1, 1 << 20, false);
+        h.inner.gate.add_permits(2);
+        for key in ["a", "bb"] {
+            let reply = h.peers.call(ADDR, apply(key), Duration::from_secs(1)).await;
+            assert_eq!(reply, Ok(Reply::Applied { was_live: key.len() % 2 == 0 }));
+        }
+        assert_eq!(h.sent(), [1, 1]);
+        assert!(h.peers.shared.queues.lock().unwrap().is_empty(), "no batcher when batching is off");
+        let stats = &h.peers.shared.stats;
+        assert_eq!((stats.writes.load(Ordering::Relaxed), stats.requests.load(Ordering::Relaxed)), (2, 2));
     }
 
     #[tokio::test]
