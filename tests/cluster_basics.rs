@@ -42,13 +42,14 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
     }
 
     let client = cluster.client();
-    // n1 coordinated 50 writes, each to itself and to the two others.
+    // n1 coordinated 50 writes, each to itself and to the two others (more
+    // only if a put was retried on a fresh connection).
     common::wait_for("n1 to have sent its 100 replica writes", Duration::from_secs(10), || {
         let client = client.clone();
         async move {
             let sent = client.status_of(n1).await.ok()?.replication;
-            assert!(sent.requests <= sent.writes && sent.writes <= 100, "{sent:?}");
-            (sent.writes == 100).then_some(())
+            assert!(sent.requests <= sent.writes, "{sent:?}");
+            (sent.writes >= 100).then_some(())
         }
     })
     .await;
