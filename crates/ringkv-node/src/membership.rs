@@ -290,8 +290,7 @@ fn compute(
         } else {
             Some(now - *dead_since.entry(name.clone()).or_insert(now))
         };
-        let member = Gossiped { addr, generation: s.generation, status: s.status, live, dead_for, epoch: s.epoch };
-        gossiped.insert(name.clone(), member);
+        gossiped.insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for, epoch: s.epoch });
     }
     topology::build(
         &NodeName::from(config.node_id.as_str()),

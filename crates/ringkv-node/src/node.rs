@@ -160,7 +160,7 @@ fn standalone_topology(config: &NodeConfig, addr: SocketAddr) -> Topology {
     let mut me = BTreeMap::new();
     me.insert(
         name.clone(),
-        Gossiped { addr, generation: 0, status: MemberStatus::Serving, live: true, dead_for: None, epoch: Epoch::NONE },
+        Gossiped { addr, status: MemberStatus::Serving, live: true, dead_for: None, epoch: Epoch::NONE },
     );
     topology::build(
         &name,

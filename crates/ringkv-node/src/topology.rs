@@ -14,8 +14,6 @@ use ringkv_net::wire::{MemberInfo, MemberStatus, Members};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct MemberView {
     pub addr: SocketAddr,
-    /// The incarnation: a restarted member has a new one.
-    pub generation: u64,
     pub status: MemberStatus,
     pub live: bool,
     pub in_ring: bool,
@@ -40,7 +38,6 @@ pub(crate) struct Topology {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Gossiped {
     pub addr: SocketAddr,
-    pub generation: u64,
     pub status: MemberStatus,
     pub live: bool,
     /// How long it has been dead, as this node observed it.
@@ -68,15 +65,7 @@ pub(crate) fn build(
         .map(|(name, g)| {
             let around = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace);
             let in_ring = around && g.status.in_current_ring();
-            let view = MemberView {
-                addr: g.addr,
-                generation: g.generation,
-                status: g.status,
-                live: g.live,
-                in_ring,
-                epoch: g.epoch,
-            };
-            (name, view)
+            (name, MemberView { addr: g.addr, status: g.status, live: g.live, in_ring, epoch: g.epoch })
         })
         .collect();
     let ring: Vec<NodeName> = members.iter().filter(|(_, m)| m.in_ring).map(|(n, _)| n.clone()).collect();
@@ -159,7 +148,6 @@ mod tests {
     fn member(port: u16, live: bool, dead_for: Option<u64>) -> Gossiped {
         Gossiped {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            generation: 1,
             status: MemberStatus::Serving,
             live,
             dead_for: dead_for.map(Duration::from_secs),
