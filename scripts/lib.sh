@@ -5,7 +5,7 @@
 # are killed, like $tmp is removed, on every exit path.
 
 BIN=$PWD/target/release/ringkv
-cargo build --release --bin ringkv >/dev/null 2>&1 || cargo build --release --bin ringkv
+cargo build --release --bin ringkv --quiet
 
 tmp=$(mktemp -d)
 pids=()

@@ -523,10 +523,7 @@ impl Node {
             epoch: self.inner.epoch(),
             repair: self.inner.repair.status(),
             transfers: self.inner.transfers.status(),
-            replication: ringkv_net::wire::ReplicationStatus {
-                writes: self.inner.batch_stats.writes.load(std::sync::atomic::Ordering::Relaxed),
-                requests: self.inner.batch_stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-            },
+            replication: self.inner.batch_stats.status(),
         })
     }
 }

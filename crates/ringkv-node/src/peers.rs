@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ringkv_core::KvError;
 use ringkv_net::Connector;
-use ringkv_net::wire::{ReplicaRequest, Reply, Request};
+use ringkv_net::wire::{ReplicaRequest, ReplicationStatus, Reply, Request};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -77,8 +77,22 @@ pub struct BatchingPeers {
 /// What `ringkv status` shows of batching.
 #[derive(Debug, Default)]
 pub struct BatchStats {
-    pub writes: AtomicU64,
-    pub requests: AtomicU64,
+    writes: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl BatchStats {
+    fn record(&self, writes: usize) {
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> ReplicationStatus {
+        ReplicationStatus {
+            writes: self.writes.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct Shared {
@@ -132,8 +146,7 @@ impl PeerTransport for BatchingPeers {
             _ => return self.inner.call(addr, request, timeout),
         };
         if self.shared.max_items <= 1 {
-            self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-            self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.shared.stats.record(1);
             return self.inner.call(addr, request, timeout);
         }
         Box::pin(async move {
@@ -219,8 +232,7 @@ async fn send_batch(inner: &dyn PeerTransport, stats: &BatchStats, addr: SocketA
     // Writes whose callers have given up are not sent at all.
     let batch: Vec<Queued> = batch.into_iter().filter(|q| q.deadline > now && !q.reply.is_closed()).collect();
     let Some(deadline) = batch.iter().map(|q| q.deadline).max() else { return };
-    stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    stats.requests.fetch_add(1, Ordering::Relaxed);
+    stats.record(batch.len());
     let timeout = deadline - now;
     if batch.len() == 1 {
         let Queued { request, reply, .. } = batch.into_iter().next().expect("one");
@@ -229,27 +241,21 @@ async fn send_batch(inner: &dyn PeerTransport, stats: &BatchStats, addr: SocketA
     }
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let count = requests.len();
-    match inner.call(addr, ReplicaRequest::Batch(requests), timeout).await {
+    let error = match inner.call(addr, ReplicaRequest::Batch(requests), timeout).await {
         Ok(Reply::Batch(results)) if results.len() == count => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
             }
+            return;
         }
-        Ok(other) => {
-            let e = match other {
-                Reply::Batch(results) => format!("{addr} answered a batch of {count} with {} replies", results.len()),
-                _ => format!("{addr} answered a batch of {count} with something else"),
-            };
-            let e = KvError::Protocol(e);
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
+        Ok(Reply::Batch(results)) => {
+            KvError::Protocol(format!("{addr} answered a batch of {count} with {} replies", results.len()))
         }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+        Ok(_) => KvError::Protocol(format!("{addr} answered a batch of {count} with something else")),
+        Err(e) => e,
+    };
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
@@ -273,6 +279,15 @@ mod tests {
             ReplicaRequest::Batch(requests) => Ok(Reply::Batch(requests.into_iter().map(answer).collect())),
             ReplicaRequest::Apply { key, .. } => Ok(Reply::Applied { was_live: key.len() % 2 == 0 }),
             _ => Ok(Reply::Done),
+        }
+    }
+
+    impl Gated {
+        /// The size of every request seen so far, smallest first.
+        fn sent(&self) -> Vec<usize> {
+            let mut sizes = self.sizes.lock().unwrap().clone();
+            sizes.sort_unstable();
+            sizes
         }
     }
 
@@ -331,9 +346,7 @@ mod tests {
         }
 
         fn sent(&self) -> Vec<usize> {
-            let mut sizes = self.inner.sizes.lock().unwrap().clone();
-            sizes.sort_unstable();
-            sizes
+            self.inner.sent()
         }
 
         fn queued(&self) -> usize {
@@ -384,10 +397,10 @@ mod tests {
         saturate(&mut h, n).await;
         let (inner, stats) = (h.inner.clone(), h.peers.shared.stats.clone());
         h.finish().await;
-        let mut sizes = inner.sizes.lock().unwrap().clone();
-        sizes.sort_unstable();
-        assert_eq!(stats.writes.load(Ordering::Relaxed), sizes.iter().sum::<usize>() as u64);
-        assert_eq!(stats.requests.load(Ordering::Relaxed), sizes.len() as u64);
+        let sizes = inner.sent();
+        let status = stats.status();
+        assert_eq!(status.writes, sizes.iter().sum::<usize>() as u64);
+        assert_eq!(status.requests, sizes.len() as u64);
         sizes
     }
 
@@ -421,8 +434,7 @@ mod tests {
         }
         assert_eq!(h.sent(), [1, 1]);
         assert!(h.peers.shared.queues.lock().unwrap().is_empty(), "no batcher when batching is off");
-        let stats = &h.peers.shared.stats;
-        assert_eq!((stats.writes.load(Ordering::Relaxed), stats.requests.load(Ordering::Relaxed)), (2, 2));
+        assert_eq!(h.peers.shared.stats.status(), ReplicationStatus { writes: 2, requests: 2 });
     }
 
     #[tokio::test]
