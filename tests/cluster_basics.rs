@@ -7,17 +7,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Cluster, NodeSpec};
+use common::{Cluster, NodeSpec, raw_connector};
 use ringkv::{Consistency, KvStore};
-use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
+use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::{Reply, Request};
-use ringkv_net::{Connector, bind};
-
-fn raw(paths: &TlsPaths) -> Connector {
-    let identity = Identity::load(paths).unwrap();
-    let tls = client_config(&identity, &TransportSettings::default()).unwrap();
-    Connector::new(bind("127.0.0.1:0".parse().unwrap(), None, tls, None).unwrap(), 1 << 20)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn written_through_one_node_read_through_another_and_held_by_three_replicas() {
@@ -25,7 +18,7 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
     cluster.wait_serving(2, 3, Duration::from_secs(20)).await;
     let t = Duration::from_secs(5);
     // Address coordinators directly, bypassing the client's routing.
-    let conn = raw(&TlsPaths::client_in(cluster.certs.path()));
+    let conn = raw_connector(&TlsPaths::client_in(cluster.certs.path()));
     let (n1, n3) = (cluster.nodes[0].addr, cluster.nodes[2].addr);
     for i in 0..50 {
         let put = Request::Put {

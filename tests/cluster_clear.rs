@@ -7,11 +7,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::Cluster;
+use common::{Cluster, raw_connector};
 use ringkv::{Consistency, KvStore};
-use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
+use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::{Reply, Request};
-use ringkv_net::{Connector, bind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_with_a_node_down_is_learned_before_it_serves() {
@@ -31,9 +30,7 @@ async fn clear_with_a_node_down_is_learned_before_it_serves() {
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     // From the moment it announces itself, n3 must not serve cleared data,
     // as a coordinator or as a replica.
-    let identity = Identity::load(&TlsPaths::client_in(cluster.certs.path())).unwrap();
-    let tls = client_config(&identity, &TransportSettings::default()).unwrap();
-    let raw = Connector::new(bind("127.0.0.1:0".parse().unwrap(), None, tls, None).unwrap(), 1 << 20);
+    let raw = raw_connector(&TlsPaths::client_in(cluster.certs.path()));
     let n3 = cluster.nodes[2].addr;
     for i in 0..100 {
         let key = Bytes::from(format!("key-{i}"));

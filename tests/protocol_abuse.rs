@@ -7,17 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Certs, NodeSpec};
+use common::{Certs, NodeSpec, raw_connector};
 use ringkv::{KvError, KvStore};
-use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
+use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::{self, Request};
-use ringkv_net::{Connector, bind};
-
-fn raw_connector(paths: &TlsPaths) -> Connector {
-    let identity = Identity::load(paths).unwrap();
-    let tls = client_config(&identity, &TransportSettings::default()).unwrap();
-    Connector::new(bind("127.0.0.1:0".parse().unwrap(), None, tls, None).unwrap(), 1 << 20)
-}
 
 fn protocol_error(result: Result<ringkv_net::wire::Response, ringkv_net::NetError>) -> String {
     match result {

@@ -8,10 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Certs, NodeSpec};
-use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
+use common::{Certs, NodeSpec, raw_connector};
+use ringkv_net::tls::{TlsPaths, TransportSettings};
 use ringkv_net::wire::{Reply, Request};
-use ringkv_net::{Connector, bind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_resets_connections_to_its_predecessor() {
@@ -19,10 +18,7 @@ async fn a_restarted_node_resets_connections_to_its_predecessor() {
     let data = tempfile::tempdir().unwrap();
     let mut node = NodeSpec::new("r1", data.path(), certs.path()).start();
 
-    let identity = Identity::load(&TlsPaths::client_in(certs.path())).unwrap();
-    let settings = TransportSettings::default();
-    let tls = client_config(&identity, &settings).unwrap();
-    let connector = Connector::new(bind("127.0.0.1:0".parse().unwrap(), None, tls, None).unwrap(), 1 << 20);
+    let connector = raw_connector(&TlsPaths::client_in(certs.path()));
     let first = connector.call(node.addr, &Request::Ping, Duration::from_secs(10)).await;
     assert!(matches!(first, Ok(Ok(Reply::Pong { .. }))), "ping before the restart: {first:?}");
 
@@ -31,7 +27,7 @@ async fn a_restarted_node_resets_connections_to_its_predecessor() {
     // request would sit on the dead connection until this deadline passed,
     // and the call would fail instead of reconnecting.
     let deadline = Duration::from_secs(5);
-    assert!(deadline < settings.idle_timeout);
+    assert!(deadline < TransportSettings::default().idle_timeout);
     let after = connector.call(node.addr, &Request::Ping, deadline).await;
     assert!(matches!(after, Ok(Ok(Reply::Pong { .. }))), "first ping after the restart: {after:?}");
 }

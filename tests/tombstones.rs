@@ -71,7 +71,8 @@ async fn with_two_of_three_replicas_down_quorum_fails_fast_and_one_serves() {
     // waited on the dead replicas would make the client time out with an
     // error that names no replica.
     let replica_timeout = Duration::from_secs(30);
-    let mut cluster = Cluster::start(3, &["replica_timeout = \"30s\""]);
+    let setting = format!("replica_timeout = \"{}s\"", replica_timeout.as_secs());
+    let mut cluster = Cluster::start(3, &[&setting]);
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
     let client = cluster.client_of(0);
     client.put("before", "v").await.unwrap();

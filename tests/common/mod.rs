@@ -11,9 +11,19 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ringkv::{Client, ClientConfig};
-use ringkv_net::tls::TlsPaths;
+use ringkv_net::Connector;
+use ringkv_net::tls::{Identity, TlsPaths, TransportSettings};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// A bare protocol connection with the certificate at `paths`, for sending
+/// requests the typed client would not (raw frames, replica requests) or to
+/// one node without routing.
+pub fn raw_connector(paths: &TlsPaths) -> Connector {
+    let identity = Identity::load(paths).unwrap();
+    let tls = ringkv_net::tls::client_config(&identity, &TransportSettings::default()).unwrap();
+    Connector::new(ringkv_net::bind("127.0.0.1:0".parse().unwrap(), None, tls, None).unwrap(), 1 << 20)
+}
 
 /// Certificates for one test, in a directory deleted with it.
 pub struct Certs {
