@@ -40,12 +40,15 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
     common::wait_for("n1 to have sent its 100 replica writes", Duration::from_secs(10), || {
         let client = client.clone();
         async move {
-            let sent = client.status_of(n1).await.ok()?.replication;
-            assert!(sent.requests <= sent.writes, "{sent:?}");
-            (sent.writes >= 100).then_some(())
+            let sent = client.status_of(n1).await.ok()?.replication.writes;
+            assert!(sent.requests <= sent.items, "{sent:?}");
+            (sent.items >= 100).then_some(())
         }
     })
     .await;
+    // n3 coordinated 50 reads, each asking the two others as well as itself.
+    let sent = client.status_of(n3).await.unwrap().replication.reads;
+    assert!(sent.items >= 100 && sent.requests <= sent.items, "{sent:?}");
     client.put_with_ttl("ttl-key", "v", Duration::from_secs(600)).await.unwrap();
     // Replica writes beyond the quorum finish in the background.
     common::wait_for("all three replicas to hold key-7", Duration::from_secs(10), || {

@@ -1,5 +1,6 @@
 //! One node of three fails under a unique-key write load (N=3, W=2): killed
-//! with SIGKILL and restarted, or paused with SIGSTOP for 5 s. Writes must
+//! with SIGKILL and restarted, paused with SIGSTOP for 5 s, or stopping by
+//! itself because one of its partition actors panicked. Writes must
 //! keep succeeding, no acknowledged write may be lost, hints must drain
 //! once the node is back, and then every key's replicas must hold the same
 //! version.
@@ -40,11 +41,16 @@ async fn writer(client: Client, id: usize, stop: Arc<AtomicBool>) -> Vec<Write> 
 enum Fault {
     Kill,
     Pause,
+    ActorPanic,
 }
 
 async fn run(fault: Fault) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start(3, &[]);
+    let settings: &[&str] = match fault {
+        Fault::ActorPanic => &["fault_injection = true"],
+        _ => &[],
+    };
+    let mut cluster = Cluster::start(3, settings);
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
     let mut client = cluster.client();
     client = client.with_timeout(Duration::from_secs(3));
@@ -58,11 +64,27 @@ async fn run(fault: Fault) {
     match fault {
         Fault::Kill => cluster.nodes[victim].kill9(),
         Fault::Pause => cluster.nodes[victim].signal("STOP"),
+        Fault::ActorPanic => {
+            let addr = cluster.nodes[victim].addr;
+            client.inject_crash(addr, 0).await.unwrap();
+            // Fail-stop: the node stops by itself, with an error that says
+            // which actor failed.
+            let node = &mut cluster.nodes[victim];
+            let status = common::wait_for("the node to exit", Duration::from_secs(20), || {
+                let status = node.try_wait();
+                async move { status }
+            })
+            .await;
+            assert!(!status.success(), "a node whose actor failed must exit with an error, got {status}");
+            let log = node.drain_log().join("\n");
+            assert!(log.contains("partition 0 failed"), "the error names the actor:\n{log}");
+            println!("node exited {:?} after the actor failed", fault_at.elapsed());
+        }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let healed_at = Instant::now();
     match fault {
-        Fault::Kill => cluster.nodes[victim] = cluster.nodes[victim].spec.start(),
+        Fault::Kill | Fault::ActorPanic => cluster.nodes[victim] = cluster.nodes[victim].spec.start(),
         Fault::Pause => cluster.nodes[victim].signal("CONT"),
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -148,4 +170,9 @@ async fn sigkill_and_restart_loses_nothing_and_converges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_pause_loses_nothing_and_converges() {
     run(Fault::Pause).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_actor_stops_the_node_and_a_restart_loses_nothing() {
+    run(Fault::ActorPanic).await;
 }

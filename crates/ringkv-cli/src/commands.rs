@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use ringkv_client::{Client, ClientConfig, resolve};
 use ringkv_core::{KeyTtl, KvStore, format_duration};
 use ringkv_net::tls::TlsPaths;
+use ringkv_net::wire::Sent;
 
 use crate::{CertsCommand, ClientArgs, Command};
 
@@ -201,16 +202,14 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
             r.passes, r.keys_exchanged, r.bytes_exchanged
         );
     }
-    if replication.iter().any(|(_, r)| r.writes > 0) {
-        println!("replica writes sent to peers:");
+    let sent = |s: &Sent| {
+        format!("{} in {} requests ({:.1} per request)", s.items, s.requests, s.items as f64 / s.requests.max(1) as f64)
+    };
+    if replication.iter().any(|(_, r)| r.writes.items + r.reads.items > 0) {
+        println!("replica requests sent to peers:");
     }
-    for (node, r) in replication.iter().filter(|(_, r)| r.writes > 0) {
-        println!(
-            "  {node:<12} {} writes in {} requests ({:.1} per request)",
-            r.writes,
-            r.requests,
-            r.writes as f64 / r.requests.max(1) as f64
-        );
+    for (node, r) in replication.iter().filter(|(_, r)| r.writes.items + r.reads.items > 0) {
+        println!("  {node:<12} writes {}; reads {}", sent(&r.writes), sent(&r.reads));
     }
     Ok(ExitCode::from(if unhealthy { NOT_FOUND } else { FOUND }))
 }

@@ -118,6 +118,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
+        reason = node.failed() => {
+            // The node is already stopping itself; exiting with an error
+            // lets a supervisor (systemd, Kubernetes) restart it, and the
+            // restart's recovery rebuilds what the failed actor held.
+            node.shutdown().await;
+            bail!("the node stopped because {reason}");
+        }
         _ = int.recv() => {}
         _ = node.wait_left() => tracing::info!("left the ring"),
         _ = term.recv() => {

@@ -225,6 +225,16 @@ impl Client {
         }
     }
 
+    /// Fault injection: makes `node`'s actor for `partition` fail, as a bug
+    /// in it would; the node then stops. Only nodes started with
+    /// `fault_injection` accept it.
+    pub async fn inject_crash(&self, node: SocketAddr, partition: u16) -> Result<(), KvError> {
+        match self.call_at(node, &Request::Crash { partition }).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Where the key lives and what each replica holds.
     pub async fn explain(&self, key: impl Into<Bytes>) -> Result<Explanation, KvError> {
         let key = key.into();

@@ -24,8 +24,9 @@ use crate::NetError;
 
 /// Raised whenever a message changes shape. 2: repair digests, partition
 /// streams, transfer status, leave and fault injection. 3: batched replica
-/// requests.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// requests. 4: batched reads, deferred replies, read counts in the status,
+/// crash injection.
+pub const PROTOCOL_VERSION: u16 = 4;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +84,12 @@ pub enum Request {
     /// heals.
     Fault {
         blocked: Vec<SocketAddr>,
+    },
+    /// Fault injection, refused unless the node runs with
+    /// `fault_injection = true`: this partition's actor fails the way a bug
+    /// in it would, with a panic.
+    Crash {
+        partition: u16,
     },
 }
 
@@ -171,6 +178,7 @@ impl Request {
             Request::Explain { .. } => "explain",
             Request::Leave => "leave",
             Request::Fault { .. } => "fault",
+            Request::Crash { .. } => "crash",
         }
     }
 }
@@ -199,6 +207,10 @@ pub enum Reply {
     Status(Box<NodeStatus>),
     Explain(Explanation),
     Batch(Vec<Response>),
+    /// In a batch's reply, in place of the answer to a read that did not fit
+    /// in the reply's frame: the read was not answered, and the sender asks
+    /// again with the read alone, where any answer fits.
+    Deferred,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,11 +304,18 @@ pub struct NodeStatus {
     pub replication: ReplicationStatus,
 }
 
-/// Replica writes this node sent to peers as coordinator, since start.
+/// Replica writes and reads this node sent to peers as coordinator, since
+/// start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationStatus {
-    pub writes: u64,
-    /// The requests (streams) they took; fewer than `writes` when batched.
+    pub writes: Sent,
+    pub reads: Sent,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    pub items: u64,
+    /// The requests (streams) they took; fewer than `items` when batched.
     pub requests: u64,
 }
 
@@ -351,6 +370,51 @@ pub struct Explanation {
 }
 
 pub type Response = Result<Reply, KvError>;
+
+/// Bytes of a batch reply's frame besides its responses: the length prefix,
+/// the version, the `Ok` and `Batch` tags and the count (a varint of at
+/// most five bytes), rounded up.
+const BATCH_REPLY_OVERHEAD: usize = 16;
+
+/// Fits a batch's responses into one frame of at most `max_frame` bytes.
+/// Responses to reads (`deferrable`) are kept in order while they fit and
+/// replaced by [`Reply::Deferred`] from the first that does not; responses
+/// to writes are always kept, since the writes have happened and their
+/// answers are a few bytes.
+pub fn fit_batch(responses: Vec<Response>, deferrable: &[bool], max_frame: usize) -> Vec<Response> {
+    let deferred_len = encoded_len(&Ok::<Reply, KvError>(Reply::Deferred));
+    let sizes: Vec<usize> = responses.iter().map(encoded_len).collect();
+    let fixed: usize = sizes.iter().zip(deferrable).filter(|(_, d)| !**d).map(|(s, _)| s).sum();
+    let reads = deferrable.iter().filter(|d| **d).count();
+    // Room for every read's placeholder is set aside first, so deferring a
+    // read never pushes the frame over.
+    let mut room = max_frame.saturating_sub(BATCH_REPLY_OVERHEAD + fixed + reads * deferred_len);
+    let mut full = false;
+    responses
+        .into_iter()
+        .zip(sizes)
+        .zip(deferrable)
+        .map(|((response, size), deferrable)| {
+            if !deferrable {
+                return response;
+            }
+            let extra = size.saturating_sub(deferred_len);
+            if full || extra > room {
+                full = true;
+                return Ok(Reply::Deferred);
+            }
+            room -= extra;
+            response
+        })
+        .collect()
+}
+
+/// The postcard-encoded size of a message.
+pub fn encoded_len<T: Serialize>(message: &T) -> usize {
+    // Measuring cannot fail where encoding succeeds; a message that cannot
+    // be encoded is refused when it is, so counting it as huge is safe.
+    postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(usize::MAX / 4)
+}
 
 /// Encodes a message as one frame.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, NetError> {
@@ -428,6 +492,42 @@ mod tests {
         garbage[6] = 0xee;
         assert!(matches!(decode_frame::<Request>(&garbage, 1024), Err(NetError::Malformed(_))));
         assert!(matches!(decode_frame::<Request>(&frame[..frame.len() - 1], 1024), Err(NetError::Malformed(_))));
+    }
+
+    fn read(value_len: usize) -> Response {
+        let entry = Entry { version: Version::ZERO, value: Some(Bytes::from(vec![7u8; value_len])), expires_at: None };
+        Ok(Reply::Entry(Some(entry)))
+    }
+
+    #[test]
+    fn batch_replies_fit_their_frame() {
+        let max = 8_000;
+        let responses = vec![
+            read(3_000),
+            Ok(Reply::Applied { was_live: true }),
+            read(3_000),
+            read(3_000),
+            Err(KvError::Busy { what: "partition-3".into(), capacity: 1024 }),
+            read(10),
+        ];
+        let deferrable = [true, false, true, true, false, true];
+        let fitted = fit_batch(responses.clone(), &deferrable, max);
+        assert_eq!(fitted.len(), responses.len());
+        assert_eq!(&fitted[..3], &responses[..3]);
+        // The third read does not fit; the small one after it is deferred too,
+        // so that answers come back as a prefix of the reads, in order.
+        assert_eq!(fitted[3], Ok(Reply::Deferred));
+        assert_eq!(fitted[4], responses[4]);
+        assert_eq!(fitted[5], Ok(Reply::Deferred));
+        let frame = encode(&Ok::<Reply, KvError>(Reply::Batch(fitted))).unwrap();
+        assert!(frame.len() - 4 <= max, "{} bytes over {max}", frame.len() - 4);
+
+        // With room for everything nothing changes.
+        assert_eq!(fit_batch(responses.clone(), &deferrable, 1 << 20), responses);
+        // Writes are kept even when nothing else fits.
+        let fitted = fit_batch(responses, &deferrable, 100);
+        assert_eq!(fitted[1], Ok(Reply::Applied { was_live: true }));
+        assert!(fitted.iter().zip(deferrable).all(|(r, d)| !d || *r == Ok(Reply::Deferred)));
     }
 
     #[test]

@@ -106,9 +106,9 @@ pub struct NodeConfig {
     /// How long a coordinator waits for one replica.
     #[serde(with = "duration")]
     pub replica_timeout: Duration,
-    /// Most replica writes sent to one peer as one batch (one QUIC stream).
-    /// A batch is whatever has queued for the peer when it is sent; no write
-    /// waits to fill one. 1 turns batching off.
+    /// Most replica writes, or reads, sent to one peer as one batch (one
+    /// QUIC stream). A batch is whatever has queued for the peer when it is
+    /// sent; no request waits to fill one. 1 turns batching off.
     pub replica_batch_max: usize,
     /// How long a starting node waits to hear from the cluster (to learn its
     /// truncate epoch and check its partition count) before serving anyway.
@@ -129,7 +129,8 @@ pub struct NodeConfig {
     /// Bytes per second a joining or leaving node may spend moving
     /// partitions.
     pub transfer_bytes_per_sec: u64,
-    /// Accept `Request::Fault` (drop traffic with named addresses). For the
+    /// Accept `Request::Fault` (drop traffic with named addresses) and
+    /// `Request::Crash` (make a partition's actor fail). For tests and the
     /// chaos suite only; never enable it in production.
     pub fault_injection: bool,
     /// Seed for this node's randomness (gossip peer choice and QUIC).

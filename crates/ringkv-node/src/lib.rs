@@ -15,6 +15,7 @@ mod partition;
 pub mod peers;
 mod rebalance;
 mod repair;
+mod supervisor;
 mod topology;
 
 pub use clock::SystemClock;

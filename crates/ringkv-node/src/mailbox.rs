@@ -12,6 +12,7 @@ use ringkv_core::KvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::NodeError;
+use crate::supervisor::Supervisor;
 
 /// A message plus the mailbox slot it occupies until handled.
 pub(crate) struct Envelope<M> {
@@ -43,15 +44,17 @@ impl<M: Send + 'static> Mailbox<M> {
         actor: A,
         args: A::Arguments,
         capacity: usize,
+        supervisor: &Supervisor,
     ) -> Result<Mailbox<M>, NodeError>
     where
         A: Actor<Msg = Envelope<M>>,
     {
         // Unnamed in ractor's registry: it is process-wide, and several
         // nodes may share a process in tests and simulation.
-        let (actor, _) = Actor::spawn(None, actor, args)
+        let (actor, _) = Actor::spawn_linked(None, actor, args, supervisor.cell())
             .await
             .map_err(|e| NodeError::Actor { name: name.clone(), reason: e.to_string() })?;
+        supervisor.name(actor.get_id(), &name);
         Ok(Mailbox { actor, slots: Arc::new(Semaphore::new(capacity)), capacity, name: name.into() })
     }
 

@@ -27,6 +27,7 @@ use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, Partitio
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
 use crate::rebalance::{MemberFile, Transfers, replaced};
 use crate::repair::{Repair, repair_task};
+use crate::supervisor::Supervisor;
 use crate::topology::{self, Gossiped, Topology};
 use crate::{NodeError, SystemClock};
 
@@ -69,6 +70,7 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     pub(crate) partitions: Vec<PartitionMailbox>,
     pub(crate) hints: HintsMailbox,
+    supervisor: Supervisor,
     pub(crate) peers: Arc<dyn PeerTransport>,
     pub(crate) batch_stats: Arc<BatchStats>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
@@ -84,6 +86,9 @@ pub(crate) struct Inner {
     epoch: Mutex<Epoch>,
     disk: Option<Arc<dyn Disk>>,
     shutdown: watch::Sender<bool>,
+    /// Held for the whole of a shutdown, so that a second caller returns
+    /// only once the first has finished.
+    stopped: tokio::sync::Mutex<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     local_addr: Option<SocketAddr>,
     gossip_addr: Option<SocketAddr>,
@@ -191,14 +196,17 @@ impl Node {
         let state = recover_state(&config, env.disk, &hlc, clock.now_ms())?;
         let last_alive = member_file.as_ref().and_then(MemberFile::last_alive);
 
+        let supervisor = Supervisor::start().await?;
         let mut partitions = Vec::with_capacity(state.shards.len());
         for (i, shard) in state.shards.into_iter().enumerate() {
             let args = PartitionArgs { id: PartitionId(i as u16), shard, wal: state.wal.clone(), clock: clock.clone() };
-            partitions
-                .push(Mailbox::spawn(format!("partition {i}"), PartitionActor, args, config.mailbox_capacity).await?);
+            let name = format!("partition {i}");
+            partitions.push(Mailbox::spawn(name, PartitionActor, args, config.mailbox_capacity, &supervisor).await?);
         }
         let hints_state = HintsState::new(state.hints, config.max_hint_bytes, state.wal.clone());
-        let hints = Mailbox::spawn("the hint store".into(), HintsActor, hints_state, config.mailbox_capacity).await?;
+        let hints =
+            Mailbox::spawn("the hint store".into(), HintsActor, hints_state, config.mailbox_capacity, &supervisor)
+                .await?;
 
         let endpoint = bind_endpoint(&config)?;
         let local_addr = endpoint
@@ -267,6 +275,7 @@ impl Node {
                 hlc,
                 partitions,
                 hints,
+                supervisor,
                 peers,
                 batch_stats,
                 membership: tokio::sync::Mutex::new(None),
@@ -280,6 +289,7 @@ impl Node {
                 epoch: Mutex::new(state.epoch),
                 disk: state.disk,
                 shutdown,
+                stopped: tokio::sync::Mutex::new(false),
                 tasks: Mutex::new(Vec::new()),
                 local_addr,
                 gossip_addr,
@@ -297,6 +307,18 @@ impl Node {
                 .map_err(|e| NodeError::Join(format!("cannot apply the truncate epoch: {e}")))?;
             node.spawn(epoch_follower(node.clone(), epochs));
         }
+        // Detached rather than one of the node's tasks: shutdown waits for
+        // those, and this one runs the shutdown.
+        let (failing, mut stopping) = (node.clone(), node.inner.shutdown.subscribe());
+        tokio::spawn(async move {
+            tokio::select! {
+                reason = failing.failed() => {
+                    tracing::error!(%reason, "stopping the node");
+                    failing.shutdown().await;
+                }
+                _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {}
+            }
+        });
         node.spawn(sweeper(node.clone()));
         node.spawn(handoff(node.clone()));
         node.spawn(repair_task(node.clone()));
@@ -430,8 +452,28 @@ impl Node {
         let _ = left.wait_for(|left| *left).await;
     }
 
+    /// Resolves with the reason once one of the node's actors has failed.
+    /// The node then shuts itself down (see `supervisor.rs`); a process
+    /// running it should exit with an error so that it is restarted and
+    /// recovers.
+    pub async fn failed(&self) -> String {
+        let mut failures = self.inner.supervisor.failures();
+        let reason = failures.wait_for(Option::is_some).await.map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            // The supervisor is gone only after a shutdown; nothing failed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Stops serving, leaves gossip, flushes the log and stops the actors.
+    /// Calling it again waits for the first call to finish.
     pub async fn shutdown(&self) {
+        let mut stopped = self.inner.stopped.lock().await;
+        if *stopped {
+            return;
+        }
+        *stopped = true;
         let _ = self.inner.shutdown.send(true);
         if let Some(membership) = self.inner.membership.lock().await.take() {
             membership.shutdown().await;
@@ -450,6 +492,7 @@ impl Node {
             partition.stop();
         }
         self.inner.hints.stop();
+        self.inner.supervisor.stop();
         tracing::info!(node = %self.inner.config.node_id, "node stopped");
     }
 }

@@ -12,7 +12,7 @@ use ringkv_core::ring::NodeName;
 use ringkv_core::{
     Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl,
 };
-use ringkv_net::wire::{Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
+use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
 use ringkv_storage::settle;
 use tokio::sync::mpsc;
@@ -117,6 +117,7 @@ impl Node {
                 Ok(Reply::Done)
             }
             ReplicaRequest::Batch(requests) => {
+                let reads: Vec<bool> = requests.iter().map(|r| matches!(r, ReplicaRequest::Read { .. })).collect();
                 // Concurrently: each write waits for its own durability, and
                 // waiting in turn would serialise a batch's fsyncs.
                 let replies = requests.into_iter().map(|request| async move {
@@ -125,8 +126,16 @@ impl Node {
                     }
                     Box::pin(self.local_replica(request)).await
                 });
-                Ok(Reply::Batch(futures_util::future::join_all(replies).await))
+                let replies = futures_util::future::join_all(replies).await;
+                Ok(Reply::Batch(wire::fit_batch(replies, &reads, inner.config.max_frame_bytes())))
             }
+        }
+    }
+
+    fn check_fault_injection(&self) -> Result<(), KvError> {
+        match self.inner.config.fault_injection {
+            true => Ok(()),
+            false => Err(KvError::Protocol("fault injection is disabled on this node".into())),
         }
     }
 
@@ -605,11 +614,16 @@ impl Handler for Node {
             Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
             Request::Leave => self.begin_leave().await.map(|()| Reply::Done),
             Request::Fault { blocked } => {
-                if !inner.config.fault_injection {
-                    return Err(KvError::Protocol("fault injection is disabled on this node".into()));
-                }
+                self.check_fault_injection()?;
                 tracing::warn!(?blocked, "fault injection: traffic with these addresses is dropped");
                 inner.faults.set(blocked);
+                Ok(Reply::Done)
+            }
+            Request::Crash { partition } => {
+                self.check_fault_injection()?;
+                tracing::warn!(partition, "fault injection: the partition's actor is told to fail");
+                // The actor dies instead of answering; that is the point.
+                let _ = self.partition(partition)?.call(|reply| PartitionMsg::Fail { reply }).await;
                 Ok(Reply::Done)
             }
             Request::Explain { key } => self.explain(key).await.map(Reply::Explain),

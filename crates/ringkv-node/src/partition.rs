@@ -65,6 +65,10 @@ pub(crate) enum PartitionMsg {
     Drop {
         reply: RpcReplyPort<Result<(usize, Option<Durable>), KvError>>,
     },
+    /// Fault injection: panic, as a bug would.
+    Fail {
+        reply: RpcReplyPort<()>,
+    },
 }
 
 /// Leaves per digest branch: the repair tree is root → branches → leaves.
@@ -202,6 +206,10 @@ impl Actor for PartitionActor {
                     leaves.iter().map(|l| *l as usize).filter(|l| *l < state.shard.digest().leaves().len()).collect();
                 let versions = state.shard.entries_in_leaves(&leaves).into_iter().map(|(k, e)| (k, e.version));
                 let _ = reply.send(versions.collect());
+            }
+            PartitionMsg::Fail { reply } => {
+                drop(reply);
+                panic!("fault injection: partition {} told to fail", state.id.0);
             }
             PartitionMsg::ReadMany { keys, reply } => {
                 let entries = keys.into_iter().filter_map(|k| state.shard.entry(&k).cloned().map(|e| (k, e)));
