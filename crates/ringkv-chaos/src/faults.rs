@@ -81,17 +81,26 @@ pub async fn wait_healthy(cluster: &Cluster, ctl: &Client, timeout: Duration) ->
     }
 }
 
-/// Tells `node` to drop traffic with `blocked`, retrying for a while (the
+/// Sends a fault-injection request to `node`, retrying for a while (the
 /// node may be busy catching up).
-async fn inject(ctl: &Client, node: SocketAddr, blocked: Vec<SocketAddr>) -> Result<(), String> {
+async fn retrying<F, Fut>(node: SocketAddr, mut request: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ringkv_core::KvError>>,
+{
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match ctl.inject_fault(node, blocked.clone()).await {
+        match request().await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => return Err(format!("fault injection at {node} failed: {e}")),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// Tells `node` to drop traffic with `blocked`.
+async fn inject(ctl: &Client, node: SocketAddr, blocked: Vec<SocketAddr>) -> Result<(), String> {
+    retrying(node, || ctl.inject_fault(node, blocked.clone())).await
 }
 
 /// Heals every link of every running node.
@@ -157,6 +166,16 @@ pub async fn apply(
             tokio::time::sleep(hold).await;
             for problem in heal_all(cluster, ctl).await {
                 unhealthy(problem, &mut note);
+            }
+        }
+        FaultKind::ClockSkew => {
+            let node = cluster.node(&target)?.addr();
+            if let Err(e) = retrying(node, || ctl.inject_skew(node, fault.skew_ms)).await {
+                unhealthy(e, &mut note);
+            }
+            tokio::time::sleep(hold).await;
+            if let Err(e) = retrying(node, || ctl.inject_skew(node, 0)).await {
+                unhealthy(e, &mut note);
             }
         }
         FaultKind::AddNode => {

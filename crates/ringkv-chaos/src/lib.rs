@@ -4,7 +4,8 @@
 //! runs while several clients write, overwrite, delete, write with a TTL
 //! and read, and a seeded schedule applies faults one at a time: SIGKILL and
 //! restart, SIGSTOP/SIGCONT, a network partition of one node from the
-//! others, one node added and one removed (and one `clear`). Every client
+//! others, a node's clock skewed, one node added and one removed (and one
+//! `clear`). Every client
 //! operation is recorded with its invocation and completion time and its
 //! outcome. Once the faults are over and every link is healed the suite waits
 //! for every key's replicas to become identical, reads every key at
@@ -126,7 +127,7 @@ write_quorum = 2
 read_quorum = 2
 gossip_interval = "500ms"
 phi_threshold = 10.0
-# Longer than any kill, pause or partition of the schedule, so a faulty node
+# Longer than any kill, pause, partition or skew of the schedule, so a faulty node
 # keeps its place in the ring and catches up rather than rejoining.
 dead_node_grace = "60s"
 replica_timeout = "2s"
@@ -256,7 +257,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
     history.sort_by_key(|r| (r.invoke_ms, r.complete_ms, r.client));
     let history_path = out.join("history.jsonl");
     history::write_jsonl(&history_path, &history)?;
-    let mut found = checker::check(&history, &CheckOptions::default());
+    let max_skew_ms = schedule.faults.iter().map(|f| f.skew_ms.unsigned_abs()).max().unwrap_or(0);
+    let mut found = checker::check(&history, &CheckOptions::with_clock_skew(max_skew_ms));
     found.extend(violations);
     found.extend(memory_violations(&max_rss, opts.memory_bound_bytes));
 

@@ -29,6 +29,9 @@ pub enum FaultKind {
     /// Cut the target off from every other node (replica traffic and
     /// gossip, both directions) for `duration`.
     Partition,
+    /// Set the target's clock `skew_ms` off the true time for `duration`:
+    /// its versions, expiry instants and expiry checks are that far off.
+    ClockSkew,
     /// Start a new node that joins the ring and pulls its partitions.
     AddNode,
     /// SIGTERM: the target hands its partitions off, leaves and exits.
@@ -44,6 +47,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
+            FaultKind::ClockSkew => "clock-skew",
             FaultKind::AddNode => "add-node",
             FaultKind::RemoveNode => "remove-node",
             FaultKind::Clear => "clear",
@@ -63,9 +67,12 @@ pub struct Fault {
     pub kind: FaultKind,
     /// The node the fault applies to (`None` for a clear).
     pub target: Option<String>,
-    /// How long a kill, pause or partition lasts; 0 for the others, which
-    /// last as long as the join, the hand-off or the clear takes.
+    /// How long a kill, pause, partition or skew lasts; 0 for the others,
+    /// which last as long as the join, the hand-off or the clear takes.
     pub duration_ms: u64,
+    /// How far off a skewed clock reads (ahead if positive); 0 otherwise.
+    #[serde(default)]
+    pub skew_ms: i64,
 }
 
 impl fmt::Display for Fault {
@@ -75,6 +82,9 @@ impl fmt::Display for Fault {
             write!(f, " {target:<4}")?;
         } else {
             write!(f, "     ")?;
+        }
+        if self.skew_ms != 0 {
+            write!(f, " by {:+.1}s", self.skew_ms as f64 / 1000.0)?;
         }
         if self.duration_ms > 0 {
             write!(f, " for {:.1}s", self.duration_ms as f64 / 1000.0)?;
@@ -101,10 +111,17 @@ pub const GAP_MS: (u64, u64) = (3_000, 5_000);
 pub const KILL_MS: (u64, u64) = (2_000, 10_000);
 pub const PAUSE_MS: (u64, u64) = (2_000, 8_000);
 pub const PARTITION_MS: (u64, u64) = (3_000, 10_000);
+pub const SKEW_FOR_MS: (u64, u64) = (3_000, 10_000);
+/// How far off a skewed clock reads, either way: from what NTP trouble
+/// commonly causes to a clock that was never synchronised properly, well
+/// within `max_clock_drift`.
+pub const SKEW_BY_MS: (u64, u64) = (200, 3_000);
 /// What the planner assumes a join or a leave takes, for the planned
 /// offsets only.
 const MEMBERSHIP_CHANGE_ESTIMATE_MS: u64 = 15_000;
 const CLEAR_ESTIMATE_MS: u64 = 1_000;
+/// The faults that make one node misbehave for a while.
+const NODE_FAULTS: [FaultKind; 4] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::ClockSkew];
 /// Fewest nodes that keep four serving while one is faulty.
 pub const MIN_NODES: usize = 5;
 
@@ -152,7 +169,7 @@ pub fn generate(params: &ScheduleParams) -> Result<Schedule, String> {
     let (mut added, mut removed, mut cleared) = (false, false, !params.clear);
     // Every kind of node fault at least once, in a seeded order; after that
     // uniformly at random.
-    let mut pending = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+    let mut pending = NODE_FAULTS.to_vec();
     for i in (1..pending.len()).rev() {
         pending.swap(i, rng.below(i as u64 + 1) as usize);
     }
@@ -180,22 +197,28 @@ pub fn generate(params: &ScheduleParams) -> Result<Schedule, String> {
             (FaultKind::RemoveNode, Some(target), 0)
         } else {
             let target = members[rng.below(members.len() as u64) as usize].clone();
-            let kind = pending
-                .pop()
-                .unwrap_or_else(|| [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition][rng.below(3) as usize]);
+            let kind = pending.pop().unwrap_or_else(|| NODE_FAULTS[rng.below(NODE_FAULTS.len() as u64) as usize]);
             let range = match kind {
                 FaultKind::Kill => KILL_MS,
                 FaultKind::Pause => PAUSE_MS,
+                FaultKind::ClockSkew => SKEW_FOR_MS,
                 _ => PARTITION_MS,
             };
             (kind, Some(target), between(&mut rng, range))
+        };
+        let skew_ms = match kind {
+            FaultKind::ClockSkew => {
+                let by = between(&mut rng, SKEW_BY_MS) as i64;
+                if rng.below(2) == 0 { by } else { -by }
+            }
+            _ => 0,
         };
         let lasts = match kind {
             FaultKind::AddNode | FaultKind::RemoveNode => MEMBERSHIP_CHANGE_ESTIMATE_MS,
             FaultKind::Clear => CLEAR_ESTIMATE_MS,
             _ => duration_ms,
         };
-        faults.push(Fault { index: faults.len() + 1, gap_ms, at_ms, kind, target, duration_ms });
+        faults.push(Fault { index: faults.len() + 1, gap_ms, at_ms, kind, target, duration_ms, skew_ms });
         t = at_ms + lasts;
     }
     Ok(Schedule { seed: params.seed, faults })
@@ -225,16 +248,19 @@ mod tests {
         let got: Vec<(FaultKind, Option<&str>, u64, u64)> =
             s.faults.iter().map(|f| (f.kind, f.target.as_deref(), f.duration_ms, f.gap_ms)).collect();
         let expected = [
-            (FaultKind::Pause, Some("n1")),
+            (FaultKind::Pause, Some("n5")),
+            (FaultKind::Partition, Some("n4")),
             (FaultKind::Clear, None),
             (FaultKind::AddNode, Some("n6")),
-            (FaultKind::RemoveNode, Some("n2")),
-            (FaultKind::Partition, Some("n1")),
-            (FaultKind::Kill, Some("n1")),
+            (FaultKind::RemoveNode, Some("n4")),
+            (FaultKind::ClockSkew, Some("n6")),
+            (FaultKind::Kill, Some("n6")),
         ];
         assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), expected);
         let timing: Vec<(u64, u64)> = got.iter().map(|g| (g.2, g.3)).collect();
-        assert_eq!(timing, [(7897, 4688), (0, 3745), (0, 4455), (0, 4310), (5788, 3313), (9047, 4564)]);
+        assert_eq!(timing, [(4235, 3264), (4562, 4455), (0, 3313), (0, 3147), (0, 3797), (9496, 3122), (6535, 4968)]);
+        let skews: Vec<i64> = s.faults.iter().map(|f| f.skew_ms).collect();
+        assert_eq!(skews, [0, 0, 0, 0, 0, 2600, 0]);
         assert_eq!(s.to_string(), generate(&params(1, 45_000)).unwrap().to_string());
     }
 
@@ -247,7 +273,7 @@ mod tests {
                 assert_eq!(count(FaultKind::AddNode), 1, "seed {seed}");
                 assert_eq!(count(FaultKind::RemoveNode), 1, "seed {seed}");
                 assert_eq!(count(FaultKind::Clear), 1, "seed {seed}");
-                for kind in [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition] {
+                for kind in NODE_FAULTS {
                     assert!(count(kind) >= 1, "seed {seed}: no {kind:?}");
                 }
                 let add = s.faults.iter().position(|f| f.kind == FaultKind::AddNode).unwrap();
@@ -262,8 +288,14 @@ mod tests {
                         FaultKind::Kill => Some(KILL_MS),
                         FaultKind::Pause => Some(PAUSE_MS),
                         FaultKind::Partition => Some(PARTITION_MS),
+                        FaultKind::ClockSkew => Some(SKEW_FOR_MS),
                         _ => None,
                     };
+                    let skewed = f.skew_ms.unsigned_abs();
+                    match f.kind {
+                        FaultKind::ClockSkew => assert!((SKEW_BY_MS.0..=SKEW_BY_MS.1).contains(&skewed)),
+                        _ => assert_eq!(skewed, 0),
+                    }
                     match (range, &f.target) {
                         (Some(r), Some(t)) => {
                             assert!((r.0..=r.1).contains(&f.duration_ms));

@@ -225,6 +225,15 @@ impl Client {
         }
     }
 
+    /// Fault injection: makes `node`'s clock read `offset_ms` off the true
+    /// time (0 heals). Only nodes started with `fault_injection` accept it.
+    pub async fn inject_skew(&self, node: SocketAddr, offset_ms: i64) -> Result<(), KvError> {
+        match self.call_at(node, &Request::Skew { offset_ms }).await? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Fault injection: makes `node`'s actor for `partition` fail, as a bug
     /// in it would; the node then stops. Only nodes started with
     /// `fault_injection` accept it.

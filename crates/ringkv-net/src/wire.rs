@@ -25,7 +25,7 @@ use crate::NetError;
 /// Raised whenever a message changes shape. 2: repair digests, partition
 /// streams, transfer status, leave and fault injection. 3: batched replica
 /// requests. 4: batched reads, deferred replies, read counts in the status,
-/// crash injection.
+/// crash and clock-skew injection.
 pub const PROTOCOL_VERSION: u16 = 4;
 pub const FRAME_HEADER_LEN: usize = 6;
 
@@ -90,6 +90,12 @@ pub enum Request {
     /// in it would, with a panic.
     Crash {
         partition: u16,
+    },
+    /// Fault injection, refused unless the node runs with
+    /// `fault_injection = true`: from now on the node's clock reads this
+    /// many milliseconds off the true time (0 heals).
+    Skew {
+        offset_ms: i64,
     },
 }
 
@@ -179,6 +185,7 @@ impl Request {
             Request::Leave => "leave",
             Request::Fault { .. } => "fault",
             Request::Crash { .. } => "crash",
+            Request::Skew { .. } => "skew",
         }
     }
 }

@@ -129,7 +129,8 @@ pub struct NodeConfig {
     /// Bytes per second a joining or leaving node may spend moving
     /// partitions.
     pub transfer_bytes_per_sec: u64,
-    /// Accept `Request::Fault` (drop traffic with named addresses) and
+    /// Accept `Request::Fault` (drop traffic with named addresses),
+    /// `Request::Skew` (read the clock off by some milliseconds) and
     /// `Request::Crash` (make a partition's actor fail). For tests and the
     /// chaos suite only; never enable it in production.
     pub fault_injection: bool,

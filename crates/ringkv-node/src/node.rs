@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{NodeConfig, Persistence};
-use crate::fault::{Faults, FaultyPeers};
+use crate::fault::{Faults, FaultyPeers, SkewedClock};
 use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{Membership, MembershipConfig};
@@ -189,7 +189,11 @@ impl Node {
 
     pub async fn start_with(config: NodeConfig, env: Env) -> Result<Node, NodeError> {
         config.validate()?;
-        let clock = env.clock;
+        let faults = Arc::new(Faults::default());
+        let clock: Arc<dyn Clock> = match config.fault_injection {
+            true => Arc::new(SkewedClock { inner: env.clock, faults: faults.clone() }),
+            false => env.clock,
+        };
         let hlc = Hlc::new(config.max_clock_drift.as_millis() as u64);
         let member_file = (config.gossip.is_some() && config.persistence == Persistence::Wal && env.disk.is_none())
             .then(|| MemberFile::new(&config.data_dir));
@@ -225,7 +229,6 @@ impl Node {
             }
             (None, None) => Arc::new(NoPeers),
         };
-        let faults = Arc::new(Faults::default());
         let peers: Arc<dyn PeerTransport> = if config.fault_injection {
             tracing::warn!("fault injection is enabled: this node obeys requests to cut its links");
             Arc::new(FaultyPeers { inner: peers, faults: faults.clone() })

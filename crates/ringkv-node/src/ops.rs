@@ -619,6 +619,12 @@ impl Handler for Node {
                 inner.faults.set(blocked);
                 Ok(Reply::Done)
             }
+            Request::Skew { offset_ms } => {
+                self.check_fault_injection()?;
+                tracing::warn!(offset_ms, "fault injection: the clock is skewed");
+                inner.faults.skew(offset_ms);
+                Ok(Reply::Done)
+            }
             Request::Crash { partition } => {
                 self.check_fault_injection()?;
                 tracing::warn!(partition, "fault injection: the partition's actor is told to fail");
