@@ -69,7 +69,10 @@ pub struct NodeConfig {
     /// purged, so that an older copy elsewhere cannot resurrect the key.
     #[serde(with = "duration")]
     pub tombstone_grace: Duration,
-    /// A remote timestamp further ahead of our clock than this is refused.
+    /// A remote timestamp further ahead of our clock than this is not
+    /// absorbed into our hybrid logical clock (its entry is still stored),
+    /// so that one node with a clock far ahead cannot drag every other
+    /// node's versions with it.
     #[serde(with = "duration")]
     pub max_clock_drift: Duration,
     /// Connections the endpoint accepts at once.
