@@ -18,6 +18,6 @@ pub use bytes::Bytes;
 /// The client crate, including the actor-message client in `client::actor`.
 pub use ringkv_client as client;
 pub use ringkv_client::{Client, ClientConfig, ClientError, resolve};
-pub use ringkv_core::{Consistency, KeyTtl, KvError, KvStore};
+pub use ringkv_core::{Consistency, KeyTtl, KvError, KvStore, Timestamp};
 pub use ringkv_net::tls::TlsPaths;
 pub use ringkv_node::{Node, NodeConfig, NodeError, Persistence};

@@ -12,13 +12,13 @@ pub mod actor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::ring::{NodeName, PartitionTable};
-use ringkv_core::{Consistency, KeyTtl, KvError, KvStore, Partitioner};
+use ringkv_core::{Consistency, KeyTtl, KvError, KvStore, Partitioner, Timestamp};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_net::wire::{Explanation, Members, NodeStatus, Reply, Request};
 use ringkv_net::{Connector, NetError, bind};
@@ -129,6 +129,11 @@ pub struct Client {
     timeout: Duration,
     refresh: Duration,
     consistency: Consistency,
+    /// The highest clock reading a node has answered this client (or a
+    /// handle cloned from it) with. Sent with every request, so that
+    /// whichever node coordinates orders its writes after everything the
+    /// client has written or read, even if that node's clock is slow.
+    session: Arc<AtomicU64>,
 }
 
 /// How many nodes one request tries before giving up.
@@ -160,7 +165,14 @@ impl Client {
             timeout: config.timeout,
             refresh: config.refresh,
             consistency: config.consistency,
+            session: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The session clock: at or above the version of everything this client
+    /// has written or read so far.
+    pub fn session(&self) -> Timestamp {
+        Timestamp(self.session.load(Ordering::Acquire))
     }
 
     /// A handle to the same connections that sends requests at another
@@ -333,10 +345,16 @@ impl Client {
             route = self.seeds.to_vec();
         }
         let route = self.deprioritize(route);
+        let request = Request::Session { seen: self.session(), request: Box::new(request) };
         let mut last = KvError::Unavailable("no node to send the request to".into());
         for addr in route.into_iter().take(MAX_ATTEMPTS) {
             match self.connector.call(addr, &request, self.timeout).await {
                 Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
+                Ok(Ok(Reply::Session { clock, reply })) => {
+                    self.suspect(addr, false);
+                    self.session.fetch_max(clock.0, Ordering::AcqRel);
+                    return Ok(*reply);
+                }
                 Ok(response) => {
                     self.suspect(addr, false);
                     return response;

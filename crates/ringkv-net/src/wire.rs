@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ringkv_core::{Consistency, Entry, Epoch, KeyTtl, KvError, Version};
+use ringkv_core::{Consistency, Entry, Epoch, KeyTtl, KvError, Timestamp, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,7 @@ use crate::NetError;
 /// Raised whenever a message changes shape. 2: repair digests, partition
 /// streams, transfer status, leave and fault injection. 3: batched replica
 /// requests. 4: batched reads, deferred replies, read counts in the status,
-/// crash and clock-skew injection.
+/// crash and clock-skew injection, client sessions.
 pub const PROTOCOL_VERSION: u16 = 4;
 pub const FRAME_HEADER_LEN: usize = 6;
 
@@ -96,6 +96,16 @@ pub enum Request {
     /// many milliseconds off the true time (0 heals).
     Skew {
         offset_ms: i64,
+    },
+    /// A client request carrying the highest clock reading the client has
+    /// been told (its session). The coordinator absorbs it into its hybrid
+    /// logical clock before it stamps anything, so a write always orders
+    /// after everything the client saw before it, however slow the
+    /// coordinator's clock. Answered with `Reply::Session`. Sessions do not
+    /// nest and do not wrap replica requests.
+    Session {
+        seen: Timestamp,
+        request: Box<Request>,
     },
 }
 
@@ -186,6 +196,7 @@ impl Request {
             Request::Fault { .. } => "fault",
             Request::Crash { .. } => "crash",
             Request::Skew { .. } => "skew",
+            Request::Session { request, .. } => request.kind(),
         }
     }
 }
@@ -218,6 +229,13 @@ pub enum Reply {
     /// in the reply's frame: the read was not answered, and the sender asks
     /// again with the read alone, where any answer fits.
     Deferred,
+    /// The answer to `Request::Session`: the coordinator's clock after the
+    /// request (at or above any version it wrote or read), for the client
+    /// to carry forward.
+    Session {
+        clock: Timestamp,
+        reply: Box<Reply>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -338,6 +338,11 @@ impl Node {
             return Err(tracker.error("no answer", pending));
         }
         let newest = resolve_read(&answers).newest;
+        if let Some(entry) = &newest {
+            // What this node answers with, its clock now covers: a client's
+            // session (and this node's next write) orders after it.
+            let _ = self.inner.hlc.observe(entry.version.ts, self.inner.now_ms());
+        }
         let (node, key) = (self.clone(), key.clone());
         tokio::spawn(async move {
             // Late answers count too: a replica that was slow may be stale.
@@ -584,8 +589,26 @@ impl KvStore for Node {
 
 impl Handler for Node {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
+        let Request::Session { seen, request } = request else { return self.dispatch(request, peer).await };
+        if matches!(*request, Request::Replica(_)) {
+            return Err(KvError::Protocol("a session wraps client requests, not replica requests".into()));
+        }
+        let inner = &self.inner;
+        // Not absorbed only if absurdly far ahead (max_clock_drift); the
+        // request still runs, ordered by this node's own clock.
+        if let Err(e) = inner.hlc.observe(seen, inner.now_ms()) {
+            tracing::warn!(error = %e, "a client's session clock is not absorbed");
+        }
+        let reply = self.dispatch(*request, peer).await?;
+        Ok(Reply::Session { clock: inner.hlc.last(), reply: Box::new(reply) })
+    }
+}
+
+impl Node {
+    async fn dispatch(&self, request: Request, peer: Peer) -> Response {
         let inner = &self.inner;
         match request {
+            Request::Session { .. } => Err(KvError::Protocol("sessions do not nest".into())),
             Request::Ping => {
                 Ok(Reply::Pong { node_id: inner.config.node_id.clone(), version: env!("CARGO_PKG_VERSION").into() })
             }

@@ -1,0 +1,98 @@
+//! Write order across a slow clock. Node c's clock is 20 s slow and c is cut
+//! off from a and b while a writes a key; then c coordinates a later write
+//! to the same key. Without a session, c stamps that write with its own
+//! slow clock, below the version it never saw, and last-writer-wins drops
+//! the later write once the cut heals. With the client's session clock
+//! (`Request::Session`), c first absorbs what the client saw, stamps above
+//! it, and the later write stands.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Cluster, raw_connector};
+use ringkv::{Consistency, KvStore, Timestamp};
+use ringkv_net::tls::TlsPaths;
+use ringkv_net::wire::{Reply, Request};
+
+fn put(key: &str, value: &str, consistency: Consistency) -> Request {
+    Request::Put { key: Bytes::from(key.to_owned()), value: Bytes::from(value.to_owned()), ttl_ms: None, consistency }
+}
+
+fn session(seen: Timestamp, request: Request) -> Request {
+    Request::Session { seen, request: Box::new(request) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_orders_a_write_after_what_the_client_saw_despite_a_slow_clock() {
+    let cluster = Cluster::start(3, &["fault_injection = true"]);
+    // Every node, c included, must see all three serving before the cut.
+    for i in 0..3 {
+        cluster.wait_serving(i, 3, Duration::from_secs(20)).await;
+    }
+    let client = cluster.client();
+    let conn = raw_connector(&TlsPaths::client_in(cluster.certs.path()));
+    let t = Duration::from_secs(5);
+    let [a, b, c] = [0, 1, 2].map(|i| cluster.nodes[i].addr);
+    let gossip = |i: usize| cluster.nodes[i].spec.gossip.expect("clustered");
+
+    // With three nodes and N=3 every node holds every key.
+    client.inject_skew(c, -20_000).await.unwrap();
+    client.inject_fault(c, vec![a, b, gossip(0), gossip(1)]).await.unwrap();
+    for addr in [a, b] {
+        client.inject_fault(addr, vec![c, gossip(2)]).await.unwrap();
+    }
+
+    // a writes both keys; c does not see either.
+    let first = conn.call(a, &put("plain", "first", Consistency::Quorum), t).await.unwrap();
+    assert_eq!(first, Ok(Reply::Done));
+    let first = conn.call(a, &session(Timestamp(0), put("session", "first", Consistency::Quorum)), t).await.unwrap();
+    let Ok(Reply::Session { clock: seen, reply }) = first else { panic!("a session reply, got {first:?}") };
+    assert_eq!(*reply, Reply::Done);
+
+    // Later, c coordinates the second write of each: one alone, one in the
+    // session that saw the first.
+    let second = conn.call(c, &put("plain", "second", Consistency::One), t).await.unwrap();
+    assert_eq!(second, Ok(Reply::Done));
+    let second = conn.call(c, &session(seen, put("session", "second", Consistency::One)), t).await.unwrap();
+    let Ok(Reply::Session { clock, reply }) = second else { panic!("a session reply, got {second:?}") };
+    assert_eq!(*reply, Reply::Done);
+    assert!(clock > seen, "c's clock absorbed the session's: {clock:?} after {seen:?}");
+
+    // Heal; hints and repair bring every replica to the same version.
+    for addr in [a, b, c] {
+        client.inject_fault(addr, Vec::new()).await.unwrap();
+    }
+    client.inject_skew(c, 0).await.unwrap();
+    for key in ["plain", "session"] {
+        common::wait_for(&format!("the replicas of {key} to agree"), Duration::from_secs(60), || {
+            let client = client.clone();
+            async move {
+                let replicas = client.explain(key).await.ok()?.replicas;
+                let versions: Vec<_> =
+                    replicas.iter().filter_map(|r| r.entry.clone().ok().flatten().map(|e| e.version)).collect();
+                (versions.len() == 3 && versions.windows(2).all(|w| w[0] == w[1])).then_some(())
+            }
+        })
+        .await;
+    }
+    let read = |key: &'static str| {
+        let conn = &conn;
+        async move {
+            let get = Request::Get { key: Bytes::from(key), consistency: Consistency::All };
+            match conn.call(a, &get, t).await.unwrap() {
+                Ok(Reply::Value(value)) => value,
+                other => panic!("reading {key}: {other:?}"),
+            }
+        }
+    };
+    // The hole the session closes: without it, the later write is lost.
+    assert_eq!(read("plain").await.as_deref(), Some(&b"first"[..]), "the slow clock ordered the later write first");
+    assert_eq!(read("session").await.as_deref(), Some(&b"second"[..]), "the session's later write stands");
+
+    // The client carries its session by itself.
+    let before = client.session();
+    client.put("carried", "v").await.unwrap();
+    assert!(client.session() > before, "a write moves the session clock forward");
+}
