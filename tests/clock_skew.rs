@@ -65,18 +65,7 @@ async fn a_session_orders_a_write_after_what_the_client_saw_despite_a_slow_clock
         client.inject_fault(addr, Vec::new()).await.unwrap();
     }
     client.inject_skew(c, 0).await.unwrap();
-    for key in ["plain", "session"] {
-        common::wait_for(&format!("the replicas of {key} to agree"), Duration::from_secs(60), || {
-            let client = client.clone();
-            async move {
-                let replicas = client.explain(key).await.ok()?.replicas;
-                let versions: Vec<_> =
-                    replicas.iter().filter_map(|r| r.entry.clone().ok().flatten().map(|e| e.version)).collect();
-                (versions.len() == 3 && versions.windows(2).all(|w| w[0] == w[1])).then_some(())
-            }
-        })
-        .await;
-    }
+    common::converged(&client, &["plain".into(), "session".into()], 3, Duration::from_secs(60)).await;
     let read = |key: &'static str| {
         let conn = &conn;
         async move {

@@ -46,9 +46,17 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
         }
     })
     .await;
-    // n3 coordinated 50 reads, each asking the two others as well as itself.
-    let sent = client.status_of(n3).await.unwrap().replication.reads;
-    assert!(sent.items >= 100 && sent.requests <= sent.items, "{sent:?}");
+    // n3 coordinated 50 reads, each asking the two others as well as itself
+    // (the slower answer of each only after the read returned).
+    common::wait_for("n3 to have sent its 100 replica reads", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let sent = client.status_of(n3).await.ok()?.replication.reads;
+            assert!(sent.requests <= sent.items, "{sent:?}");
+            (sent.items >= 100).then_some(())
+        }
+    })
+    .await;
     client.put_with_ttl("ttl-key", "v", Duration::from_secs(600)).await.unwrap();
     // Replica writes beyond the quorum finish in the background.
     common::wait_for("all three replicas to hold key-7", Duration::from_secs(10), || {

@@ -136,30 +136,9 @@ async fn run(fault: Fault) {
         assert_eq!(value.as_deref(), Some(w.key.as_bytes()), "acknowledged write {} lost", w.key);
     }
     // And every replica holds the same version of every key.
-    let started = Instant::now();
-    let mut diverged: Vec<String> = acked.iter().map(|w| w.key.clone()).collect();
-    while !diverged.is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "replicas still differ for {} keys, e.g. {}",
-            diverged.len(),
-            diverged[0]
-        );
-        let mut still = Vec::new();
-        for key in diverged {
-            let explanation = client.explain(key.clone()).await.unwrap();
-            let versions: Vec<_> =
-                explanation.replicas.iter().map(|r| r.entry.clone().ok().flatten().map(|e| e.version)).collect();
-            if versions.len() != 3 || versions.iter().any(|v| v.is_none() || *v != versions[0]) {
-                still.push(key);
-            }
-        }
-        diverged = still;
-        if !diverged.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    println!("replicas identical {:?} after the checks began", started.elapsed());
+    let keys: Vec<String> = acked.iter().map(|w| w.key.clone()).collect();
+    let took = common::converged(&client, &keys, 3, Duration::from_secs(30)).await;
+    println!("replicas identical {took:?} after the checks began");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

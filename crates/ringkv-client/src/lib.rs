@@ -221,39 +221,27 @@ impl Client {
 
     /// Asks one node to hand its partitions off and exit.
     pub async fn leave(&self, node: SocketAddr) -> Result<(), KvError> {
-        match self.call_at(node, &Request::Leave).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.done_at(node, &Request::Leave).await
     }
 
     /// Fault injection: makes `node` drop all traffic with `blocked`
     /// (an empty list heals). Only nodes started with `fault_injection`
     /// accept it.
     pub async fn inject_fault(&self, node: SocketAddr, blocked: Vec<SocketAddr>) -> Result<(), KvError> {
-        match self.call_at(node, &Request::Fault { blocked }).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.done_at(node, &Request::Fault { blocked }).await
     }
 
     /// Fault injection: makes `node`'s clock read `offset_ms` off the true
     /// time (0 heals). Only nodes started with `fault_injection` accept it.
     pub async fn inject_skew(&self, node: SocketAddr, offset_ms: i64) -> Result<(), KvError> {
-        match self.call_at(node, &Request::Skew { offset_ms }).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.done_at(node, &Request::Skew { offset_ms }).await
     }
 
     /// Fault injection: makes `node`'s actor for `partition` fail, as a bug
     /// in it would; the node then stops. Only nodes started with
     /// `fault_injection` accept it.
     pub async fn inject_crash(&self, node: SocketAddr, partition: u16) -> Result<(), KvError> {
-        match self.call_at(node, &Request::Crash { partition }).await? {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.done_at(node, &Request::Crash { partition }).await
     }
 
     /// Where the key lives and what each replica holds.
@@ -261,6 +249,14 @@ impl Client {
         let key = key.into();
         match self.call(Some(&key), Request::Explain { key: key.clone() }).await? {
             Reply::Explain(explanation) => Ok(explanation),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends a request answered with `Done` to one node.
+    async fn done_at(&self, addr: SocketAddr, request: &Request) -> Result<(), KvError> {
+        match self.call_at(addr, request).await? {
+            Reply::Done => Ok(()),
             other => Err(unexpected(other)),
         }
     }

@@ -401,15 +401,27 @@ pub type Response = Result<Reply, KvError>;
 /// most five bytes), rounded up.
 const BATCH_REPLY_OVERHEAD: usize = 16;
 
+/// Whether a batch may answer with `Reply::Deferred` instead: only a read's
+/// entry, the one answer that can be large, and one that costs nothing to
+/// ask for again.
+fn is_deferrable(response: &Response) -> bool {
+    matches!(response, Ok(Reply::Entry(_)))
+}
+
 /// Fits a batch's responses into one frame of at most `max_frame` bytes.
-/// Responses to reads (`deferrable`) are kept in order while they fit and
-/// replaced by [`Reply::Deferred`] from the first that does not; responses
-/// to writes are always kept, since the writes have happened and their
-/// answers are a few bytes.
-pub fn fit_batch(responses: Vec<Response>, deferrable: &[bool], max_frame: usize) -> Vec<Response> {
+/// Entries read are kept in order while they fit and replaced by
+/// [`Reply::Deferred`] from the first that does not; every other answer
+/// (writes have happened; errors and acknowledgements are a few bytes) is
+/// kept.
+pub fn fit_batch(responses: Vec<Response>, max_frame: usize) -> Vec<Response> {
+    let deferrable: Vec<bool> = responses.iter().map(is_deferrable).collect();
+    // A batch of writes has nothing to defer and is not measured at all.
+    if !deferrable.contains(&true) {
+        return responses;
+    }
     let deferred_len = encoded_len(&Ok::<Reply, KvError>(Reply::Deferred));
     let sizes: Vec<usize> = responses.iter().map(encoded_len).collect();
-    let fixed: usize = sizes.iter().zip(deferrable).filter(|(_, d)| !**d).map(|(s, _)| s).sum();
+    let fixed: usize = sizes.iter().zip(&deferrable).filter(|(_, d)| !**d).map(|(s, _)| s).sum();
     let reads = deferrable.iter().filter(|d| **d).count();
     // Room for every read's placeholder is set aside first, so deferring a
     // read never pushes the frame over.
@@ -536,7 +548,8 @@ mod tests {
             read(10),
         ];
         let deferrable = [true, false, true, true, false, true];
-        let fitted = fit_batch(responses.clone(), &deferrable, max);
+        assert_eq!(responses.iter().map(super::is_deferrable).collect::<Vec<_>>(), deferrable, "only entries read");
+        let fitted = fit_batch(responses.clone(), max);
         assert_eq!(fitted.len(), responses.len());
         assert_eq!(&fitted[..3], &responses[..3]);
         // The third read does not fit; the small one after it is deferred too,
@@ -548,9 +561,9 @@ mod tests {
         assert!(frame.len() - 4 <= max, "{} bytes over {max}", frame.len() - 4);
 
         // With room for everything nothing changes.
-        assert_eq!(fit_batch(responses.clone(), &deferrable, 1 << 20), responses);
+        assert_eq!(fit_batch(responses.clone(), 1 << 20), responses);
         // Writes are kept even when nothing else fits.
-        let fitted = fit_batch(responses, &deferrable, 100);
+        let fitted = fit_batch(responses, 100);
         assert_eq!(fitted[1], Ok(Reply::Applied { was_live: true }));
         assert!(fitted.iter().zip(deferrable).all(|(r, d)| !d || *r == Ok(Reply::Deferred)));
     }

@@ -117,7 +117,6 @@ impl Node {
                 Ok(Reply::Done)
             }
             ReplicaRequest::Batch(requests) => {
-                let reads: Vec<bool> = requests.iter().map(|r| matches!(r, ReplicaRequest::Read { .. })).collect();
                 // Concurrently: each write waits for its own durability, and
                 // waiting in turn would serialise a batch's fsyncs.
                 let replies = requests.into_iter().map(|request| async move {
@@ -127,7 +126,7 @@ impl Node {
                     Box::pin(self.local_replica(request)).await
                 });
                 let replies = futures_util::future::join_all(replies).await;
-                Ok(Reply::Batch(wire::fit_batch(replies, &reads, inner.config.max_frame_bytes())))
+                Ok(Reply::Batch(wire::fit_batch(replies, inner.config.max_frame_bytes())))
             }
         }
     }

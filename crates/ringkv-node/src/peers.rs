@@ -332,9 +332,8 @@ mod tests {
     fn answer(request: ReplicaRequest, max_frame: usize) -> Result<Reply, KvError> {
         match request {
             ReplicaRequest::Batch(requests) => {
-                let reads: Vec<bool> = requests.iter().map(|r| matches!(r, ReplicaRequest::Read { .. })).collect();
                 let replies = requests.into_iter().map(|r| answer(r, max_frame)).collect();
-                Ok(Reply::Batch(wire::fit_batch(replies, &reads, max_frame)))
+                Ok(Reply::Batch(wire::fit_batch(replies, max_frame)))
             }
             ReplicaRequest::Apply { key, .. } => Ok(Reply::Applied { was_live: key.len().is_multiple_of(2) }),
             ReplicaRequest::Read { key, .. } => Ok(Reply::Entry(Some(entry(&key)))),
