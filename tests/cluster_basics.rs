@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{Cluster, NodeSpec, raw_connector};
 use ringkv::{Consistency, KvStore};
 use ringkv_net::tls::TlsPaths;
-use ringkv_net::wire::{Reply, Request};
+use ringkv_net::wire::{ReplicationStatus, Reply, Request, Sent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn written_through_one_node_read_through_another_and_held_by_three_replicas() {
@@ -36,27 +36,22 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
 
     let client = cluster.client();
     // n1 coordinated 50 writes, each to itself and to the two others (more
-    // only if a put was retried on a fresh connection).
-    common::wait_for("n1 to have sent its 100 replica writes", Duration::from_secs(10), || {
-        let client = client.clone();
-        async move {
-            let sent = client.status_of(n1).await.ok()?.replication.writes;
-            assert!(sent.requests <= sent.items, "{sent:?}");
-            (sent.items >= 100).then_some(())
-        }
-    })
-    .await;
-    // n3 coordinated 50 reads, each asking the two others as well as itself
-    // (the slower answer of each only after the read returned).
-    common::wait_for("n3 to have sent its 100 replica reads", Duration::from_secs(10), || {
-        let client = client.clone();
-        async move {
-            let sent = client.status_of(n3).await.ok()?.replication.reads;
-            assert!(sent.requests <= sent.items, "{sent:?}");
-            (sent.items >= 100).then_some(())
-        }
-    })
-    .await;
+    // only if a put was retried on a fresh connection); n3 coordinated 50
+    // reads, each asking the two others as well as itself (the slower answer
+    // of each only after the read returned).
+    for (node, what, pick) in
+        [(n1, "writes", (|r| r.writes) as fn(ReplicationStatus) -> Sent), (n3, "reads", |r| r.reads)]
+    {
+        common::wait_for(&format!("100 replica {what} sent"), Duration::from_secs(10), || {
+            let client = client.clone();
+            async move {
+                let sent = pick(client.status_of(node).await.ok()?.replication);
+                assert!(sent.requests <= sent.items, "{sent:?}");
+                (sent.items >= 100).then_some(())
+            }
+        })
+        .await;
+    }
     client.put_with_ttl("ttl-key", "v", Duration::from_secs(600)).await.unwrap();
     // Replica writes beyond the quorum finish in the background.
     common::wait_for("all three replicas to hold key-7", Duration::from_secs(10), || {
