@@ -6,6 +6,19 @@
 //! because the dead-node grace period expires without any gossip event) and
 //! publishes it through a watch channel when it differs from the last one.
 //!
+//! A member that the others removed from the ring (dead for longer than
+//! `dead_node_grace`, as seen by a majority) may come back without
+//! restarting: it was paused, or cut off. Meanwhile the others purged
+//! tombstones without it, so its data can resurrect deleted keys. Each node
+//! therefore *fences* the members it removed: it gossips their names under
+//! `fenced`, keeps them out of its rings and refuses their replica
+//! requests, until they come back as `joining` (or `left`). A fenced member
+//! that sees its own name in a live member's list discards its data and
+//! joins anew. Until it has heard from the cluster after a gap in its own
+//! execution longer than half the grace period (a pause, or a starved
+//! process), a node does not act on its data at all ([`Standing`]), so it
+//! cannot serve or repair stale data before it learns it was fenced.
+//!
 //! chitchat leaves two things to us. A peer of another cluster is rejected
 //! with a `BadCluster` reply that chitchat only logs; our transport wrapper
 //! watches for it so that a node started with the wrong cluster id fails
@@ -15,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +39,7 @@ use chitchat::{
     ProtocolVersion, spawn_chitchat,
 };
 use ringkv_core::ring::NodeName;
-use ringkv_core::{Epoch, Timestamp};
+use ringkv_core::{Epoch, KvError, Timestamp};
 use ringkv_net::wire::MemberStatus;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,6 +53,14 @@ const KEY_ADDR: &str = "addr";
 const KEY_PARTITIONS: &str = "partitions";
 const KEY_STATUS: &str = "status";
 const KEY_EPOCH: &str = "epoch";
+const KEY_FENCED: &str = "fenced";
+
+/// Fenced members a node remembers; beyond this the longest-fenced is
+/// forgotten, which keeps the gossiped list within one datagram.
+const MAX_FENCED: usize = 32;
+/// Gossip intervals of contact after a gap before a node trusts that it has
+/// heard every member's fences.
+const RECHECK_INTERVALS: u32 = 6;
 
 pub(crate) struct MembershipConfig {
     pub node_id: String,
@@ -66,7 +88,55 @@ pub(crate) struct Membership {
     gossip_addr: SocketAddr,
     topology: watch::Receiver<Arc<Topology>>,
     epochs: watch::Receiver<Epoch>,
+    standing: Arc<Standing>,
     task: JoinHandle<()>,
+}
+
+/// Whether this node may act on its data now: serve requests, repair,
+/// hand hints off. Not while a member fences it, nor after a gap in its
+/// own execution (see the module docs) until gossip has confirmed that no
+/// member fences it.
+pub(crate) struct Standing {
+    /// Longer gaps mean the others may have removed this node.
+    limit: Duration,
+    last_tick: Mutex<Instant>,
+    suspect: AtomicBool,
+    fenced: watch::Sender<bool>,
+}
+
+impl Standing {
+    fn new(dead_node_grace: Duration) -> Standing {
+        Standing {
+            limit: dead_node_grace / 2,
+            last_tick: Mutex::new(Instant::now()),
+            suspect: AtomicBool::new(false),
+            fenced: watch::channel(false).0,
+        }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), KvError> {
+        if *self.fenced.borrow() {
+            return Err(KvError::Unavailable(
+                "this node was removed from the ring while it was paused or cut off; it is discarding its data and \
+                 rejoining"
+                    .into(),
+            ));
+        }
+        let idle = self.last_tick.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        if self.suspect.load(Ordering::Relaxed) || idle > self.limit {
+            return Err(KvError::Unavailable(
+                "this node was paused or starved for longer than half of dead_node_grace; it serves again once gossip \
+                 confirms it is still a member"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns true when a live member fences this node.
+    pub(crate) fn fenced(&self) -> watch::Receiver<bool> {
+        self.fenced.subscribe()
+    }
 }
 
 /// Wraps chitchat's UDP socket to notice `BadCluster` rejections, and to
@@ -130,6 +200,8 @@ struct Seen {
     status: MemberStatus,
     epoch: Epoch,
     live: bool,
+    /// The members it fences.
+    fences: Vec<NodeName>,
 }
 
 impl Membership {
@@ -224,11 +296,15 @@ impl Membership {
             tokio::time::sleep(config.gossip_interval * 2).await;
         }
 
-        let first = Arc::new(compute(&config, &read_gossip(&handle.chitchat()).await, &mut HashMap::new()));
+        let seen = read_gossip(&handle.chitchat()).await;
+        let first = Arc::new(compute(&config, &seen, &mut HashMap::new(), &BTreeMap::new()));
         let (topology_tx, topology) = watch::channel(first);
-        let (epoch_tx, epochs) = watch::channel(Epoch::NONE);
-        let task = tokio::spawn(maintain(handle.chitchat(), config, topology_tx, epoch_tx));
-        Ok(Membership { handle, gossip_addr, topology, epochs, task })
+        // What gossip already shows, so that a starting node applies the
+        // cluster's epoch before it serves.
+        let (epoch_tx, epochs) = watch::channel(max_epoch(&seen));
+        let standing = Arc::new(Standing::new(config.dead_node_grace));
+        let task = tokio::spawn(maintain(handle.chitchat(), config, topology_tx, epoch_tx, standing.clone()));
+        Ok(Membership { handle, gossip_addr, topology, epochs, standing, task })
     }
 
     pub(crate) fn gossip_addr(&self) -> SocketAddr {
@@ -237,6 +313,10 @@ impl Membership {
 
     pub(crate) fn topology(&self) -> watch::Receiver<Arc<Topology>> {
         self.topology.clone()
+    }
+
+    pub(crate) fn standing(&self) -> Arc<Standing> {
+        self.standing.clone()
     }
 
     /// The largest truncate epoch any member gossips.
@@ -269,10 +349,15 @@ impl Membership {
     }
 }
 
+fn max_epoch(seen: &BTreeMap<NodeName, Seen>) -> Epoch {
+    seen.values().map(|s| s.epoch).max().unwrap_or(Epoch::NONE)
+}
+
 fn compute(
     config: &MembershipConfig,
     seen: &BTreeMap<NodeName, Seen>,
     dead_since: &mut HashMap<NodeName, Instant>,
+    fenced: &BTreeMap<NodeName, Instant>,
 ) -> Topology {
     let now = Instant::now();
     let mut gossiped = BTreeMap::new();
@@ -290,7 +375,8 @@ fn compute(
         } else {
             Some(now - *dead_since.entry(name.clone()).or_insert(now))
         };
-        gossiped.insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for, epoch: s.epoch });
+        let fenced = !is_self && fenced.contains_key(name);
+        gossiped.insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for, epoch: s.epoch, fenced });
     }
     topology::build(
         &NodeName::from(config.node_id.as_str()),
@@ -308,15 +394,31 @@ async fn maintain(
     config: MembershipConfig,
     topology_tx: watch::Sender<Arc<Topology>>,
     epoch_tx: watch::Sender<Epoch>,
+    standing: Arc<Standing>,
 ) {
     let mut changes = chitchat.lock().await.live_nodes_watcher();
     let mut tick = tokio::time::interval(config.gossip_interval);
     let mut dead_since = HashMap::new();
     let mut warned: HashSet<NodeName> = HashSet::new();
+    // Members this node removed from the ring, and since when.
+    let mut fenced: BTreeMap<NodeName, Instant> = BTreeMap::new();
+    let mut contact_since: Option<Instant> = None;
+    let me = NodeName::from(config.node_id.as_str());
     loop {
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let gap = now - std::mem::replace(&mut *standing.last_tick.lock().unwrap_or_else(|e| e.into_inner()), now);
+        if gap > standing.limit {
+            tracing::warn!(
+                gap_ms = gap.as_millis() as u64,
+                "this node did not run for longer than half of dead_node_grace (paused or starved); it serves \
+                 nothing until gossip confirms it is still a member"
+            );
+            standing.suspect.store(true, Ordering::Relaxed);
+            contact_since = None;
         }
         let seen = read_gossip(&chitchat).await;
         for (name, s) in &seen {
@@ -326,13 +428,38 @@ async fn maintain(
                 tracing::error!(node = %name, partitions = p, ours = config.partitions, "ignoring a node with another partition count");
             }
         }
-        let max_epoch = seen.values().map(|s| s.epoch).max().unwrap_or(Epoch::NONE);
+        let max_epoch = max_epoch(&seen);
         epoch_tx.send_if_modified(|current| {
             let raised = max_epoch > *current;
             *current = current.merge(max_epoch);
             raised
         });
-        let next = compute(&config, &seen, &mut dead_since);
+        let fenced_by = seen.iter().find(|(n, s)| **n != me && s.live && s.fences.contains(&me)).map(|(n, _)| n);
+        standing.fenced.send_if_modified(|current| {
+            let changed = *current != fenced_by.is_some();
+            if changed && let Some(by) = fenced_by {
+                tracing::warn!(%by, "a member removed this node from the ring while it was out");
+            }
+            *current = fenced_by.is_some();
+            changed
+        });
+        let mut next = compute(&config, &seen, &mut dead_since, &fenced);
+        if update_fences(&mut fenced, &seen, &next, now) {
+            let list: Vec<&str> = fenced.keys().map(|n| &**n).collect();
+            tracing::info!(fenced = ?list, "fenced members changed");
+            chitchat.lock().await.self_node_state().set(KEY_FENCED, list.join(","));
+            next = compute(&config, &seen, &mut dead_since, &fenced);
+        }
+        if standing.suspect.load(Ordering::Relaxed) {
+            let others: Vec<&NodeName> = next.table.members().iter().filter(|n| !next.is_self(n)).collect();
+            let contact = others.is_empty() || others.iter().any(|n| next.members.get(*n).is_some_and(|m| m.live));
+            if !contact {
+                contact_since = None;
+            } else if now - *contact_since.get_or_insert(now) >= config.gossip_interval * RECHECK_INTERVALS {
+                tracing::info!("gossip confirms this node's membership; serving again");
+                standing.suspect.store(false, Ordering::Relaxed);
+            }
+        }
         if !topology_tx.borrow().same_as(&next) {
             let members: Vec<String> = next
                 .members
@@ -343,6 +470,37 @@ async fn maintain(
             topology_tx.send_replace(Arc::new(next));
         }
     }
+}
+
+/// Fences the members the ring rules removed for being dead too long, and
+/// lifts the fence of members that came back as new (`joining`) or left.
+/// Returns whether the set changed.
+fn update_fences(
+    fenced: &mut BTreeMap<NodeName, Instant>,
+    seen: &BTreeMap<NodeName, Seen>,
+    topology: &Topology,
+    now: Instant,
+) -> bool {
+    let before = fenced.len();
+    let mut changed = false;
+    fenced.retain(|name, _| {
+        let back = seen.get(name).is_some_and(|s| matches!(s.status, MemberStatus::Joining | MemberStatus::Left));
+        changed |= back;
+        !back
+    });
+    for (name, member) in &topology.members {
+        if !member.live && !member.in_ring && !member.fenced && member.status.in_current_ring() {
+            fenced.insert(name.clone(), now);
+            changed = true;
+        }
+    }
+    while fenced.len() > MAX_FENCED {
+        let oldest = fenced.iter().min_by_key(|(_, since)| **since).map(|(n, _)| n.clone());
+        if let Some(oldest) = oldest {
+            fenced.remove(&oldest);
+        }
+    }
+    changed || fenced.len() != before
 }
 
 async fn read_gossip(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> BTreeMap<NodeName, Seen> {
@@ -357,6 +515,10 @@ async fn read_gossip(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> 
             status: state.get(KEY_STATUS).and_then(MemberStatus::parse).unwrap_or(MemberStatus::Joining),
             epoch: Epoch(Timestamp(state.get(KEY_EPOCH).and_then(|e| e.parse().ok()).unwrap_or(0))),
             live: live.contains(id),
+            fences: state
+                .get(KEY_FENCED)
+                .map(|list| list.split(',').filter(|n| !n.is_empty()).map(NodeName::from).collect())
+                .unwrap_or_default(),
         };
         let name = NodeName::from(&*id.node_id);
         match seen.get(&name) {

@@ -22,7 +22,7 @@ use crate::config::{NodeConfig, Persistence};
 use crate::fault::{Faults, FaultyPeers, SkewedClock};
 use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
-use crate::membership::{Membership, MembershipConfig};
+use crate::membership::{Membership, MembershipConfig, Standing};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
 use crate::rebalance::{MemberFile, Transfers, replaced};
@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) peers: Arc<dyn PeerTransport>,
     pub(crate) batch_stats: Arc<BatchStats>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
+    /// A clustered node's standing (see `membership.rs`).
+    standing: Option<Arc<Standing>>,
     pub(crate) repair: Repair,
     pub(crate) transfers: Transfers,
     pub(crate) faults: Arc<Faults>,
@@ -165,7 +167,7 @@ fn standalone_topology(config: &NodeConfig, addr: SocketAddr) -> Topology {
     let mut me = BTreeMap::new();
     me.insert(
         name.clone(),
-        Gossiped { addr, status: MemberStatus::Serving, live: true, dead_for: None, epoch: Epoch::NONE },
+        Gossiped { addr, status: MemberStatus::Serving, live: true, dead_for: None, epoch: Epoch::NONE, fenced: false },
     );
     topology::build(
         &name,
@@ -268,6 +270,7 @@ impl Node {
         };
 
         let gossip_addr = membership.as_ref().map(Membership::gossip_addr);
+        let standing = membership.as_ref().map(Membership::standing);
         let (shutdown, _) = watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
@@ -282,6 +285,7 @@ impl Node {
                 peers,
                 batch_stats,
                 membership: tokio::sync::Mutex::new(None),
+                standing,
                 repair: Repair::new(config.repair_bytes_per_sec),
                 transfers: Transfers::new(config.transfer_bytes_per_sec),
                 faults,
@@ -376,6 +380,7 @@ impl Node {
             }
             node.spawn(member_keeper(node.clone()));
             node.spawn(mover(node.clone()));
+            node.spawn(fence_follower(node.clone()));
         }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
         Ok(node)
@@ -543,6 +548,11 @@ impl Inner {
         self.topology.borrow().clone()
     }
 
+    /// Whether this node may act on its data now (see `Standing`).
+    pub(crate) fn standing(&self) -> Result<(), KvError> {
+        self.standing.as_ref().map_or(Ok(()), |standing| standing.check())
+    }
+
     pub(crate) fn topology_watch(&self) -> watch::Receiver<Arc<Topology>> {
         self.topology.clone()
     }
@@ -625,6 +635,45 @@ async fn member_keeper(node: Node) {
     .await;
 }
 
+/// Discards this node's data and joins anew whenever a member says it
+/// removed this node from the ring (see `membership.rs`): what it holds may
+/// include keys whose tombstones the others purged meanwhile.
+async fn fence_follower(node: Node) {
+    let Some(standing) = node.inner.standing.clone() else { return };
+    let mut fenced = standing.fenced();
+    let mut shutdown = node.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            changed = fenced.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if !*fenced.borrow_and_update() {
+            continue;
+        }
+        let status = node.inner.topology().members.get(&node.inner.topology().self_name).map(|m| m.status);
+        if status.is_none_or(|s| !s.in_current_ring()) {
+            continue;
+        }
+        if let Some(file) = &node.inner.member_file {
+            file.remove();
+        }
+        match node.drop_all_partitions().await {
+            Ok(dropped) => {
+                tracing::warn!(dropped, "removed from the ring while out: discarded this node's data; joining anew")
+            }
+            Err(e) => {
+                // Fail-stop: serving on with data that may resurrect deleted
+                // keys is worse than a restart, whose recovery rules discard it.
+                tracing::error!(error = %e, "cannot discard the data of a removed member; stopping");
+                node.shutdown().await;
+                return;
+            }
+        }
+        node.set_status(MemberStatus::Joining).await;
+        node.spawn(node.clone().join());
+    }
+}
+
 /// Drops partitions that moved to other nodes, once placement has settled.
 async fn mover(node: Node) {
     let interval = node.inner.config.repair_interval;
@@ -688,6 +737,9 @@ async fn handoff(node: Node) {
         let epoch = inner.epoch();
         if let Err(e) = inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: horizon, reply }).await {
             tracing::debug!(error = %e, "hint pruning skipped");
+        }
+        if inner.standing().is_err() {
+            return;
         }
         let Ok((pending, _)) = inner.hints.call(|reply| HintsMsg::Pending { reply }).await else { return };
         for (target, _) in pending {

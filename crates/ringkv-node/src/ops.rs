@@ -606,6 +606,23 @@ impl Handler for Node {
 impl Node {
     async fn dispatch(&self, request: Request, peer: Peer) -> Response {
         let inner = &self.inner;
+        // Requests that read or change data wait for a standing this node can
+        // trust; those that only describe the node (status, explain) do not.
+        let acts_on_data = matches!(
+            request,
+            Request::Put { .. }
+                | Request::Get { .. }
+                | Request::Delete { .. }
+                | Request::Exists { .. }
+                | Request::Ttl { .. }
+                | Request::Expire { .. }
+                | Request::Persist { .. }
+                | Request::Clear
+                | Request::Replica(_)
+        );
+        if acts_on_data {
+            inner.standing()?;
+        }
         match request {
             Request::Session { .. } => Err(KvError::Protocol("sessions do not nest".into())),
             Request::Ping => {
@@ -629,6 +646,12 @@ impl Node {
                 }
                 if inner.config.fault_injection && inner.faults.blocks(peer.addr) {
                     return Err(KvError::Unavailable(format!("link from {} cut by fault injection", peer.addr)));
+                }
+                if inner.topology().fences(peer.addr) {
+                    return Err(KvError::Unavailable(format!(
+                        "{} was removed from the ring while it was out; it must discard its data and rejoin",
+                        peer.addr
+                    )));
                 }
                 self.local_replica(replica).await
             }

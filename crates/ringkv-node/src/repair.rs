@@ -293,7 +293,10 @@ impl Node {
         // per partition.
         let mut failed: HashSet<NodeName> = HashSet::new();
         for (done, (partition, peer)) in pairs.into_iter().enumerate() {
-            if self.inner.stopping() {
+            // A node that may have been out of the ring must not push what
+            // it holds; it repairs once its membership is confirmed.
+            if self.inner.stopping() || self.inner.standing().is_err() {
+                self.inner.repair.record(|s| s.progress = None);
                 return Pass::Done;
             }
             if !self.inner.topology().same_as(&topo) {

@@ -18,6 +18,11 @@ pub(crate) struct MemberView {
     pub live: bool,
     pub in_ring: bool,
     pub epoch: Epoch,
+    /// Removed from the ring by this node while it was out, and not yet
+    /// back as a new member: it may hold keys whose tombstones were purged
+    /// without it, so it is neither asked nor listened to (see
+    /// `membership.rs`).
+    pub fenced: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -43,12 +48,18 @@ pub(crate) struct Gossiped {
     /// How long it has been dead, as this node observed it.
     pub dead_for: Option<Duration>,
     pub epoch: Epoch,
+    /// This node removed it from the ring and it has not rejoined since.
+    pub fenced: bool,
 }
 
 /// The ring rules, as a pure function: a member is in the ring while it is
 /// live, or dead for less than `dead_node_grace` (its writes meanwhile go to
-/// stand-ins as hints); after that its partitions move to the others. Of
-/// those, the current ring holds the members that serve or recover, and
+/// stand-ins as hints); after that its partitions move to the others, but
+/// only if the live members are a majority of the ring's: a node cut off
+/// with a minority keeps everyone in its ring (so it purges no tombstone
+/// without them), and the majority's view is the one that holds when the
+/// partition heals. A fenced member is out of both rings and never up. Of
+/// the rest, the current ring holds the members that serve or recover, and
 /// leaving ones until they are done; the next ring swaps leaving members
 /// for joining ones.
 pub(crate) fn build(
@@ -60,18 +71,23 @@ pub(crate) fn build(
     vnodes: u32,
     dead_node_grace: Duration,
 ) -> Topology {
+    let voters = gossiped.values().filter(|g| !g.fenced && g.status.in_current_ring());
+    let (voters, live_voters) = voters.fold((0, 0), |(all, live), g| (all + 1, live + usize::from(g.live)));
+    let majority = live_voters * 2 > voters;
     let members: BTreeMap<NodeName, MemberView> = gossiped
         .into_iter()
         .map(|(name, g)| {
-            let around = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace);
-            let in_ring = around && g.status.in_current_ring();
-            (name, MemberView { addr: g.addr, status: g.status, live: g.live, in_ring, epoch: g.epoch })
+            let around = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace) || !majority;
+            let in_ring = around && !g.fenced && g.status.in_current_ring();
+            let view =
+                MemberView { addr: g.addr, status: g.status, live: g.live, in_ring, epoch: g.epoch, fenced: g.fenced };
+            (name, view)
         })
         .collect();
     let ring: Vec<NodeName> = members.iter().filter(|(_, m)| m.in_ring).map(|(n, _)| n.clone()).collect();
     let next: Vec<NodeName> = members
         .iter()
-        .filter(|(_, m)| (m.in_ring || m.live) && m.status.in_next_ring())
+        .filter(|(_, m)| (m.in_ring || m.live) && !m.fenced && m.status.in_next_ring())
         .map(|(n, _)| n.clone())
         .collect();
     let table = PartitionTable::build(&ring, partitions, replication, vnodes);
@@ -83,12 +99,14 @@ pub(crate) fn build(
 impl Topology {
     /// A node may be sent requests: live and serving.
     pub fn is_up(&self, node: &str) -> bool {
-        self.members.get(node).is_some_and(|m| m.live && m.status.serves())
+        self.members.get(node).is_some_and(|m| m.live && !m.fenced && m.status.serves())
     }
 
     /// A node takes writes for the partitions it is gaining.
     pub fn takes_writes(&self, node: &str) -> bool {
-        self.members.get(node).is_some_and(|m| m.live && (m.status.serves() || m.status == MemberStatus::Joining))
+        self.members
+            .get(node)
+            .is_some_and(|m| m.live && !m.fenced && (m.status.serves() || m.status == MemberStatus::Joining))
     }
 
     /// Nodes that will replicate the partition once rebalancing is done
@@ -97,6 +115,11 @@ impl Topology {
         let Some(pending) = &self.pending else { return Vec::new() };
         let now = self.replicas(partition);
         pending.replicas(partition).iter().filter(|n| !now.contains(n)).cloned().collect()
+    }
+
+    /// Whether `addr` is the address of a member this node fenced.
+    pub fn fences(&self, addr: SocketAddr) -> bool {
+        self.members.values().any(|m| m.fenced && m.addr == addr)
     }
 
     pub fn addr(&self, node: &str) -> Option<SocketAddr> {
@@ -152,6 +175,7 @@ mod tests {
             live,
             dead_for: dead_for.map(Duration::from_secs),
             epoch: Epoch::NONE,
+            fenced: false,
         }
     }
 
@@ -161,14 +185,47 @@ mod tests {
         gossiped.insert(NodeName::from("a"), member(1, true, None));
         gossiped.insert(NodeName::from("b"), member(2, false, Some(10)));
         gossiped.insert(NodeName::from("c"), member(3, false, Some(100)));
+        gossiped.insert(NodeName::from("d"), member(4, true, None));
+        gossiped.insert(NodeName::from("e"), member(5, true, None));
         let t = build(&"a".into(), "x", gossiped, 16, 3, 8, Duration::from_secs(60));
         let ring: Vec<&str> = t.table.members().iter().map(|n| &**n).collect();
-        assert_eq!(ring, ["a", "b"]);
+        assert_eq!(ring, ["a", "b", "d", "e"]);
         assert!(t.is_up("a") && !t.is_up("b") && !t.is_up("c"));
-        assert_eq!(t.table.replication(), 2, "N is clamped to the ring size");
         let wire = t.to_wire();
-        assert_eq!(wire.members.len(), 3);
+        assert_eq!(wire.members.len(), 5);
         assert!(!wire.members[2].in_ring);
+    }
+
+    #[test]
+    fn only_a_majority_removes_dead_members() {
+        let mut gossiped = BTreeMap::new();
+        gossiped.insert(NodeName::from("a"), member(1, true, None));
+        gossiped.insert(NodeName::from("b"), member(2, false, Some(100)));
+        gossiped.insert(NodeName::from("c"), member(3, false, Some(100)));
+        let t = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, Duration::from_secs(60));
+        assert_eq!(t.table.members().len(), 3, "one live member of three keeps the others");
+        assert!(t.is_up("a") && !t.is_up("b") && !t.is_up("c"));
+
+        gossiped.get_mut("b").unwrap().live = true;
+        gossiped.get_mut("b").unwrap().dead_for = None;
+        let t = build(&"a".into(), "x", gossiped, 16, 3, 8, Duration::from_secs(60));
+        let ring: Vec<&str> = t.table.members().iter().map(|n| &**n).collect();
+        assert_eq!(ring, ["a", "b"], "two of three remove the third");
+        assert_eq!(t.table.replication(), 2, "N is clamped to the ring size");
+    }
+
+    #[test]
+    fn a_fenced_member_is_in_no_ring_and_never_up() {
+        let mut gossiped = BTreeMap::new();
+        gossiped.insert(NodeName::from("a"), member(1, true, None));
+        gossiped.insert(NodeName::from("b"), member(2, true, None));
+        gossiped.insert(NodeName::from("c"), Gossiped { fenced: true, ..member(3, true, None) });
+        let t = build(&"a".into(), "x", gossiped, 16, 3, 8, Duration::from_secs(60));
+        assert_eq!(t.table.members().len(), 2);
+        assert!(t.pending.is_none(), "nor is it in the next ring");
+        assert!(!t.is_up("c") && !t.takes_writes("c"));
+        assert!(t.fences(SocketAddr::from(([127, 0, 0, 1], 3))));
+        assert!(!t.fences(SocketAddr::from(([127, 0, 0, 1], 2))));
     }
 
     #[test]

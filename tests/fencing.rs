@@ -1,0 +1,132 @@
+//! A deleted key never comes back, even from a replica that was out of the
+//! ring for longer than both grace periods without restarting: paused with
+//! SIGSTOP, or cut off from its peers. While it was gone the others removed
+//! it from the ring and purged the tombstones of keys it still holds; when
+//! it returns it must learn that it was removed and discard its data before
+//! anything it holds can be read or repaired back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, wait_for};
+use ringkv::{Client, Consistency, KvStore};
+
+/// Short graces, so that an outage outlasts both within seconds; no hints,
+/// so that only anti-entropy (the path that resurrected keys) moves data.
+const SETTINGS: [&str; 5] = [
+    "tombstone_grace = \"3s\"",
+    "dead_node_grace = \"3s\"",
+    "repair_interval = \"1s\"",
+    "max_hint_bytes = 0",
+    "fault_injection = true",
+];
+
+fn keys() -> Vec<String> {
+    (0..20).map(|i| format!("doomed-{i}")).collect()
+}
+
+/// Whether node `i` sees `node` in its ring.
+async fn in_ring(cluster: &Cluster, i: usize, node: &str) -> Option<bool> {
+    let members = cluster.client_of(i).members_of(cluster.nodes[i].addr).await.ok()?;
+    Some(members.members.iter().any(|m| m.node_id == node && m.in_ring))
+}
+
+/// Writes the keys at `all`, takes n3 out with `cut_off`, deletes the keys
+/// once n3 has left the ring, waits until the tombstones are purged on the
+/// remaining replicas, brings n3 back with `restore`, and checks that no
+/// key comes back once n3 serves again.
+async fn deleted_keys_stay_deleted(cut_off: impl AsyncFnOnce(&Cluster), restore: impl AsyncFnOnce(&Cluster)) {
+    let cluster = Cluster::start(3, &SETTINGS);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let all = cluster.client_of(0).with_consistency(Consistency::All);
+    let keys = keys();
+    for key in &keys {
+        all.put(key.clone(), "old").await.unwrap();
+    }
+
+    cut_off(&cluster).await;
+    wait_for("n3 out of n1's and n2's rings", Duration::from_secs(30), || async {
+        (in_ring(&cluster, 0, "n3").await == Some(false) && in_ring(&cluster, 1, "n3").await == Some(false))
+            .then_some(())
+    })
+    .await;
+    let client = cluster.client_of(0);
+    for key in &keys {
+        assert!(client.delete(key.clone()).await.unwrap(), "{key} was live");
+    }
+    wait_for("tombstones purged on n1 and n2", Duration::from_secs(60), || async {
+        purged_everywhere(&client, &keys).await.then_some(())
+    })
+    .await;
+
+    restore(&cluster).await;
+    cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
+    cluster.wait_serving(2, 3, Duration::from_secs(60)).await;
+    // Repair runs at once when a member returns, and every second after: a
+    // few passes are enough for any copy n3 kept to spread.
+    let before = wait_for("every node's repair status", Duration::from_secs(10), || repair_passes(&cluster)).await;
+    wait_for("three repair passes on every node with n3 back", Duration::from_secs(30), || async {
+        let now = repair_passes(&cluster).await?;
+        before.iter().zip(&now).all(|(b, n)| *n >= b + 3).then_some(())
+    })
+    .await;
+    let any = cluster.client().with_consistency(Consistency::All);
+    for key in &keys {
+        assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after n3 returned");
+        let explanation = client.explain(key.clone()).await.unwrap();
+        for replica in explanation.replicas {
+            let live = replica.entry.as_ref().is_ok_and(|e| e.as_ref().is_some_and(|e| e.value.is_some()));
+            assert!(!live, "{key} is live again on {}", replica.node_id);
+        }
+    }
+}
+
+async fn purged_everywhere(client: &Client, keys: &[String]) -> bool {
+    for key in keys {
+        let Ok(explanation) = client.explain(key.clone()).await else { return false };
+        if !explanation.replicas.iter().all(|r| matches!(r.entry, Ok(None))) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Completed repair passes of each node, or `None` while one cannot answer.
+async fn repair_passes(cluster: &Cluster) -> Option<Vec<u64>> {
+    let mut passes = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        passes.push(cluster.client_of(i).status_of(node.addr).await.ok()?.repair.passes);
+    }
+    Some(passes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_while_a_replica_was_paused_past_both_graces_stays_deleted() {
+    deleted_keys_stay_deleted(
+        async |cluster| cluster.nodes[2].signal("STOP"),
+        async |cluster| cluster.nodes[2].signal("CONT"),
+    )
+    .await;
+}
+
+/// Cuts (or heals, with no addresses) every link between n3 and the others,
+/// on both sides, by fault injection: requests and gossip datagrams are
+/// dropped as a real partition would drop them.
+async fn cut(cluster: &Cluster, heal: bool) {
+    let addrs = |nodes: &[usize]| -> Vec<std::net::SocketAddr> {
+        if heal {
+            return Vec::new();
+        }
+        nodes.iter().flat_map(|i| [cluster.nodes[*i].addr, cluster.nodes[*i].spec.gossip.unwrap()]).collect()
+    };
+    for (i, blocked) in [(0, addrs(&[2])), (1, addrs(&[2])), (2, addrs(&[0, 1]))] {
+        cluster.client_of(i).inject_fault(cluster.nodes[i].addr, blocked).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_while_a_replica_was_cut_off_past_both_graces_stays_deleted() {
+    deleted_keys_stay_deleted(async |cluster| cut(cluster, false).await, async |cluster| cut(cluster, true).await)
+        .await;
+}
