@@ -130,3 +130,79 @@ async fn a_key_deleted_while_a_replica_was_cut_off_past_both_graces_stays_delete
     deleted_keys_stay_deleted(async |cluster| cut(cluster, false).await, async |cluster| cut(cluster, true).await)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_gone_past_the_graces_stays_replaced_across_a_whole_cluster_restart() {
+    // A grace long enough that n3 comes back while n1 and n2, restarted
+    // themselves, have not yet served that long.
+    // Snapshots after every write, so that a purged tombstone is gone from
+    // disk too, and a restart cannot bring it back from the log.
+    let mut settings = SETTINGS.to_vec();
+    settings[1] = "dead_node_grace = \"10s\"";
+    settings.push("snapshot_after_bytes = 1");
+    let mut cluster = Cluster::start(3, &settings);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let all = cluster.client_of(0).with_consistency(Consistency::All);
+    let keys = keys();
+    for key in &keys {
+        all.put(key.clone(), "old").await.unwrap();
+    }
+
+    // n3 has recorded that it is a member, so it restarts as a returning one.
+    let member_file = cluster.nodes[2].spec.data_dir.join("member");
+    wait_for("n3's member file", Duration::from_secs(20), || async { member_file.exists().then_some(()) }).await;
+    cluster.nodes[2].kill9();
+    wait_for("n3 out of n1's ring", Duration::from_secs(40), || async {
+        (in_ring(&cluster, 0, "n3").await == Some(false)).then_some(())
+    })
+    .await;
+    let client = cluster.client_of(0);
+    for key in &keys {
+        assert!(client.delete(key.clone()).await.unwrap(), "{key} was live");
+    }
+    wait_for("tombstones purged on n1 and n2", Duration::from_secs(60), || async {
+        purged_everywhere(&client, &keys).await.then_some(())
+    })
+    .await;
+    let snapshots = |i: usize| -> Vec<String> {
+        let dir = std::fs::read_dir(&cluster.nodes[i].spec.data_dir).unwrap();
+        let mut names: Vec<String> = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.retain(|n| n.ends_with(".snap"));
+        names
+    };
+    let before = [snapshots(0), snapshots(1)];
+    all.put("after-the-purge", "v").await.unwrap();
+    wait_for("a snapshot after the purge on n1 and n2", Duration::from_secs(20), || async {
+        (snapshots(0) != before[0] && snapshots(1) != before[1]).then_some(())
+    })
+    .await;
+
+    // The whole cluster restarts: n1 and n2 first, then n3, which has been
+    // gone far longer than the grace.
+    for i in 0..2 {
+        cluster.nodes[i].kill9();
+    }
+    // At once: each waits for the other as its seed.
+    let (n1, n2) = (cluster.nodes[0].spec.clone(), cluster.nodes[1].spec.clone());
+    let (n1, n2) = std::thread::scope(|s| {
+        let n1 = s.spawn(|| n1.start());
+        let n2 = s.spawn(|| n2.start());
+        (n1.join().unwrap(), n2.join().unwrap())
+    });
+    cluster.nodes[0] = n1;
+    cluster.nodes[1] = n2;
+    cluster.wait_serving(0, 2, Duration::from_secs(30)).await;
+    cluster.nodes[2] = cluster.nodes[2].spec.start();
+    cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
+    cluster.wait_serving(2, 3, Duration::from_secs(60)).await;
+    let before = wait_for("every node's repair status", Duration::from_secs(10), || repair_passes(&cluster)).await;
+    wait_for("three repair passes on every node with n3 back", Duration::from_secs(30), || async {
+        let now = repair_passes(&cluster).await?;
+        before.iter().zip(&now).all(|(b, n)| *n >= b + 3).then_some(())
+    })
+    .await;
+    let any = cluster.client().with_consistency(Consistency::All);
+    for key in &keys {
+        assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after the restart");
+    }
+}

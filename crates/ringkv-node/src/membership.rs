@@ -54,6 +54,8 @@ const KEY_PARTITIONS: &str = "partitions";
 const KEY_STATUS: &str = "status";
 const KEY_EPOCH: &str = "epoch";
 const KEY_FENCED: &str = "fenced";
+/// When the member was last alive before this start (from its member file).
+const KEY_ALIVE_BEFORE: &str = "alive_before";
 
 /// Fenced members a node remembers; beyond this the longest-fenced is
 /// forgotten, which keeps the gossiped list within one datagram.
@@ -80,6 +82,9 @@ pub(crate) struct MembershipConfig {
     /// What to gossip until the node decides otherwise: `Recovering` for a
     /// member restarting with its data, `Joining` for a new one.
     pub status: MemberStatus,
+    /// Wall-clock ms the member was last alive before this start, if it is
+    /// returning with its data.
+    pub alive_before: Option<u64>,
     pub faults: Arc<Faults>,
 }
 
@@ -191,6 +196,15 @@ impl Socket for GuardedSocket {
     }
 }
 
+/// What one live member says of its life: since when it serves (its
+/// generation, the wall-clock ms it started), and when it was last alive
+/// before that start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Life {
+    pub serving_since: Option<u64>,
+    pub alive_before: u64,
+}
+
 /// One member as gossip describes it, deduplicated by node id.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -202,6 +216,7 @@ struct Seen {
     live: bool,
     /// The members it fences.
     fences: Vec<NodeName>,
+    alive_before: u64,
 }
 
 impl Membership {
@@ -251,6 +266,7 @@ impl Membership {
             (KEY_PARTITIONS.to_string(), config.partitions.to_string()),
             (KEY_STATUS.to_string(), config.status.as_str().to_string()),
             (KEY_EPOCH.to_string(), config.epoch.0.0.to_string()),
+            (KEY_ALIVE_BEFORE.to_string(), config.alive_before.unwrap_or(0).to_string()),
         ];
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
@@ -324,13 +340,19 @@ impl Membership {
         self.epochs.clone()
     }
 
-    /// Start times (generations, wall-clock ms) of the other live members
-    /// that serve.
-    pub(crate) async fn serving_since(&self) -> Vec<u64> {
+    /// What the other live members say of their own lives, for
+    /// [`crate::rebalance::replaced`].
+    pub(crate) async fn others_lives(&self) -> Vec<Life> {
         let chitchat = self.handle.chitchat();
         let seen = read_gossip(&chitchat).await;
         let me = chitchat.lock().await.self_chitchat_id().node_id.clone();
-        seen.iter().filter(|(n, s)| ***n != *me && s.live && s.status.serves()).map(|(_, s)| s.generation).collect()
+        seen.iter()
+            .filter(|(n, s)| ***n != *me && s.live)
+            .map(|(_, s)| Life {
+                serving_since: s.status.serves().then_some(s.generation),
+                alive_before: s.alive_before,
+            })
+            .collect()
     }
 
     pub(crate) async fn set_status(&self, status: MemberStatus) {
@@ -515,6 +537,7 @@ async fn read_gossip(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> 
             status: state.get(KEY_STATUS).and_then(MemberStatus::parse).unwrap_or(MemberStatus::Joining),
             epoch: Epoch(Timestamp(state.get(KEY_EPOCH).and_then(|e| e.parse().ok()).unwrap_or(0))),
             live: live.contains(id),
+            alive_before: state.get(KEY_ALIVE_BEFORE).and_then(|t| t.parse().ok()).unwrap_or(0),
             fences: state
                 .get(KEY_FENCED)
                 .map(|list| list.split(',').filter(|n| !n.is_empty()).map(NodeName::from).collect())

@@ -261,6 +261,7 @@ impl Node {
                     join_timeout: config.join_timeout,
                     epoch: state.epoch,
                     status: if last_alive.is_some() { MemberStatus::Recovering } else { MemberStatus::Joining },
+                    alive_before: last_alive,
                     faults: faults.clone(),
                 })
                 .await?;
@@ -342,11 +343,11 @@ impl Node {
             let server = serve(endpoint, Arc::new(node.clone()), options, node.inner.shutdown.subscribe());
             node.spawn(server);
         }
-        let serving_since = match node.inner.membership.lock().await.as_ref() {
-            Some(membership) => Some(membership.serving_since().await),
+        let lives = match node.inner.membership.lock().await.as_ref() {
+            Some(membership) => Some(membership.others_lives().await),
             None => None,
         };
-        if let Some(others) = serving_since {
+        if let Some(others) = lives {
             let now = node.inner.now_ms();
             let returning = match last_alive {
                 Some(last) if replaced(last, now, node.inner.config.dead_node_grace, &others) => {

@@ -31,6 +31,7 @@ use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, TransferStatus};
 use ringkv_storage::settle;
 use tokio::time::Instant;
 
+use crate::membership::Life;
 use crate::node::Node;
 use crate::partition::PartitionMsg;
 use crate::repair::{Budget, entries_bytes};
@@ -102,14 +103,20 @@ impl MemberFile {
 }
 
 /// Whether a member that was last alive at `last_alive_ms` must discard its
-/// data: it was gone longer than the grace period, and some member that
-/// serves now has been up for longer than that too, so placement moved on
-/// without it (partitions re-replicated, tombstones purged). After a restart
-/// of the whole cluster nobody has, and the data is kept.
-pub(crate) fn replaced(last_alive_ms: u64, now_ms: u64, grace: Duration, others_up_since: &[u64]) -> bool {
+/// data: it was gone longer than the grace period while some other member
+/// lived on for longer than that, so placement may have moved on without it
+/// (partitions re-replicated, tombstones purged). The other member either
+/// serves now and has been up that long, or it restarted too but had been
+/// alive until well after this one died (a whole-cluster restart after this
+/// member had long been gone). After a restart of the whole cluster at
+/// once, nobody has, and the data is kept.
+pub(crate) fn replaced(last_alive_ms: u64, now_ms: u64, grace: Duration, others: &[Life]) -> bool {
     let grace = grace.as_millis() as u64;
-    now_ms.saturating_sub(last_alive_ms) > grace
-        && others_up_since.iter().any(|since| now_ms.saturating_sub(*since) > grace)
+    let outlived = |other: &Life| {
+        other.serving_since.is_some_and(|since| now_ms.saturating_sub(since) > grace)
+            || other.alive_before > last_alive_ms.saturating_add(grace)
+    };
+    now_ms.saturating_sub(last_alive_ms) > grace && others.iter().any(outlived)
 }
 
 /// Replicas a gaining node must pull a partition from to hold every
@@ -419,16 +426,23 @@ mod tests {
     fn a_member_is_replaced_only_if_others_served_through_its_absence() {
         let grace = Duration::from_secs(60);
         let now = 1_000_000;
+        let serving = |since: u64| Life { serving_since: Some(since), alive_before: 0 };
         // Back within the grace period: keeps its data.
-        assert!(!replaced(now - 30_000, now, grace, &[0]));
+        assert!(!replaced(now - 30_000, now, grace, &[serving(0)]));
         // Gone for long while another member served throughout.
-        assert!(replaced(now - 600_000, now, grace, &[now - 900_000]));
+        assert!(replaced(now - 600_000, now, grace, &[serving(now - 900_000)]));
         // Or while the others restarted and served long enough without it.
-        assert!(replaced(now - 600_000, now, grace, &[now - 300_000]));
+        assert!(replaced(now - 600_000, now, grace, &[serving(now - 300_000)]));
         // Gone for long, but everybody has just restarted: a whole-cluster
         // restart.
-        assert!(!replaced(now - 600_000, now, grace, &[now - 10_000, now - 5_000]));
+        assert!(!replaced(now - 600_000, now, grace, &[serving(now - 10_000), serving(now - 5_000)]));
         assert!(!replaced(now - 600_000, now, grace, &[]));
+        // Everybody has just restarted, but another member had been alive
+        // long after this one died: the cluster had moved on without it.
+        let recovering = |alive_before: u64| Life { serving_since: None, alive_before };
+        assert!(replaced(now - 600_000, now, grace, &[recovering(now - 20_000)]));
+        // Both died at about the same time: kept.
+        assert!(!replaced(now - 600_000, now, grace, &[recovering(now - 590_000)]));
     }
 
     #[test]
