@@ -52,3 +52,74 @@ async fn clear_with_a_node_down_is_learned_before_it_serves() {
         assert_eq!(one.get("after").await.unwrap().as_deref(), Some(&b"clear"[..]), "writes after clear survive");
     }
 }
+
+/// `clear` through a node whose clock is `skew_ms` off (beyond
+/// `max_clock_drift` either way) while a third node is cut off: every key
+/// acknowledged before the clear is gone, every key acknowledged after it
+/// is kept, and the cut-off node learns the clear when the cut heals.
+async fn clear_is_ordered_by_acknowledgement_whatever_the_clocks(skew_ms: i64) {
+    let cluster = Cluster::start(3, &["fault_injection = true", "max_clock_drift = \"10s\""]);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let addrs: Vec<_> = cluster.nodes.iter().map(|n| (n.addr, n.spec.gossip.unwrap())).collect();
+    let admin = cluster.client();
+    let cut = |heal: bool| {
+        let admin = admin.clone();
+        let addrs = addrs.clone();
+        async move {
+            let of = |i: usize| if heal { Vec::new() } else { vec![addrs[i].0, addrs[i].1] };
+            admin.inject_fault(addrs[0].0, of(2)).await.unwrap();
+            admin.inject_fault(addrs[1].0, of(2)).await.unwrap();
+            let both = if heal { Vec::new() } else { [of(0), of(1)].concat() };
+            admin.inject_fault(addrs[2].0, both).await.unwrap();
+        }
+    };
+    cut(false).await;
+    cluster.wait_serving(0, 2, Duration::from_secs(20)).await;
+    cluster.wait_serving(1, 2, Duration::from_secs(20)).await;
+    admin.inject_skew(addrs[0].0, skew_ms).await.unwrap();
+
+    // A fresh client for each step: no session carries clocks between them,
+    // so only the cluster can order the writes and the clear.
+    let via_n2 = || cluster.client_of(1);
+    for i in 0..30 {
+        via_n2().put(format!("before-{i}"), "v").await.unwrap();
+    }
+    cluster.client_of(0).clear().await.unwrap();
+    for i in 0..30 {
+        via_n2().put(format!("after-{i}"), "v").await.unwrap();
+    }
+
+    cut(true).await;
+    admin.inject_skew(addrs[0].0, 0).await.unwrap();
+    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
+    cluster.wait_serving(2, 3, Duration::from_secs(30)).await;
+    let all = cluster.client().with_consistency(Consistency::All);
+    let mut lost = Vec::new();
+    let mut survived = Vec::new();
+    for i in 0..30 {
+        if all.get(format!("after-{i}")).await.unwrap().is_none() {
+            lost.push(i);
+        }
+        if all.get(format!("before-{i}")).await.unwrap().is_some() {
+            survived.push(i);
+        }
+    }
+    assert!(lost.is_empty(), "writes acknowledged after the clear were lost: {lost:?}");
+    assert!(survived.is_empty(), "writes acknowledged before the clear survived it: {survived:?}");
+    // n3 was cut off throughout; it learned the clear and holds no key the
+    // clear covered, as a coordinator at consistency one.
+    let one = cluster.client_of(2).with_consistency(Consistency::One);
+    for i in 0..30 {
+        assert_eq!(one.get(format!("before-{i}")).await.unwrap(), None, "before-{i} via n3");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_through_a_fast_node_loses_no_write_acknowledged_after_it() {
+    clear_is_ordered_by_acknowledgement_whatever_the_clocks(120_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_through_a_slow_node_removes_every_write_acknowledged_before_it() {
+    clear_is_ordered_by_acknowledgement_whatever_the_clocks(-120_000).await;
+}

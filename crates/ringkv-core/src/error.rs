@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
+
 /// One replica that did not contribute to a quorum, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaFailure {
@@ -48,6 +50,11 @@ pub enum KvError {
     ShuttingDown,
     #[error("internal error: {0}")]
     Internal(String),
+    /// A replica refused a write stamped at or below the truncate epoch it
+    /// has applied: the cluster was cleared after the coordinator stamped
+    /// the write, so storing it would be dropping it while acknowledging it.
+    #[error("the write is older than the cluster's last clear (truncate epoch {epoch}); retry it")]
+    Cleared { epoch: Timestamp },
 }
 
 fn fmt_failures(failed: &[ReplicaFailure]) -> String {

@@ -112,6 +112,16 @@ impl Hlc {
         Ok(())
     }
 
+    /// Absorbs a timestamp however far ahead it is. Only for a truncate
+    /// epoch: writes acknowledged after a clear must order after it, so a
+    /// clear through a node whose clock runs ahead moves every clock ahead.
+    pub fn absorb(&self, remote: Timestamp) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if remote > *last {
+            *last = remote;
+        }
+    }
+
     pub fn last(&self) -> Timestamp {
         *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -182,6 +192,10 @@ mod tests {
         let err = hlc.observe(Timestamp::new(10_000, 0), 5_000).unwrap_err();
         assert_eq!(err, HlcError::TooFarAhead { remote: Timestamp::new(10_000, 0), ahead_ms: 5_000, max_ms: 1_000 });
         assert!(hlc.now(5_000) < Timestamp::new(10_000, 0));
+        // A truncate epoch is absorbed however far ahead: what is stamped
+        // after it orders after it.
+        hlc.absorb(Timestamp::new(10_000, 0));
+        assert!(hlc.now(5_000) > Timestamp::new(10_000, 0));
     }
 
     #[test]

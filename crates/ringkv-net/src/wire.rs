@@ -26,7 +26,7 @@ use crate::NetError;
 /// streams, transfer status, leave and fault injection. 3: batched replica
 /// requests. 4: batched reads, deferred replies, read counts in the status,
 /// crash and clock-skew injection, client sessions.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +165,10 @@ pub enum ReplicaRequest {
     /// `Reply::Batch`, one response per request in the same order. Batches
     /// do not nest.
     Batch(Vec<ReplicaRequest>),
+    /// The node's hybrid logical clock, advanced: `clear` orders its
+    /// epoch after every member's answer, so after every write any of them
+    /// stamped or acknowledged before.
+    Clock,
 }
 
 impl Request {
@@ -189,6 +193,7 @@ impl Request {
             Request::Replica(ReplicaRequest::ReadMany { .. }) => "replica-read-many",
             Request::Replica(ReplicaRequest::Stream { .. }) => "replica-stream",
             Request::Replica(ReplicaRequest::Batch(_)) => "replica-batch",
+            Request::Replica(ReplicaRequest::Clock) => "replica-clock",
             Request::Members => "members",
             Request::Status => "status",
             Request::Explain { .. } => "explain",
@@ -236,6 +241,8 @@ pub enum Reply {
         clock: Timestamp,
         reply: Box<Reply>,
     },
+    /// The answer to `ReplicaRequest::Clock`.
+    Clock(Timestamp),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

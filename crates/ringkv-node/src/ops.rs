@@ -30,6 +30,9 @@ fn storage(e: ringkv_storage::StorageError) -> KvError {
     KvError::Storage(e.to_string())
 }
 
+/// Times a member is asked again to apply a clear before the clear fails.
+const CLEAR_ATTEMPTS: u32 = 4;
+
 enum Written {
     Done {
         was_live: bool,
@@ -47,6 +50,10 @@ impl Node {
             ReplicaRequest::Apply { partition, key, entry, condition, hint_for } => {
                 self.check_placement(partition, &key)?;
                 let _ = inner.hlc.observe(entry.version.ts, inner.now_ms());
+                let epoch = inner.epoch();
+                if epoch.covers(entry.version) {
+                    return Err(KvError::Cleared { epoch: epoch.0 });
+                }
                 if let Some(target) = hint_for {
                     let durable = inner
                         .hints
@@ -66,6 +73,7 @@ impl Node {
                         Ok(Reply::Applied { was_live })
                     }
                     Applied::Conflict => Ok(Reply::Conflict),
+                    Applied::Covered(epoch) => Err(KvError::Cleared { epoch: epoch.0 }),
                 }
             }
             ReplicaRequest::Read { partition, key } => {
@@ -78,6 +86,7 @@ impl Node {
                 self.apply_epoch(epoch).await?;
                 Ok(Reply::Done)
             }
+            ReplicaRequest::Clock => Ok(Reply::Clock(inner.hlc.now(inner.now_ms()))),
             ReplicaRequest::Digest { partition, branches, root } => {
                 let mailbox = self.partition(partition)?;
                 let words = mailbox.call(|reply| PartitionMsg::Digest { branches, reply }).await?;
@@ -457,51 +466,114 @@ impl Node {
 
     /// Raises the truncate epoch everywhere it can reach now; gossip carries
     /// it to the rest, and a node that was down learns it before serving.
+    /// Clears the cluster: a truncate epoch ordered after every write any
+    /// reachable member stamped or acknowledged before (its clock is asked
+    /// first), applied by every live member before the clear is
+    /// acknowledged. Each member absorbs the epoch into its clock however
+    /// far ahead it is, so whatever it stamps afterwards survives the
+    /// clear; a replica refuses a write the epoch covers
+    /// (`KvError::Cleared`) rather than acknowledge what it drops. Members
+    /// that are down learn the epoch from gossip before they serve again.
     pub(crate) async fn clear(&self) -> Result<(), KvError> {
-        let epoch = Epoch(self.inner.hlc.now(self.inner.now_ms()));
-        self.apply_epoch(epoch).await?;
-        let topo = self.inner.topology();
-        let mut calls = Vec::new();
-        for (name, member) in &topo.members {
-            if topo.is_self(name) || !member.live {
-                continue;
-            }
-            let (node, topo, name) = (self.clone(), topo.clone(), name.clone());
-            calls.push(tokio::spawn(async move {
-                if let Err(e) = node.on_replica(&topo, &name, ReplicaRequest::Truncate { epoch }).await {
-                    tracing::warn!(node = %name, error = %e, "clear did not reach a node; gossip will carry it");
-                }
-            }));
-        }
-        for call in calls {
-            let _ = call.await;
-        }
-        Ok(())
-    }
-
-    /// Makes `epoch` the truncate epoch here: every partition drops what it
-    /// covers (durably), hints it covers are dropped, and gossip spreads it.
-    pub(crate) async fn apply_epoch(&self, epoch: Epoch) -> Result<(), KvError> {
         let inner = &self.inner;
-        if !inner.raise_epoch(epoch) {
+        let topo = inner.topology();
+        let others: Vec<NodeName> =
+            topo.members.iter().filter(|(n, m)| !topo.is_self(n) && m.live).map(|(n, _)| n.clone()).collect();
+        let clocks = others.iter().map(|name| self.on_replica(&topo, name, ReplicaRequest::Clock));
+        let mut epoch = inner.hlc.now(inner.now_ms());
+        for (name, clock) in others.iter().zip(futures_util::future::join_all(clocks).await) {
+            match clock {
+                Ok(Reply::Clock(clock)) => epoch = epoch.max(clock),
+                Ok(other) => return Err(KvError::Protocol(format!("unexpected reply to a clock request: {other:?}"))),
+                Err(e) => tracing::warn!(node = %name, error = %e, "clear cannot ask this member's clock"),
+            }
+        }
+        let epoch = Epoch(epoch);
+        self.apply_epoch(epoch).await?;
+        let topo = &topo;
+        let truncates = others.iter().map(|name| async move {
+            let mut attempt = 0;
+            loop {
+                match self.on_replica(topo, name, ReplicaRequest::Truncate { epoch }).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if attempt >= CLEAR_ATTEMPTS => {
+                        return Err(ReplicaFailure { node: name.to_string(), reason: e.to_string() });
+                    }
+                    Err(_) => {
+                        attempt += 1;
+                        if !self.pause(Duration::from_millis(100 << attempt)).await {
+                            return Err(ReplicaFailure { node: name.to_string(), reason: "shutting down".into() });
+                        }
+                    }
+                }
+            }
+        });
+        let failed: Vec<ReplicaFailure> =
+            futures_util::future::join_all(truncates).await.into_iter().filter_map(Result::err).collect();
+        if failed.is_empty() {
             return Ok(());
         }
-        let _ = inner.hlc.observe(epoch.0, inner.now_ms());
+        // Applied here and spreading by gossip, but a member that has not
+        // applied it may still acknowledge writes that it will drop.
+        Err(KvError::Quorum {
+            operation: "clear".into(),
+            needed: others.len() + 1,
+            replicas: others.len() + 1,
+            acked: others.len() + 1 - failed.len(),
+            answered: Vec::new(),
+            failed,
+        })
+    }
+
+    /// Makes `epoch` the truncate epoch here: the clock absorbs it, every
+    /// partition drops what it covers (durably; a busy partition is asked
+    /// again until it has), hints it covers are dropped, and only then is
+    /// the epoch recorded and gossiped, so a failure part-way leaves it to
+    /// be applied again.
+    pub(crate) async fn apply_epoch(&self, epoch: Epoch) -> Result<(), KvError> {
+        let inner = &self.inner;
+        if epoch <= inner.epoch() {
+            return Ok(());
+        }
+        inner.hlc.absorb(epoch.0);
         let mut durables = Vec::new();
         for partition in &inner.partitions {
-            if let Some(durable) = partition.call(|reply| PartitionMsg::Truncate { epoch, reply }).await?? {
+            if let Some(durable) =
+                self.patiently(|| partition.call(|reply| PartitionMsg::Truncate { epoch, reply })).await??
+            {
                 durables.push(durable);
             }
         }
         for durable in durables {
             settle(durable).await.map_err(storage)?;
         }
-        inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: 0, reply }).await?;
+        self.patiently(|| inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: 0, reply })).await?;
+        inner.raise_epoch(epoch);
         if let Some(membership) = inner.membership.lock().await.as_ref() {
-            membership.set_epoch(epoch).await;
+            membership.set_epoch(inner.epoch()).await;
         }
         tracing::info!(epoch = %epoch.0, "truncate epoch applied");
         Ok(())
+    }
+
+    /// Retries a mailbox call while the mailbox is full, until shutdown.
+    async fn patiently<T, F, Fut>(&self, call: F) -> Result<T, KvError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, KvError>>,
+    {
+        let mut wait = Duration::from_millis(5);
+        loop {
+            match call().await {
+                Err(KvError::Busy { .. }) => {
+                    if !self.pause(wait).await {
+                        return Err(KvError::ShuttingDown);
+                    }
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
     }
 
     pub(crate) async fn explain(&self, key: Bytes) -> Result<Explanation, KvError> {

@@ -81,6 +81,8 @@ pub(crate) enum Applied {
     },
     /// The condition failed: something newer is stored.
     Conflict,
+    /// The truncate epoch covers the entry: a clear came after it.
+    Covered(Epoch),
 }
 
 pub(crate) struct PartitionActor;
@@ -108,6 +110,9 @@ impl PartitionState {
 
     async fn apply(&mut self, key: Bytes, entry: Entry, condition: Option<Version>) -> Result<Applied, KvError> {
         let now = self.clock.now_ms();
+        if self.shard.epoch().covers(entry.version) {
+            return Ok(Applied::Covered(self.shard.epoch()));
+        }
         let applied = match condition {
             None => self.shard.apply(&key, entry.clone(), now),
             Some(expected) => match self.shard.apply_if_not_newer(&key, entry.clone(), expected, now) {
