@@ -123,3 +123,46 @@ async fn a_clear_through_a_fast_node_loses_no_write_acknowledged_after_it() {
 async fn a_clear_through_a_slow_node_removes_every_write_acknowledged_before_it() {
     clear_is_ordered_by_acknowledgement_whatever_the_clocks(-120_000).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_reaches_no_seed_does_not_serve_data_a_clear_may_cover() {
+    let join_timeout = Duration::from_secs(2);
+    let setting = format!("join_timeout = \"{}s\"", join_timeout.as_secs());
+    let mut cluster = Cluster::start(3, &[&setting]);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let all = cluster.client().with_consistency(Consistency::All);
+    for i in 0..20 {
+        all.put(format!("key-{i}"), "before").await.unwrap();
+    }
+    // n3 has recorded that it is a member, so it restarts as a returning one.
+    let member_file = cluster.nodes[2].spec.data_dir.join("member");
+    common::wait_for("n3's member file", Duration::from_secs(20), || async { member_file.exists().then_some(()) })
+        .await;
+    cluster.nodes[2].kill9();
+    cluster.wait_serving(0, 2, Duration::from_secs(20)).await;
+    cluster.client_of(0).clear().await.unwrap();
+    cluster.nodes[0].kill9();
+    cluster.nodes[1].kill9();
+
+    // n3 comes back while no seed answers.
+    let spec = cluster.nodes[2].spec.clone();
+    let n3 = std::thread::spawn(move || spec.start());
+    // The deliberate wait is the join timeout itself: by then n3 used to
+    // start alone and serve what the clear had removed.
+    tokio::time::sleep(join_timeout * 3).await;
+    assert!(!n3.is_finished(), "n3 started alone, with data a clear it never heard of may cover");
+
+    let (s1, s2) = (cluster.nodes[0].spec.clone(), cluster.nodes[1].spec.clone());
+    let (n1, n2) = std::thread::scope(|s| {
+        let n1 = s.spawn(|| s1.start());
+        let n2 = s.spawn(|| s2.start());
+        (n1.join().unwrap(), n2.join().unwrap())
+    });
+    cluster.nodes[0] = n1;
+    cluster.nodes[1] = n2;
+    cluster.nodes[2] = n3.join().unwrap();
+    let one = cluster.client_of(2).with_consistency(Consistency::One);
+    for i in 0..20 {
+        assert_eq!(one.get(format!("key-{i}")).await.unwrap(), None, "key-{i} via n3");
+    }
+}

@@ -274,7 +274,7 @@ impl Membership {
 
         let own_seed = |s: &String| s.parse::<SocketAddr>().is_ok_and(|a| a == gossip_addr);
         let has_seeds = config.seeds.iter().any(|s| !own_seed(s));
-        let deadline = Instant::now() + config.join_timeout;
+        let mut deadline = Instant::now() + config.join_timeout;
         loop {
             if let Some(peer) = *rejected_by.lock().unwrap_or_else(|e| e.into_inner()) {
                 let _ = handle.initiate_shutdown();
@@ -302,8 +302,19 @@ impl Membership {
                 break;
             }
             if Instant::now() >= deadline {
-                tracing::warn!(seeds = ?config.seeds, "no seed answered within the join timeout; starting alone");
-                break;
+                if config.alive_before.is_none() {
+                    tracing::warn!(seeds = ?config.seeds, "no seed answered within the join timeout; starting alone");
+                    break;
+                }
+                // A member returning with data cannot know, alone, whether the
+                // cluster was cleared or moved on without it meanwhile.
+                tracing::warn!(
+                    seeds = ?config.seeds,
+                    "no seed answered within the join timeout; this member holds data that only the cluster can \
+                     say is still current (it may have been cleared), so it waits for a seed (start it without \
+                     --seeds to run it alone)"
+                );
+                deadline = Instant::now() + config.join_timeout;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
