@@ -13,8 +13,9 @@ use std::time::Duration;
 use ringkv_chaos::schedule::FaultKind;
 use ringkv_chaos::{Options, run};
 
-/// Every fault kind appears in this seed's 45 s schedule (the generator
-/// guarantees it for every seed); pinned so CI replays the same faults.
+/// Every fault kind appears in this seed's 45 s schedule, and a pause and a
+/// partition that outlast both grace periods (the generator guarantees it
+/// for every seed); pinned so CI replays the same faults.
 const SEED: u64 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,6 +36,12 @@ async fn chaos_ci_seed_survives_its_faults() {
         FaultKind::Clear,
     ] {
         assert!(summary.faults.iter().any(|f| f.fault.kind == kind), "the schedule should include {kind:?}");
+    }
+    for kind in [FaultKind::Pause, FaultKind::Partition] {
+        assert!(
+            summary.faults.iter().any(|f| f.fault.kind == kind && f.fault.is_long()),
+            "the schedule should include a {kind:?} past both grace periods"
+        );
     }
     assert!(summary.passed(), "{} violations; see {}", summary.violations.len(), summary.out_dir.display());
 }

@@ -9,8 +9,11 @@
 //! them. Every mutation gets its version when its coordinator stamps it,
 //! which happens between its invocation and its completion. (For a request
 //! the client gave up on, "completion" is when it gave up: the client's
-//! per-attempt timeout is longer than the longest pause, so a coordinator
-//! that received the request answers, or dies, before the client gives up.)
+//! per-attempt timeout is longer than half of `dead_node_grace`, and a
+//! coordinator paused for longer than that stamps nothing it received
+//! before the pause once it resumes (it serves nothing until gossip has
+//! confirmed its membership, and by then the request has been refused), so
+//! a request is stamped before the client gives up on it or never.)
 //! Last-writer-wins on versions then means that the key's final state is
 //! the effect of some mutation X that no *acknowledged* mutation follows in
 //! real time — no acknowledged Y was invoked after X completed. X may have

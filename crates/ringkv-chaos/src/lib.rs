@@ -81,9 +81,9 @@ pub struct Options {
     pub memory_bound_bytes: u64,
     /// Whether to schedule one `clear`.
     pub clear: bool,
-    /// Client per-attempt timeout. Longer than the longest pause, so that a
-    /// paused coordinator answers before the client gives up on it (see
-    /// [`checker`] for why the model needs that).
+    /// Client per-attempt timeout. Longer than half of `dead_node_grace`,
+    /// the longest pause after which a coordinator still stamps what it
+    /// received before it (see [`checker`] for why the model needs that).
     pub client_timeout: Duration,
     /// Print progress to stderr.
     pub verbose: bool,
@@ -121,15 +121,22 @@ pub fn node_config(seed: u64) -> String {
     format!(
         r#"cluster_id = "chaos-{seed}"
 persistence = "wal"
-fsync = "everysec"
+# Every acknowledged write is on disk before a kill -9.
+fsync = "always"
+# Values reach 64 KiB: snapshots, and recovery from them after a kill, happen
+# many times per run.
+snapshot_after_bytes = 4194304
 replication = {REPLICATION}
 write_quorum = 2
 read_quorum = 2
 gossip_interval = "500ms"
 phi_threshold = 10.0
-# Longer than any kill, pause, partition or skew of the schedule, so a faulty node
-# keeps its place in the ring and catches up rather than rejoining.
-dead_node_grace = "60s"
+# Short, so that the schedule's long faults outlast both graces: the others drop
+# the faulty node from the ring and purge tombstones without it, and it must come
+# back as a new member without resurrecting anything. The ordinary faults may
+# outlast the dead-node grace too.
+dead_node_grace = "8s"
+tombstone_grace = "12s"
 replica_timeout = "2s"
 repair_interval = "5s"
 fault_injection = true

@@ -3,7 +3,11 @@
 //! Faults are strictly sequential, each preceded by a healthy gap, so at
 //! most one node is faulty at any time: with N=3 and W=R=2 that is exactly
 //! the failure the cluster promises to ride out without losing anything
-//! acknowledged. The node added and the node removed are scheduled so that
+//! acknowledged. Some kills, pauses and partitions are *long*: they outlast
+//! both `dead_node_grace` and `tombstone_grace` of the chaos configuration,
+//! so the others drop the node from the ring and purge tombstones without
+//! it, and it must come back as a new member without resurrecting anything.
+//! Every schedule has at least one long pause and one long partition. The node added and the node removed are scheduled so that
 //! the add comes first: with the default five nodes the ring then never has
 //! fewer than five members, and one of them faulty still leaves four serving.
 //!
@@ -42,6 +46,11 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Whether a fault of this kind can last past the grace periods.
+    pub fn can_be_long(self) -> bool {
+        matches!(self, FaultKind::Kill | FaultKind::Pause | FaultKind::Partition)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
@@ -73,6 +82,13 @@ pub struct Fault {
     /// How far off a skewed clock reads (ahead if positive); 0 otherwise.
     #[serde(default)]
     pub skew_ms: i64,
+}
+
+impl Fault {
+    /// Lasts past both grace periods (see [`LONG_MS`]).
+    pub fn is_long(&self) -> bool {
+        self.kind.can_be_long() && self.duration_ms >= LONG_MS.0
+    }
 }
 
 impl fmt::Display for Fault {
@@ -112,6 +128,10 @@ pub const KILL_MS: (u64, u64) = (2_000, 10_000);
 pub const PAUSE_MS: (u64, u64) = (2_000, 8_000);
 pub const PARTITION_MS: (u64, u64) = (3_000, 10_000);
 pub const SKEW_FOR_MS: (u64, u64) = (3_000, 10_000);
+/// A long kill, pause or partition: past the chaos configuration's
+/// `dead_node_grace` (8 s) plus failure detection, and past its
+/// `tombstone_grace` (12 s) after that.
+pub const LONG_MS: (u64, u64) = (24_000, 30_000);
 /// How far off a skewed clock reads, either way: from what NTP trouble
 /// commonly causes to a clock that was never synchronised properly, well
 /// within `max_clock_drift`.
@@ -122,6 +142,17 @@ const MEMBERSHIP_CHANGE_ESTIMATE_MS: u64 = 15_000;
 const CLEAR_ESTIMATE_MS: u64 = 1_000;
 /// The faults that make one node misbehave for a while.
 const NODE_FAULTS: [FaultKind; 4] = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition, FaultKind::ClockSkew];
+/// The node faults that every schedule has at least once, and whether long.
+const REQUIRED: [(FaultKind, bool); 6] = [
+    (FaultKind::Kill, false),
+    (FaultKind::Pause, false),
+    (FaultKind::Partition, false),
+    (FaultKind::ClockSkew, false),
+    (FaultKind::Pause, true),
+    (FaultKind::Partition, true),
+];
+/// One in this many of the other kills, pauses and partitions is long.
+const LONG_ONE_IN: u64 = 4;
 /// Fewest nodes that keep four serving while one is faulty.
 pub const MIN_NODES: usize = 5;
 
@@ -169,7 +200,7 @@ pub fn generate(params: &ScheduleParams) -> Result<Schedule, String> {
     let (mut added, mut removed, mut cleared) = (false, false, !params.clear);
     // Every kind of node fault at least once, in a seeded order; after that
     // uniformly at random.
-    let mut pending = NODE_FAULTS.to_vec();
+    let mut pending = REQUIRED.to_vec();
     for i in (1..pending.len()).rev() {
         pending.swap(i, rng.below(i as u64 + 1) as usize);
     }
@@ -197,8 +228,12 @@ pub fn generate(params: &ScheduleParams) -> Result<Schedule, String> {
             (FaultKind::RemoveNode, Some(target), 0)
         } else {
             let target = members[rng.below(members.len() as u64) as usize].clone();
-            let kind = pending.pop().unwrap_or_else(|| NODE_FAULTS[rng.below(NODE_FAULTS.len() as u64) as usize]);
+            let (kind, long) = pending.pop().unwrap_or_else(|| {
+                let kind = NODE_FAULTS[rng.below(NODE_FAULTS.len() as u64) as usize];
+                (kind, kind.can_be_long() && rng.below(LONG_ONE_IN) == 0)
+            });
             let range = match kind {
+                _ if long => LONG_MS,
                 FaultKind::Kill => KILL_MS,
                 FaultKind::Pause => PAUSE_MS,
                 FaultKind::ClockSkew => SKEW_FOR_MS,
@@ -248,19 +283,34 @@ mod tests {
         let got: Vec<(FaultKind, Option<&str>, u64, u64)> =
             s.faults.iter().map(|f| (f.kind, f.target.as_deref(), f.duration_ms, f.gap_ms)).collect();
         let expected = [
-            (FaultKind::Pause, Some("n5")),
             (FaultKind::Partition, Some("n4")),
+            (FaultKind::ClockSkew, Some("n1")),
             (FaultKind::Clear, None),
             (FaultKind::AddNode, Some("n6")),
-            (FaultKind::RemoveNode, Some("n4")),
-            (FaultKind::ClockSkew, Some("n6")),
-            (FaultKind::Kill, Some("n6")),
+            (FaultKind::RemoveNode, Some("n5")),
+            (FaultKind::Pause, Some("n6")),
+            (FaultKind::Kill, Some("n2")),
+            (FaultKind::Pause, Some("n4")),
+            (FaultKind::Partition, Some("n1")),
         ];
         assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), expected);
         let timing: Vec<(u64, u64)> = got.iter().map(|g| (g.2, g.3)).collect();
-        assert_eq!(timing, [(4235, 3264), (4562, 4455), (0, 3313), (0, 3147), (0, 3797), (9496, 3122), (6535, 4968)]);
+        assert_eq!(
+            timing,
+            [
+                (7584, 3745),
+                (3516, 3446),
+                (0, 3122),
+                (0, 4762),
+                (0, 4856),
+                (29543, 3528),
+                (6017, 4134),
+                (3869, 4329),
+                (28044, 3061)
+            ]
+        );
         let skews: Vec<i64> = s.faults.iter().map(|f| f.skew_ms).collect();
-        assert_eq!(skews, [0, 0, 0, 0, 0, 2600, 0]);
+        assert_eq!(skews, [0, -1315, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(s.to_string(), generate(&params(1, 45_000)).unwrap().to_string());
     }
 
@@ -275,6 +325,10 @@ mod tests {
                 assert_eq!(count(FaultKind::Clear), 1, "seed {seed}");
                 for kind in NODE_FAULTS {
                     assert!(count(kind) >= 1, "seed {seed}: no {kind:?}");
+                }
+                for kind in [FaultKind::Pause, FaultKind::Partition] {
+                    let long = s.faults.iter().filter(|f| f.kind == kind && f.is_long()).count();
+                    assert!(long >= 1, "seed {seed}: no long {kind:?}");
                 }
                 let add = s.faults.iter().position(|f| f.kind == FaultKind::AddNode).unwrap();
                 let remove = s.faults.iter().position(|f| f.kind == FaultKind::RemoveNode).unwrap();
@@ -298,7 +352,8 @@ mod tests {
                     }
                     match (range, &f.target) {
                         (Some(r), Some(t)) => {
-                            assert!((r.0..=r.1).contains(&f.duration_ms));
+                            let long = f.kind.can_be_long() && (LONG_MS.0..=LONG_MS.1).contains(&f.duration_ms);
+                            assert!((r.0..=r.1).contains(&f.duration_ms) || long);
                             assert!(members.contains(t), "seed {seed}: {t} is not a member at #{}", f.index);
                             assert!(members.len() > MIN_NODES - 1, "four must stay serving");
                         }

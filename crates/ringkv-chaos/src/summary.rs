@@ -101,7 +101,21 @@ impl fmt::Display for Summary {
             "  final reads (consistency all): {} of {} succeeded",
             self.final_reads.ok, self.final_reads.invoked
         )?;
-        writeln!(f, "faults applied: {}", self.faults.len())?;
+        let mut kinds: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for a in &self.faults {
+            let count = kinds.entry(a.fault.kind.as_str()).or_default();
+            count.0 += 1;
+            count.1 += usize::from(a.fault.is_long());
+        }
+        let kinds: Vec<String> = kinds
+            .iter()
+            .map(
+                |(kind, (n, long))| {
+                    if *long > 0 { format!("{n} {kind} ({long} past the graces)") } else { format!("{n} {kind}") }
+                },
+            )
+            .collect();
+        writeln!(f, "faults applied: {} ({})", self.faults.len(), kinds.join(", "))?;
         for a in &self.faults {
             let healthy = a.healthy_ms.map_or("never".to_string(), |h| format!("{:.1}s", h as f64 / 1000.0));
             writeln!(

@@ -3,7 +3,10 @@
 //! Each key is written by exactly one client, so a key's mutations are
 //! sequential and its history can be checked without guessing at the order
 //! of concurrent writes. Every value written is unique (`v{client}.{seq}`),
-//! so any value read back names the operation that wrote it. The mix:
+//! so any value read back names the operation that wrote it. Values are
+//! padded to sizes from a few bytes to 64 KiB (log-uniform), with a pattern
+//! derived from the tag, so a value that comes back cut, spliced or mixed
+//! up is caught as one nobody wrote. The mix:
 //!
 //! - puts of new unique keys `u/{client}/{n}`;
 //! - overwrites of a small set of keys `o/{client}/{i}`;
@@ -55,11 +58,13 @@ pub struct WorkloadConfig {
     pub ttl_ms: (u64, u64),
     /// Pause between a client's operations, milliseconds.
     pub think_ms: (u64, u64),
+    /// Largest value written, bytes; sizes are log-uniform up to it.
+    pub max_value_bytes: usize,
 }
 
 impl Default for WorkloadConfig {
     fn default() -> WorkloadConfig {
-        WorkloadConfig { overwrite_keys: 8, ttl_ms: (1_000, 5_000), think_ms: (5, 25) }
+        WorkloadConfig { overwrite_keys: 8, ttl_ms: (1_000, 5_000), think_ms: (5, 25), max_value_bytes: 64 << 10 }
     }
 }
 
@@ -71,12 +76,18 @@ struct ClientState {
     next_key: u64,
     written: Vec<String>,
     known: HashSet<String>,
+    max_value_bytes: usize,
 }
 
 impl ClientState {
-    fn value(&mut self) -> String {
+    /// A new unique tag and the value that carries it, padded to a random
+    /// size of at most `max` bytes.
+    fn value(&mut self, max: usize) -> (String, Bytes) {
         self.seq += 1;
-        format!("v{}.{}", self.id, self.seq)
+        let tag = format!("v{}.{}", self.id, self.seq);
+        let bits = usize::BITS - max.max(1).leading_zeros();
+        let size = (1usize << self.rng.below(u64::from(bits))).min(max);
+        (tag.clone(), padded(&tag, size))
     }
 
     fn new_key(&mut self, prefix: &str) -> String {
@@ -117,6 +128,7 @@ pub async fn run_client(
         next_key: 0,
         written: Vec::new(),
         known: HashSet::new(),
+        max_value_bytes: config.max_value_bytes,
     };
     let mut history = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -167,22 +179,61 @@ pub async fn run_client(
 }
 
 async fn put(client: &Client, st: &mut ClientState, clock: &RunClock, key: String, ttl_ms: Option<u64>) -> Record {
-    let value = st.value();
+    let (value, bytes) = st.value(st.max_value_bytes);
     let op = if ttl_ms.is_some() { OpKind::PutTtl } else { OpKind::Put };
     st.wrote(&key);
     let mut r = Record::invoke(st.id, Phase::Run, op, Some(key.clone()), clock.ms()).with_value(value.clone(), ttl_ms);
     let result = match ttl_ms {
-        Some(ttl) => client.put_with_ttl(Bytes::from(key), Bytes::from(value), Duration::from_millis(ttl)).await,
-        None => client.put(Bytes::from(key), Bytes::from(value)).await,
+        Some(ttl) => client.put_with_ttl(Bytes::from(key), bytes, Duration::from_millis(ttl)).await,
+        None => client.put(Bytes::from(key), bytes).await,
     };
     r.finish(clock.ms(), &result);
     r
 }
 
-/// A read's result as the history records it.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_padded_value_reads_back_as_its_tag_and_a_damaged_one_does_not() {
+        for size in [1, 4, 5, 6, 100, 64 << 10] {
+            assert_eq!(read_of(Some(padded("v1.7", size))), Read::Value("v1.7".into()), "size {size}");
+        }
+        let good = padded("v1.7", 1000);
+        let cut = good.slice(..900);
+        assert!(matches!(read_of(Some(cut)), Read::Value(v) if v.starts_with("damaged")));
+        let mut spliced = good.to_vec();
+        spliced[500] = b'#';
+        assert!(matches!(read_of(Some(Bytes::from(spliced))), Read::Value(v) if v.starts_with("damaged")));
+        assert_eq!(read_of(None), Read::Absent);
+    }
+}
+
+/// The value for `tag`: the tag, then (if there is room) `#`, the size and
+/// `#`, and a pattern that depends on the tag, up to `size` bytes; a value
+/// cut short or spliced no longer matches.
+pub fn padded(tag: &str, size: usize) -> Bytes {
+    let mut value = format!("{tag}#{size}#").into_bytes();
+    if size <= value.len() {
+        return Bytes::from(tag.to_string());
+    }
+    let seed = tag.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    value.extend((0..size - value.len()).map(|i| b'a' + ((seed + i as u64) % 26) as u8));
+    Bytes::from(value)
+}
+
+/// A read's result as the history records it: the tag of the value read,
+/// or the whole value, marked, if its padding is not what the tag's writer
+/// wrote (which the checker reports as a value nobody wrote).
 pub fn read_of(value: Option<Bytes>) -> Read {
-    match value {
-        None => Read::Absent,
-        Some(v) => Read::Value(String::from_utf8_lossy(&v).into_owned()),
+    let Some(v) = value else { return Read::Absent };
+    let tag = v.split(|b| *b == b'#').next().unwrap_or_default();
+    let tag = String::from_utf8_lossy(tag).into_owned();
+    if padded(&tag, v.len()) == v {
+        Read::Value(tag)
+    } else {
+        let shown: String = String::from_utf8_lossy(&v[..v.len().min(64)]).into_owned();
+        Read::Value(format!("damaged value of {} bytes: {shown}", v.len()))
     }
 }
