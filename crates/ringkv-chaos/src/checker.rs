@@ -636,7 +636,7 @@ mod tests {
 
     fn entry(ts: u64, value: Option<&str>, expires_at: Option<u64>) -> Option<Entry> {
         Some(Entry {
-            version: Version { ts: Timestamp::new(ts, 0), node: ringkv_core::NodeTag(1) },
+            version: Version::new(Timestamp::new(ts, 0), ringkv_core::NodeTag(1)),
             value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
             expires_at,
         })

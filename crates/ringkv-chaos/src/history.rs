@@ -152,6 +152,7 @@ pub fn classify(error: &KvError) -> Outcome {
         | KvError::InvalidTtl(_)
         | KvError::Quorum { .. }
         | KvError::Unavailable(_)
+        | KvError::DeadlineExpired { .. }
         | KvError::ShuttingDown => Outcome::Fail,
         KvError::Busy { .. }
         | KvError::Timeout { .. }

@@ -36,6 +36,10 @@ pub enum KvError {
     },
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout { what: String, ms: u64 },
+    /// The client had given up on the request before this node could start
+    /// it (see [`crate::Deadline`]); nothing was applied.
+    #[error("the request's deadline passed {late_ms} ms ago by this node's clock; not applied")]
+    DeadlineExpired { late_ms: u64 },
     #[error("no node can serve the request: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -65,6 +69,7 @@ impl KvError {
             KvError::Busy { .. }
                 | KvError::Quorum { .. }
                 | KvError::Timeout { .. }
+                | KvError::DeadlineExpired { .. }
                 | KvError::Unavailable(_)
                 | KvError::Transport(_)
                 | KvError::ShuttingDown

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{
-    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl,
+    Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version,
+    expiry_from_ttl,
 };
 use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
@@ -44,10 +45,11 @@ impl Node {
     pub(crate) async fn local_replica(&self, request: ReplicaRequest) -> Result<Reply, KvError> {
         let inner = &self.inner;
         match request {
-            ReplicaRequest::Apply { partition, key, entry, condition, hint_for } => {
+            ReplicaRequest::Apply { partition, key, entry, condition, hint_for, deadline } => {
                 self.check_placement(partition, &key)?;
-                let _ = inner.hlc.observe(entry.version.ts, inner.now_ms());
+                let _ = inner.hlc.observe(entry.version.newest_ts(), inner.now_ms());
                 if let Some(target) = hint_for {
+                    self.check_deadline(deadline)?;
                     let durable = inner
                         .hints
                         .call(|reply| HintsMsg::Store { target: target.into(), partition, key, entry, reply })
@@ -58,7 +60,7 @@ impl Node {
                     return Ok(Reply::Applied { was_live: false });
                 }
                 let mailbox = &inner.partitions[partition as usize];
-                match mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition, reply }).await?? {
+                match mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition, deadline, reply }).await?? {
                     Applied::Done { was_live, durable } => {
                         if let Some(durable) = durable {
                             settle(durable).await.map_err(storage)?;
@@ -105,8 +107,9 @@ impl Node {
                 for (partition, key, entry) in entries {
                     self.check_placement(partition, &key)?;
                     let mailbox = &inner.partitions[partition as usize];
-                    if let Applied::Done { durable: Some(d), .. } =
-                        mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition: None, reply }).await??
+                    if let Applied::Done { durable: Some(d), .. } = mailbox
+                        .call(|reply| PartitionMsg::Apply { key, entry, condition: None, deadline: None, reply })
+                        .await??
                     {
                         durables.push(d);
                     }
@@ -129,6 +132,11 @@ impl Node {
                 Ok(Reply::Batch(wire::fit_batch(replies, inner.config.max_frame_bytes())))
             }
         }
+    }
+
+    /// Refuses to start work for a client that has given up on it.
+    fn check_deadline(&self, deadline: Option<Deadline>) -> Result<(), KvError> {
+        deadline.map_or(Ok(()), |d| d.check(self.inner.now_ms()))
     }
 
     fn check_fault_injection(&self) -> Result<(), KvError> {
@@ -197,7 +205,8 @@ impl Node {
         }
     }
 
-    /// Sends an entry to the key's replicas and waits for the quorum.
+    /// Sends an entry to the key's replicas and waits for the quorum. The
+    /// client's deadline, if any, goes with every replica write.
     async fn replicate(
         &self,
         operation: &'static str,
@@ -205,6 +214,7 @@ impl Node {
         entry: Entry,
         condition: Option<Version>,
         consistency: Consistency,
+        deadline: Option<Deadline>,
     ) -> Result<Written, KvError> {
         let topo = self.inner.topology();
         let partition = self.inner.partitioner.partition_of(&key);
@@ -228,8 +238,14 @@ impl Node {
             if topo.takes_writes(&gainer) && !targets.iter().any(|t| t.node == gainer) {
                 let (node, topo, key, entry) = (self.clone(), topo.clone(), key.clone(), entry.clone());
                 tokio::spawn(async move {
-                    let request =
-                        ReplicaRequest::Apply { partition: partition.0, key, entry, condition, hint_for: None };
+                    let request = ReplicaRequest::Apply {
+                        partition: partition.0,
+                        key,
+                        entry,
+                        condition,
+                        hint_for: None,
+                        deadline,
+                    };
                     if let Err(e) = node.on_replica(&topo, &gainer, request).await {
                         tracing::debug!(%gainer, error = %e, "write to a gaining replica failed");
                     }
@@ -247,12 +263,14 @@ impl Node {
                     entry: entry.clone(),
                     condition,
                     hint_for: target.hint_for.as_ref().map(|n| n.to_string()),
+                    deadline,
                 };
                 let result = node.on_replica(&topo, &target.node, request).await;
                 // A replica we believed up did not take the write: keep it
                 // for that replica as a hint, so it catches up when it can.
-                // Safe even for a conditional write that lost its race: the
-                // entry is a real version and last-writer-wins decides.
+                // Safe even for a conditional write that lost its race, or
+                // one refused for its deadline: the entry was stamped in
+                // time, and a rewrite never outranks a newer write.
                 if let Err(e) = &result
                     && target.hint_for.is_none()
                     && !topo.is_self(&target.node)
@@ -340,7 +358,7 @@ impl Node {
         if let Some(entry) = &newest {
             // What this node answers with, its clock now covers: a client's
             // session (and this node's next write) orders after it.
-            let _ = self.inner.hlc.observe(entry.version.ts, self.inner.now_ms());
+            let _ = self.inner.hlc.observe(entry.version.newest_ts(), self.inner.now_ms());
         }
         let (node, key) = (self.clone(), key.clone());
         tokio::spawn(async move {
@@ -371,6 +389,7 @@ impl Node {
                 entry: newest.clone(),
                 condition: None,
                 hint_for: None,
+                deadline: None,
             };
             let stale: NodeName = stale.into();
             if let Err(e) = self.on_replica(topo, &stale, request).await {
@@ -390,7 +409,7 @@ impl Node {
     /// Writes an existing entry, version unchanged, to its key's current
     /// replicas (hints whose owner left the ring).
     pub(crate) async fn write_entry(&self, key: Bytes, entry: Entry) -> Result<(), KvError> {
-        self.replicate("handoff", key, entry, None, Consistency::One).await.map(|_| ())
+        self.replicate("handoff", key, entry, None, Consistency::One, None).await.map(|_| ())
     }
 
     pub(crate) async fn put(
@@ -399,24 +418,27 @@ impl Node {
         value: Bytes,
         ttl: Option<Duration>,
         c: Consistency,
+        deadline: Option<Deadline>,
     ) -> Result<(), KvError> {
         let inner = &self.inner;
         inner.limits.check_key(&key)?;
         inner.limits.check_value(&value)?;
         let now = inner.now_ms();
         let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
+        self.check_deadline(deadline)?;
         let entry = Entry::value(inner.stamp(now), value, expires_at);
-        self.replicate("put", key, entry, None, c).await.map(|_| ())
+        self.replicate("put", key, entry, None, c, deadline).await.map(|_| ())
     }
 
     pub(crate) async fn get(&self, key: Bytes, c: Consistency) -> Result<Option<Bytes>, KvError> {
         Ok(self.read_live(&key, c).await?.and_then(|(e, _)| e.value))
     }
 
-    pub(crate) async fn delete(&self, key: Bytes, c: Consistency) -> Result<bool, KvError> {
+    pub(crate) async fn delete(&self, key: Bytes, c: Consistency, deadline: Option<Deadline>) -> Result<bool, KvError> {
         self.inner.limits.check_key(&key)?;
+        self.check_deadline(deadline)?;
         let entry = Entry::tombstone(self.inner.stamp(self.inner.now_ms()));
-        match self.replicate("delete", key, entry, None, c).await? {
+        match self.replicate("delete", key, entry, None, c, deadline).await? {
             Written::Done { was_live } => Ok(was_live),
             Written::Conflict => Err(KvError::Internal("an unconditional delete reported a conflict".into())),
         }
@@ -434,20 +456,35 @@ impl Node {
         })
     }
 
-    /// Rewrites a live entry with a new expiry (or none). The write is
-    /// conditional on nothing newer than what was read being stored, and is
-    /// retried if a concurrent write got in between.
-    pub(crate) async fn set_expiry(&self, key: Bytes, ttl: Option<Duration>, c: Consistency) -> Result<bool, KvError> {
+    /// Rewrites a live entry with a new expiry (or none). The rewrite keeps
+    /// the version of the value it read and adds a fresh touch
+    /// ([`Version::touched`]), so that it outranks that value but never a
+    /// write stamped after it: wherever it lands (a replica that missed a
+    /// newer put, a stand-in, a hint, repair), it cannot bring the older
+    /// value back. The write is also conditional on nothing newer than what
+    /// was read being stored, and retried if a concurrent write got in
+    /// between, so that racing a put it lands on the new value.
+    pub(crate) async fn set_expiry(
+        &self,
+        key: Bytes,
+        ttl: Option<Duration>,
+        c: Consistency,
+        deadline: Option<Deadline>,
+    ) -> Result<bool, KvError> {
         for _ in 0..RMW_ATTEMPTS {
-            let Some((current, now)) = self.read_live(&key, c).await? else { return Ok(false) };
+            let Some((current, _)) = self.read_live(&key, c).await? else { return Ok(false) };
             if ttl.is_none() && current.expires_at.is_none() {
                 return Ok(false);
             }
+            // The expiry counts from now, after the read, not from before it.
+            let now = self.inner.now_ms();
             let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
-            let entry = Entry { version: self.inner.stamp(now), value: current.value, expires_at };
+            self.check_deadline(deadline)?;
+            let version = current.version.touched(self.inner.stamp(now));
+            let entry = Entry { version, value: current.value, expires_at };
             let operation = if ttl.is_some() { "expire" } else { "persist" };
             if let Written::Done { .. } =
-                self.replicate(operation, key.clone(), entry, Some(current.version), c).await?
+                self.replicate(operation, key.clone(), entry, Some(current.version), c, deadline).await?
             {
                 return Ok(true);
             }
@@ -545,7 +582,7 @@ impl Node {
 /// client's default.
 impl KvStore for Node {
     async fn put(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send) -> Result<(), KvError> {
-        Node::put(self, key.into(), value.into(), None, Consistency::Quorum).await
+        Node::put(self, key.into(), value.into(), None, Consistency::Quorum, None).await
     }
 
     async fn put_with_ttl(
@@ -554,7 +591,7 @@ impl KvStore for Node {
         value: impl Into<Bytes> + Send,
         ttl: Duration,
     ) -> Result<(), KvError> {
-        Node::put(self, key.into(), value.into(), Some(ttl), Consistency::Quorum).await
+        Node::put(self, key.into(), value.into(), Some(ttl), Consistency::Quorum, None).await
     }
 
     async fn get(&self, key: impl Into<Bytes> + Send) -> Result<Option<Bytes>, KvError> {
@@ -562,7 +599,7 @@ impl KvStore for Node {
     }
 
     async fn delete(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        Node::delete(self, key.into(), Consistency::Quorum).await
+        Node::delete(self, key.into(), Consistency::Quorum, None).await
     }
 
     async fn exists(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
@@ -574,11 +611,11 @@ impl KvStore for Node {
     }
 
     async fn expire(&self, key: impl Into<Bytes> + Send, ttl: Duration) -> Result<bool, KvError> {
-        self.set_expiry(key.into(), Some(ttl), Consistency::Quorum).await
+        self.set_expiry(key.into(), Some(ttl), Consistency::Quorum, None).await
     }
 
     async fn persist(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.set_expiry(key.into(), None, Consistency::Quorum).await
+        self.set_expiry(key.into(), None, Consistency::Quorum, None).await
     }
 
     async fn clear(&self) -> Result<(), KvError> {
@@ -588,23 +625,31 @@ impl KvStore for Node {
 
 impl Handler for Node {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
-        let Request::Session { seen, request } = request else { return self.dispatch(request, peer).await };
+        let Request::Session { seen, deadline, request } = request else {
+            return self.dispatch(request, peer, None).await;
+        };
         if matches!(*request, Request::Replica(_)) {
             return Err(KvError::Protocol("a session wraps client requests, not replica requests".into()));
         }
+        // Before anything else: a request read after its client gave up
+        // (this process was stopped, or behind) is refused, not started.
+        self.check_deadline(deadline)?;
         let inner = &self.inner;
         // Not absorbed only if absurdly far ahead (max_clock_drift); the
         // request still runs, ordered by this node's own clock.
         if let Err(e) = inner.hlc.observe(seen, inner.now_ms()) {
             tracing::warn!(error = %e, "a client's session clock is not absorbed");
         }
-        let reply = self.dispatch(*request, peer).await?;
+        let reply = self.dispatch(*request, peer, deadline).await?;
         Ok(Reply::Session { clock: inner.hlc.last(), reply: Box::new(reply) })
     }
 }
 
 impl Node {
-    async fn dispatch(&self, request: Request, peer: Peer) -> Response {
+    /// Runs one request. Writes carry the client's deadline down to each
+    /// stamp and replica write; reads need not, since a late read changes
+    /// nothing.
+    async fn dispatch(&self, request: Request, peer: Peer, deadline: Option<Deadline>) -> Response {
         let inner = &self.inner;
         match request {
             Request::Session { .. } => Err(KvError::Protocol("sessions do not nest".into())),
@@ -612,16 +657,20 @@ impl Node {
                 Ok(Reply::Pong { node_id: inner.config.node_id.clone(), version: env!("CARGO_PKG_VERSION").into() })
             }
             Request::Put { key, value, ttl_ms, consistency } => {
-                self.put(key, value, ttl_ms.map(Duration::from_millis), consistency).await.map(|()| Reply::Done)
+                let ttl = ttl_ms.map(Duration::from_millis);
+                self.put(key, value, ttl, consistency, deadline).await.map(|()| Reply::Done)
             }
             Request::Get { key, consistency } => self.get(key, consistency).await.map(Reply::Value),
-            Request::Delete { key, consistency } => self.delete(key, consistency).await.map(Reply::Flag),
+            Request::Delete { key, consistency } => self.delete(key, consistency, deadline).await.map(Reply::Flag),
             Request::Exists { key, consistency } => self.exists(key, consistency).await.map(Reply::Flag),
             Request::Ttl { key, consistency } => self.ttl(key, consistency).await.map(Reply::Ttl),
             Request::Expire { key, ttl_ms, consistency } => {
-                self.set_expiry(key, Some(Duration::from_millis(ttl_ms)), consistency).await.map(Reply::Flag)
+                let ttl = Some(Duration::from_millis(ttl_ms));
+                self.set_expiry(key, ttl, consistency, deadline).await.map(Reply::Flag)
             }
-            Request::Persist { key, consistency } => self.set_expiry(key, None, consistency).await.map(Reply::Flag),
+            Request::Persist { key, consistency } => {
+                self.set_expiry(key, None, consistency, deadline).await.map(Reply::Flag)
+            }
             Request::Clear => self.clear().await.map(|()| Reply::Done),
             Request::Replica(replica) => {
                 if !peer.is_node {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
+use ringkv_core::{Clock, Deadline, Entry, Epoch, KvError, PartitionId, Version};
 use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord};
 
 use crate::mailbox::{Envelope, Mailbox};
@@ -16,11 +16,14 @@ pub(crate) type PartitionMailbox = Mailbox<PartitionMsg>;
 
 pub(crate) enum PartitionMsg {
     /// Merge an entry. With a condition, only if nothing newer than that
-    /// version is stored (read-modify-write operations).
+    /// version is stored (read-modify-write operations). With a deadline,
+    /// only if it has not passed: checked here, right before the shard
+    /// changes, because the message may have waited in the mailbox.
     Apply {
         key: Bytes,
         entry: Entry,
         condition: Option<Version>,
+        deadline: Option<Deadline>,
         reply: RpcReplyPort<Result<Applied, KvError>>,
     },
     /// The stored entry, dead or alive, for the coordinator to judge.
@@ -106,8 +109,17 @@ impl PartitionState {
         Ok(Some(wal.submit(frames).await))
     }
 
-    async fn apply(&mut self, key: Bytes, entry: Entry, condition: Option<Version>) -> Result<Applied, KvError> {
+    async fn apply(
+        &mut self,
+        key: Bytes,
+        entry: Entry,
+        condition: Option<Version>,
+        deadline: Option<Deadline>,
+    ) -> Result<Applied, KvError> {
         let now = self.clock.now_ms();
+        if let Some(deadline) = deadline {
+            deadline.check(now)?;
+        }
         let applied = match condition {
             None => self.shard.apply(&key, entry.clone(), now),
             Some(expected) => match self.shard.apply_if_not_newer(&key, entry.clone(), expected, now) {
@@ -150,8 +162,8 @@ impl Actor for PartitionActor {
     ) -> Result<(), ActorProcessingErr> {
         // A dropped reply port only means the caller gave up waiting.
         match envelope.msg {
-            PartitionMsg::Apply { key, entry, condition, reply } => {
-                let _ = reply.send(state.apply(key, entry, condition).await);
+            PartitionMsg::Apply { key, entry, condition, deadline, reply } => {
+                let _ = reply.send(state.apply(key, entry, condition, deadline).await);
             }
             PartitionMsg::Read { key, reply } => {
                 let _ = reply.send(state.shard.entry(&key).cloned());

@@ -375,9 +375,14 @@ mod tests {
     fn request(key: &str, lane: Lane) -> ReplicaRequest {
         let key = Bytes::from(key.to_owned());
         match lane {
-            Lane::Writes => {
-                ReplicaRequest::Apply { partition: 0, key, entry: entry(b"v"), condition: None, hint_for: None }
-            }
+            Lane::Writes => ReplicaRequest::Apply {
+                partition: 0,
+                key,
+                entry: entry(b"v"),
+                condition: None,
+                hint_for: None,
+                deadline: None,
+            },
             Lane::Reads => ReplicaRequest::Read { partition: 0, key },
         }
     }

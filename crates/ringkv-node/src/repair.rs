@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn each_side_sends_only_what_the_other_lacks_or_holds_older() {
-        let v = |ts: u64| Version { ts: ringkv_core::Timestamp(ts), node: ringkv_core::NodeTag(1) };
+        let v = |ts: u64| Version::new(ringkv_core::Timestamp(ts), ringkv_core::NodeTag(1));
         let k = |s: &'static str| Bytes::from(s);
         let ours = [(k("a"), v(1)), (k("b"), v(5)), (k("c"), v(3)), (k("d"), v(2))];
         let theirs = [(k("b"), v(4)), (k("c"), v(6)), (k("d"), v(2)), (k("e"), v(1))];
