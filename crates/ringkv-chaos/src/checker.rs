@@ -10,7 +10,9 @@
 //! which happens between its invocation and its completion. (For a request
 //! the client gave up on, "completion" is when it gave up: the client's
 //! per-attempt timeout is longer than the longest pause, so a coordinator
-//! that received the request answers, or dies, before the client gives up.)
+//! that received the request answers, or dies, before the client gives up;
+//! and a node that reads a request after its deadline, the end of that
+//! timeout, refuses it rather than stamping it.)
 //! Last-writer-wins on versions then means that the key's final state is
 //! the effect of some mutation X that no *acknowledged* mutation follows in
 //! real time — no acknowledged Y was invoked after X completed. X may have
