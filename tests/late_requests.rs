@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use common::{Certs, Cluster, NodeSpec, raw_connector};
 use ringkv::{Client, ClientConfig, Consistency, KvError, KvStore, Timestamp};
-use ringkv_core::Deadline;
+use ringkv_core::{Deadline, Entry, NodeTag, Partitioner, Version};
 use ringkv_net::tls::TlsPaths;
-use ringkv_net::wire::{Reply, Request};
+use ringkv_net::wire::{ReplicaRequest, Reply, Request};
 
 const TRIALS: usize = 3;
 
@@ -74,7 +74,8 @@ async fn a_clients_later_write_is_never_overwritten_by_its_earlier_write_deliver
 
 /// The refusal itself, without a stopped process: a request whose deadline
 /// has already passed by the node's clock gets `DeadlineExpired` and writes
-/// nothing, while the same request in time is applied.
+/// nothing, while the same request in time is applied; and so does a late
+/// replica write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_past_its_deadline_is_refused_and_not_applied() {
     let certs = Certs::new();
@@ -103,4 +104,24 @@ async fn a_request_past_its_deadline_is_refused_and_not_applied() {
     assert!(matches!(in_time, Ok(Reply::Session { .. })), "got {in_time:?}");
     let value = conn.call(node.addr, &get, t).await.unwrap();
     assert_eq!(value, Ok(Reply::Value(Some(Bytes::from_static(b"v")))));
+
+    // A replica write a coordinator sent for that client is refused the
+    // same way: the stored value stays.
+    let peer = raw_connector(&TlsPaths::node_in(certs.path(), "d0"));
+    let key = Bytes::from_static(b"late");
+    let partition = Partitioner::new(256).partition_of(&key).0;
+    let version = Version::new(Timestamp::new(now_ms() + 1_000, 0), NodeTag(9));
+    let entry = Entry::value(version, Bytes::from_static(b"replica"), None);
+    let apply = ReplicaRequest::Apply {
+        partition,
+        key,
+        entry,
+        condition: None,
+        hint_for: None,
+        deadline: Some(Deadline(now_ms() - 1_000)),
+    };
+    let late = peer.call(node.addr, &Request::Replica(apply), t).await.unwrap();
+    assert!(matches!(late, Err(KvError::DeadlineExpired { .. })), "got {late:?}");
+    let value = conn.call(node.addr, &get, t).await.unwrap();
+    assert_eq!(value, Ok(Reply::Value(Some(Bytes::from_static(b"v")))), "the late replica write was not applied");
 }
