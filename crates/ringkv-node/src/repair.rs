@@ -130,7 +130,7 @@ pub(crate) fn plan_exchange(ours: &[(Bytes, Version)], theirs: &[(Bytes, Version
 }
 
 fn versions_bytes(versions: &[(Bytes, Version)]) -> usize {
-    versions.iter().map(|(k, _)| k.len() + 16).sum()
+    versions.iter().map(|(k, v)| k.len() + if v.touch.is_some() { 32 } else { 16 }).sum()
 }
 
 /// What entries cost to move: their keys and stored sizes.
