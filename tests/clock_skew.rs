@@ -21,7 +21,7 @@ fn put(key: &str, value: &str, consistency: Consistency) -> Request {
 }
 
 fn session(seen: Timestamp, request: Request) -> Request {
-    Request::Session { seen, request: Box::new(request) }
+    Request::Session { seen, deadline: None, request: Box::new(request) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

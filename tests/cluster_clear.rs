@@ -84,15 +84,19 @@ async fn clear_is_ordered_by_acknowledgement_whatever_the_clocks(skew_ms: i64) {
     for i in 0..30 {
         via_n2().put(format!("before-{i}"), "v").await.unwrap();
     }
-    cluster.client_of(0).clear().await.unwrap();
+    // A request carries its deadline in the client's wall-clock time, so a
+    // client only uses a coordinator whose clock is off by less than its
+    // timeout (README); this one allows for the skew.
+    cluster.client_of(0).with_timeout(Duration::from_secs(180)).clear().await.unwrap();
     for i in 0..30 {
         via_n2().put(format!("after-{i}"), "v").await.unwrap();
     }
 
     cut(true).await;
     admin.inject_skew(addrs[0].0, 0).await.unwrap();
-    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
-    cluster.wait_serving(2, 3, Duration::from_secs(30)).await;
+    for i in 0..3 {
+        cluster.wait_serving(i, 3, Duration::from_secs(30)).await;
+    }
     let all = cluster.client().with_consistency(Consistency::All);
     let mut lost = Vec::new();
     let mut survived = Vec::new();
@@ -161,6 +165,7 @@ async fn a_member_that_reaches_no_seed_does_not_serve_data_a_clear_may_cover() {
     cluster.nodes[0] = n1;
     cluster.nodes[1] = n2;
     cluster.nodes[2] = n3.join().unwrap();
+    cluster.wait_serving(2, 3, Duration::from_secs(30)).await;
     let one = cluster.client_of(2).with_consistency(Consistency::One);
     for i in 0..20 {
         assert_eq!(one.get(format!("key-{i}")).await.unwrap(), None, "key-{i} via n3");

@@ -9,11 +9,12 @@
 //! them. Every mutation gets its version when its coordinator stamps it,
 //! which happens between its invocation and its completion. (For a request
 //! the client gave up on, "completion" is when it gave up: the client's
-//! per-attempt timeout is longer than half of `dead_node_grace`, and a
-//! coordinator paused for longer than that stamps nothing it received
-//! before the pause once it resumes (it serves nothing until gossip has
-//! confirmed its membership, and by then the request has been refused), so
-//! a request is stamped before the client gives up on it or never.)
+//! per-attempt timeout is longer than the ordinary pauses, so a
+//! coordinator that received the request answers, or dies, before the
+//! client gives up; a node that reads a request after its deadline, the end
+//! of that timeout, refuses it rather than stamping it; and a coordinator
+//! paused past half of `dead_node_grace` serves nothing until gossip has
+//! confirmed its membership.)
 //! Last-writer-wins on versions then means that the key's final state is
 //! the effect of some mutation X that no *acknowledged* mutation follows in
 //! real time — no acknowledged Y was invoked after X completed. X may have
@@ -639,7 +640,7 @@ mod tests {
 
     fn entry(ts: u64, value: Option<&str>, expires_at: Option<u64>) -> Option<Entry> {
         Some(Entry {
-            version: Version { ts: Timestamp::new(ts, 0), node: ringkv_core::NodeTag(1) },
+            version: Version::new(Timestamp::new(ts, 0), ringkv_core::NodeTag(1)),
             value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
             expires_at,
         })

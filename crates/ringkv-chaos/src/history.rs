@@ -153,6 +153,7 @@ pub fn classify(error: &KvError) -> Outcome {
         | KvError::Quorum { .. }
         | KvError::Unavailable(_)
         | KvError::Cleared { .. }
+        | KvError::DeadlineExpired { .. }
         | KvError::ShuttingDown => Outcome::Fail,
         KvError::Busy { .. }
         | KvError::Timeout { .. }

@@ -191,25 +191,6 @@ async fn put(client: &Client, st: &mut ClientState, clock: &RunClock, key: Strin
     r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_padded_value_reads_back_as_its_tag_and_a_damaged_one_does_not() {
-        for size in [1, 4, 5, 6, 100, 64 << 10] {
-            assert_eq!(read_of(Some(padded("v1.7", size))), Read::Value("v1.7".into()), "size {size}");
-        }
-        let good = padded("v1.7", 1000);
-        let cut = good.slice(..900);
-        assert!(matches!(read_of(Some(cut)), Read::Value(v) if v.starts_with("damaged")));
-        let mut spliced = good.to_vec();
-        spliced[500] = b'#';
-        assert!(matches!(read_of(Some(Bytes::from(spliced))), Read::Value(v) if v.starts_with("damaged")));
-        assert_eq!(read_of(None), Read::Absent);
-    }
-}
-
 /// The value for `tag`: the tag, then (if there is room) `#`, the size and
 /// `#`, and a pattern that depends on the tag, up to `size` bytes; a value
 /// cut short or spliced no longer matches.
@@ -235,5 +216,24 @@ pub fn read_of(value: Option<Bytes>) -> Read {
     } else {
         let shown: String = String::from_utf8_lossy(&v[..v.len().min(64)]).into_owned();
         Read::Value(format!("damaged value of {} bytes: {shown}", v.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_padded_value_reads_back_as_its_tag_and_a_damaged_one_does_not() {
+        for size in [1, 4, 5, 6, 100, 64 << 10] {
+            assert_eq!(read_of(Some(padded("v1.7", size))), Read::Value("v1.7".into()), "size {size}");
+        }
+        let good = padded("v1.7", 1000);
+        let cut = good.slice(..900);
+        assert!(matches!(read_of(Some(cut)), Read::Value(v) if v.starts_with("damaged")));
+        let mut spliced = good.to_vec();
+        spliced[500] = b'#';
+        assert!(matches!(read_of(Some(Bytes::from(spliced))), Read::Value(v) if v.starts_with("damaged")));
+        assert_eq!(read_of(None), Read::Absent);
     }
 }

@@ -232,7 +232,12 @@ async fn explain(client: &Client, key: String) -> anyhow::Result<ExitCode> {
                     Some(at) if at <= now => ", expired".to_string(),
                     Some(at) => format!(", expires in {}", format_duration(std::time::Duration::from_millis(at - now))),
                 };
-                format!("{what}, version {}@{:016x}{expiry}", entry.version.ts, entry.version.node.0)
+                let version = entry.version;
+                let touch = match version.touch {
+                    None => String::new(),
+                    Some(t) => format!(" (expiry rewritten {}@{:016x})", t.ts, t.node.0),
+                };
+                format!("{what}, version {}@{:016x}{touch}{expiry}", version.ts, version.node.0)
             }
         };
         println!("  replica {} {:<12} {held}", i + 1, replica.node_id);

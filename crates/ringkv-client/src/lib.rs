@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ringkv_core::ring::{NodeName, PartitionTable};
-use ringkv_core::{Consistency, KeyTtl, KvError, KvStore, Partitioner, Timestamp};
+use ringkv_core::{Consistency, Deadline, KeyTtl, KvError, KvStore, Partitioner, Timestamp};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_net::wire::{Explanation, Members, NodeStatus, Reply, Request};
 use ringkv_net::{Connector, NetError, bind};
@@ -333,19 +333,36 @@ impl Client {
     }
 
     /// Sends a request to a replica of `key` (or any node), failing over to
-    /// the next on transport errors. Errors the node itself returns are
-    /// final: the request reached a coordinator and its answer stands.
+    /// the next on transport errors and on a deadline a node refused at
+    /// once (its clock runs ahead). Other errors the node itself returns
+    /// are final: the request reached a coordinator and its answer stands.
+    ///
+    /// Each attempt carries its deadline, the end of its timeout on this
+    /// machine's wall clock: a node that reads the request only after that
+    /// (it was stopped, or overloaded) refuses it, so an attempt given up on
+    /// here can never be applied after the next attempt, or the next
+    /// request, succeeded elsewhere.
     pub async fn call(&self, key: Option<&[u8]>, request: Request) -> Result<Reply, KvError> {
         let mut route = self.route(key).await;
         if route.is_empty() {
             route = self.seeds.to_vec();
         }
         let route = self.deprioritize(route);
-        let request = Request::Session { seen: self.session(), request: Box::new(request) };
+        let request = Box::new(request);
         let mut last = KvError::Unavailable("no node to send the request to".into());
         for addr in route.into_iter().take(MAX_ATTEMPTS) {
+            let deadline = Deadline::after(wall_ms(), self.timeout);
+            let request = Request::Session { seen: self.session(), deadline: Some(deadline), request: request.clone() };
             match self.connector.call(addr, &request, self.timeout).await {
                 Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
+                // Refused before anything was stamped: that node's clock
+                // reads past a deadline ours has not reached (it runs
+                // ahead), so another node may well take the request.
+                Ok(Err(e @ KvError::DeadlineExpired { .. })) => {
+                    tracing::debug!(node = %addr, error = %e, "deadline refused; trying another node");
+                    self.suspect(addr, true);
+                    last = e;
+                }
                 Ok(Ok(Reply::Session { clock, reply })) => {
                     self.suspect(addr, false);
                     self.session.fetch_max(clock.0, Ordering::AcqRel);
@@ -375,6 +392,13 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// This machine's wall clock, in milliseconds since the Unix epoch, for
+/// deadlines. A clock before 1970 reads as 0, which only makes deadlines
+/// early: requests are refused, never applied late.
+fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn unexpected(reply: Reply) -> KvError {

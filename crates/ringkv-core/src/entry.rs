@@ -118,13 +118,19 @@ mod tests {
     fn entry() -> impl Strategy<Value = Entry> {
         // Small domains so that version ties (and therefore the tie-break
         // rules) are exercised, not just the common case.
-        (0u64..4, 0u64..3, prop::option::of(prop::collection::vec(0u8..3, 0..3)), prop::option::of(0u64..3)).prop_map(
-            |(ts, node, value, expires_at)| Entry {
-                version: Version { ts: Timestamp(ts), node: NodeTag(node) },
+        let touch = prop::option::of(0u64..3);
+        let value = prop::option::of(prop::collection::vec(0u8..3, 0..3));
+        (0u64..4, 0u64..3, touch, value, prop::option::of(0u64..3)).prop_map(|(ts, node, touch, value, expires_at)| {
+            Entry {
+                version: Version {
+                    ts: Timestamp(ts),
+                    node: NodeTag(node),
+                    touch: touch.map(|t| crate::Touch { ts: Timestamp(ts + t), node: NodeTag(node) }),
+                },
                 expires_at: value.as_ref().and(expires_at),
                 value: value.map(Bytes::from),
-            },
-        )
+            }
+        })
     }
 
     proptest! {
@@ -165,7 +171,7 @@ mod tests {
 
     #[test]
     fn liveness_rules() {
-        let v = |ts| Version { ts: Timestamp(ts), node: NodeTag(1) };
+        let v = |ts| Version::new(Timestamp(ts), NodeTag(1));
         let live = Entry::value(v(10), Bytes::from_static(b"x"), Some(100));
         assert_eq!(live.liveness(99, Epoch::NONE), Liveness::Live);
         assert_eq!(live.liveness(100, Epoch::NONE), Liveness::Dead, "expiry instant is exclusive");
@@ -175,8 +181,25 @@ mod tests {
     }
 
     #[test]
+    fn a_rewrite_outranks_its_value_but_never_a_later_write() {
+        let v = |ts| Version::new(Timestamp(ts), NodeTag(1));
+        let old = Entry::value(v(10), Bytes::from_static(b"old"), None);
+        let put = Entry::value(v(20), Bytes::from_static(b"new"), None);
+        // An expire that read `old`, stamped after the put.
+        let expire = Entry::value(v(10).touched(v(30)), Bytes::from_static(b"old"), Some(1_000));
+        assert!(expire.supersedes(&old), "a rewrite replaces the value it read");
+        assert!(put.supersedes(&expire), "a rewrite of an older value never beats a later put");
+        assert!(Entry::tombstone(v(20)).supersedes(&expire), "nor a later delete");
+        let persist = Entry::value(v(10).touched(v(40)), Bytes::from_static(b"old"), None);
+        assert!(persist.supersedes(&expire), "a later rewrite of the same value wins");
+        assert_eq!(v(10).touched(v(30)).touched(v(40)), v(10).touched(v(40)), "a rewrite keeps the value's stamp");
+        assert_eq!(v(10).touched(v(30)).newest_ts(), Timestamp(30));
+        assert!(Epoch(Timestamp(15)).covers(expire.version), "a clear covers rewrites of values written before it");
+    }
+
+    #[test]
     fn tombstone_wins_a_version_tie() {
-        let v = Version { ts: Timestamp(5), node: NodeTag(1) };
+        let v = Version::new(Timestamp(5), NodeTag(1));
         let put = Entry::value(v, Bytes::from_static(b"x"), None);
         assert!(Entry::tombstone(v).supersedes(&put));
     }

@@ -38,6 +38,10 @@ pub enum KvError {
     },
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout { what: String, ms: u64 },
+    /// The client had given up on the request before this node could start
+    /// it (see [`crate::Deadline`]); nothing was applied.
+    #[error("the request's deadline passed {late_ms} ms ago by this node's clock; not applied")]
+    DeadlineExpired { late_ms: u64 },
     #[error("no node can serve the request: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]
@@ -72,6 +76,8 @@ impl KvError {
             KvError::Busy { .. }
                 | KvError::Quorum { .. }
                 | KvError::Timeout { .. }
+                | KvError::DeadlineExpired { .. }
+                | KvError::Cleared { .. }
                 | KvError::Unavailable(_)
                 | KvError::Transport(_)
                 | KvError::ShuttingDown

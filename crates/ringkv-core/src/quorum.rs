@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn read_picks_newest_and_names_stale_replicas() {
-        let v = |ts| Version { ts: Timestamp(ts), node: NodeTag(0) };
+        let v = |ts| Version::new(Timestamp(ts), NodeTag(0));
         let old = Entry::value(v(1), Bytes::from_static(b"old"), None);
         let new = Entry::value(v(2), Bytes::from_static(b"new"), None);
         let answers = vec![("a".to_string(), Some(old)), ("b".to_string(), Some(new.clone())), ("c".to_string(), None)];

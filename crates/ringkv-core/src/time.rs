@@ -1,5 +1,34 @@
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::KvError;
+
+/// The instant, in wall-clock milliseconds since the Unix epoch, after which
+/// the client that sent a request has given up on it, so nothing may start
+/// applying it. An instant on the wall clock rather than a budget, because
+/// the time a request spends in the socket buffers of a stopped or starved
+/// process is invisible to that process's own clocks; the price is that
+/// client and node clocks must agree to well within the client's timeout
+/// (ARCHITECTURE.md, "Deadlines").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Deadline(pub u64);
+
+impl Deadline {
+    /// `budget` after `now_ms`.
+    pub fn after(now_ms: u64, budget: Duration) -> Deadline {
+        Deadline(now_ms.saturating_add(u64::try_from(budget.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// Refuses to start work once the deadline has passed at `now_ms`.
+    pub fn check(self, now_ms: u64) -> Result<(), KvError> {
+        match now_ms.checked_sub(self.0) {
+            Some(late_ms) if late_ms > 0 => Err(KvError::DeadlineExpired { late_ms }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Parses durations as people write them: `500ms`, `10s`, `5m`, `2h`, `1d`,
 /// or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -33,6 +62,16 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_refuses_only_after_its_instant() {
+        let deadline = Deadline::after(1_000, Duration::from_millis(500));
+        assert_eq!(deadline, Deadline(1_500));
+        assert_eq!(deadline.check(1_499), Ok(()));
+        assert_eq!(deadline.check(1_500), Ok(()), "the instant itself is still in time");
+        assert_eq!(deadline.check(1_750), Err(KvError::DeadlineExpired { late_ms: 250 }));
+        assert_eq!(Deadline::after(u64::MAX - 1, Duration::MAX), Deadline(u64::MAX));
+    }
 
     #[test]
     fn parses_and_formats() {

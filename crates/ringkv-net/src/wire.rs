@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ringkv_core::{Consistency, Entry, Epoch, KeyTtl, KvError, Timestamp, Version};
+use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, Timestamp, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +25,9 @@ use crate::NetError;
 /// Raised whenever a message changes shape. 2: repair digests, partition
 /// streams, transfer status, leave and fault injection. 3: batched replica
 /// requests. 4: batched reads, deferred replies, read counts in the status,
-/// crash and clock-skew injection, client sessions.
+/// crash and clock-skew injection, client sessions. 5: request deadlines (in
+/// sessions and replica writes, and the error refusing a late request), the
+/// touch of versions, and the clock request of `clear`.
 pub const PROTOCOL_VERSION: u16 = 5;
 pub const FRAME_HEADER_LEN: usize = 6;
 
@@ -103,8 +105,15 @@ pub enum Request {
     /// after everything the client saw before it, however slow the
     /// coordinator's clock. Answered with `Reply::Session`. Sessions do not
     /// nest and do not wrap replica requests.
+    ///
+    /// `deadline` is when the client gives up on this attempt: a node whose
+    /// clock shows it passed refuses the request with
+    /// `KvError::DeadlineExpired` instead of starting it, so a request that
+    /// sat in a stopped node's buffers while the client went elsewhere is
+    /// never applied after the fact.
     Session {
         seen: Timestamp,
+        deadline: Option<Deadline>,
         request: Box<Request>,
     },
 }
@@ -113,7 +122,9 @@ pub enum Request {
 pub enum ReplicaRequest {
     /// Merge an entry into a partition. `hint_for` names the preferred
     /// replica this node stands in for: the entry is kept as a hint for it
-    /// instead of in this node's shard.
+    /// instead of in this node's shard. No deadline: the coordinator keeps
+    /// the client's (it stamps in time or not at all), and an entry stamped
+    /// in time is harmless to apply late, since its version orders it.
     Apply {
         partition: u16,
         key: Bytes,

@@ -167,6 +167,8 @@ impl Actor for HintsActor {
                 let mut gone = Vec::new();
                 for (target, held) in &state.hints {
                     for ((p, k), e) in held {
+                        // The value's age, not a rewrite's: what may have
+                        // been purged is a tombstone newer than the value.
                         if epoch.covers(e.version) || e.version.ts.wall_ms() < older_than_ms {
                             gone.push((target.clone(), *p, k.clone(), e.version));
                         }

@@ -530,7 +530,7 @@ impl Inner {
     }
 
     pub(crate) fn stamp(&self, now_ms: u64) -> Version {
-        Version { ts: self.hlc.now(now_ms), node: self.tag }
+        Version::new(self.hlc.now(now_ms), self.tag)
     }
 
     pub(crate) fn epoch(&self) -> Epoch {

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{
-    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl,
+    Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version,
+    expiry_from_ttl,
 };
 use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
@@ -49,7 +50,7 @@ impl Node {
         match request {
             ReplicaRequest::Apply { partition, key, entry, condition, hint_for } => {
                 self.check_placement(partition, &key)?;
-                let _ = inner.hlc.observe(entry.version.ts, inner.now_ms());
+                let _ = inner.hlc.observe(entry.version.newest_ts(), inner.now_ms());
                 let epoch = inner.epoch();
                 if epoch.covers(entry.version) {
                     return Err(KvError::Cleared { epoch: epoch.0 });
@@ -138,6 +139,20 @@ impl Node {
                 Ok(Reply::Batch(wire::fit_batch(replies, inner.config.max_frame_bytes())))
             }
         }
+    }
+
+    /// Refuses to start work for a client that has given up on it.
+    fn check_deadline(&self, deadline: Option<Deadline>) -> Result<(), KvError> {
+        deadline.map_or(Ok(()), |d| d.check(self.inner.now_ms()))
+    }
+
+    /// Called right *after* stamping a client's write, not before: a stamp
+    /// that passes was taken before the deadline, however this process was
+    /// stopped around it, whereas a check before the stamp leaves a window
+    /// for a stop in between. A stamp refused here is dropped unused, which
+    /// costs the clock nothing.
+    fn check_stamped_in_time(&self, deadline: Option<Deadline>) -> Result<(), KvError> {
+        self.check_deadline(deadline)
     }
 
     fn check_fault_injection(&self) -> Result<(), KvError> {
@@ -260,8 +275,8 @@ impl Node {
                 let result = node.on_replica(&topo, &target.node, request).await;
                 // A replica we believed up did not take the write: keep it
                 // for that replica as a hint, so it catches up when it can.
-                // Safe even for a conditional write that lost its race: the
-                // entry is a real version and last-writer-wins decides.
+                // Safe even for a conditional write that lost its race: a
+                // rewrite never outranks a newer write.
                 if let Err(e) = &result
                     && target.hint_for.is_none()
                     && !topo.is_self(&target.node)
@@ -349,7 +364,7 @@ impl Node {
         if let Some(entry) = &newest {
             // What this node answers with, its clock now covers: a client's
             // session (and this node's next write) orders after it.
-            let _ = self.inner.hlc.observe(entry.version.ts, self.inner.now_ms());
+            let _ = self.inner.hlc.observe(entry.version.newest_ts(), self.inner.now_ms());
         }
         let (node, key) = (self.clone(), key.clone());
         tokio::spawn(async move {
@@ -408,6 +423,7 @@ impl Node {
         value: Bytes,
         ttl: Option<Duration>,
         c: Consistency,
+        deadline: Option<Deadline>,
     ) -> Result<(), KvError> {
         let inner = &self.inner;
         inner.limits.check_key(&key)?;
@@ -415,6 +431,7 @@ impl Node {
         let now = inner.now_ms();
         let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
         let entry = Entry::value(inner.stamp(now), value, expires_at);
+        self.check_stamped_in_time(deadline)?;
         self.replicate("put", key, entry, None, c).await.map(|_| ())
     }
 
@@ -422,9 +439,10 @@ impl Node {
         Ok(self.read_live(&key, c).await?.and_then(|(e, _)| e.value))
     }
 
-    pub(crate) async fn delete(&self, key: Bytes, c: Consistency) -> Result<bool, KvError> {
+    pub(crate) async fn delete(&self, key: Bytes, c: Consistency, deadline: Option<Deadline>) -> Result<bool, KvError> {
         self.inner.limits.check_key(&key)?;
         let entry = Entry::tombstone(self.inner.stamp(self.inner.now_ms()));
+        self.check_stamped_in_time(deadline)?;
         match self.replicate("delete", key, entry, None, c).await? {
             Written::Done { was_live } => Ok(was_live),
             Written::Conflict => Err(KvError::Internal("an unconditional delete reported a conflict".into())),
@@ -443,17 +461,32 @@ impl Node {
         })
     }
 
-    /// Rewrites a live entry with a new expiry (or none). The write is
-    /// conditional on nothing newer than what was read being stored, and is
-    /// retried if a concurrent write got in between.
-    pub(crate) async fn set_expiry(&self, key: Bytes, ttl: Option<Duration>, c: Consistency) -> Result<bool, KvError> {
+    /// Rewrites a live entry with a new expiry (or none). The rewrite keeps
+    /// the version of the value it read and adds a fresh touch
+    /// ([`Version::touched`]), so that it outranks that value but never a
+    /// write stamped after it: wherever it lands (a replica that missed a
+    /// newer put, a stand-in, a hint, repair), it cannot bring the older
+    /// value back. The write is also conditional on nothing newer than what
+    /// was read being stored, and retried if a concurrent write got in
+    /// between, so that racing a put it lands on the new value.
+    pub(crate) async fn set_expiry(
+        &self,
+        key: Bytes,
+        ttl: Option<Duration>,
+        c: Consistency,
+        deadline: Option<Deadline>,
+    ) -> Result<bool, KvError> {
         for _ in 0..RMW_ATTEMPTS {
-            let Some((current, now)) = self.read_live(&key, c).await? else { return Ok(false) };
+            let Some((current, _)) = self.read_live(&key, c).await? else { return Ok(false) };
             if ttl.is_none() && current.expires_at.is_none() {
                 return Ok(false);
             }
+            // The expiry counts from now, after the read, not from before it.
+            let now = self.inner.now_ms();
             let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
-            let entry = Entry { version: self.inner.stamp(now), value: current.value, expires_at };
+            let version = current.version.touched(self.inner.stamp(now));
+            self.check_stamped_in_time(deadline)?;
+            let entry = Entry { version, value: current.value, expires_at };
             let operation = if ttl.is_some() { "expire" } else { "persist" };
             if let Written::Done { .. } =
                 self.replicate(operation, key.clone(), entry, Some(current.version), c).await?
@@ -617,7 +650,7 @@ impl Node {
 /// client's default.
 impl KvStore for Node {
     async fn put(&self, key: impl Into<Bytes> + Send, value: impl Into<Bytes> + Send) -> Result<(), KvError> {
-        Node::put(self, key.into(), value.into(), None, Consistency::Quorum).await
+        Node::put(self, key.into(), value.into(), None, Consistency::Quorum, None).await
     }
 
     async fn put_with_ttl(
@@ -626,7 +659,7 @@ impl KvStore for Node {
         value: impl Into<Bytes> + Send,
         ttl: Duration,
     ) -> Result<(), KvError> {
-        Node::put(self, key.into(), value.into(), Some(ttl), Consistency::Quorum).await
+        Node::put(self, key.into(), value.into(), Some(ttl), Consistency::Quorum, None).await
     }
 
     async fn get(&self, key: impl Into<Bytes> + Send) -> Result<Option<Bytes>, KvError> {
@@ -634,7 +667,7 @@ impl KvStore for Node {
     }
 
     async fn delete(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        Node::delete(self, key.into(), Consistency::Quorum).await
+        Node::delete(self, key.into(), Consistency::Quorum, None).await
     }
 
     async fn exists(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
@@ -646,11 +679,11 @@ impl KvStore for Node {
     }
 
     async fn expire(&self, key: impl Into<Bytes> + Send, ttl: Duration) -> Result<bool, KvError> {
-        self.set_expiry(key.into(), Some(ttl), Consistency::Quorum).await
+        self.set_expiry(key.into(), Some(ttl), Consistency::Quorum, None).await
     }
 
     async fn persist(&self, key: impl Into<Bytes> + Send) -> Result<bool, KvError> {
-        self.set_expiry(key.into(), None, Consistency::Quorum).await
+        self.set_expiry(key.into(), None, Consistency::Quorum, None).await
     }
 
     async fn clear(&self) -> Result<(), KvError> {
@@ -660,23 +693,31 @@ impl KvStore for Node {
 
 impl Handler for Node {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
-        let Request::Session { seen, request } = request else { return self.dispatch(request, peer).await };
+        let Request::Session { seen, deadline, request } = request else {
+            return self.dispatch(request, peer, None).await;
+        };
         if matches!(*request, Request::Replica(_)) {
             return Err(KvError::Protocol("a session wraps client requests, not replica requests".into()));
         }
+        // Before anything else: a request read after its client gave up
+        // (this process was stopped, or behind) is refused, not started.
+        self.check_deadline(deadline)?;
         let inner = &self.inner;
         // Not absorbed only if absurdly far ahead (max_clock_drift); the
         // request still runs, ordered by this node's own clock.
         if let Err(e) = inner.hlc.observe(seen, inner.now_ms()) {
             tracing::warn!(error = %e, "a client's session clock is not absorbed");
         }
-        let reply = self.dispatch(*request, peer).await?;
+        let reply = self.dispatch(*request, peer, deadline).await?;
         Ok(Reply::Session { clock: inner.hlc.last(), reply: Box::new(reply) })
     }
 }
 
 impl Node {
-    async fn dispatch(&self, request: Request, peer: Peer) -> Response {
+    /// Runs one request. Writes carry the client's deadline down to each
+    /// stamp and replica write; reads need not, since a late read changes
+    /// nothing.
+    async fn dispatch(&self, request: Request, peer: Peer, deadline: Option<Deadline>) -> Response {
         let inner = &self.inner;
         // Requests that read or change data wait for a standing this node can
         // trust; those that only describe the node (status, explain) do not.
@@ -701,16 +742,20 @@ impl Node {
                 Ok(Reply::Pong { node_id: inner.config.node_id.clone(), version: env!("CARGO_PKG_VERSION").into() })
             }
             Request::Put { key, value, ttl_ms, consistency } => {
-                self.put(key, value, ttl_ms.map(Duration::from_millis), consistency).await.map(|()| Reply::Done)
+                let ttl = ttl_ms.map(Duration::from_millis);
+                self.put(key, value, ttl, consistency, deadline).await.map(|()| Reply::Done)
             }
             Request::Get { key, consistency } => self.get(key, consistency).await.map(Reply::Value),
-            Request::Delete { key, consistency } => self.delete(key, consistency).await.map(Reply::Flag),
+            Request::Delete { key, consistency } => self.delete(key, consistency, deadline).await.map(Reply::Flag),
             Request::Exists { key, consistency } => self.exists(key, consistency).await.map(Reply::Flag),
             Request::Ttl { key, consistency } => self.ttl(key, consistency).await.map(Reply::Ttl),
             Request::Expire { key, ttl_ms, consistency } => {
-                self.set_expiry(key, Some(Duration::from_millis(ttl_ms)), consistency).await.map(Reply::Flag)
+                let ttl = Some(Duration::from_millis(ttl_ms));
+                self.set_expiry(key, ttl, consistency, deadline).await.map(Reply::Flag)
             }
-            Request::Persist { key, consistency } => self.set_expiry(key, None, consistency).await.map(Reply::Flag),
+            Request::Persist { key, consistency } => {
+                self.set_expiry(key, None, consistency, deadline).await.map(Reply::Flag)
+            }
             Request::Clear => self.clear().await.map(|()| Reply::Done),
             Request::Replica(replica) => {
                 if !peer.is_node {

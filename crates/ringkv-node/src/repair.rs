@@ -130,7 +130,7 @@ pub(crate) fn plan_exchange(ours: &[(Bytes, Version)], theirs: &[(Bytes, Version
 }
 
 fn versions_bytes(versions: &[(Bytes, Version)]) -> usize {
-    versions.iter().map(|(k, _)| k.len() + 16).sum()
+    versions.iter().map(|(k, v)| k.len() + if v.touch.is_some() { 32 } else { 16 }).sum()
 }
 
 /// What entries cost to move: their keys and stored sizes.
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn each_side_sends_only_what_the_other_lacks_or_holds_older() {
-        let v = |ts: u64| Version { ts: ringkv_core::Timestamp(ts), node: ringkv_core::NodeTag(1) };
+        let v = |ts: u64| Version::new(ringkv_core::Timestamp(ts), ringkv_core::NodeTag(1));
         let k = |s: &'static str| Bytes::from(s);
         let ours = [(k("a"), v(1)), (k("b"), v(5)), (k("c"), v(3)), (k("d"), v(2))];
         let theirs = [(k("b"), v(4)), (k("c"), v(6)), (k("d"), v(2)), (k("e"), v(1))];

@@ -17,7 +17,7 @@ fn key(i: u64) -> [u8; 16] {
 }
 
 fn entry(ts: u64) -> Entry {
-    Entry::value(Version { ts: Timestamp::new(ts, 0), node: NodeTag(1) }, Bytes::from(vec![b'v'; 100]), None)
+    Entry::value(Version::new(Timestamp::new(ts, 0), NodeTag(1)), Bytes::from(vec![b'v'; 100]), None)
 }
 
 fn populated() -> Shard {

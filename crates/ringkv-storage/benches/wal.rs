@@ -13,8 +13,7 @@ const WRITERS: usize = 64;
 const PER_WRITER: usize = 50;
 
 fn record(i: usize) -> Vec<u8> {
-    let entry =
-        Entry::value(Version { ts: Timestamp::new(1, 0), node: NodeTag(1) }, Bytes::from(vec![b'v'; 100]), None);
+    let entry = Entry::value(Version::new(Timestamp::new(1, 0), NodeTag(1)), Bytes::from(vec![b'v'; 100]), None);
     WalRecord::Entry { partition: 0, key: Bytes::from(format!("key:{i:012}")), entry }.encode().unwrap()
 }
 

@@ -31,8 +31,7 @@ fn main() {
     let keys: u64 = std::env::args().nth(1).map_or(1_000_000, |s| s.parse().expect("KEYS"));
     let partitioner = Partitioner::new(PARTITIONS);
     let value = Bytes::from(vec![b'v'; 100]);
-    let entry =
-        |i: u64| Entry::value(Version { ts: Timestamp::new(1_000 + i, 0), node: NodeTag(1) }, value.clone(), None);
+    let entry = |i: u64| Entry::value(Version::new(Timestamp::new(1_000 + i, 0), NodeTag(1)), value.clone(), None);
     let key = |i: u64| Bytes::from(format!("key:{i:012}"));
 
     let before = rss_bytes();

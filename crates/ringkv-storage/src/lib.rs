@@ -9,6 +9,7 @@
 mod disk;
 mod error;
 mod frame;
+mod legacy;
 mod recover;
 mod shard;
 mod snapshot;

@@ -263,7 +263,7 @@ fn load_snapshot(
                     corrupt(offset, format!("partition {partition} out of range for {} partitions", config.partitions))
                 })?;
                 for (key, entry) in entries {
-                    stats.max_timestamp = stats.max_timestamp.max(entry.version.ts);
+                    stats.max_timestamp = stats.max_timestamp.max(entry.version.newest_ts());
                     shard.apply(&key, entry, now_ms);
                     loaded += 1;
                 }
@@ -356,7 +356,7 @@ fn replay_segment(
                         format!("key logged under partition {partition} does not belong there"),
                     ));
                 }
-                stats.max_timestamp = stats.max_timestamp.max(entry.version.ts);
+                stats.max_timestamp = stats.max_timestamp.max(entry.version.newest_ts());
                 shards[partition as usize].apply(&key, entry, now_ms);
             }
             WalRecord::Truncate { epoch: e } => {
@@ -366,7 +366,7 @@ fn replay_segment(
                 }
             }
             WalRecord::Hint { target, partition, key, entry } => {
-                stats.max_timestamp = stats.max_timestamp.max(entry.version.ts);
+                stats.max_timestamp = stats.max_timestamp.max(entry.version.newest_ts());
                 merge_hint(hints, &target, partition, key, entry);
             }
             WalRecord::HintDelivered { target, partition, key, version } => {

@@ -401,10 +401,20 @@ impl Digest {
 }
 
 fn entry_hash(key: &[u8], version: Version) -> u64 {
-    let mut buf = [0u8; 16];
+    // A touch changes the hash, so replicas that differ only in an expiry
+    // rewrite see different digests and repair moves the rewrite.
+    let mut buf = [0u8; 32];
     buf[..8].copy_from_slice(&version.ts.0.to_le_bytes());
-    buf[8..].copy_from_slice(&version.node.0.to_le_bytes());
-    xxhash_rust::xxh3::xxh3_64_with_seed(key, xxhash_rust::xxh3::xxh3_64(&buf))
+    buf[8..16].copy_from_slice(&version.node.0.to_le_bytes());
+    let len = match version.touch {
+        None => 16,
+        Some(touch) => {
+            buf[16..24].copy_from_slice(&touch.ts.0.to_le_bytes());
+            buf[24..].copy_from_slice(&touch.node.0.to_le_bytes());
+            32
+        }
+    };
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, xxhash_rust::xxh3::xxh3_64(&buf[..len]))
 }
 
 #[cfg(test)]
@@ -413,7 +423,7 @@ mod tests {
     use ringkv_core::{NodeTag, Timestamp};
 
     fn v(ts: u64) -> Version {
-        Version { ts: Timestamp::new(ts, 0), node: NodeTag(1) }
+        Version::new(Timestamp::new(ts, 0), NodeTag(1))
     }
 
     fn val(ts: u64, s: &'static str, exp: Option<u64>) -> Entry {

@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::disk::Disk;
-use crate::{StorageError, frame};
+use crate::{StorageError, frame, legacy};
 
 const MAGIC: &[u8; 8] = b"RKVSNAP\0";
 pub(crate) const FORMAT: u32 = 1;
 pub(crate) const HEADER_LEN: usize = 20;
-const RECORD_FORMAT: u8 = 1;
+/// 2: versions carry a touch; format 1 is still read (`legacy.rs`).
+const RECORD_FORMAT: u8 = 2;
 
 pub(crate) fn snapshot_name(covers: u64) -> String {
     format!("snap-{covers:020}.snap")
@@ -56,6 +57,7 @@ impl SnapRecord {
     pub(crate) fn decode(payload: &[u8]) -> Result<SnapRecord, String> {
         match payload.split_first() {
             Some((&RECORD_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}")),
+            Some((&legacy::FORMAT, body)) => legacy::snap_record(body),
             Some((other, _)) => Err(format!("record format {other}, this build reads {RECORD_FORMAT}")),
             None => Err("empty record".into()),
         }

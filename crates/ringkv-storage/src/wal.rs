@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::disk::{Disk, DiskFile};
-use crate::{StorageError, frame};
+use crate::{StorageError, frame, legacy};
 
 /// Redis AOF semantics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +51,9 @@ const SEGMENT_MAGIC: &[u8; 8] = b"RKVWAL\0\0";
 pub(crate) const SEGMENT_FORMAT: u32 = 1;
 pub(crate) const SEGMENT_HEADER_LEN: usize = 20;
 /// Leading byte of every record payload, so that the record encoding can
-/// evolve independently of the segment header.
-const RECORD_FORMAT: u8 = 1;
+/// evolve independently of the segment header. 2: versions carry a touch;
+/// format 1 is still read (`legacy.rs`).
+const RECORD_FORMAT: u8 = 2;
 
 pub(crate) fn segment_name(seq: u64) -> String {
     format!("wal-{seq:020}.log")
@@ -127,6 +128,7 @@ impl WalRecord {
     pub fn decode(payload: &[u8]) -> Result<WalRecord, String> {
         match payload.split_first() {
             Some((&RECORD_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}")),
+            Some((&legacy::FORMAT, body)) => legacy::wal_record(body),
             Some((other, _)) => Err(format!("record format {other}, this build reads {RECORD_FORMAT}")),
             None => Err("empty record".into()),
         }

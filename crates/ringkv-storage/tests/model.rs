@@ -149,7 +149,7 @@ impl Engine {
     }
 
     fn version(&self) -> Version {
-        Version { ts: self.hlc.now(self.now()), node: NodeTag(7) }
+        Version::new(self.hlc.now(self.now()), NodeTag(7))
     }
 
     fn write(&mut self, k: u8, entry: Entry) {

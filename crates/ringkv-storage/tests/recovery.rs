@@ -16,7 +16,7 @@ fn config() -> RecoveryConfig {
 fn record(i: u32) -> Vec<u8> {
     let key = Bytes::from(format!("key-{i}"));
     let entry = Entry::value(
-        Version { ts: Timestamp::new(1_000 + u64::from(i), 0), node: NodeTag(1) },
+        Version::new(Timestamp::new(1_000 + u64::from(i), 0), NodeTag(1)),
         Bytes::from(vec![7u8; 100]),
         None,
     );
