@@ -675,23 +675,30 @@ async fn fence_follower(node: Node) {
     }
 }
 
-/// Drops partitions that moved to other nodes, once placement has settled.
+/// Drops partitions that moved to other nodes: within a second of a
+/// placement change, and every ten seconds in case a coordinator that had
+/// not yet seen the change wrote to a dropped partition meanwhile. Both far
+/// below any sensible `tombstone_grace`, which is what keeps an old copy
+/// from outliving the tombstones it misses (see `drop_moved_partitions`).
 async fn mover(node: Node) {
-    let interval = node.inner.config.repair_interval;
-    let mut last = node.inner.topology();
-    let mut since = tokio::time::Instant::now();
-    every(&node, interval, || {
+    let mut checked: Option<(Arc<Topology>, tokio::time::Instant)> = None;
+    every(&node, Duration::from_secs(1), || {
         let topo = node.inner.topology();
-        if !topo.same_as(&last) {
-            last = topo;
-            since = tokio::time::Instant::now();
+        let due = checked.as_ref().is_none_or(|(seen, at)| !Arc::ptr_eq(seen, &topo) || at.elapsed() >= MOVER_RECHECK);
+        if due {
+            checked = Some((topo, tokio::time::Instant::now()));
         }
         let node = node.clone();
-        let settled_for = since.elapsed();
-        async move { node.drop_moved_partitions(settled_for, interval * 2).await }
+        async move {
+            if due {
+                node.drop_moved_partitions().await;
+            }
+        }
     })
     .await;
 }
+
+const MOVER_RECHECK: Duration = Duration::from_secs(10);
 
 /// Takes a snapshot whenever enough log has accumulated since the last.
 async fn snapshotter(node: Node) {

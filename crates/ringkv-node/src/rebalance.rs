@@ -10,9 +10,10 @@
 //! current table. A leaving node pushes each partition it holds to the
 //! partition's gaining replicas, then gossips `left` and exits.
 //!
-//! Partitions a node no longer replicates are dropped once placement has
-//! been settled for a while and every current replica is up; until then the
-//! old copy is one more source for repair.
+//! Partitions a node no longer replicates (now or once pending moves are
+//! done) are dropped at once: an old copy would miss the deletes made
+//! meanwhile and could bring their keys back if the partition ever moved
+//! back to this node.
 //!
 //! A member restarting with its data (the `member` file in its data
 //! directory) takes its place back as `recovering`. One that was gone longer
@@ -384,18 +385,22 @@ impl Node {
         }
     }
 
-    /// Drops partitions this node no longer replicates, once placement has
-    /// been settled for `settle` and their replicas are all up.
-    pub(crate) async fn drop_moved_partitions(&self, settled_for: Duration, settle: Duration) {
+    /// Drops partitions this node no longer replicates, now or once the
+    /// pending moves are done. At once rather than once placement settles:
+    /// a copy kept by a node that is no replica misses the deletes made
+    /// meanwhile, and if placement moves the partition back to it (say the
+    /// node that took it over is dropped from the ring) after the others
+    /// purged those tombstones, repair would spread the deleted values again.
+    pub(crate) async fn drop_moved_partitions(&self) {
         let topo = self.inner.topology();
         let serving = topo.members.get(&topo.self_name).is_some_and(|m| m.status == MemberStatus::Serving);
-        if settled_for < settle || topo.pending.is_some() || !serving {
+        if !serving {
             return;
         }
         for p in 0..self.inner.partitions.len() {
             let partition = PartitionId(p as u16);
-            let replicas = topo.replicas(partition);
-            if replicas.contains(&topo.self_name) || !replicas.iter().all(|n| topo.is_up(n)) {
+            let pending = topo.pending.as_ref().is_some_and(|t| t.is_replica(partition, &topo.self_name));
+            if topo.table.is_replica(partition, &topo.self_name) || pending {
                 continue;
             }
             let stats = self.inner.partitions[p].call(|reply| PartitionMsg::Stats { reply }).await;
