@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{
-    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl,
+    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl, fitting,
 };
 use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
@@ -84,21 +84,27 @@ impl Node {
                 let same = root.is_some_and(|r| r == words.iter().fold(0, |a, b| a ^ b));
                 Ok(Reply::Digest(if same { Vec::new() } else { words }))
             }
-            ReplicaRequest::Versions { partition, leaves } => {
+            ReplicaRequest::Versions { partition, leaves, after } => {
                 let mailbox = self.partition(partition)?;
-                Ok(Reply::Versions(mailbox.call(|reply| PartitionMsg::Versions { leaves, reply }).await?))
+                let mut versions = mailbox.call(|reply| PartitionMsg::Versions { leaves, after, reply }).await?;
+                versions.truncate(fitting(&versions, inner.config.batch_bytes()));
+                Ok(Reply::Versions(versions))
             }
             ReplicaRequest::ReadMany { partition, keys } => {
                 for key in &keys {
                     self.check_placement(partition, key)?;
                 }
                 let mailbox = self.partition(partition)?;
-                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::ReadMany { keys, reply }).await?))
+                let mut entries = mailbox.call(|reply| PartitionMsg::ReadMany { keys, reply }).await?;
+                entries.truncate(fitting(&entries, inner.config.batch_bytes()));
+                Ok(Reply::Entries(entries))
             }
             ReplicaRequest::Stream { partition, after, limit } => {
                 let mailbox = self.partition(partition)?;
                 let limit = (limit as usize).clamp(1, 4096);
-                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::Chunk { after, limit, reply }).await?))
+                let mut page = mailbox.call(|reply| PartitionMsg::Chunk { after, limit, reply }).await?;
+                page.truncate(fitting(&page, inner.config.batch_bytes()));
+                Ok(Reply::Entries(page))
             }
             ReplicaRequest::Deliver { entries } => {
                 let mut durables = Vec::new();
