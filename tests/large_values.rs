@@ -1,14 +1,14 @@
-//! Values near `max_value_bytes` through every path that moves entries in
-//! batches: snapshots and recovery, a join's partition transfer, hinted
-//! handoff and anti-entropy. Each batch is cut by its encoded size, so none
-//! of them can outgrow the receiver's frame limit or recovery's record
-//! limit however large the values are.
+//! Large values through every path that moves entries in batches:
+//! snapshots and recovery, the partition transfers of a join and of a
+//! leave, hinted handoff and anti-entropy. Each batch is cut by its encoded
+//! size, so none of them can outgrow the receiver's frame limit or
+//! recovery's record limit however large the values are.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Certs, Cluster, NodeSpec, wait_for};
+use common::{Certs, Cluster, NodeSpec, converged, wait_for};
 use ringkv::{Client, Consistency, KvStore};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -164,6 +164,30 @@ async fn a_node_joins_a_cluster_of_large_values() {
     assert!(status.partitions_owned > 0 && status.transfers.keys_moved > 0, "n4 pulled nothing: {status:?}");
     // Every replica, n4 included where it is one, answers with the value.
     all_readable(&cluster.client().with_consistency(Consistency::All), &keys, LEN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_off_a_partition_of_large_values() {
+    let _serial = SERIAL.lock().await;
+    const LEN: usize = 4_096;
+    let settings = ["partitions = 8", "max_value_bytes = 65536", SLOW_REPAIR];
+    let mut cluster = Cluster::start(4, &settings);
+    cluster.wait_serving(0, 4, Duration::from_secs(30)).await;
+    let client = cluster.client_of(0);
+    let keys = write_keys(&client.with_consistency(Consistency::All), "k", 1_000, LEN).await;
+
+    client.leave(cluster.nodes[3].addr).await.unwrap();
+    let exited = wait_for("n4 to exit after leaving", Duration::from_secs(45), || {
+        let done = cluster.nodes[3].try_wait();
+        async move { done }
+    })
+    .await;
+    assert!(exited.success(), "n4 exited with {exited:?}");
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    // Three copies of everything on the three remaining nodes: what n4 held
+    // reached the nodes that gained its partitions, with repair an hour away.
+    converged(&client, &keys, 3, Duration::from_secs(20)).await;
+    all_readable(&client, &keys, LEN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
