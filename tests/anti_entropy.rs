@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, converged};
+use common::{Cluster, converged, wait_for};
 use ringkv::{Consistency, KvStore};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -22,9 +22,16 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
     }
     // Same node id, its log and snapshots gone; the member file stays, so it
     // comes back as the same ring member (not as a new node that would pull
-    // its partitions before serving).
-    cluster.nodes[2].kill9();
+    // its partitions before serving). It is written a few seconds after the
+    // node serves, which a fast run of the writes above can beat.
     let dir = cluster.nodes[2].spec.data_dir.clone();
+    let member = dir.join("member");
+    wait_for("n3's member file", Duration::from_secs(20), || {
+        let written = member.exists();
+        async move { written.then_some(()) }
+    })
+    .await;
+    cluster.nodes[2].kill9();
     for file in std::fs::read_dir(&dir).unwrap() {
         let path = file.unwrap().path();
         if path.file_name().unwrap() != "member" {

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ringkv_core::{Consistency, Entry, Epoch, KeyTtl, KvError, Timestamp, Version, encoded_len};
+use ringkv_core::{Consistency, Entry, Epoch, KeyTtl, KvError, Limits, Timestamp, Version, encoded_len};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,15 @@ use crate::NetError;
 /// lists paged after a cursor.
 pub const PROTOCOL_VERSION: u16 = 5;
 pub const FRAME_HEADER_LEN: usize = 6;
+
+/// The largest frame a node accepts from another node (a node certificate),
+/// in either direction: a maximal key and value under the configuration's
+/// caps, plus room for the message around them. Clients get the configured
+/// limit instead. Nodes trust each other, and what one node stores (under
+/// larger limits, or before this node's limits were lowered) must still
+/// move between them: refusing it would stall a transfer, repair or handoff
+/// for good.
+pub const MAX_PEER_FRAME_BYTES: usize = Limits::KEY_CAP + Limits::VALUE_CAP + 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {

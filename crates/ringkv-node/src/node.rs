@@ -221,7 +221,10 @@ impl Node {
         let peers: Arc<dyn PeerTransport> = match (env.peers, &endpoint) {
             (Some(peers), _) => peers,
             (None, Some((endpoint, _))) => {
-                let quic = QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes())));
+                // Peers answer with whatever they hold, however this node's
+                // own limits were set.
+                let connector = Connector::new(endpoint.clone(), ringkv_net::wire::MAX_PEER_FRAME_BYTES);
+                let quic = QuicPeers::new(Arc::new(connector));
                 // A batch is one frame; keep its keys and values well inside.
                 let batch_bytes = config.max_frame_bytes() / 2;
                 Arc::new(BatchingPeers::new(Arc::new(quic), config.replica_batch_max, batch_bytes, batch_stats.clone()))

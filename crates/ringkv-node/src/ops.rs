@@ -10,7 +10,8 @@ use bytes::Bytes;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{
-    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version, expiry_from_ttl, fitting,
+    Consistency, Entry, Epoch, KeyTtl, KvError, KvStore, Limits, PartitionId, ReplicaFailure, Version, expiry_from_ttl,
+    fitting,
 };
 use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
@@ -153,10 +154,13 @@ impl Node {
 
     /// Requests from peers name a partition; it must be one of ours and the
     /// key must belong to it, or a confused peer could plant keys where no
-    /// reader will look.
+    /// reader will look. The key is held to the configuration's caps rather
+    /// than to this node's limits: a client's key was checked where it
+    /// arrived, and one stored under larger limits must still move.
     fn check_placement(&self, partition: u16, key: &Bytes) -> Result<(), KvError> {
+        const ANY_CONFIG: Limits = Limits { max_key_bytes: Limits::KEY_CAP, max_value_bytes: Limits::VALUE_CAP };
         let inner = &self.inner;
-        inner.limits.check_key(key)?;
+        ANY_CONFIG.check_key(key)?;
         if partition >= inner.partitioner.count() || inner.partitioner.partition_of(key).0 != partition {
             return Err(KvError::Protocol(format!("key does not belong to partition {partition}")));
         }
