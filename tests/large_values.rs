@@ -259,3 +259,43 @@ async fn anti_entropy_refills_a_wiped_replica_of_large_values() {
     .await;
     all_readable(&cluster.client().with_consistency(Consistency::All), &keys, LEN).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_with_lower_limits_is_still_refilled_with_what_it_held() {
+    let _serial = SERIAL.lock().await;
+    const LEN: usize = 8_192;
+    const KEYS: usize = 300;
+    let settings = ["partitions = 8", "max_value_bytes = 65536", "repair_interval = \"1s\""];
+    let mut cluster = Cluster::start(3, &settings);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let keys = write_keys(&cluster.client().with_consistency(Consistency::All), "k", KEYS, LEN).await;
+
+    // n3 comes back wiped and with limits below the values stored: what
+    // its peers send it was written under the old ones, and must still be
+    // taken.
+    wait_member_file(&cluster.nodes[2].spec.data_dir).await;
+    cluster.nodes[2].kill9();
+    let dir = cluster.nodes[2].spec.data_dir.clone();
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.file_name().unwrap() != "member" {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let spec = &mut cluster.nodes[2].spec;
+    spec.config.retain(|line| !line.starts_with("max_value_bytes"));
+    spec.config.extend(["max_value_bytes = 1024".into(), "max_key_bytes = 64".into()]);
+    cluster.nodes[2] = cluster.nodes[2].spec.start();
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+
+    let observer = cluster.client_of(0);
+    let n3 = cluster.nodes[2].addr;
+    wait_for("n3 refilled by anti-entropy", Duration::from_secs(30), || {
+        let observer = observer.clone();
+        async move { (observer.status_of(n3).await.ok()?.entries >= KEYS as u64).then_some(()) }
+    })
+    .await;
+    // Every read at consistency all has n3 answer with a value larger than
+    // its own limits.
+    all_readable(&cluster.client().with_consistency(Consistency::All), &keys, LEN).await;
+}
