@@ -211,7 +211,7 @@ impl Node {
 
     /// Merges entries into a replica, in as many `Deliver` batches as their
     /// encoded size takes.
-    pub(crate) async fn deliver(
+    async fn deliver(
         &self,
         topo: &Topology,
         node: &NodeName,
