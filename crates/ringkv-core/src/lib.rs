@@ -15,6 +15,7 @@ mod partition;
 pub mod quorum;
 pub mod ring;
 mod rng;
+mod size;
 mod time;
 
 pub use api::{Consistency, KeyTtl, KvStore, expiry_from_ttl};
@@ -24,6 +25,7 @@ pub use hlc::{Clock, Hlc, HlcError, ManualClock, Timestamp};
 pub use limits::Limits;
 pub use partition::{PartitionId, Partitioner, key_hash};
 pub use rng::SplitMix64;
+pub use size::{batches, encoded_len, fitting};
 pub use time::{Deadline, format_duration, parse_duration};
 
 /// Identifies the node that stamped a version; breaks ties between writes

@@ -17,6 +17,14 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The largest `max_key_bytes` any configuration may set.
+    pub const KEY_CAP: usize = 1 << 20;
+    /// The largest `max_value_bytes` any configuration may set. Recovery
+    /// sizes its record limit from these caps, not from the configuration
+    /// of the day, so that lowering a limit between restarts never turns
+    /// records written under the old one into "corruption".
+    pub const VALUE_CAP: usize = 512 << 20;
+
     pub fn check_key(&self, key: &[u8]) -> Result<(), KvError> {
         if key.is_empty() {
             return Err(KvError::EmptyKey);

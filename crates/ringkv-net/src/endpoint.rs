@@ -79,6 +79,8 @@ pub trait Handler: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The largest request frame from a client; other nodes may send up to
+    /// [`wire::MAX_PEER_FRAME_BYTES`].
     pub max_frame_bytes: usize,
     pub max_connections: usize,
     /// How long a stream may take to deliver its request.
@@ -144,8 +146,11 @@ async fn serve_stream<H: Handler>(
     handler: &H,
     options: &ServeOptions,
 ) {
-    let request = match tokio::time::timeout(options.read_timeout, read_frame(&mut recv, options.max_frame_bytes)).await
-    {
+    let max_frame = match peer.is_node {
+        true => options.max_frame_bytes.max(wire::MAX_PEER_FRAME_BYTES),
+        false => options.max_frame_bytes,
+    };
+    let request = match tokio::time::timeout(options.read_timeout, read_frame(&mut recv, max_frame)).await {
         Ok(Ok(body)) => wire::decode::<Request>(&body),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(NetError::Malformed(format!("no complete request within {:?}", options.read_timeout))),

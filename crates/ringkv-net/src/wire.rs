@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, Timestamp, Version};
+use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, Limits, Timestamp, Version, encoded_len};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -26,10 +26,20 @@ use crate::NetError;
 /// streams, transfer status, leave and fault injection. 3: batched replica
 /// requests. 4: batched reads, deferred replies, read counts in the status,
 /// crash and clock-skew injection, client sessions. 5: request deadlines (in
-/// sessions and replica writes, and the error refusing a late request), the
-/// touch of versions, and the clock request of `clear`.
+/// sessions, and the error refusing a late request), the touch of
+/// versions, the clock request of `clear`, and repair's key/version lists
+/// paged after a cursor.
 pub const PROTOCOL_VERSION: u16 = 5;
 pub const FRAME_HEADER_LEN: usize = 6;
+
+/// The largest frame a node accepts from another node (a node certificate),
+/// in either direction: a maximal key and value under the configuration's
+/// caps, plus room for the message around them. Clients get the configured
+/// limit instead. Nodes trust each other, and what one node stores (under
+/// larger limits, or before this node's limits were lowered) must still
+/// move between them: refusing it would stall a transfer, repair or handoff
+/// for good.
+pub const MAX_PEER_FRAME_BYTES: usize = Limits::KEY_CAP + Limits::VALUE_CAP + 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -154,19 +164,26 @@ pub enum ReplicaRequest {
         root: Option<u64>,
     },
     /// The key and version of each entry of a partition that falls into
-    /// the given digest leaves: repair compares these before it moves any
-    /// value.
+    /// the given digest leaves, in the shard's order after the key `after`:
+    /// repair compares these before it moves any value. The answer stops
+    /// where a batch's bytes are full; the caller asks again after the last
+    /// key it received until an answer comes back empty.
     Versions {
         partition: u16,
         leaves: Vec<u16>,
+        after: Option<Bytes>,
     },
-    /// The stored entries (dead or alive) of these keys of a partition.
+    /// The stored entries (dead or alive) of these keys of a partition, in
+    /// the order asked, leaving out keys not stored. The answer stops where
+    /// a batch's bytes are full; the caller asks again for the keys after
+    /// the last one answered.
     ReadMany {
         partition: u16,
         keys: Vec<Bytes>,
     },
     /// Up to `limit` entries of a partition after the key `after`, in the
-    /// shard's order: resumable partition transfer.
+    /// shard's order, and no more than a batch's bytes: resumable partition
+    /// transfer.
     Stream {
         partition: u16,
         after: Option<Bytes>,
@@ -464,11 +481,23 @@ pub fn fit_batch(responses: Vec<Response>, max_frame: usize) -> Vec<Response> {
         .collect()
 }
 
-/// The postcard-encoded size of a message.
-pub fn encoded_len<T: Serialize>(message: &T) -> usize {
-    // Measuring cannot fail where encoding succeeds; a message that cannot
-    // be encoded is refused when it is, so counting it as huge is safe.
-    postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(usize::MAX / 4)
+/// Bytes of a frame besides the items of the batch it carries: the length
+/// prefix, the version, the tags of the message, and its other fields (a
+/// partition, a vector's length), rounded up generously.
+const BATCH_ENVELOPE: usize = 256;
+
+/// Encoded bytes beyond which batches are cut even when frames are larger:
+/// past this, per-request costs are already negligible, and a smaller page
+/// stays well within a replica timeout.
+const BATCH_TARGET: usize = 1 << 20;
+
+/// The encoded bytes of items (entries, keys, key/version pairs) one batch
+/// may carry to a node that refuses frames over `max_frame`. Batches cut to
+/// this with [`ringkv_core::fitting`] always fit, and since `max_frame`
+/// leaves 4 KiB beyond a maximal key and value, so does a batch of one
+/// maximal entry.
+pub fn batch_budget(max_frame: usize) -> usize {
+    max_frame.saturating_sub(BATCH_ENVELOPE).min(BATCH_TARGET)
 }
 
 /// Encodes a message as one frame.
@@ -584,6 +613,25 @@ mod tests {
         let fitted = fit_batch(responses, 100);
         assert_eq!(fitted[1], Ok(Reply::Applied { was_live: true }));
         assert!(fitted.iter().zip(deferrable).all(|(r, d)| !d || *r == Ok(Reply::Deferred)));
+    }
+
+    #[test]
+    fn batches_cut_to_the_budget_fit_their_frame_and_one_maximal_entry_always_does() {
+        let (max_key, max_value) = (1024, 65_536);
+        // As a node computes its frame limit.
+        let max_frame = max_key + max_value + 4096;
+        let entry = |len: usize| Entry::value(Version::ZERO, Bytes::from(vec![1u8; len]), Some(u64::MAX));
+        let alone = vec![(u16::MAX, Bytes::from(vec![b'k'; max_key]), entry(max_value))];
+        assert_eq!(ringkv_core::fitting(&alone, batch_budget(max_frame)), 1);
+        let frame = encode(&Request::Replica(ReplicaRequest::Deliver { entries: alone })).unwrap();
+        assert!(frame.len() - 4 <= max_frame, "{} bytes over {max_frame}", frame.len() - 4);
+
+        let many: Vec<(Bytes, Entry)> = (0..100).map(|i| (Bytes::from(format!("key-{i}")), entry(3_000))).collect();
+        let fit = ringkv_core::fitting(&many, batch_budget(max_frame));
+        assert!(fit > 1 && fit < many.len(), "{fit} of {}", many.len());
+        let reply: Response = Ok(Reply::Entries(many[..fit].to_vec()));
+        let frame = encode(&reply).unwrap();
+        assert!(frame.len() - 4 <= max_frame, "{} bytes over {max_frame}", frame.len() - 4);
     }
 
     #[test]

@@ -25,6 +25,10 @@ impl Handler for Echo {
 const MAX_FRAME: usize = 64 * 1024;
 
 fn connector(paths: &TlsPaths) -> Connector {
+    connector_with(paths, MAX_FRAME)
+}
+
+fn connector_with(paths: &TlsPaths, max_frame: usize) -> Connector {
     let identity = Identity::load(paths).unwrap();
     let endpoint = bind(
         "127.0.0.1:0".parse().unwrap(),
@@ -33,7 +37,7 @@ fn connector(paths: &TlsPaths) -> Connector {
         None,
     )
     .unwrap();
-    Connector::new(endpoint, MAX_FRAME)
+    Connector::new(endpoint, max_frame)
 }
 
 async fn start_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
@@ -133,4 +137,23 @@ async fn node_certificates_are_told_from_client_certificates() {
     assert_eq!(as_node.call(addr, &Request::Ping, t).await.unwrap(), Ok(Reply::Flag(true)));
     let as_client = connector(&TlsPaths::client_in(dir.path()));
     assert_eq!(as_client.call(addr, &Request::Ping, t).await.unwrap(), Ok(Reply::Flag(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_may_send_frames_over_the_client_limit_and_clients_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &["n2".into()], &[]).unwrap();
+    let (addr, _stop) = start_server(dir.path()).await;
+    let t = Duration::from_secs(5);
+    // Twice the configured limit, as a value stored under larger limits.
+    let big = Bytes::from(vec![b'k'; 2 * MAX_FRAME]);
+    let request = Request::Get { key: big.clone(), consistency: Consistency::One };
+
+    let as_node = connector_with(&TlsPaths::node_in(dir.path(), "n2"), wire::MAX_PEER_FRAME_BYTES);
+    assert_eq!(as_node.call(addr, &request, t).await.unwrap(), Ok(Reply::Value(Some(big))));
+    let as_client = connector_with(&TlsPaths::client_in(dir.path()), wire::MAX_PEER_FRAME_BYTES);
+    match as_client.call(addr, &request, t).await {
+        Ok(Err(KvError::Protocol(msg))) => assert!(msg.contains("exceeds the maximum"), "{msg}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
 }

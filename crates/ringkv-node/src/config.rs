@@ -319,6 +319,14 @@ impl NodeConfig {
         self.max_key_bytes + self.max_value_bytes + 4096
     }
 
+    /// The encoded bytes of entries (or keys) one batch carries to a peer:
+    /// transfer pages, repair lists and pushes, hint deliveries. What a frame
+    /// of `max_frame_bytes` holds, so that every peer, configured alike,
+    /// accepts the batch.
+    pub fn batch_bytes(&self) -> usize {
+        ringkv_net::wire::batch_budget(self.max_frame_bytes())
+    }
+
     /// Rejects configurations that cannot work, with the reason.
     pub fn validate(&self) -> Result<(), NodeError> {
         let bad = |msg: String| Err(NodeError::Config(msg));
@@ -330,10 +338,10 @@ impl NodeConfig {
         if self.partitions == 0 {
             return bad("partitions must be at least 1".into());
         }
-        if self.max_key_bytes == 0 || self.max_key_bytes > 1 << 20 {
+        if self.max_key_bytes == 0 || self.max_key_bytes > Limits::KEY_CAP {
             return bad(format!("max_key_bytes {} must be between 1 and 1 MiB", self.max_key_bytes));
         }
-        if self.max_value_bytes > 512 << 20 {
+        if self.max_value_bytes > Limits::VALUE_CAP {
             return bad(format!("max_value_bytes {} must be at most 512 MiB", self.max_value_bytes));
         }
         if self.mailbox_capacity == 0

@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringkv_core::ring::NodeName;
-use ringkv_core::{Entry, Epoch, KvError, Version};
+use ringkv_core::{Entry, Epoch, KvError, Version, fitting};
 use ringkv_storage::{Durable, Hints, Wal, WalRecord, merge_hint, remove_hint};
 
 use crate::mailbox::{Envelope, Mailbox};
@@ -32,10 +32,12 @@ pub(crate) enum HintsMsg {
         entry: Entry,
         reply: RpcReplyPort<Result<Option<Durable>, KvError>>,
     },
-    /// Up to `max` hints for `target`.
+    /// Up to `max` hints for `target`, and no more than `max_bytes` of them
+    /// encoded (at least one): one delivery to the target.
     Batch {
         target: NodeName,
         max: usize,
+        max_bytes: usize,
         reply: RpcReplyPort<Vec<Hint>>,
     },
     Delivered {
@@ -64,6 +66,8 @@ pub(crate) struct HintsActor;
 
 pub(crate) struct HintsState {
     hints: Hints,
+    /// What the held hints take: every hint stored adds its size, and every
+    /// hint replaced, delivered or dropped takes its own back.
     bytes: usize,
     max_bytes: usize,
     dropped: u64,
@@ -72,7 +76,7 @@ pub(crate) struct HintsState {
 
 impl HintsState {
     pub(crate) fn new(hints: Hints, max_bytes: usize, wal: Option<Wal>) -> HintsState {
-        let bytes = hints.values().flat_map(|h| h.iter()).map(|((_, k), e)| k.len() + e.size_bytes()).sum();
+        let bytes = hints.values().flat_map(|h| h.iter()).map(|((_, k), e)| hint_size(k, e)).sum();
         HintsState { hints, bytes, max_bytes, dropped: 0, wal }
     }
 
@@ -89,8 +93,15 @@ impl HintsState {
         key: Bytes,
         entry: Entry,
     ) -> Result<Option<Durable>, KvError> {
-        let size = key.len() + entry.size_bytes();
-        if self.bytes + size > self.max_bytes {
+        let held = self.hints.get(&*target).and_then(|held| held.get(&(partition, key.clone())));
+        if held.is_some_and(|held| !entry.supersedes(held)) {
+            return Ok(None);
+        }
+        // A newer hint for the same key replaces the held one, so only the
+        // difference counts against the limit.
+        let replaced = held.map_or(0, |held| hint_size(&key, held));
+        let size = hint_size(&key, &entry);
+        if (self.bytes - replaced) + size > self.max_bytes {
             self.dropped += 1;
             // Once per thousand, not once per write: a full store under load
             // would otherwise flood the log.
@@ -104,18 +115,21 @@ impl HintsState {
             }
             return Err(KvError::Busy { what: "the hint store".into(), capacity: self.max_bytes });
         }
-        if merge_hint(&mut self.hints, &target, partition, key.clone(), entry.clone()) {
-            self.bytes += size;
-            return self.log(WalRecord::Hint { target: target.to_string(), partition, key, entry }).await;
-        }
-        Ok(None)
+        merge_hint(&mut self.hints, &target, partition, key.clone(), entry.clone());
+        self.bytes = self.bytes - replaced + size;
+        self.log(WalRecord::Hint { target: target.to_string(), partition, key, entry }).await
     }
 
     fn remove(&mut self, target: &str, partition: u16, key: &Bytes, version: Version) {
         if let Some(removed) = remove_hint(&mut self.hints, target, partition, key, version) {
-            self.bytes -= key.len() + removed.size_bytes();
+            self.bytes -= hint_size(key, &removed);
         }
     }
+}
+
+/// What a held hint counts for against `max_hint_bytes`.
+fn hint_size(key: &Bytes, entry: &Entry) -> usize {
+    key.len() + entry.size_bytes()
 }
 
 impl Actor for HintsActor {
@@ -141,12 +155,13 @@ impl Actor for HintsActor {
             HintsMsg::Store { target, partition, key, entry, reply } => {
                 let _ = reply.send(state.store(target, partition, key, entry).await);
             }
-            HintsMsg::Batch { target, max, reply } => {
-                let batch = state
+            HintsMsg::Batch { target, max, max_bytes, reply } => {
+                let mut batch: Vec<Hint> = state
                     .hints
                     .get(&*target)
                     .map(|held| held.iter().take(max).map(|((p, k), e)| (*p, k.clone(), e.clone())).collect())
                     .unwrap_or_default();
+                batch.truncate(fitting(&batch, max_bytes));
                 let _ = reply.send(batch);
             }
             HintsMsg::Delivered { target, delivered, reply } => {
@@ -195,5 +210,43 @@ impl Actor for HintsActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ringkv_core::{NodeTag, Timestamp};
+
+    use super::*;
+
+    fn hint(ts: u64) -> Entry {
+        Entry::value(Version::new(Timestamp::new(ts, 0), NodeTag(1)), Bytes::from(vec![1u8; 1000]), None)
+    }
+
+    #[tokio::test]
+    async fn the_byte_count_is_of_the_hints_held_not_of_every_hint_ever_stored() {
+        let (target, key) = (NodeName::from("n2"), Bytes::from("k"));
+        let one = key.len() + hint(1).size_bytes();
+        let mut state = HintsState::new(Hints::new(), 3 * one, None);
+        // A key written over and over while its replica is down holds one
+        // hint, the newest.
+        for ts in 1..=10 {
+            if let Err(e) = state.store(target.clone(), 0, key.clone(), hint(ts)).await {
+                panic!("hint {ts} for the same key refused: {e}");
+            }
+        }
+        assert_eq!(state.bytes, one);
+        // An older one changes nothing.
+        state.store(target.clone(), 0, key.clone(), hint(5)).await.unwrap();
+        assert_eq!(state.bytes, one);
+        // Room for two more keys, and not for a third.
+        for other in ["a", "b"] {
+            state.store(target.clone(), 0, Bytes::from(other), hint(20)).await.unwrap();
+        }
+        assert!(state.store(target.clone(), 0, Bytes::from("c"), hint(20)).await.is_err());
+        // Delivery gives the room back.
+        state.remove("n2", 0, &key, hint(10).version);
+        state.store(target.clone(), 0, Bytes::from("c"), hint(20)).await.unwrap();
+        assert_eq!(state.bytes, 3 * one);
     }
 }

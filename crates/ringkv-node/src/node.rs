@@ -33,7 +33,10 @@ use crate::{NodeError, SystemClock};
 
 /// Leaves per partition in the repair digest.
 pub(crate) const DIGEST_LEAVES: usize = 1024;
+/// Entries read from a partition per message while snapshotting; the
+/// snapshot writer cuts them into records by size.
 const SNAPSHOT_CHUNK: usize = 1024;
+/// Hints per delivery, at most; a delivery is also cut to a batch's bytes.
 const HINT_BATCH: usize = 512;
 
 /// What a node takes from its environment instead of reaching for globals,
@@ -129,12 +132,8 @@ fn recover_state(
             NodeError::Config(format!("cannot open data directory {}: {e}", config.data_dir.display()))
         })?),
     };
-    let recovery = RecoveryConfig {
-        node_id: config.node_id.clone(),
-        partitions: config.partitions,
-        digest_leaves: DIGEST_LEAVES,
-        max_record_bytes: config.max_frame_bytes(),
-    };
+    let recovery =
+        RecoveryConfig { node_id: config.node_id.clone(), partitions: config.partitions, digest_leaves: DIGEST_LEAVES };
     let started = std::time::Instant::now();
     let recovered = recover(&*disk, &recovery, now_ms)?;
     let entries: usize = recovered.shards.iter().map(|s| s.stats().entries).sum();
@@ -224,7 +223,10 @@ impl Node {
         let peers: Arc<dyn PeerTransport> = match (env.peers, &endpoint) {
             (Some(peers), _) => peers,
             (None, Some((endpoint, _))) => {
-                let quic = QuicPeers::new(Arc::new(Connector::new(endpoint.clone(), config.max_frame_bytes())));
+                // Peers answer with whatever they hold, however this node's
+                // own limits were set.
+                let connector = Connector::new(endpoint.clone(), ringkv_net::wire::MAX_PEER_FRAME_BYTES);
+                let quic = QuicPeers::new(Arc::new(connector));
                 // A batch is one frame; keep its keys and values well inside.
                 let batch_bytes = config.max_frame_bytes() / 2;
                 Arc::new(BatchingPeers::new(Arc::new(quic), config.replica_batch_max, batch_bytes, batch_stats.clone()))
@@ -773,8 +775,9 @@ impl Node {
         let addr = topo.addr(target);
         let mut delivered_total = 0;
         loop {
+            let (max, max_bytes) = (HINT_BATCH, inner.config.batch_bytes());
             let batch =
-                inner.hints.call(|reply| HintsMsg::Batch { target: target.clone(), max: HINT_BATCH, reply }).await?;
+                inner.hints.call(|reply| HintsMsg::Batch { target: target.clone(), max, max_bytes, reply }).await?;
             if batch.is_empty() {
                 break;
             }

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{
-    Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, KvStore, PartitionId, ReplicaFailure, Version,
-    expiry_from_ttl,
+    Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, KvStore, Limits, PartitionId, ReplicaFailure, Version,
+    expiry_from_ttl, fitting,
 };
 use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
@@ -94,21 +94,27 @@ impl Node {
                 let same = root.is_some_and(|r| r == words.iter().fold(0, |a, b| a ^ b));
                 Ok(Reply::Digest(if same { Vec::new() } else { words }))
             }
-            ReplicaRequest::Versions { partition, leaves } => {
+            ReplicaRequest::Versions { partition, leaves, after } => {
                 let mailbox = self.partition(partition)?;
-                Ok(Reply::Versions(mailbox.call(|reply| PartitionMsg::Versions { leaves, reply }).await?))
+                let mut versions = mailbox.call(|reply| PartitionMsg::Versions { leaves, after, reply }).await?;
+                versions.truncate(fitting(&versions, inner.config.batch_bytes()));
+                Ok(Reply::Versions(versions))
             }
             ReplicaRequest::ReadMany { partition, keys } => {
                 for key in &keys {
                     self.check_placement(partition, key)?;
                 }
                 let mailbox = self.partition(partition)?;
-                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::ReadMany { keys, reply }).await?))
+                let mut entries = mailbox.call(|reply| PartitionMsg::ReadMany { keys, reply }).await?;
+                entries.truncate(fitting(&entries, inner.config.batch_bytes()));
+                Ok(Reply::Entries(entries))
             }
             ReplicaRequest::Stream { partition, after, limit } => {
                 let mailbox = self.partition(partition)?;
                 let limit = (limit as usize).clamp(1, 4096);
-                Ok(Reply::Entries(mailbox.call(|reply| PartitionMsg::Chunk { after, limit, reply }).await?))
+                let mut page = mailbox.call(|reply| PartitionMsg::Chunk { after, limit, reply }).await?;
+                page.truncate(fitting(&page, inner.config.batch_bytes()));
+                Ok(Reply::Entries(page))
             }
             ReplicaRequest::Deliver { entries } => {
                 let mut durables = Vec::new();
@@ -171,10 +177,13 @@ impl Node {
 
     /// Requests from peers name a partition; it must be one of ours and the
     /// key must belong to it, or a confused peer could plant keys where no
-    /// reader will look.
+    /// reader will look. The key is held to the configuration's caps rather
+    /// than to this node's limits: a client's key was checked where it
+    /// arrived, and one stored under larger limits must still move.
     fn check_placement(&self, partition: u16, key: &Bytes) -> Result<(), KvError> {
+        const ANY_CONFIG: Limits = Limits { max_key_bytes: Limits::KEY_CAP, max_value_bytes: Limits::VALUE_CAP };
         let inner = &self.inner;
-        inner.limits.check_key(key)?;
+        ANY_CONFIG.check_key(key)?;
         if partition >= inner.partitioner.count() || inner.partitioner.partition_of(key).0 != partition {
             return Err(KvError::Protocol(format!("key does not belong to partition {partition}")));
         }

@@ -50,9 +50,11 @@ pub(crate) enum PartitionMsg {
         branches: Option<Vec<u16>>,
         reply: RpcReplyPort<Vec<u64>>,
     },
-    /// Keys and versions of the entries in the given digest leaves.
+    /// Keys and versions of the entries in the given digest leaves, after
+    /// the key `after`.
     Versions {
         leaves: Vec<u16>,
+        after: Option<Bytes>,
         reply: RpcReplyPort<Vec<(Bytes, Version)>>,
     },
     /// The stored entries of these keys.
@@ -206,10 +208,11 @@ impl Actor for PartitionActor {
                 };
                 let _ = reply.send(result);
             }
-            PartitionMsg::Versions { leaves, reply } => {
+            PartitionMsg::Versions { leaves, after, reply } => {
                 let leaves: Vec<usize> =
                     leaves.iter().map(|l| *l as usize).filter(|l| *l < state.shard.digest().leaves().len()).collect();
-                let versions = state.shard.entries_in_leaves(&leaves).into_iter().map(|(k, e)| (k, e.version));
+                let versions =
+                    state.shard.entries_in_leaves(&leaves, after.as_deref()).into_iter().map(|(k, e)| (k, e.version));
                 let _ = reply.send(versions.collect());
             }
             PartitionMsg::Fail { reply } => {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
-use ringkv_core::{Entry, KvError, PartitionId};
+use ringkv_core::{Entry, KvError, PartitionId, batches};
 use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, TransferStatus};
 use ringkv_storage::settle;
 use tokio::time::Instant;
@@ -38,7 +38,9 @@ use crate::partition::PartitionMsg;
 use crate::repair::{Budget, entries_bytes};
 use crate::topology::Topology;
 
-/// Entries per page of a partition transfer.
+/// Entries per page of a partition transfer, at most; a page is also cut
+/// to a batch's bytes (`NodeConfig::batch_bytes`), by the source when it
+/// answers a pull and before sending when a leaving node pushes.
 const PAGE: usize = 512;
 /// Failed pages in a row before a transfer moves on to another source.
 const PAGE_ATTEMPTS: usize = 5;
@@ -377,7 +379,9 @@ impl Node {
             let (keys, bytes) = (page.len() as u64, entries_bytes(&page));
             inner.transfers.budget.throttle(bytes).await;
             let entries: Vec<(u16, Bytes, Entry)> = page.into_iter().map(|(k, e)| (partition.0, k, e)).collect();
-            self.call_retrying(topo, gainer, || ReplicaRequest::Deliver { entries: entries.clone() }).await?;
+            for entries in batches(entries, inner.config.batch_bytes()) {
+                self.call_retrying(topo, gainer, || ReplicaRequest::Deliver { entries: entries.clone() }).await?;
+            }
             inner.transfers.record(|s| {
                 s.keys_moved += keys;
                 s.bytes_moved += bytes as u64;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
-use ringkv_core::{Entry, KvError, PartitionId, Version};
+use ringkv_core::{Entry, KvError, PartitionId, Version, batches};
 use ringkv_net::wire::{Divergence, RepairStatus, ReplicaRequest, Reply};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -153,47 +153,74 @@ impl Node {
         }
     }
 
+    /// The keys and versions a replica holds in some leaves, asked for page
+    /// by page: one answer stops where a batch's bytes are full.
     async fn versions(
         &self,
         topo: &Topology,
         node: &NodeName,
         partition: u16,
-        leaves: Vec<u16>,
+        leaves: &[u16],
     ) -> Result<Vec<(Bytes, Version)>, KvError> {
-        match self.on_replica(topo, node, ReplicaRequest::Versions { partition, leaves }).await? {
-            Reply::Versions(versions) => Ok(versions),
-            other => Err(KvError::Protocol(format!("unexpected reply to a versions request: {other:?}"))),
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|(k, _): &(Bytes, Version)| k.clone());
+            let request = ReplicaRequest::Versions { partition, leaves: leaves.to_vec(), after };
+            match self.on_replica(topo, node, request).await? {
+                Reply::Versions(page) if page.is_empty() => return Ok(all),
+                Reply::Versions(page) => all.extend(page),
+                other => return Err(KvError::Protocol(format!("unexpected reply to a versions request: {other:?}"))),
+            }
         }
     }
 
-    async fn read_many(
+    /// Copies the stored entries of `keys` from one replica to another, one
+    /// batch at a time, so that neither the answers nor the pushes outgrow
+    /// a frame and only one batch is held at once. Returns the entries and
+    /// bytes moved.
+    async fn copy(
         &self,
         topo: &Topology,
-        node: &NodeName,
+        (from, to): (&NodeName, &NodeName),
         partition: u16,
         keys: Vec<Bytes>,
-    ) -> Result<Vec<(Bytes, Entry)>, KvError> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<(u64, usize), KvError> {
+        let mut moved = (0, 0);
+        for keys in batches(keys, self.inner.config.batch_bytes()) {
+            let mut rest = &keys[..];
+            while !rest.is_empty() {
+                let request = ReplicaRequest::ReadMany { partition, keys: rest.to_vec() };
+                let entries = match self.on_replica(topo, from, request).await? {
+                    Reply::Entries(entries) => entries,
+                    other => return Err(KvError::Protocol(format!("unexpected reply to a read request: {other:?}"))),
+                };
+                // Answers follow the order asked, leaving out keys no longer
+                // stored, and stop where the batch was full.
+                let Some((last, _)) = entries.last() else { break };
+                let answered = rest.iter().position(|k| k == last).map_or(rest.len(), |i| i + 1);
+                rest = &rest[answered..];
+                let bytes = entries_bytes(&entries);
+                self.inner.repair.budget.throttle(bytes).await;
+                moved = (moved.0 + entries.len() as u64, moved.1 + bytes);
+                let entries = entries.into_iter().map(|(k, e)| (partition, k, e)).collect();
+                self.deliver(topo, to, entries).await?;
+            }
         }
-        match self.on_replica(topo, node, ReplicaRequest::ReadMany { partition, keys }).await? {
-            Reply::Entries(entries) => Ok(entries),
-            other => Err(KvError::Protocol(format!("unexpected reply to a read request: {other:?}"))),
-        }
+        Ok(moved)
     }
 
+    /// Merges entries into a replica, in as many `Deliver` batches as their
+    /// encoded size takes.
     async fn deliver(
         &self,
         topo: &Topology,
         node: &NodeName,
-        partition: u16,
-        entries: Vec<(Bytes, Entry)>,
+        entries: Vec<(u16, Bytes, Entry)>,
     ) -> Result<(), KvError> {
-        if entries.is_empty() {
-            return Ok(());
+        for entries in batches(entries, self.inner.config.batch_bytes()) {
+            self.on_replica(topo, node, ReplicaRequest::Deliver { entries }).await?;
         }
-        let entries = entries.into_iter().map(|(k, e)| (partition, k, e)).collect();
-        self.on_replica(topo, node, ReplicaRequest::Deliver { entries }).await.map(|_| ())
+        Ok(())
     }
 
     /// Compares one partition with one peer and exchanges what differs.
@@ -227,23 +254,21 @@ impl Node {
                 .into_iter()
                 .map(|i| (branches[i / BRANCH] as usize * BRANCH + i % BRANCH) as u16)
                 .collect();
-            // A bounded number of leaves per round keeps each message small
-            // even when a replica is empty and every leaf differs. Versions
-            // first, so that only entries one side lacks cross the network.
+            // A bounded number of leaves per round keeps the lists held at
+            // once small even when a replica is empty and every leaf
+            // differs; the messages themselves are bounded in bytes.
+            // Versions first, so that only entries one side lacks cross the
+            // network.
             for leaves in leaves.chunks(FETCH_LEAVES) {
-                let (ours, theirs) = tokio::try_join!(
-                    self.versions(topo, &me, p, leaves.to_vec()),
-                    self.versions(topo, peer, p, leaves.to_vec())
-                )?;
+                let (ours, theirs) =
+                    tokio::try_join!(self.versions(topo, &me, p, leaves), self.versions(topo, peer, p, leaves))?;
                 let (to_peer, to_me) = plan_exchange(&ours, &theirs);
                 let listed = versions_bytes(&theirs) + to_me.iter().map(Bytes::len).sum::<usize>();
-                let (to_peer, to_me) =
-                    tokio::try_join!(self.read_many(topo, &me, p, to_peer), self.read_many(topo, peer, p, to_me))?;
-                let exchange = listed + entries_bytes(&to_peer) + entries_bytes(&to_me);
-                repair.budget.throttle(exchange).await;
-                bytes += exchange;
-                keys += (to_peer.len() + to_me.len()) as u64;
-                tokio::try_join!(self.deliver(topo, peer, p, to_peer), self.deliver(topo, &me, p, to_me))?;
+                repair.budget.throttle(listed).await;
+                let (sent, received) =
+                    tokio::try_join!(self.copy(topo, (&me, peer), p, to_peer), self.copy(topo, (peer, &me), p, to_me))?;
+                bytes += listed + sent.1 + received.1;
+                keys += sent.0 + received.0;
             }
             if keys > 0 {
                 tracing::info!(partition = p, %peer, keys, "anti-entropy repaired a divergence");

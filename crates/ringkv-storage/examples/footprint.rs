@@ -53,12 +53,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
     let disk = Arc::new(FsDisk::open(dir.path()).unwrap());
-    let config = RecoveryConfig {
-        node_id: "footprint".into(),
-        partitions: PARTITIONS,
-        digest_leaves: 1024,
-        max_record_bytes: 1 << 20,
-    };
+    let config = RecoveryConfig { node_id: "footprint".into(), partitions: PARTITIONS, digest_leaves: 1024 };
     let fresh = recover(&*disk, &config, 0).unwrap();
     let wal = Wal::start(
         disk.clone(),

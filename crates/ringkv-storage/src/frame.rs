@@ -12,14 +12,36 @@
 
 use std::io::{self, Read};
 
+use ringkv_core::Limits;
+
+use crate::StorageError;
+
 pub const HEADER_LEN: usize = 12;
 
-pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
+/// The largest record payload, written or read: a maximal key and value
+/// under the configuration's caps, plus room for the record's other fields
+/// (format byte, tags, version, expiry, partition, a hint's target name).
+///
+/// Fixed rather than taken from the running configuration, so that lowering
+/// `max_value_bytes` between restarts never makes records written before
+/// look corrupt. A damaged length cannot hide behind the larger bound: the
+/// length field has its own checksum.
+pub const MAX_RECORD_BYTES: usize = Limits::KEY_CAP + Limits::VALUE_CAP + (64 << 10);
+
+/// Frames a record payload; refuses one that recovery would refuse.
+pub fn encode(what: &'static str, payload: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
+    if payload.len() > MAX_RECORD_BYTES {
+        return Err(StorageError::Encode {
+            what,
+            reason: format!("record of {} bytes exceeds the maximum of {MAX_RECORD_BYTES}", payload.len()),
+        });
+    }
     let len = u32::try_from(payload.len()).expect("records are bounded far below 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&len.to_le_bytes()).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// What the reader found at its current offset.
@@ -123,8 +145,8 @@ mod tests {
 
     fn two_records() -> Vec<u8> {
         let mut buf = Vec::new();
-        encode(b"hello", &mut buf);
-        encode(b"world!", &mut buf);
+        encode("test record", b"hello", &mut buf).unwrap();
+        encode("test record", b"world!", &mut buf).unwrap();
         buf
     }
 

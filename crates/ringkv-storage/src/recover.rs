@@ -11,7 +11,7 @@ use ringkv_core::{Entry, Epoch, Partitioner, Timestamp, Version};
 
 use crate::StorageError;
 use crate::disk::Disk;
-use crate::frame::{FrameReader, Next};
+use crate::frame::{FrameReader, MAX_RECORD_BYTES, Next};
 use crate::shard::Shard;
 use crate::snapshot::{self, SnapRecord, parse_snapshot_name, snapshot_name};
 use crate::wal::{self, WalRecord, parse_segment_name, segment_name};
@@ -24,8 +24,6 @@ pub struct RecoveryConfig {
     pub node_id: String,
     pub partitions: u16,
     pub digest_leaves: usize,
-    /// Largest record payload accepted; anything larger is corruption.
-    pub max_record_bytes: usize,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -245,7 +243,7 @@ fn load_snapshot(
     if format != snapshot::FORMAT {
         return Err(StorageError::UnsupportedFormat { path: path.clone(), found: format, supported: snapshot::FORMAT });
     }
-    let mut frames = FrameReader::new(reader, head.len() as u64, len, config.max_record_bytes.saturating_mul(64));
+    let mut frames = FrameReader::new(reader, head.len() as u64, len, MAX_RECORD_BYTES);
     let mut loaded = 0u64;
     loop {
         let offset = frames.offset();
@@ -329,7 +327,7 @@ fn replay_segment(
         return Err(corrupt(12, format!("header says segment {header_seq}, the file name says {seq}")));
     }
     let partitioner = Partitioner::new(config.partitions);
-    let mut frames = FrameReader::new(reader, head.len() as u64, len, config.max_record_bytes);
+    let mut frames = FrameReader::new(reader, head.len() as u64, len, MAX_RECORD_BYTES);
     let mut epoch = Epoch::NONE;
     loop {
         let offset = frames.offset();

@@ -243,24 +243,34 @@ impl Shard {
         self.collect(self.entries.range::<dyn Probe, _>((start, Bound::Unbounded)), limit)
     }
 
-    /// Entries whose keys fall into the given digest leaves, for repair.
-    /// Each leaf is a range of hashes, so this reads only those ranges.
-    pub fn entries_in_leaves(&self, leaves: &[usize]) -> Vec<(Bytes, Entry)> {
+    /// Entries whose keys fall into the given digest leaves, in the shard's
+    /// order, after the key `after`: repair pages through leaves too large
+    /// for one message with the last key it received as the cursor. Each
+    /// leaf is a range of hashes, so this reads only those ranges.
+    pub fn entries_in_leaves(&self, leaves: &[usize], after: Option<&[u8]>) -> Vec<(Bytes, Entry)> {
+        let cursor = after.map(|k| (key_hash(k), k));
+        let mut leaves = leaves.to_vec();
+        leaves.sort_unstable();
+        leaves.dedup();
         let mut out = Vec::new();
-        for &leaf in leaves {
+        for leaf in leaves {
             let (low, high) = self.digest.leaf_range(leaf);
+            if let (Some((hash, _)), Some(high)) = (&cursor, high)
+                && *hash >= high
+            {
+                continue;
+            }
             let low = (low, &[][..]);
+            let lower = match &cursor {
+                Some(c) if c.0 >= low.0 => Bound::Excluded(c as &dyn Probe),
+                _ => Bound::Included(&low as &dyn Probe),
+            };
             let high = high.map(|h| (h, &[][..]));
             let upper = match &high {
                 Some(h) => Bound::Excluded(h as &dyn Probe),
                 None => Bound::Unbounded,
             };
-            out.extend(
-                self.collect(
-                    self.entries.range::<dyn Probe, _>((Bound::Included(&low as &dyn Probe), upper)),
-                    usize::MAX,
-                ),
-            );
+            out.extend(self.collect(self.entries.range::<dyn Probe, _>((lower, upper)), usize::MAX));
         }
         out
     }
@@ -510,7 +520,7 @@ mod tests {
         assert_ne!(a.digest().root(), b.digest().root());
         let differing: Vec<usize> = (0..64).filter(|i| a.digest().leaves()[*i] != b.digest().leaves()[*i]).collect();
         assert_eq!(differing.len(), 1);
-        let exchanged = b.entries_in_leaves(&differing);
+        let exchanged = b.entries_in_leaves(&differing, None);
         assert!(exchanged.iter().any(|(k, _)| &k[..] == b"z"));
     }
 
@@ -539,7 +549,7 @@ mod tests {
             s.apply(&i.to_be_bytes(), val(1, "x", None), 0);
         }
         let wanted = [0usize, 5, 63];
-        let mut got: Vec<Vec<u8>> = s.entries_in_leaves(&wanted).into_iter().map(|(k, _)| k.to_vec()).collect();
+        let mut got: Vec<Vec<u8>> = s.entries_in_leaves(&wanted, None).into_iter().map(|(k, _)| k.to_vec()).collect();
         let mut expected: Vec<Vec<u8>> = (0..2000u16)
             .map(|i| i.to_be_bytes().to_vec())
             .filter(|k| wanted.contains(&s.digest().leaf_of(key_hash(k))))
@@ -548,5 +558,24 @@ mod tests {
         expected.sort();
         assert!(!expected.is_empty());
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn leaves_page_after_a_cursor_and_cover_every_key_once() {
+        let mut s = Shard::new(64);
+        for i in 0..2000u16 {
+            s.apply(&i.to_be_bytes(), val(1, "x", None), 0);
+        }
+        let wanted = [63usize, 5, 0, 5];
+        let all = s.entries_in_leaves(&wanted, None);
+        let mut paged = Vec::new();
+        let mut after: Option<Bytes> = None;
+        loop {
+            let page: Vec<_> = s.entries_in_leaves(&wanted, after.as_deref()).into_iter().take(7).collect();
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            paged.extend(page);
+        }
+        assert_eq!(paged, all, "the same keys in the same order, once each");
     }
 }

@@ -22,6 +22,11 @@ pub(crate) const FORMAT: u32 = 1;
 pub(crate) const HEADER_LEN: usize = 20;
 /// 2: versions carry a touch; format 1 is still read (`legacy.rs`).
 const RECORD_FORMAT: u8 = 2;
+/// Encoded bytes of entries per record. The callers hand over chunks
+/// counted in entries, whose size depends on the values; cutting them here
+/// keeps every record far below [`frame::MAX_RECORD_BYTES`] and recovery's
+/// memory per record small. A single larger entry goes alone.
+const RECORD_TARGET_BYTES: usize = 1 << 20;
 
 pub(crate) fn snapshot_name(covers: u64) -> String {
     format!("snap-{covers:020}.snap")
@@ -67,7 +72,7 @@ impl SnapRecord {
         let payload = postcard::to_extend(self, vec![RECORD_FORMAT])
             .map_err(|e| StorageError::Encode { what: "snapshot record", reason: e.to_string() })?;
         let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
-        frame::encode(&payload, &mut out);
+        frame::encode("snapshot record", &payload, &mut out)?;
         Ok(out)
     }
 }
@@ -104,12 +109,16 @@ impl SnapshotWriter {
             let mut entries = 0u64;
             let mut bytes = HEADER_LEN as u64;
             while let Some(msg) = rx.blocking_recv() {
-                let record = match msg {
+                let records: Vec<SnapRecord> = match msg {
                     Msg::Chunk(partition, chunk) => {
                         entries += chunk.len() as u64;
-                        SnapRecord::Chunk { partition, entries: chunk }
+                        let cut = ringkv_core::batches(chunk, RECORD_TARGET_BYTES);
+                        cut.into_iter().map(|entries| SnapRecord::Chunk { partition, entries }).collect()
                     }
-                    Msg::Hints(target, hints) => SnapRecord::Hints { target, entries: hints },
+                    Msg::Hints(target, hints) => ringkv_core::batches(hints, RECORD_TARGET_BYTES)
+                        .into_iter()
+                        .map(|entries| SnapRecord::Hints { target: target.clone(), entries })
+                        .collect(),
                     Msg::Finish(epoch, done) => {
                         let result = SnapRecord::End { entries, epoch }
                             .encode()
@@ -127,7 +136,10 @@ impl SnapshotWriter {
                         return;
                     }
                 };
-                match record.encode().and_then(|buf| file.write_all(&buf).map_err(io).map(|()| buf.len())) {
+                let written = records.iter().try_fold(0, |n, record| {
+                    record.encode().and_then(|buf| file.write_all(&buf).map_err(io).map(|()| n + buf.len()))
+                });
+                match written {
                     Ok(n) => bytes += n as u64,
                     Err(e) => {
                         tracing::error!(error = %e, "snapshot write failed");
@@ -160,4 +172,49 @@ impl SnapshotWriter {
 
 fn snapshot_failed() -> StorageError {
     StorageError::WriterStopped("the snapshot writer stopped; see the log for the error".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::MemDisk;
+    use crate::frame::{FrameReader, Next};
+    use ringkv_core::{NodeTag, Timestamp, Version};
+
+    fn entry(i: u64, len: usize) -> Entry {
+        Entry::value(Version::new(Timestamp::new(1_000 + i, 0), NodeTag(1)), Bytes::from(vec![7u8; len]), None)
+    }
+
+    #[test]
+    fn records_are_cut_by_encoded_size_however_many_entries_a_chunk_holds() {
+        let disk = Arc::new(MemDisk::new());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let info = rt.block_on(async {
+            let writer = SnapshotWriter::start(disk.clone(), 1).unwrap();
+            // 4 MiB of 10 KiB values in one chunk, and one value larger than
+            // a record's target, which must go alone.
+            let chunk = (0..400u64).map(|i| (Bytes::from(format!("k{i}")), entry(i, 10 << 10))).collect();
+            writer.add(0, chunk).await.unwrap();
+            writer.add(0, vec![(Bytes::from("huge"), entry(0, 3 << 20))]).await.unwrap();
+            let hints = (0..400u64).map(|i| (0, Bytes::from(format!("h{i}")), entry(i, 10 << 10))).collect();
+            writer.add_hints("n2".into(), hints).await.unwrap();
+            writer.finish(Epoch::NONE).await.unwrap()
+        });
+        assert_eq!(info.entries, 401);
+        let file = disk.with_file(&snapshot_name(1), |bytes| bytes.clone()).unwrap();
+        let records = std::io::Cursor::new(&file[HEADER_LEN..]);
+        let mut frames = FrameReader::new(records, HEADER_LEN as u64, file.len() as u64, frame::MAX_RECORD_BYTES);
+        let mut sizes = Vec::new();
+        loop {
+            match frames.next().unwrap() {
+                Next::Record(payload) => sizes.push(payload.len()),
+                Next::End => break,
+                other => panic!("unreadable snapshot after {} records: {other:?}", sizes.len()),
+            }
+        }
+        assert!(sizes.len() >= 10, "4 MiB of chunks and 4 MiB of hints in {} records", sizes.len());
+        let over: Vec<usize> = sizes.iter().copied().filter(|n| *n > RECORD_TARGET_BYTES + 64).collect();
+        assert_eq!(over.len(), 1, "only the huge entry's record is over the target: {sizes:?}");
+        assert!(over[0] < (3 << 20) + 64, "the huge entry went alone");
+    }
 }

@@ -121,7 +121,7 @@ impl WalRecord {
         payload = postcard::to_extend(self, payload)
             .map_err(|e| StorageError::Encode { what: "log record", reason: e.to_string() })?;
         let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
-        frame::encode(&payload, &mut out);
+        frame::encode("log record", &payload, &mut out)?;
         Ok(out)
     }
 

@@ -126,7 +126,7 @@ struct Engine {
 }
 
 fn recovery_config() -> RecoveryConfig {
-    RecoveryConfig { node_id: "model".into(), partitions: PARTITIONS, digest_leaves: 16, max_record_bytes: 1 << 20 }
+    RecoveryConfig { node_id: "model".into(), partitions: PARTITIONS, digest_leaves: 16 }
 }
 
 fn wal_config() -> WalConfig {

@@ -10,7 +10,7 @@ use ringkv_storage::{FsDisk, FsyncPolicy, RecoveryConfig, StorageError, Wal, Wal
 const P: u16 = 8;
 
 fn config() -> RecoveryConfig {
-    RecoveryConfig { node_id: "n1".into(), partitions: P, digest_leaves: 16, max_record_bytes: 1 << 20 }
+    RecoveryConfig { node_id: "n1".into(), partitions: P, digest_leaves: 16 }
 }
 
 fn record(i: u32) -> Vec<u8> {
