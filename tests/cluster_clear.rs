@@ -156,14 +156,7 @@ async fn a_member_that_reaches_no_seed_does_not_serve_data_a_clear_may_cover() {
     tokio::time::sleep(join_timeout * 3).await;
     assert!(!n3.is_finished(), "n3 started alone, with data a clear it never heard of may cover");
 
-    let (s1, s2) = (cluster.nodes[0].spec.clone(), cluster.nodes[1].spec.clone());
-    let (n1, n2) = std::thread::scope(|s| {
-        let n1 = s.spawn(|| s1.start());
-        let n2 = s.spawn(|| s2.start());
-        (n1.join().unwrap(), n2.join().unwrap())
-    });
-    cluster.nodes[0] = n1;
-    cluster.nodes[1] = n2;
+    cluster.start_together(&[0, 1]);
     cluster.nodes[2] = n3.join().unwrap();
     cluster.wait_serving(2, 3, Duration::from_secs(30)).await;
     let one = cluster.client_of(2).with_consistency(Consistency::One);

@@ -65,12 +65,7 @@ async fn deleted_keys_stay_deleted(cut_off: impl AsyncFnOnce(&Cluster), restore:
     cluster.wait_serving(2, 3, Duration::from_secs(60)).await;
     // Repair runs at once when a member returns, and every second after: a
     // few passes are enough for any copy n3 kept to spread.
-    let before = wait_for("every node's repair status", Duration::from_secs(10), || repair_passes(&cluster)).await;
-    wait_for("three repair passes on every node with n3 back", Duration::from_secs(30), || async {
-        let now = repair_passes(&cluster).await?;
-        before.iter().zip(&now).all(|(b, n)| *n >= b + 3).then_some(())
-    })
-    .await;
+    three_repair_passes(&cluster).await;
     let any = cluster.client().with_consistency(Consistency::All);
     for key in &keys {
         assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after n3 returned");
@@ -90,6 +85,17 @@ async fn purged_everywhere(client: &Client, keys: &[String]) -> bool {
         }
     }
     true
+}
+
+/// Waits until every node has completed three more repair passes: enough
+/// for any copy a returning node kept to spread, if it could.
+async fn three_repair_passes(cluster: &Cluster) {
+    let before = wait_for("every node's repair status", Duration::from_secs(10), || repair_passes(cluster)).await;
+    wait_for("three repair passes on every node", Duration::from_secs(30), || async {
+        let now = repair_passes(cluster).await?;
+        before.iter().zip(&now).all(|(b, n)| *n >= b + 3).then_some(())
+    })
+    .await;
 }
 
 /// Completed repair passes of each node, or `None` while one cannot answer.
@@ -183,24 +189,12 @@ async fn a_member_gone_past_the_graces_stays_replaced_across_a_whole_cluster_res
         cluster.nodes[i].kill9();
     }
     // At once: each waits for the other as its seed.
-    let (n1, n2) = (cluster.nodes[0].spec.clone(), cluster.nodes[1].spec.clone());
-    let (n1, n2) = std::thread::scope(|s| {
-        let n1 = s.spawn(|| n1.start());
-        let n2 = s.spawn(|| n2.start());
-        (n1.join().unwrap(), n2.join().unwrap())
-    });
-    cluster.nodes[0] = n1;
-    cluster.nodes[1] = n2;
+    cluster.start_together(&[0, 1]);
     cluster.wait_serving(0, 2, Duration::from_secs(30)).await;
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
     cluster.wait_serving(2, 3, Duration::from_secs(60)).await;
-    let before = wait_for("every node's repair status", Duration::from_secs(10), || repair_passes(&cluster)).await;
-    wait_for("three repair passes on every node with n3 back", Duration::from_secs(30), || async {
-        let now = repair_passes(&cluster).await?;
-        before.iter().zip(&now).all(|(b, n)| *n >= b + 3).then_some(())
-    })
-    .await;
+    three_repair_passes(&cluster).await;
     let any = cluster.client().with_consistency(Consistency::All);
     for key in &keys {
         assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after the restart");

@@ -369,6 +369,19 @@ pub async fn converged(client: &Client, keys: &[String], replicas: usize, bound:
 }
 
 impl Cluster {
+    /// Starts the (stopped) nodes at these indices at the same time, for
+    /// members that each wait for another as their seed.
+    pub fn start_together(&mut self, indices: &[usize]) {
+        let specs: Vec<NodeSpec> = indices.iter().map(|i| self.nodes[*i].spec.clone()).collect();
+        let started: Vec<NodeProcess> = std::thread::scope(|s| {
+            let handles: Vec<_> = specs.iter().map(|spec| s.spawn(|| spec.start())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, node) in indices.iter().zip(started) {
+            self.nodes[*i] = node;
+        }
+    }
+
     /// Starts a new member n{k} that joins through every current node.
     pub fn add(&mut self, settings: &[&str]) -> usize {
         let i = self.nodes.len() + 1;
