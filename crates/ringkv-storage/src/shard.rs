@@ -136,13 +136,17 @@ impl Shard {
 
     fn replace(&mut self, key: &[u8], new: Entry) {
         let hash = key_hash(key);
-        self.index(key, &new, hash, true);
-        if let Some(old) = self.entries.insert(HashedKey { hash, key: key.into() }, new) {
+        // The old entry's contribution goes first: when both index the same
+        // slot (two tombstones dead in the same millisecond, two values
+        // expiring at the same instant), adding before removing would
+        // remove the new one's slot too, and it would never be swept.
+        if let Some(old) = self.entries.insert(HashedKey { hash, key: key.into() }, new.clone()) {
             self.index(key, &old, hash, false);
         } else {
             self.stats.entries += 1;
             self.stats.key_bytes += key.len();
         }
+        self.index(key, &new, hash, true);
     }
 
     /// Adds (or removes) an entry's contribution to the indexes, digest and
@@ -474,6 +478,24 @@ mod tests {
         assert_eq!(s.stats().entries, 6);
         // A purged key accepts writes again.
         assert!(s.apply(&[0], val(2, "new", None), 200).changed);
+    }
+
+    #[test]
+    fn a_tombstone_replacing_one_that_died_in_the_same_millisecond_is_still_purged() {
+        // Two deletes of one key stamped within one wall-clock millisecond
+        // (the hybrid clock counts logically while it runs ahead) index the
+        // same (time of death, key); replacing one with the other must
+        // leave it indexed, or the sweeper never purges it.
+        let mut s = Shard::new(16);
+        let at = |logical| Version::new(Timestamp::new(30, logical), NodeTag(1));
+        s.apply(b"k", Entry::tombstone(at(1)), 50);
+        s.apply(b"k", Entry::tombstone(at(2)), 50);
+        // Likewise two values with the same expiry instant.
+        s.apply(b"t", val(10, "a", Some(100)), 0);
+        s.apply(b"t", val(11, "b", Some(100)), 0);
+        assert_eq!(s.sweep(200, 0, 10), Sweep { expired: 1, purged: 0, more: false });
+        assert_eq!(s.sweep(200, 1_000, 10), Sweep { expired: 0, purged: 2, more: false });
+        assert_eq!(s.stats().entries, 0);
     }
 
     #[test]
