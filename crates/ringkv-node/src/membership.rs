@@ -514,7 +514,6 @@ fn update_fences(
     topology: &Topology,
     now: Instant,
 ) -> bool {
-    let before = fenced.len();
     let mut changed = false;
     fenced.retain(|name, _| {
         let back = seen.get(name).is_some_and(|s| matches!(s.status, MemberStatus::Joining | MemberStatus::Left));
@@ -533,7 +532,7 @@ fn update_fences(
             fenced.remove(&oldest);
         }
     }
-    changed || fenced.len() != before
+    changed
 }
 
 async fn read_gossip(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> BTreeMap<NodeName, Seen> {

@@ -366,20 +366,11 @@ impl Node {
             if returning {
                 node.set_status(MemberStatus::Serving).await;
             } else {
-                if let Some(file) = &node.inner.member_file {
-                    file.remove();
-                }
-                // Whatever is here predates this membership and may hold
-                // keys deleted and purged meanwhile.
-                let dropped = node
-                    .drop_all_partitions()
-                    .await
-                    .map_err(|e| NodeError::Join(format!("cannot discard old data: {e}")))?;
+                let dropped =
+                    node.join_as_new().await.map_err(|e| NodeError::Join(format!("cannot discard old data: {e}")))?;
                 if dropped > 0 {
                     tracing::warn!(dropped, "discarded entries from an earlier membership");
                 }
-                node.set_status(MemberStatus::Joining).await;
-                node.spawn(node.clone().join());
             }
             node.spawn(member_keeper(node.clone()));
             node.spawn(mover(node.clone()));
@@ -387,6 +378,19 @@ impl Node {
         }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
         Ok(node)
+    }
+
+    /// Forgets this node's data and membership and joins as a new member:
+    /// whatever it held predates the current membership and may include
+    /// keys deleted and purged meanwhile. Returns the entries dropped.
+    async fn join_as_new(&self) -> Result<usize, KvError> {
+        if let Some(file) = &self.inner.member_file {
+            file.remove();
+        }
+        let dropped = self.drop_all_partitions().await?;
+        self.set_status(MemberStatus::Joining).await;
+        self.spawn(self.clone().join());
+        Ok(dropped)
     }
 
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -653,14 +657,11 @@ async fn fence_follower(node: Node) {
         if !*fenced.borrow_and_update() {
             continue;
         }
-        let status = node.inner.topology().members.get(&node.inner.topology().self_name).map(|m| m.status);
-        if status.is_none_or(|s| !s.in_current_ring()) {
+        let topo = node.inner.topology();
+        if topo.members.get(&topo.self_name).is_none_or(|m| !m.status.in_current_ring()) {
             continue;
         }
-        if let Some(file) = &node.inner.member_file {
-            file.remove();
-        }
-        match node.drop_all_partitions().await {
+        match node.join_as_new().await {
             Ok(dropped) => {
                 tracing::warn!(dropped, "removed from the ring while out: discarded this node's data; joining anew")
             }
@@ -672,8 +673,6 @@ async fn fence_follower(node: Node) {
                 return;
             }
         }
-        node.set_status(MemberStatus::Joining).await;
-        node.spawn(node.clone().join());
     }
 }
 

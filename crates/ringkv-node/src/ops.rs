@@ -31,9 +31,6 @@ fn storage(e: ringkv_storage::StorageError) -> KvError {
     KvError::Storage(e.to_string())
 }
 
-/// Times a member is asked again to apply a clear before the clear fails.
-const CLEAR_ATTEMPTS: u32 = 4;
-
 enum Written {
     Done {
         was_live: bool,
@@ -51,11 +48,13 @@ impl Node {
             ReplicaRequest::Apply { partition, key, entry, condition, hint_for } => {
                 self.check_placement(partition, &key)?;
                 let _ = inner.hlc.observe(entry.version.newest_ts(), inner.now_ms());
-                let epoch = inner.epoch();
-                if epoch.covers(entry.version) {
-                    return Err(KvError::Cleared { epoch: epoch.0 });
-                }
                 if let Some(target) = hint_for {
+                    // A hint bypasses the partition actor, which refuses
+                    // writes its epoch covers for the shard path.
+                    let epoch = inner.epoch();
+                    if epoch.covers(entry.version) {
+                        return Err(KvError::Cleared { epoch: epoch.0 });
+                    }
                     let durable = inner
                         .hints
                         .call(|reply| HintsMsg::Store { target: target.into(), partition, key, entry, reply })
@@ -147,18 +146,14 @@ impl Node {
         }
     }
 
-    /// Refuses to start work for a client that has given up on it.
+    /// Refuses to start work for a client that has given up on it. Writes
+    /// call it right *after* stamping, not before: a stamp that passes was
+    /// taken before the deadline, however this process was stopped around
+    /// it, whereas a check before the stamp leaves a window for a stop in
+    /// between. A stamp refused here is dropped unused, which costs the
+    /// clock nothing.
     fn check_deadline(&self, deadline: Option<Deadline>) -> Result<(), KvError> {
         deadline.map_or(Ok(()), |d| d.check(self.inner.now_ms()))
-    }
-
-    /// Called right *after* stamping a client's write, not before: a stamp
-    /// that passes was taken before the deadline, however this process was
-    /// stopped around it, whereas a check before the stamp leaves a window
-    /// for a stop in between. A stamp refused here is dropped unused, which
-    /// costs the clock nothing.
-    fn check_stamped_in_time(&self, deadline: Option<Deadline>) -> Result<(), KvError> {
-        self.check_deadline(deadline)
     }
 
     fn check_fault_injection(&self) -> Result<(), KvError> {
@@ -440,7 +435,7 @@ impl Node {
         let now = inner.now_ms();
         let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
         let entry = Entry::value(inner.stamp(now), value, expires_at);
-        self.check_stamped_in_time(deadline)?;
+        self.check_deadline(deadline)?;
         self.replicate("put", key, entry, None, c).await.map(|_| ())
     }
 
@@ -451,7 +446,7 @@ impl Node {
     pub(crate) async fn delete(&self, key: Bytes, c: Consistency, deadline: Option<Deadline>) -> Result<bool, KvError> {
         self.inner.limits.check_key(&key)?;
         let entry = Entry::tombstone(self.inner.stamp(self.inner.now_ms()));
-        self.check_stamped_in_time(deadline)?;
+        self.check_deadline(deadline)?;
         match self.replicate("delete", key, entry, None, c).await? {
             Written::Done { was_live } => Ok(was_live),
             Written::Conflict => Err(KvError::Internal("an unconditional delete reported a conflict".into())),
@@ -494,7 +489,7 @@ impl Node {
             let now = self.inner.now_ms();
             let expires_at = ttl.map(|t| expiry_from_ttl(now, t)).transpose()?;
             let version = current.version.touched(self.inner.stamp(now));
-            self.check_stamped_in_time(deadline)?;
+            self.check_deadline(deadline)?;
             let entry = Entry { version, value: current.value, expires_at };
             let operation = if ttl.is_some() { "expire" } else { "persist" };
             if let Written::Done { .. } =
@@ -532,26 +527,16 @@ impl Node {
         }
         let epoch = Epoch(epoch);
         self.apply_epoch(epoch).await?;
-        let topo = &topo;
-        let truncates = others.iter().map(|name| async move {
-            let mut attempt = 0;
-            loop {
-                match self.on_replica(topo, name, ReplicaRequest::Truncate { epoch }).await {
-                    Ok(_) => return Ok(()),
-                    Err(e) if attempt >= CLEAR_ATTEMPTS => {
-                        return Err(ReplicaFailure { node: name.to_string(), reason: e.to_string() });
-                    }
-                    Err(_) => {
-                        attempt += 1;
-                        if !self.pause(Duration::from_millis(100 << attempt)).await {
-                            return Err(ReplicaFailure { node: name.to_string(), reason: "shutting down".into() });
-                        }
-                    }
-                }
+        let truncates =
+            others.iter().map(|name| self.call_retrying(&topo, name, || ReplicaRequest::Truncate { epoch }));
+        let mut answered = Vec::new();
+        let mut failed = Vec::new();
+        for (name, result) in others.iter().zip(futures_util::future::join_all(truncates).await) {
+            match result {
+                Ok(_) => answered.push(name.to_string()),
+                Err(e) => failed.push(ReplicaFailure { node: name.to_string(), reason: e.to_string() }),
             }
-        });
-        let failed: Vec<ReplicaFailure> =
-            futures_util::future::join_all(truncates).await.into_iter().filter_map(Result::err).collect();
+        }
         if failed.is_empty() {
             return Ok(());
         }
@@ -561,8 +546,8 @@ impl Node {
             operation: "clear".into(),
             needed: others.len() + 1,
             replicas: others.len() + 1,
-            acked: others.len() + 1 - failed.len(),
-            answered: Vec::new(),
+            acked: answered.len() + 1,
+            answered,
             failed,
         })
     }
@@ -723,9 +708,8 @@ impl Handler for Node {
 }
 
 impl Node {
-    /// Runs one request. Writes carry the client's deadline down to each
-    /// stamp and replica write; reads need not, since a late read changes
-    /// nothing.
+    /// Runs one request. Writes check the client's deadline after each
+    /// stamp; reads need not, since a late read changes nothing.
     async fn dispatch(&self, request: Request, peer: Peer, deadline: Option<Deadline>) -> Response {
         let inner = &self.inner;
         // Requests that read or change data wait for a standing this node can

@@ -157,10 +157,10 @@ impl Node {
         }
     }
 
-    /// One page of a transfer: retried with a growing pause, so that a
-    /// hiccup does not restart the transfer, but given up after
+    /// A replica request retried with a growing pause, so that a hiccup
+    /// does not fail a transfer page (or a clear), but given up after
     /// `PAGE_ATTEMPTS` so that a dead peer does not stall it.
-    async fn call_retrying(
+    pub(crate) async fn call_retrying(
         &self,
         topo: &Topology,
         node: &NodeName,
