@@ -24,20 +24,8 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
     // comes back as the same ring member (not as a new node that would pull
     // its partitions before serving). It is written a few seconds after the
     // node serves, which a fast run of the writes above can beat.
-    let dir = cluster.nodes[2].spec.data_dir.clone();
-    let member = dir.join("member");
-    wait_for("n3's member file", Duration::from_secs(20), || {
-        let written = member.exists();
-        async move { written.then_some(()) }
-    })
-    .await;
-    cluster.nodes[2].kill9();
-    for file in std::fs::read_dir(&dir).unwrap() {
-        let path = file.unwrap().path();
-        if path.file_name().unwrap() != "member" {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    cluster.nodes[2].wait_member_file().await;
+    cluster.nodes[2].kill9_and_wipe_keeping_membership();
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     // n3 recovers nothing. Its peers start refilling it as soon as they see
     // it back, which can be done before this test sees it serving, so its

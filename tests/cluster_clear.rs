@@ -139,9 +139,7 @@ async fn a_member_that_reaches_no_seed_does_not_serve_data_a_clear_may_cover() {
         all.put(format!("key-{i}"), "before").await.unwrap();
     }
     // n3 has recorded that it is a member, so it restarts as a returning one.
-    let member_file = cluster.nodes[2].spec.data_dir.join("member");
-    common::wait_for("n3's member file", Duration::from_secs(20), || async { member_file.exists().then_some(()) })
-        .await;
+    cluster.nodes[2].wait_member_file().await;
     cluster.nodes[2].kill9();
     cluster.wait_serving(0, 2, Duration::from_secs(20)).await;
     cluster.client_of(0).clear().await.unwrap();
@@ -149,15 +147,14 @@ async fn a_member_that_reaches_no_seed_does_not_serve_data_a_clear_may_cover() {
     cluster.nodes[1].kill9();
 
     // n3 comes back while no seed answers.
-    let spec = cluster.nodes[2].spec.clone();
-    let n3 = std::thread::spawn(move || spec.start());
+    let n3 = cluster.nodes[2].spec.start_in_background();
     // The deliberate wait is the join timeout itself: by then n3 used to
     // start alone and serve what the clear had removed.
     tokio::time::sleep(join_timeout * 3).await;
     assert!(!n3.is_finished(), "n3 started alone, with data a clear it never heard of may cover");
 
     cluster.start_together(&[0, 1]);
-    cluster.nodes[2] = n3.join().unwrap();
+    cluster.nodes[2] = n3.wait();
     cluster.wait_serving(2, 3, Duration::from_secs(30)).await;
     let one = cluster.client_of(2).with_consistency(Consistency::One);
     for i in 0..20 {

@@ -38,12 +38,12 @@ async fn in_ring(cluster: &Cluster, i: usize, node: &str) -> Option<bool> {
 /// key comes back once n3 serves again.
 async fn deleted_keys_stay_deleted(cut_off: impl AsyncFnOnce(&Cluster), restore: impl AsyncFnOnce(&Cluster)) {
     let cluster = Cluster::start(3, &SETTINGS);
-    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let keys = write_doomed(&cluster).await;
+    // Never deleted: n1 and n2, the majority, must keep it. A rule that let
+    // the cut-off n3 drop them from its ring, as they drop n3 from theirs,
+    // would have each side fence the other and discard everything.
     let all = cluster.client_of(0).with_consistency(Consistency::All);
-    let keys = keys();
-    for key in &keys {
-        all.put(key.clone(), "old").await.unwrap();
-    }
+    all.put("kept", "v").await.unwrap();
 
     cut_off(&cluster).await;
     wait_for("n3 out of n1's and n2's rings", Duration::from_secs(30), || async {
@@ -51,14 +51,7 @@ async fn deleted_keys_stay_deleted(cut_off: impl AsyncFnOnce(&Cluster), restore:
             .then_some(())
     })
     .await;
-    let client = cluster.client_of(0);
-    for key in &keys {
-        assert!(client.delete(key.clone()).await.unwrap(), "{key} was live");
-    }
-    wait_for("tombstones purged on n1 and n2", Duration::from_secs(60), || async {
-        purged_everywhere(&client, &keys).await.then_some(())
-    })
-    .await;
+    let client = delete_and_wait_purged(&cluster, &keys).await;
 
     restore(&cluster).await;
     cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
@@ -67,6 +60,7 @@ async fn deleted_keys_stay_deleted(cut_off: impl AsyncFnOnce(&Cluster), restore:
     // few passes are enough for any copy n3 kept to spread.
     three_repair_passes(&cluster).await;
     let any = cluster.client().with_consistency(Consistency::All);
+    assert_eq!(any.get("kept").await.unwrap().as_deref(), Some(&b"v"[..]), "a key nobody deleted was lost");
     for key in &keys {
         assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after n3 returned");
         let explanation = client.explain(key.clone()).await.unwrap();
@@ -75,6 +69,31 @@ async fn deleted_keys_stay_deleted(cut_off: impl AsyncFnOnce(&Cluster), restore:
             assert!(!live, "{key} is live again on {}", replica.node_id);
         }
     }
+}
+
+/// Waits until every node serves, then writes the keys at `all`.
+async fn write_doomed(cluster: &Cluster) -> Vec<String> {
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let all = cluster.client_of(0).with_consistency(Consistency::All);
+    let keys = keys();
+    for key in &keys {
+        all.put(key.clone(), "old").await.unwrap();
+    }
+    keys
+}
+
+/// Deletes the keys through n1 and waits until their tombstones are purged
+/// on every replica n1 sees; returns n1's client.
+async fn delete_and_wait_purged(cluster: &Cluster, keys: &[String]) -> Client {
+    let client = cluster.client_of(0);
+    for key in keys {
+        assert!(client.delete(key.clone()).await.unwrap(), "{key} was live");
+    }
+    wait_for("tombstones purged on n1 and n2", Duration::from_secs(60), || async {
+        purged_everywhere(&client, keys).await.then_some(())
+    })
+    .await;
+    client
 }
 
 async fn purged_everywhere(client: &Client, keys: &[String]) -> bool {
@@ -147,29 +166,17 @@ async fn a_member_gone_past_the_graces_stays_replaced_across_a_whole_cluster_res
     settings[1] = "dead_node_grace = \"10s\"";
     settings.push("snapshot_after_bytes = 1");
     let mut cluster = Cluster::start(3, &settings);
-    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    let keys = write_doomed(&cluster).await;
     let all = cluster.client_of(0).with_consistency(Consistency::All);
-    let keys = keys();
-    for key in &keys {
-        all.put(key.clone(), "old").await.unwrap();
-    }
 
     // n3 has recorded that it is a member, so it restarts as a returning one.
-    let member_file = cluster.nodes[2].spec.data_dir.join("member");
-    wait_for("n3's member file", Duration::from_secs(20), || async { member_file.exists().then_some(()) }).await;
+    cluster.nodes[2].wait_member_file().await;
     cluster.nodes[2].kill9();
     wait_for("n3 out of n1's ring", Duration::from_secs(40), || async {
         (in_ring(&cluster, 0, "n3").await == Some(false)).then_some(())
     })
     .await;
-    let client = cluster.client_of(0);
-    for key in &keys {
-        assert!(client.delete(key.clone()).await.unwrap(), "{key} was live");
-    }
-    wait_for("tombstones purged on n1 and n2", Duration::from_secs(60), || async {
-        purged_everywhere(&client, &keys).await.then_some(())
-    })
-    .await;
+    delete_and_wait_purged(&cluster, &keys).await;
     let snapshots = |i: usize| -> Vec<String> {
         let dir = std::fs::read_dir(&cluster.nodes[i].spec.data_dir).unwrap();
         let mut names: Vec<String> = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

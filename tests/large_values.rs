@@ -62,18 +62,6 @@ async fn all_readable(client: &Client, keys: &[String], len: usize) {
     }
 }
 
-/// Waits until a node has recorded in its data directory that it is a ring
-/// member, so that it comes back from a restart as the same member rather
-/// than joining as a new one.
-async fn wait_member_file(dir: &std::path::Path) {
-    let file = dir.join("member");
-    wait_for("the member file", Duration::from_secs(20), || {
-        let exists = file.exists();
-        async move { exists.then_some(()) }
-    })
-    .await;
-}
-
 /// The size of the largest snapshot in a data directory.
 fn largest_snapshot(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -197,7 +185,7 @@ async fn hints_of_large_values_are_delivered_when_the_replica_returns() {
     let settings = ["partitions = 8", "max_value_bytes = 65536", SLOW_REPAIR];
     let mut cluster = Cluster::start(3, &settings);
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
-    wait_member_file(&cluster.nodes[2].spec.data_dir).await;
+    cluster.nodes[2].wait_member_file().await;
     cluster.nodes[2].kill9();
     cluster.wait_serving(0, 2, Duration::from_secs(20)).await;
     // Written while n3 is down: the coordinators keep hints for it.
@@ -238,15 +226,8 @@ async fn anti_entropy_refills_a_wiped_replica_of_large_values() {
 
     // Same node id, its log and snapshots gone; the member file stays, so it
     // comes back as the same ring member and only repair can refill it.
-    wait_member_file(&cluster.nodes[2].spec.data_dir).await;
-    cluster.nodes[2].kill9();
-    let dir = cluster.nodes[2].spec.data_dir.clone();
-    for file in std::fs::read_dir(&dir).unwrap() {
-        let path = file.unwrap().path();
-        if path.file_name().unwrap() != "member" {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    cluster.nodes[2].wait_member_file().await;
+    cluster.nodes[2].kill9_and_wipe_keeping_membership();
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
 
@@ -273,15 +254,8 @@ async fn a_replica_restarted_with_lower_limits_is_still_refilled_with_what_it_he
     // n3 comes back wiped and with limits below the values stored: what
     // its peers send it was written under the old ones, and must still be
     // taken.
-    wait_member_file(&cluster.nodes[2].spec.data_dir).await;
-    cluster.nodes[2].kill9();
-    let dir = cluster.nodes[2].spec.data_dir.clone();
-    for file in std::fs::read_dir(&dir).unwrap() {
-        let path = file.unwrap().path();
-        if path.file_name().unwrap() != "member" {
-            std::fs::remove_file(&path).unwrap();
-        }
-    }
+    cluster.nodes[2].wait_member_file().await;
+    cluster.nodes[2].kill9_and_wipe_keeping_membership();
     let spec = &mut cluster.nodes[2].spec;
     spec.config.retain(|line| !line.starts_with("max_value_bytes"));
     spec.config.extend(["max_value_bytes = 1024".into(), "max_key_bytes = 64".into()]);

@@ -127,6 +127,13 @@ impl NodeSpec {
         }
     }
 
+    /// Starts the node on a thread of its own, for a node that is expected
+    /// not to become ready yet; see [`Starting`].
+    pub fn start_in_background(&self) -> Starting {
+        let spec = self.clone();
+        Starting(Some(std::thread::spawn(move || spec.start())))
+    }
+
     /// Starts the node; on failure returns what it printed on stderr.
     pub fn try_start(&self) -> Result<NodeProcess, String> {
         let mut child = self.command().spawn().expect("spawn ringkv");
@@ -177,6 +184,30 @@ impl NodeSpec {
             if Instant::now() > deadline {
                 return Err(format!("no ready line within 30 s\n{}", process.drain_log().join("\n")));
             }
+        }
+    }
+}
+
+/// A node being started in the background. Dropping it (a test that
+/// panicked) waits for the start to end and kills the node, so no process
+/// outlives the test.
+pub struct Starting(Option<std::thread::JoinHandle<NodeProcess>>);
+
+impl Starting {
+    /// Whether the node announced itself ready (or failed to start).
+    pub fn is_finished(&self) -> bool {
+        self.0.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    pub fn wait(mut self) -> NodeProcess {
+        self.0.take().expect("not yet joined").join().expect("the starting thread panicked")
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
         }
     }
 }
@@ -239,6 +270,30 @@ impl NodeProcess {
             self.log.push(line);
         }
         self.log.clone()
+    }
+
+    /// Waits until the node has recorded in its data directory that it is a
+    /// ring member (a few seconds after it serves), so that it comes back
+    /// from a restart as the same member rather than joining as a new one.
+    pub async fn wait_member_file(&self) {
+        let file = self.spec.data_dir.join("member");
+        wait_for(&format!("{}'s member file", self.spec.node_id), Duration::from_secs(20), || {
+            let exists = file.exists();
+            async move { exists.then_some(()) }
+        })
+        .await;
+    }
+
+    /// SIGKILL, then delete the node's log and snapshots but keep its member
+    /// file: it comes back as the same ring member holding nothing.
+    pub fn kill9_and_wipe_keeping_membership(&mut self) {
+        self.kill9();
+        for file in std::fs::read_dir(&self.spec.data_dir).unwrap() {
+            let path = file.unwrap().path();
+            if path.file_name().unwrap() != "member" {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
     }
 
     /// Restarts on the same port and data directory.
