@@ -2,7 +2,9 @@
 //! that it runs in a few minutes and must pass every time. `just chaos`
 //! runs the long version (see crates/ringkv-chaos).
 //!
-//! It runs alongside the other tests: its nodes listen on ports the OS
+//! It runs alongside the other tests: its nodes run in network namespaces
+//! of their own (named after the test process, on a private /24; this needs
+//! root and iproute2, which `.ci/run` installs) and listen on ports the OS
 //! picks, and its certificates, data and logs live in its own directory
 //! under the target directory (kept after the run for inspection:
 //! history.jsonl, summary.txt, logs/).
@@ -13,9 +15,10 @@ use std::time::Duration;
 use ringkv_chaos::schedule::FaultKind;
 use ringkv_chaos::{Options, run};
 
-/// Every fault kind appears in this seed's 45 s schedule, and a pause and a
-/// partition that outlast both grace periods (the generator guarantees it
-/// for every seed); pinned so CI replays the same faults.
+/// Every fault kind appears in this seed's 45 s schedule, a pause and a
+/// partition that outlast both grace periods, and two faults that overlap
+/// (the generator guarantees it for every seed); pinned so CI replays the
+/// same faults.
 const SEED: u64 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -30,6 +33,9 @@ async fn chaos_ci_seed_survives_its_faults() {
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
+        FaultKind::Mute,
+        FaultKind::Deaf,
+        FaultKind::Split,
         FaultKind::ClockSkew,
         FaultKind::AddNode,
         FaultKind::RemoveNode,
@@ -43,5 +49,6 @@ async fn chaos_ci_seed_survives_its_faults() {
             "the schedule should include a {kind:?} past both grace periods"
         );
     }
+    assert!(summary.faults.iter().any(|f| f.fault.also.is_some()), "the schedule should overlap two faults");
     assert!(summary.passed(), "{} violations; see {}", summary.violations.len(), summary.out_dir.display());
 }

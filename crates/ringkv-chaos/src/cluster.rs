@@ -19,6 +19,8 @@ use anyhow::{Context, anyhow, bail};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::net::Netns;
+
 /// PIDs of the running node processes, by node id; the memory sampler reads
 /// it while the fault runner changes it.
 pub type Pids = Arc<Mutex<BTreeMap<String, u32>>>;
@@ -33,6 +35,9 @@ pub struct NodeSpec {
     pub listen: SocketAddr,
     pub gossip: SocketAddr,
     pub seeds: Vec<SocketAddr>,
+    /// The network namespace to run in (see [`crate::net`]); `None` runs
+    /// the node in the harness's namespace, on loopback.
+    pub netns: Option<String>,
 }
 
 /// A node process (running, killed, or paused), killed when dropped.
@@ -59,7 +64,16 @@ impl NodeProc {
         let mut file = OpenOptions::new().create(true).append(true).open(&log).context("open node log")?;
         writeln!(file, "=== chaos: starting {} listen {} gossip {}", spec.node_id, spec.listen, spec.gossip)?;
         let seeds: Vec<String> = spec.seeds.iter().map(|s| s.to_string()).collect();
-        let mut cmd = Command::new(bin);
+        // `ip netns exec` execs the node in place, so the child's pid is the
+        // node's and signals reach it directly.
+        let mut cmd = match &spec.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&spec.config)
@@ -226,6 +240,8 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// The cluster: every node ever started (running, killed or paused),
 /// by id; removed nodes are dropped from it.
+///
+/// Fields drop in order: the nodes are killed before their namespaces go.
 pub struct Cluster {
     pub bin: PathBuf,
     pub certs: PathBuf,
@@ -235,13 +251,22 @@ pub struct Cluster {
     pub nodes: BTreeMap<String, NodeProc>,
     pub pids: Pids,
     pub start_timeout: Duration,
+    /// The nodes' namespaces, if the run uses network-level faults.
+    pub net: Option<Netns>,
 }
 
 impl Cluster {
     /// Creates certificates and a config file under `out` and starts
     /// `n` nodes n1..n{n}, each joining through n1; afterwards every node's
-    /// seeds are all the others', so any of them can restart alone.
-    pub async fn start(bin: &Path, out: &Path, n: usize, config_toml: &str) -> anyhow::Result<Cluster> {
+    /// seeds are all the others', so any of them can restart alone. With
+    /// `namespaces`, each node runs in a network namespace of its own.
+    pub async fn start(
+        bin: &Path,
+        out: &Path,
+        n: usize,
+        config_toml: &str,
+        namespaces: bool,
+    ) -> anyhow::Result<Cluster> {
         let certs = out.join("certs");
         let data_root = out.join("data");
         let log_dir = out.join("logs");
@@ -263,6 +288,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             pids: Pids::default(),
             start_timeout: Duration::from_secs(60),
+            net: if namespaces { Some(Netns::create()?) } else { None },
         };
         for i in 1..=n {
             let seeds: Vec<SocketAddr> = cluster.nodes.get("n1").map(|n1| n1.gossip()).into_iter().collect();
@@ -278,7 +304,13 @@ impl Cluster {
 
     /// Starts a node that has never run, with fresh ports and data.
     pub async fn start_new(&mut self, id: &str, seeds: Vec<SocketAddr>) -> anyhow::Result<()> {
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("valid");
+        let (any, netns) = match &mut self.net {
+            Some(net) => {
+                let addr = net.add_node(id)?;
+                (SocketAddr::from((addr, 0)), net.namespace(id).map(String::from))
+            }
+            None => ("127.0.0.1:0".parse().expect("valid"), None),
+        };
         let spec = NodeSpec {
             node_id: id.into(),
             data_dir: self.data_root.join(id),
@@ -287,6 +319,7 @@ impl Cluster {
             listen: any,
             gossip: any,
             seeds,
+            netns,
         };
         let node = NodeProc::start(&self.bin, spec, &self.log_dir, self.start_timeout).await?;
         self.register(&node);

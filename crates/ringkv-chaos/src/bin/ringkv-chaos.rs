@@ -48,6 +48,11 @@ struct Args {
     /// history rules: convergence and memory are not in the file).
     #[arg(long, value_name = "HISTORY")]
     recheck: Option<PathBuf>,
+    /// Run every node on loopback in the harness's network namespace, for
+    /// machines where it is not root: network faults are then made inside
+    /// the nodes, and one-way faults become two-way.
+    #[arg(long)]
+    loopback: bool,
     /// Less progress output.
     #[arg(long)]
     quiet: bool,
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
     opts.memory_bound_bytes = args.memory_bound_mib << 20;
     opts.clear = !args.no_clear;
     opts.verbose = !args.quiet;
+    opts.namespaces = !args.loopback;
     if args.schedule_only {
         return match opts.schedule() {
             Ok(s) => {
