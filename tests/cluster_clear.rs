@@ -4,7 +4,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Cluster, raw_connector};
@@ -159,5 +161,66 @@ async fn a_member_that_reaches_no_seed_does_not_serve_data_a_clear_may_cover() {
     let one = cluster.client_of(2).with_consistency(Consistency::One);
     for i in 0..20 {
         assert_eq!(one.get(format!("key-{i}")).await.unwrap(), None, "key-{i} via n3");
+    }
+}
+
+/// `clear` while every partition's mailbox (one request deep here) is kept
+/// full by writers: the epoch is applied to every partition, retried while
+/// a mailbox is full, rather than stopping at the first busy one. Every
+/// write acknowledged before the clear is gone, and every write
+/// acknowledged after it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clear_reaches_every_partition_while_their_mailboxes_are_full() {
+    let cluster = Cluster::start(1, &["mailbox_capacity = 1", "partitions = 8"]);
+    cluster.wait_serving(0, 1, Duration::from_secs(20)).await;
+    let client = cluster.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let client = client.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // (key, invoked, completed) of every acknowledged put.
+                let mut acked = Vec::new();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let key = format!("w{w}-{seq}");
+                    let invoked = started.elapsed();
+                    if client.put(key.clone(), "v").await.is_ok() {
+                        acked.push((key, invoked, started.elapsed()));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Let the writers fill the mailboxes first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clear_invoked = started.elapsed();
+    client.clear().await.expect("clear while the partitions are busy");
+    let clear_completed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    let before: Vec<&String> = acked.iter().filter(|(_, _, done)| *done < clear_invoked).map(|(k, _, _)| k).collect();
+    let after: Vec<&String> =
+        acked.iter().filter(|(_, invoked, _)| *invoked > clear_completed).map(|(k, _, _)| k).collect();
+    assert!(
+        before.len() >= 100 && !after.is_empty(),
+        "{} writes before the clear, {} after",
+        before.len(),
+        after.len()
+    );
+    let reader = client.with_consistency(Consistency::All);
+    for key in before {
+        assert_eq!(reader.get(key.clone()).await.unwrap(), None, "{key} was acknowledged before the clear");
+    }
+    for key in after {
+        assert!(reader.get(key.clone()).await.unwrap().is_some(), "{key} was acknowledged after the clear");
     }
 }
