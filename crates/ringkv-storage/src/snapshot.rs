@@ -58,11 +58,25 @@ pub(crate) enum SnapRecord {
     Hints { target: String, entries: Vec<(u16, Bytes, Entry)> },
 }
 
+impl From<legacy::SnapRecord> for SnapRecord {
+    fn from(record: legacy::SnapRecord) -> SnapRecord {
+        match record {
+            legacy::SnapRecord::Chunk { partition, entries } => {
+                SnapRecord::Chunk { partition, entries: entries.into_iter().map(|(k, e)| (k, e.into())).collect() }
+            }
+            legacy::SnapRecord::End { entries, epoch } => SnapRecord::End { entries, epoch },
+            legacy::SnapRecord::Hints { target, entries } => {
+                SnapRecord::Hints { target, entries: entries.into_iter().map(|(p, k, e)| (p, k, e.into())).collect() }
+            }
+        }
+    }
+}
+
 impl SnapRecord {
     pub(crate) fn decode(payload: &[u8]) -> Result<SnapRecord, String> {
         match payload.split_first() {
             Some((&RECORD_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}")),
-            Some((&legacy::FORMAT, body)) => legacy::snap_record(body),
+            Some((&legacy::FORMAT, body)) => legacy::decode::<legacy::SnapRecord>(body).map(SnapRecord::from),
             Some((other, _)) => Err(format!("record format {other}, this build reads {RECORD_FORMAT}")),
             None => Err("empty record".into()),
         }

@@ -128,9 +128,27 @@ impl WalRecord {
     pub fn decode(payload: &[u8]) -> Result<WalRecord, String> {
         match payload.split_first() {
             Some((&RECORD_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}")),
-            Some((&legacy::FORMAT, body)) => legacy::wal_record(body),
+            Some((&legacy::FORMAT, body)) => legacy::decode::<legacy::WalRecord>(body).map(WalRecord::from),
             Some((other, _)) => Err(format!("record format {other}, this build reads {RECORD_FORMAT}")),
             None => Err("empty record".into()),
+        }
+    }
+}
+
+impl From<legacy::WalRecord> for WalRecord {
+    fn from(record: legacy::WalRecord) -> WalRecord {
+        match record {
+            legacy::WalRecord::Entry { partition, key, entry } => {
+                WalRecord::Entry { partition, key, entry: entry.into() }
+            }
+            legacy::WalRecord::Truncate { epoch } => WalRecord::Truncate { epoch },
+            legacy::WalRecord::Hint { target, partition, key, entry } => {
+                WalRecord::Hint { target, partition, key, entry: entry.into() }
+            }
+            legacy::WalRecord::HintDelivered { target, partition, key, version } => {
+                WalRecord::HintDelivered { target, partition, key, version: version.into() }
+            }
+            legacy::WalRecord::DropPartition { partition } => WalRecord::DropPartition { partition },
         }
     }
 }
@@ -400,5 +418,27 @@ impl Writer {
         self.dirty = true;
         self.stats.segment.store(self.seq, Ordering::Relaxed);
         Ok(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_core::{NodeTag, Timestamp};
+
+    /// Format-1 bytes as the previous build wrote them: a version was
+    /// (timestamp, node) and nothing more.
+    #[test]
+    fn format_one_records_decode_as_untouched_versions() {
+        #[derive(serde::Serialize)]
+        enum Old {
+            Entry { partition: u16, key: Bytes, entry: (u64, u64, Option<Bytes>, Option<u64>) },
+        }
+        let old = Old::Entry { partition: 3, key: Bytes::from("k"), entry: (7, 9, Some(Bytes::from("v")), Some(11)) };
+        let mut payload = vec![legacy::FORMAT];
+        payload.extend(postcard::to_allocvec(&old).unwrap());
+        let version = ringkv_core::Version::new(Timestamp(7), NodeTag(9));
+        let entry = ringkv_core::Entry::value(version, Bytes::from("v"), Some(11));
+        assert_eq!(WalRecord::decode(&payload), Ok(WalRecord::Entry { partition: 3, key: Bytes::from("k"), entry }));
     }
 }
