@@ -26,23 +26,16 @@ fn session(seen: Timestamp, request: Request) -> Request {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_orders_a_write_after_what_the_client_saw_despite_a_slow_clock() {
-    let cluster = Cluster::start(3, &["fault_injection = true"]);
     // Every node, c included, must see all three serving before the cut.
-    for i in 0..3 {
-        cluster.wait_serving(i, 3, Duration::from_secs(20)).await;
-    }
+    let cluster = Cluster::start_serving(3, &["fault_injection = true"]).await;
     let client = cluster.client();
     let conn = raw_connector(&TlsPaths::client_in(cluster.certs.path()));
     let t = Duration::from_secs(5);
-    let [a, b, c] = [0, 1, 2].map(|i| cluster.nodes[i].addr);
-    let gossip = |i: usize| cluster.nodes[i].spec.gossip.expect("clustered");
+    let [a, c] = [0, 2].map(|i| cluster.nodes[i].addr);
 
     // With three nodes and N=3 every node holds every key.
     client.inject_skew(c, -20_000).await.unwrap();
-    client.inject_fault(c, vec![a, b, gossip(0), gossip(1)]).await.unwrap();
-    for addr in [a, b] {
-        client.inject_fault(addr, vec![c, gossip(2)]).await.unwrap();
-    }
+    cluster.cut(&client, 2, &[0, 1]).await;
 
     // a writes both keys; c does not see either.
     let first = conn.call(a, &put("plain", "first", Consistency::Quorum), t).await.unwrap();
@@ -61,9 +54,7 @@ async fn a_session_orders_a_write_after_what_the_client_saw_despite_a_slow_clock
     assert!(clock > seen, "c's clock absorbed the session's: {clock:?} after {seen:?}");
 
     // Heal; hints and repair bring every replica to the same version.
-    for addr in [a, b, c] {
-        client.inject_fault(addr, Vec::new()).await.unwrap();
-    }
+    cluster.heal(&client).await;
     client.inject_skew(c, 0).await.unwrap();
     common::converged(&client, &["plain".into(), "session".into()], 3, Duration::from_secs(60)).await;
     let read = |key: &'static str| {

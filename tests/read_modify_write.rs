@@ -47,15 +47,11 @@ async fn replicas_of(client: &Client, key: &str) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expire_and_persist_on_a_cut_off_replica_never_revert_an_acknowledged_put() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(3, &["fault_injection = true"]);
-    for i in 0..3 {
-        cluster.wait_serving(i, 3, Duration::from_secs(20)).await;
-    }
+    let cluster = Cluster::start_serving(3, &["fault_injection = true"]).await;
     let client = cluster.client();
     let conn = raw_connector(&TlsPaths::client_in(cluster.certs.path()));
     let t = Duration::from_secs(5);
-    let [a, b, c] = [0, 1, 2].map(|i| cluster.nodes[i].addr);
-    let gossip = |i: usize| cluster.nodes[i].spec.gossip.expect("clustered");
+    let [a, c] = [0, 2].map(|i| cluster.nodes[i].addr);
     let keys = ["expired".to_string(), "persisted".to_string()];
 
     // With three nodes and N=3 every node holds every key.
@@ -64,10 +60,7 @@ async fn expire_and_persist_on_a_cut_off_replica_never_revert_an_acknowledged_pu
     common::converged(&client, &keys, 3, Duration::from_secs(30)).await;
 
     // Cut c off; a and b acknowledge newer values that c does not see.
-    client.inject_fault(c, vec![a, b, gossip(0), gossip(1)]).await.unwrap();
-    for addr in [a, b] {
-        client.inject_fault(addr, vec![c, gossip(2)]).await.unwrap();
-    }
+    cluster.cut(&client, 2, &[0, 1]).await;
     for key in &keys {
         assert_eq!(conn.call(a, &put_new(key), t).await.unwrap(), Ok(Reply::Done), "put {key} acknowledged");
     }
@@ -78,9 +71,7 @@ async fn expire_and_persist_on_a_cut_off_replica_never_revert_an_acknowledged_pu
     assert_eq!(conn.call(c, &persist("persisted"), t).await.unwrap(), Ok(Reply::Flag(true)), "persist at c");
 
     // Heal: hints and repair bring every replica to the same version.
-    for addr in [a, b, c] {
-        client.inject_fault(addr, Vec::new()).await.unwrap();
-    }
+    cluster.heal(&client).await;
     common::wait_for("c's hints to drain", Duration::from_secs(30), || {
         let client = client.clone();
         async move { client.status_of(c).await.ok().filter(|s| s.hints.is_empty()) }
@@ -97,14 +88,10 @@ async fn expire_and_persist_on_a_cut_off_replica_never_revert_an_acknowledged_pu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(4, &["fault_injection = true"]);
-    for i in 0..4 {
-        cluster.wait_serving(i, 4, Duration::from_secs(30)).await;
-    }
+    let cluster = Cluster::start_serving(4, &["fault_injection = true"]).await;
     let client = cluster.client();
     let conn = raw_connector(&TlsPaths::client_in(cluster.certs.path()));
     let t = Duration::from_secs(5);
-    let gossip = |i: usize| cluster.nodes[i].spec.gossip.expect("clustered");
 
     // Two keys on the same three replicas; the fourth node can stand in.
     let expired = "expired".to_string();
@@ -123,7 +110,7 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
     let keys = [expired.clone(), persisted.clone()];
     let (ai, bi, ci) = (replicas[0], replicas[1], replicas[2]);
     let di = (0..4).find(|i| !replicas.contains(i)).expect("a fourth node");
-    let [a, b, c, d] = [ai, bi, ci, di].map(|i| cluster.nodes[i].addr);
+    let [a, c, d] = [ai, ci, di].map(|i| cluster.nodes[i].addr);
 
     client.put(expired.clone(), "old").await.unwrap();
     client.put_with_ttl(persisted.clone(), "old", Duration::from_secs(3600)).await.unwrap();
@@ -131,10 +118,7 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
 
     // Cut c off from a and b, which then acknowledge newer values that c
     // does not see.
-    client.inject_fault(c, vec![a, b, gossip(ai), gossip(bi)]).await.unwrap();
-    for addr in [a, b] {
-        client.inject_fault(addr, vec![c, gossip(ci)]).await.unwrap();
-    }
+    cluster.cut(&client, ci, &[ai, bi]).await;
     for key in &keys {
         assert_eq!(conn.call(a, &put_new(key), t).await.unwrap(), Ok(Reply::Done), "put {key} acknowledged");
     }
@@ -162,9 +146,7 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
 
     cluster.nodes[ai].signal("CONT");
     cluster.nodes[bi].signal("CONT");
-    for addr in [a, b, c] {
-        client.inject_fault(addr, Vec::new()).await.unwrap();
-    }
+    cluster.heal(&client).await;
     common::wait_for("hints to drain", Duration::from_secs(60), || {
         let client = client.clone();
         async move {

@@ -450,3 +450,35 @@ impl Cluster {
         self.nodes.len() - 1
     }
 }
+
+impl Cluster {
+    /// Starts `n` nodes and waits until every one of them sees all `n`
+    /// serving (a node cut off later must have seen the others first).
+    pub async fn start_serving(n: usize, settings: &[&str]) -> Cluster {
+        let cluster = Cluster::start(n, settings);
+        for i in 0..n {
+            cluster.wait_serving(i, n, Duration::from_secs(30)).await;
+        }
+        cluster
+    }
+
+    /// Cuts node `i` off from the nodes `from` (fault injection, replica
+    /// traffic and gossip, both ways); `from` empty heals every cut of
+    /// those nodes and of `i`.
+    pub async fn cut(&self, client: &Client, i: usize, from: &[usize]) {
+        let gossip = |j: usize| self.nodes[j].spec.gossip.expect("clustered");
+        let theirs: Vec<SocketAddr> = from.iter().flat_map(|&j| [self.nodes[j].addr, gossip(j)]).collect();
+        client.inject_fault(self.nodes[i].addr, theirs).await.unwrap();
+        let ours = if from.is_empty() { Vec::new() } else { vec![self.nodes[i].addr, gossip(i)] };
+        for &j in from {
+            client.inject_fault(self.nodes[j].addr, ours.clone()).await.unwrap();
+        }
+    }
+
+    /// Heals every cut on every node.
+    pub async fn heal(&self, client: &Client) {
+        for node in &self.nodes {
+            client.inject_fault(node.addr, Vec::new()).await.unwrap();
+        }
+    }
+}
