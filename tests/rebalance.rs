@@ -195,3 +195,43 @@ async fn a_node_dead_past_the_grace_period_is_replaced_and_returns_as_new() {
     all_readable(&client, &keys).await;
     converged(&client, &keys[..300], 3, Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_a_node_that_keeps_its_place_and_its_data() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
+    let client = cluster.client_of(0);
+    let keys = write_keys(&client.with_consistency(Consistency::All), "k", 200).await;
+
+    let status = cluster.nodes[2].stop_with("INT", Duration::from_secs(20));
+    assert!(status.success(), "n3 exited with {status} after SIGINT");
+    // The others see it down, and keep it in their ring.
+    wait_for("n1 to see n3 down", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let members = client.members().await.ok()?;
+            members.members.iter().any(|m| m.node_id == "n3" && !m.live).then_some(members)
+        }
+    })
+    .await
+    .members
+    .iter()
+    .filter(|m| m.node_id == "n3")
+    .for_each(|m| assert!(m.in_ring, "n3 left the ring after SIGINT: {m:?}"));
+    let later = write_keys(&client, "later", 50).await;
+
+    // Back with its data directory: it rejoins as the member it was, with
+    // the data it had, rather than as a new node.
+    cluster.nodes[2] = cluster.nodes[2].spec.start();
+    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
+    for key in &keys {
+        let explanation = client.explain(key.clone()).await.unwrap();
+        let n3 = explanation.replicas.iter().find(|r| r.node_id == "n3").expect("n3 is a replica of every key");
+        assert!(matches!(&n3.entry, Ok(Some(e)) if e.value.is_some()), "n3 lost {key}: {:?}", n3.entry);
+    }
+    let log = cluster.nodes[2].drain_log().join("\n");
+    assert!(!log.contains("discard"), "n3 discarded its data after a SIGINT:\n{log}");
+    all_readable(&client, &later).await;
+    converged(&client, &later, 3, Duration::from_secs(30)).await;
+}

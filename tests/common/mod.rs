@@ -248,7 +248,12 @@ impl NodeProcess {
 
     /// SIGTERM, and wait for a clean exit within `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        self.signal("TERM");
+        self.stop_with("TERM", timeout)
+    }
+
+    /// Sends `sig` and waits for the process to exit within `timeout`.
+    pub fn stop_with(&mut self, sig: &str, timeout: Duration) -> std::process::ExitStatus {
+        self.signal(sig);
         let deadline = Instant::now() + timeout;
         let mut child = self.child.take().expect("running");
         loop {
@@ -258,7 +263,7 @@ impl NodeProcess {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("node {} did not exit within {timeout:?} of SIGTERM", self.spec.node_id);
+                panic!("node {} did not exit within {timeout:?} of SIG{sig}", self.spec.node_id);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

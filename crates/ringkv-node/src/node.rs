@@ -625,21 +625,35 @@ async fn sweeper(node: Node) {
 }
 
 /// Keeps the member file's last-alive time fresh while this node holds its
-/// place in the ring.
+/// place in the ring, and writes it a last time when the node stops in
+/// place (SIGINT, not a leave), so that a member stopped soon after it
+/// joined still comes back as itself.
 async fn member_keeper(node: Node) {
     let inner = node.inner.clone();
     let Some(file) = &inner.member_file else { return };
-    // Precise enough to compare with the grace period, without a file write
-    // every second.
-    let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    every(&node, period, || async {
+    let in_ring = || {
         let topo = inner.topology();
-        let status = topo.members.get(&topo.self_name).map(|m| m.status);
-        if status.is_some_and(|s| s.in_current_ring()) {
-            file.touch(inner.now_ms());
+        topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring())
+    };
+    // Checked every second, so a new member is recorded within a second of
+    // entering the ring; written only every `period` after that, precise
+    // enough to compare with the grace period.
+    let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let period_ms = period.as_millis() as u64;
+    let written: Mutex<Option<u64>> = Mutex::new(None);
+    every(&node, Duration::from_secs(1), || {
+        let mut written = written.lock().unwrap_or_else(|e| e.into_inner());
+        let now = inner.now_ms();
+        if in_ring() && written.is_none_or(|at| now.saturating_sub(at) >= period_ms) {
+            file.touch(now);
+            *written = Some(now);
         }
+        std::future::ready(())
     })
     .await;
+    if in_ring() {
+        file.touch(inner.now_ms());
+    }
 }
 
 /// Discards this node's data and joins anew whenever a member says it
