@@ -507,11 +507,11 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
     for r in history {
         match (r.op, r.key.as_deref()) {
             (OpKind::Clear, _) => clears.push(r),
-            (OpKind::Expire | OpKind::Persist, Some(key)) => {
-                if r.answer != Some(Answer::Applied(false)) {
-                    keys.entry(key).or_default().expiries.push(r);
-                }
+            (OpKind::Expire | OpKind::Persist, Some(key)) if r.answer != Some(Answer::Applied(false)) => {
+                keys.entry(key).or_default().expiries.push(r);
             }
+            // It answered false: it changed nothing.
+            (OpKind::Expire | OpKind::Persist, _) => {}
             (op, Some(key)) if op.is_mutation() => {
                 if let Some(v) = r.value.as_deref() {
                     writers.insert(v, r);
@@ -713,7 +713,8 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
 /// delete, the clear or an expiring value not certainly ordered before
 /// `own` and invoked before the read returned.
 fn absence_explained(ops: &KeyOps<'_>, clears: &[&Record], own: &Record, r: &Record, opts: &CheckOptions) -> bool {
-    let may_have_expired = |x: &Record| ops.earliest_expiry(x).is_some_and(|at| at <= r.complete_ms + opts.expiry_early_ms);
+    let may_have_expired =
+        |x: &Record| ops.earliest_expiry(x).is_some_and(|at| at <= r.complete_ms + opts.expiry_early_ms);
     may_have_expired(own)
         || ops.writes.iter().chain(clears).any(|m| {
             m.invoke_ms < r.complete_ms
@@ -1063,5 +1064,298 @@ mod tests {
             v,
             vec![Violation::MemoryExceeded { node: "n2".into(), max_rss_bytes: 2 << 30, bound_bytes: 1 << 30 }]
         );
+    }
+
+    /// `r` as client `client`'s (its value tag unchanged).
+    fn by(client: u32, r: Record) -> Record {
+        Record { client, ..r }
+    }
+
+    fn expire(ttl: u64, at: (u64, u64), outcome: Outcome, applied: bool) -> Record {
+        let mut r = op(OpKind::Expire, None, Some(ttl), at, outcome);
+        r.answer = (outcome == Outcome::Ok).then_some(Answer::Applied(applied));
+        r
+    }
+
+    fn persist(at: (u64, u64), outcome: Outcome) -> Record {
+        let mut r = op(OpKind::Persist, None, None, at, outcome);
+        r.answer = (outcome == Outcome::Ok).then_some(Answer::Applied(true));
+        r
+    }
+
+    fn answered(op_kind: OpKind, at: (u64, u64), answer: Answer) -> Record {
+        let mut r = op(op_kind, None, None, at, Outcome::Ok);
+        r.answer = Some(answer);
+        r
+    }
+
+    fn exists(at: (u64, u64), yes: bool) -> Record {
+        answered(OpKind::Exists, at, Answer::Exists(yes))
+    }
+
+    fn ttl(at: (u64, u64), answer: TtlAnswer) -> Record {
+        answered(OpKind::Ttl, at, Answer::Ttl(answer))
+    }
+
+    #[test]
+    fn writes_of_different_clients_are_ordered_only_beyond_the_allowance() {
+        // Client 2's put invoked 10 ms after client 1's completed: more
+        // than the 5 ms of clock granularity, so certainly later.
+        let h = vec![
+            by(1, put("v1.1", (0, 10), Outcome::Ok)),
+            by(2, put("v2.1", (20, 30), Outcome::Ok)),
+            fin(Some("v1.1")),
+        ];
+        assert_eq!(kinds(&h), ["lost_write"]);
+        // Within the allowance either order is possible.
+        let h = vec![
+            by(1, put("v1.1", (0, 10), Outcome::Ok)),
+            by(2, put("v2.1", (14, 30), Outcome::Ok)),
+            fin(Some("v1.1")),
+        ];
+        assert_eq!(kinds(&h), Vec::<&str>::new());
+        // With clock skew the allowance is twice the skew: 20 ms apart is
+        // no order at all then, 7 s apart is.
+        let skewed =
+            |h: &[Record]| check(h, &CheckOptions::with_clock_skew(3_000)).iter().map(|v| v.kind()).collect::<Vec<_>>();
+        let h = vec![
+            by(1, put("v1.1", (0, 10), Outcome::Ok)),
+            by(2, put("v2.1", (20, 30), Outcome::Ok)),
+            fin(Some("v1.1")),
+        ];
+        assert_eq!(skewed(&h), Vec::<&str>::new());
+        let h = vec![
+            by(1, put("v1.1", (0, 10), Outcome::Ok)),
+            by(2, put("v2.1", (7_000, 7_010), Outcome::Ok)),
+            fin(Some("v1.1")),
+        ];
+        assert_eq!(skewed(&h), ["lost_write"]);
+        // One client's writes stay strictly ordered whatever the skew.
+        let h = vec![
+            by(1, put("v1.1", (0, 10), Outcome::Ok)),
+            by(1, put("v1.2", (11, 30), Outcome::Ok)),
+            fin(Some("v1.1")),
+        ];
+        assert_eq!(skewed(&h), ["lost_write"]);
+    }
+
+    #[test]
+    fn a_delete_by_another_client_undoes_only_values_certainly_before_it() {
+        let h =
+            vec![by(1, put("v1.1", (0, 10), Outcome::Ok)), by(2, delete((100, 110), Outcome::Ok)), fin(Some("v1.1"))];
+        assert_eq!(kinds(&h), ["delete_undone"]);
+        let h = vec![by(1, put("v1.1", (0, 10), Outcome::Ok)), by(2, delete((12, 20), Outcome::Ok)), fin(Some("v1.1"))];
+        assert_eq!(kinds(&h), Vec::<&str>::new());
+        // Absent is explained by either writer's last word.
+        let h = vec![by(1, put("v1.1", (12, 20), Outcome::Ok)), by(2, delete((0, 10), Outcome::Ok)), fin(None)];
+        assert_eq!(kinds(&h), Vec::<&str>::new());
+        let h = vec![by(2, delete((0, 10), Outcome::Ok)), by(1, put("v1.1", (100, 110), Outcome::Ok)), fin(None)];
+        assert_eq!(kinds(&h), ["lost_write"]);
+    }
+
+    #[test]
+    fn a_read_older_than_the_clients_own_acknowledged_write_breaks_read_your_writes() {
+        let h = vec![
+            put("v0.1", (0, 5), Outcome::Ok),
+            put("v0.2", (10, 15), Outcome::Ok),
+            read(Phase::Run, (20, 25), Some("v0.1")),
+            fin(Some("v0.2")),
+        ];
+        let v = check(&h, &CheckOptions::default());
+        assert_eq!(v.iter().map(|v| v.kind()).collect::<Vec<_>>(), ["session_read"]);
+        match &v[0] {
+            Violation::SessionRead { rule, earlier, read_writer, .. } => {
+                assert_eq!(*rule, SessionRule::ReadYourWrites);
+                assert_eq!(earlier.value.as_deref(), Some("v0.2"));
+                assert_eq!(read_writer.as_ref().unwrap().value.as_deref(), Some("v0.1"));
+            }
+            other => panic!("{other}"),
+        }
+        assert!(!v[0].is_promised(), "session order of reads is not promised (yet)");
+        // Another client's value, certainly older than the client's write.
+        let older = vec![
+            by(1, put("v1.1", (0, 10), Outcome::Ok)),
+            put("v0.1", (100, 110), Outcome::Ok),
+            read(Phase::Run, (120, 125), Some("v1.1")),
+            fin(Some("v0.1")),
+        ];
+        assert_eq!(kinds(&older), ["session_read"]);
+        // Clean: a concurrent write of another client, an own write that
+        // was not acknowledged, another client reading the older value.
+        let clean = vec![
+            by(1, put("v1.1", (0, 98), Outcome::Ok)),
+            put("v0.1", (100, 110), Outcome::Ok),
+            read(Phase::Run, (120, 125), Some("v1.1")),
+            put("v0.2", (130, 140), Outcome::Unknown),
+            read(Phase::Run, (150, 155), Some("v0.1")),
+            by(2, read(Phase::Run, (150, 155), Some("v1.1"))),
+            fin(Some("v0.2")),
+        ];
+        assert_eq!(kinds(&clean), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn an_older_value_after_the_clients_own_acknowledged_delete_breaks_read_your_writes() {
+        let h = vec![
+            put("v0.1", (0, 5), Outcome::Ok),
+            delete((10, 15), Outcome::Ok),
+            read(Phase::Run, (20, 25), Some("v0.1")),
+            fin(None),
+        ];
+        assert_eq!(kinds(&h), ["session_read"]);
+        let h = vec![
+            put("v0.1", (0, 5), Outcome::Ok),
+            delete((10, 15), Outcome::Unknown),
+            read(Phase::Run, (20, 25), Some("v0.1")),
+            fin(None),
+        ];
+        assert_eq!(kinds(&h), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn absence_after_the_clients_own_put_needs_a_delete_clear_or_expiry() {
+        let base = vec![put("v0.1", (0, 5), Outcome::Ok)];
+        for absent in [read(Phase::Run, (20, 25), None), exists((20, 25), false), ttl((20, 25), TtlAnswer::Missing)] {
+            let mut h = base.clone();
+            h.push(absent.clone());
+            h.push(fin(Some("v0.1")));
+            assert_eq!(kinds(&h), ["session_read"], "{absent:?}");
+            // Explained by another client's delete, even an unacknowledged
+            // one, by the clear, or by an expiry that may have passed.
+            let explanations = [
+                by(1, delete((3, 30), Outcome::Unknown)),
+                clear((4, 8)),
+                by(1, put_ttl("v1.1", 10, (1, 3), Outcome::Ok)),
+                expire(10, (6, 9), Outcome::Ok, true),
+            ];
+            for why in explanations {
+                let mut h = base.clone();
+                h.push(why.clone());
+                h.push(absent.clone());
+                h.push(fin(None));
+                assert_eq!(kinds(&h), Vec::<&str>::new(), "{why:?}");
+            }
+        }
+        // But not by a delete certainly before the put.
+        let h = vec![
+            by(1, delete((0, 2), Outcome::Ok)),
+            put("v0.1", (100, 105), Outcome::Ok),
+            read(Phase::Run, (120, 125), None),
+            fin(Some("v0.1")),
+        ];
+        assert_eq!(kinds(&h), ["session_read"]);
+    }
+
+    #[test]
+    fn a_value_older_than_one_the_client_read_before_breaks_monotonic_reads() {
+        let writes = vec![put("v0.1", (0, 5), Outcome::Ok), put("v0.2", (10, 15), Outcome::Unknown)];
+        let mut h = writes.clone();
+        h.push(by(1, read(Phase::Run, (20, 25), Some("v0.2"))));
+        h.push(by(1, read(Phase::Run, (30, 35), Some("v0.1"))));
+        h.push(fin(Some("v0.2")));
+        let v = check(&h, &CheckOptions::default());
+        assert!(
+            matches!(&v[..], [Violation::SessionRead { rule: SessionRule::MonotonicReads, client: 1, .. }]),
+            "{v:?}"
+        );
+        // The other way round, or by two clients, is fine.
+        let mut h = writes.clone();
+        h.push(by(1, read(Phase::Run, (20, 25), Some("v0.1"))));
+        h.push(by(1, read(Phase::Run, (30, 35), Some("v0.2"))));
+        h.push(by(2, read(Phase::Run, (40, 45), Some("v0.1"))));
+        h.push(fin(Some("v0.2")));
+        assert_eq!(kinds(&h), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn expire_and_persist_extend_the_expiry_a_read_is_judged_by() {
+        let base = vec![put_ttl("v0.1", 1000, (0, 100), Outcome::Ok)];
+        let late = by(1, read(Phase::Run, (3000, 3010), Some("v0.1")));
+        let with = |extra: Vec<Record>, read: &Record| {
+            let mut h = base.clone();
+            h.extend(extra);
+            h.push(read.clone());
+            h.push(fin(None));
+            kinds(&h)
+        };
+        assert_eq!(with(vec![], &late), ["expired_read"]);
+        // An expire or persist that may have found the value live may
+        // have extended it, whatever its outcome ...
+        for extension in [
+            expire(5000, (500, 600), Outcome::Ok, true),
+            expire(5000, (500, 600), Outcome::Unknown, false),
+            persist((500, 600), Outcome::Fail),
+        ] {
+            assert_eq!(with(vec![extension.clone()], &late), Vec::<&str>::new(), "{extension:?}");
+        }
+        // ... also one that found it through an earlier extension ...
+        let chained = vec![expire(2000, (500, 600), Outcome::Ok, true), expire(5000, (2500, 2600), Outcome::Ok, true)];
+        assert_eq!(with(chained.clone(), &by(1, read(Phase::Run, (7000, 7010), Some("v0.1")))), Vec::<&str>::new());
+        assert_eq!(with(chained, &by(1, read(Phase::Run, (8000, 8010), Some("v0.1")))), ["expired_read"]);
+        // ... but not one that answered false, one invoked after the value
+        // had certainly expired, or an expire past its own TTL.
+        for no in [expire(5000, (500, 600), Outcome::Ok, false), expire(5000, (1400, 1500), Outcome::Ok, true)] {
+            assert_eq!(with(vec![no.clone()], &late), ["expired_read"], "{no:?}");
+        }
+        let read = by(1, read(Phase::Run, (6000, 6010), Some("v0.1")));
+        assert_eq!(with(vec![expire(5000, (500, 600), Outcome::Ok, true)], &read), ["expired_read"]);
+    }
+
+    #[test]
+    fn an_expire_that_may_have_applied_explains_an_absent_final_state() {
+        let base = vec![put("v0.1", (0, 5), Outcome::Ok)];
+        let mut h = base.clone();
+        h.push(fin(None));
+        assert_eq!(kinds(&h), ["lost_write"]);
+        let mut h = base.clone();
+        h.push(by(1, expire(1000, (10, 20), Outcome::Unknown, false)));
+        h.push(fin(None));
+        assert_eq!(kinds(&h), Vec::<&str>::new());
+        let mut h = base.clone();
+        h.push(by(1, expire(1000, (10, 20), Outcome::Ok, false)));
+        h.push(fin(None));
+        assert_eq!(kinds(&h), ["lost_write"], "an expire that answered false changed nothing");
+    }
+
+    #[test]
+    fn exists_and_ttl_answers_must_be_explained_by_a_live_value() {
+        let phantoms = |h: &[Record]| {
+            check(h, &CheckOptions::default())
+                .into_iter()
+                .map(|v| match v {
+                    Violation::PhantomRead { value, .. } => value,
+                    other => panic!("{other}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        // Nothing written yet, or everything written had certainly expired.
+        let h = vec![exists((0, 5), true), ttl((0, 5), TtlAnswer::Persistent)];
+        assert_eq!(phantoms(&h), ["exists: true", "ttl: no expiry"]);
+        let h = vec![put_ttl("v0.1", 1000, (0, 100), Outcome::Ok), exists((3000, 3005), true), fin(None)];
+        assert_eq!(phantoms(&h), ["exists: true"]);
+        // No expiry although every value had one, and no persist.
+        let h = vec![put_ttl("v0.1", 5000, (0, 100), Outcome::Ok), ttl((200, 205), TtlAnswer::Persistent), fin(None)];
+        assert_eq!(phantoms(&h), ["ttl: no expiry"]);
+        // More time left than any write or expire set.
+        let h = vec![
+            put_ttl("v0.1", 1000, (0, 100), Outcome::Ok),
+            ttl((200, 205), TtlAnswer::Expires { ms: 9000 }),
+            fin(None),
+        ];
+        assert_eq!(phantoms(&h), ["ttl: 9000 ms"]);
+        // Clean: a live value, a persist, an expire that set the time left.
+        let h = vec![
+            put_ttl("v0.1", 1000, (0, 100), Outcome::Ok),
+            exists((200, 205), true),
+            ttl((200, 205), TtlAnswer::Expires { ms: 850 }),
+            expire(9000, (300, 310), Outcome::Ok, true),
+            ttl((400, 405), TtlAnswer::Expires { ms: 8900 }),
+            persist((500, 510), Outcome::Unknown),
+            ttl((600, 605), TtlAnswer::Persistent),
+            put("v0.2", (700, 710), Outcome::Ok),
+            ttl((720, 725), TtlAnswer::Persistent),
+            fin(Some("v0.2")),
+        ];
+        assert_eq!(phantoms(&h), Vec::<String>::new());
     }
 }

@@ -75,7 +75,10 @@ impl Default for WorkloadConfig {
         WorkloadConfig {
             overwrite_keys: 8,
             shared_keys: 16,
-            ttl_ms: (1_000, 5_000), think_ms: (5, 25), max_value_bytes: 64 << 10 }
+            ttl_ms: (1_000, 5_000),
+            think_ms: (5, 25),
+            max_value_bytes: 64 << 10,
+        }
     }
 }
 
