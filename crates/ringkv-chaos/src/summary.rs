@@ -192,3 +192,69 @@ fn list(f: &mut fmt::Formatter<'_>, violations: &[&Violation]) -> fmt::Result {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::{OpRef, SessionRule};
+
+    fn summary(violations: Vec<Violation>) -> Summary {
+        let mut ops = BTreeMap::new();
+        ops.insert(OpKind::Expire.as_str(), Counts { invoked: 3, ok: 2, fail: 1, unknown: 0 });
+        Summary {
+            seed: 1,
+            fault_phase_ms: 1000,
+            nodes: 5,
+            clients: 4,
+            keys: 1,
+            ops,
+            final_reads: Counts::default(),
+            faults: Vec::new(),
+            convergence_bound_ms: 1000,
+            convergence_ms: Some(10),
+            convergence_passes: 1,
+            memory_bound_bytes: 1 << 30,
+            max_rss_bytes: BTreeMap::new(),
+            violations,
+            history: PathBuf::from("history.jsonl"),
+            out_dir: PathBuf::from("."),
+            wall_ms: 1,
+        }
+    }
+
+    #[test]
+    fn session_reads_are_counted_apart_and_do_not_fail_the_run() {
+        let put = OpRef {
+            client: 0,
+            op: OpKind::Put,
+            value: Some("v0.2".into()),
+            invoke_ms: 10,
+            complete_ms: 15,
+            outcome: Outcome::Ok,
+        };
+        let session = Violation::SessionRead {
+            key: "s/1".into(),
+            client: 0,
+            rule: SessionRule::ReadYourWrites,
+            read_op: OpKind::Get,
+            returned: "v0.1".into(),
+            read_invoke_ms: 20,
+            earlier: put,
+            read_writer: None,
+        };
+        let s = summary(vec![session.clone()]);
+        assert!(s.passed());
+        assert_eq!(s.session_reads(), 1);
+        let text = s.to_string();
+        assert!(text.contains("violations: none"), "{text}");
+        assert!(text.contains("not counted in the result): 1 session_read"), "{text}");
+        assert!(text.contains("expire"), "every op kind run is in the table: {text}");
+        assert!(text.ends_with("result: PASS"), "{text}");
+
+        let s = summary(vec![session, Violation::Unhealthy { what: "n1 did not come back".into() }]);
+        assert!(!s.passed());
+        let text = s.to_string();
+        assert!(text.contains("violations: 1 (1 unhealthy)"), "{text}");
+        assert!(text.ends_with("result: FAIL"), "{text}");
+    }
+}
