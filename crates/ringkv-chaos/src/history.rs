@@ -24,10 +24,28 @@ pub enum OpKind {
     Delete,
     Get,
     Clear,
+    /// `exists(key)`; the answer is [`Answer::Exists`].
+    Exists,
+    /// `ttl(key)`; the answer is [`Answer::Ttl`].
+    Ttl,
+    /// `expire(key, ttl_ms)`; the answer is [`Answer::Applied`].
+    Expire,
+    /// `persist(key)`; the answer is [`Answer::Applied`].
+    Persist,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 5] = [OpKind::Put, OpKind::PutTtl, OpKind::Delete, OpKind::Get, OpKind::Clear];
+    pub const ALL: [OpKind; 9] = [
+        OpKind::Put,
+        OpKind::PutTtl,
+        OpKind::Delete,
+        OpKind::Get,
+        OpKind::Exists,
+        OpKind::Ttl,
+        OpKind::Expire,
+        OpKind::Persist,
+        OpKind::Clear,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,11 +54,53 @@ impl OpKind {
             OpKind::Delete => "delete",
             OpKind::Get => "get",
             OpKind::Clear => "clear",
+            OpKind::Exists => "exists",
+            OpKind::Ttl => "ttl",
+            OpKind::Expire => "expire",
+            OpKind::Persist => "persist",
         }
     }
 
+    /// Whether the operation may change what is stored (expire and persist
+    /// change the expiry of the value they find).
     pub fn is_mutation(self) -> bool {
-        !matches!(self, OpKind::Get)
+        !self.is_read()
+    }
+
+    /// Whether the operation only observes the key.
+    pub fn is_read(self) -> bool {
+        matches!(self, OpKind::Get | OpKind::Exists | OpKind::Ttl)
+    }
+}
+
+/// What `exists`, `ttl`, `expire` and `persist` answered (a `get`'s answer
+/// is its [`Read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Exists(bool),
+    Ttl(TtlAnswer),
+    /// Whether `expire` or `persist` changed anything (false: the key was
+    /// missing, or for `persist` had no expiry).
+    Applied(bool),
+}
+
+/// `ttl(key)`'s answer, as [`ringkv_core::KeyTtl`] with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TtlAnswer {
+    Missing,
+    Persistent,
+    Expires { ms: u64 },
+}
+
+impl From<ringkv_core::KeyTtl> for TtlAnswer {
+    fn from(ttl: ringkv_core::KeyTtl) -> TtlAnswer {
+        match ttl {
+            ringkv_core::KeyTtl::Missing => TtlAnswer::Missing,
+            ringkv_core::KeyTtl::Persistent => TtlAnswer::Persistent,
+            ringkv_core::KeyTtl::Expires(d) => TtlAnswer::Expires { ms: d.as_millis() as u64 },
+        }
     }
 }
 
@@ -86,14 +146,18 @@ pub struct Record {
     /// The value written (puts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// The TTL a put or an expire set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
     pub invoke_ms: u64,
     pub complete_ms: u64,
     pub outcome: Outcome,
-    /// What a successful read returned.
+    /// What a successful get returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<Read>,
+    /// What a successful exists, ttl, expire or persist returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -113,6 +177,7 @@ impl Record {
             complete_ms: invoke_ms,
             outcome: Outcome::Unknown,
             read: None,
+            answer: None,
             error: None,
         }
     }
@@ -197,7 +262,14 @@ mod tests {
         get.read = Some(Read::Absent);
         let mut get2 = get.clone();
         get2.read = Some(Read::Value("v3.7".into()));
-        for r in [put, get, get2] {
+        let mut ttl = Record::invoke(3, Phase::Run, OpKind::Ttl, Some("s/1".into()), 30);
+        ttl.finish(31, &Ok(()));
+        ttl.answer = Some(Answer::Ttl(TtlAnswer::Expires { ms: 1200 }));
+        let mut expire = Record::invoke(3, Phase::Run, OpKind::Expire, Some("s/1".into()), 40);
+        expire.ttl_ms = Some(3000);
+        expire.finish(41, &Ok(()));
+        expire.answer = Some(Answer::Applied(false));
+        for r in [put, get, get2, ttl, expire] {
             let line = r.to_json();
             assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r, "{line}");
         }

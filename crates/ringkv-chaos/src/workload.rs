@@ -1,20 +1,26 @@
-//! The client workload: several independent clients, each owning its keys.
+//! The client workload: several independent clients, each owning most of
+//! its keys and sharing a few with every other client.
 //!
-//! Each key is written by exactly one client, so a key's mutations are
-//! sequential and its history can be checked without guessing at the order
-//! of concurrent writes. Every value written is unique (`v{client}.{seq}`),
-//! so any value read back names the operation that wrote it. Values are
-//! padded to sizes from a few bytes to 64 KiB (log-uniform), with a pattern
-//! derived from the tag, so a value that comes back cut, spliced or mixed
-//! up is caught as one nobody wrote. The mix:
+//! Most keys are written by exactly one client, so their mutations are
+//! sequential and their final state is checked strictly. A small set of
+//! shared keys `s/{i}` is written, deleted and read by every client, so
+//! those keys have several concurrent writers, whose order the checker
+//! knows only up to the clock-skew allowance (see [`crate::checker`]).
+//! Every value written is unique (`v{client}.{seq}`), so any value read
+//! back names the operation that wrote it. Values are padded to sizes from
+//! a few bytes to 64 KiB (log-uniform), with a pattern derived from the
+//! tag, so a value that comes back cut, spliced or mixed up is caught as
+//! one nobody wrote. The mix, per 100 operations:
 //!
-//! - puts of new unique keys `u/{client}/{n}`;
-//! - overwrites of a small set of keys `o/{client}/{i}`;
-//! - puts with a 1–5 s TTL, of new keys `t/{client}/{n}` or of the
+//! - 18 puts of new unique keys `u/{client}/{n}`;
+//! - 14 overwrites of a small set of keys `o/{client}/{i}`;
+//! - 8 puts with a 1–5 s TTL, of new keys `t/{client}/{n}` or of the
 //!   overwritten keys (so values with and without TTL replace each other);
-//! - deletes of keys the client wrote;
-//! - reads of keys the client wrote, biased towards recent ones (so TTL
-//!   values are read around their expiry).
+//! - 7 puts (a third of them with a TTL) of the shared keys;
+//! - 6 deletes of keys the client wrote or of shared keys;
+//! - 4 `exists`, 4 `ttl`, 4 `expire` (1–5 s) and 3 `persist`, and 32 gets,
+//!   of keys the client wrote (biased towards recent ones, so TTL values
+//!   are read around their expiry) or of shared keys.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,7 +32,7 @@ use ringkv_client::Client;
 use ringkv_core::{KvStore, SplitMix64};
 use tokio::time::Instant;
 
-use crate::history::{OpKind, Phase, Read, Record};
+use crate::history::{Answer, OpKind, Phase, Read, Record};
 
 /// Milliseconds since the run started, from a monotonic clock.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +60,8 @@ impl Default for RunClock {
 pub struct WorkloadConfig {
     /// Overwritten keys per client.
     pub overwrite_keys: u64,
+    /// Keys every client writes and reads (`s/0` ..).
+    pub shared_keys: u64,
     /// TTL range of TTL puts, milliseconds.
     pub ttl_ms: (u64, u64),
     /// Pause between a client's operations, milliseconds.
@@ -64,7 +72,13 @@ pub struct WorkloadConfig {
 
 impl Default for WorkloadConfig {
     fn default() -> WorkloadConfig {
-        WorkloadConfig { overwrite_keys: 8, ttl_ms: (1_000, 5_000), think_ms: (5, 25), max_value_bytes: 64 << 10 }
+        WorkloadConfig {
+            overwrite_keys: 8,
+            shared_keys: 16,
+            ttl_ms: (1_000, 5_000),
+            think_ms: (5, 25),
+            max_value_bytes: 64 << 10,
+        }
     }
 }
 
@@ -77,6 +91,7 @@ struct ClientState {
     written: Vec<String>,
     known: HashSet<String>,
     max_value_bytes: usize,
+    shared_keys: u64,
 }
 
 impl ClientState {
@@ -95,8 +110,9 @@ impl ClientState {
         format!("{prefix}/{}/{}", self.id, self.next_key)
     }
 
+    /// Remembers a key this client owns (shared keys are picked apart).
     fn wrote(&mut self, key: &str) {
-        if self.known.insert(key.to_string()) {
+        if !key.starts_with("s/") && self.known.insert(key.to_string()) {
             self.written.push(key.to_string());
         }
     }
@@ -109,6 +125,20 @@ impl ClientState {
         let n = self.written.len() as u64;
         let i = if self.rng.chance(0.5) { n - 1 - self.rng.below(n.min(20)) } else { self.rng.below(n) };
         Some(self.written[i as usize].clone())
+    }
+
+    fn shared(&mut self) -> String {
+        format!("s/{}", self.rng.below(self.shared_keys))
+    }
+
+    /// A key to read or to change the expiry of: a shared key three times
+    /// in ten (or whenever the client has written nothing yet), else one it
+    /// wrote.
+    fn some_key(&mut self) -> String {
+        match self.rng.chance(0.3) {
+            true => self.shared(),
+            false => self.some_written().unwrap_or_else(|| self.shared()),
+        }
     }
 }
 
@@ -129,47 +159,85 @@ pub async fn run_client(
         written: Vec::new(),
         known: HashSet::new(),
         max_value_bytes: config.max_value_bytes,
+        shared_keys: config.shared_keys,
     };
     let mut history = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let roll = st.rng.below(100);
+        let ttl = config.ttl_ms.0 + st.rng.below(config.ttl_ms.1 - config.ttl_ms.0 + 1);
         let record = match roll {
-            0..25 => {
+            0..18 => {
                 let key = st.new_key("u");
                 put(&client, &mut st, &clock, key, None).await
             }
-            25..45 => {
+            18..32 => {
                 let key = format!("o/{id}/{}", st.rng.below(config.overwrite_keys));
                 put(&client, &mut st, &clock, key, None).await
             }
-            45..57 => {
+            32..40 => {
                 let key = if st.rng.chance(0.5) {
                     st.new_key("t")
                 } else {
                     format!("o/{id}/{}", st.rng.below(config.overwrite_keys))
                 };
-                let ttl = config.ttl_ms.0 + st.rng.below(config.ttl_ms.1 - config.ttl_ms.0 + 1);
                 put(&client, &mut st, &clock, key, Some(ttl)).await
             }
-            57..67 => match st.some_written() {
-                Some(key) => {
-                    let mut r = Record::invoke(id, Phase::Run, OpKind::Delete, Some(key.clone()), clock.ms());
-                    let result = client.delete(Bytes::from(key)).await;
-                    r.finish(clock.ms(), &result);
-                    r
-                }
-                None => continue,
-            },
-            _ => match st.some_written() {
-                Some(key) => {
-                    let mut r = Record::invoke(id, Phase::Run, OpKind::Get, Some(key.clone()), clock.ms());
-                    let result = client.get(Bytes::from(key)).await;
-                    r.finish(clock.ms(), &result);
-                    r.read = result.ok().map(read_of);
-                    r
-                }
-                None => continue,
-            },
+            40..47 => {
+                let key = st.shared();
+                let ttl = st.rng.chance(1.0 / 3.0).then_some(ttl);
+                put(&client, &mut st, &clock, key, ttl).await
+            }
+            47..53 => {
+                let key = match st.rng.chance(1.0 / 3.0) {
+                    true => st.shared(),
+                    false => st.some_written().unwrap_or_else(|| st.shared()),
+                };
+                let mut r = Record::invoke(id, Phase::Run, OpKind::Delete, Some(key.clone()), clock.ms());
+                let result = client.delete(Bytes::from(key)).await;
+                r.finish(clock.ms(), &result);
+                r
+            }
+            53..57 => {
+                let key = st.some_key();
+                let mut r = Record::invoke(id, Phase::Run, OpKind::Exists, Some(key.clone()), clock.ms());
+                let result = client.exists(Bytes::from(key)).await;
+                r.finish(clock.ms(), &result);
+                r.answer = result.ok().map(Answer::Exists);
+                r
+            }
+            57..61 => {
+                let key = st.some_key();
+                let mut r = Record::invoke(id, Phase::Run, OpKind::Ttl, Some(key.clone()), clock.ms());
+                let result = client.ttl(Bytes::from(key)).await;
+                r.finish(clock.ms(), &result);
+                r.answer = result.ok().map(|t| Answer::Ttl(t.into()));
+                r
+            }
+            61..65 => {
+                let key = st.some_key();
+                let mut r = Record::invoke(id, Phase::Run, OpKind::Expire, Some(key.clone()), clock.ms());
+                r.ttl_ms = Some(ttl);
+                let result = client.expire(Bytes::from(key), Duration::from_millis(ttl)).await;
+                r.finish(clock.ms(), &result);
+                r.answer = result.ok().map(Answer::Applied);
+                r
+            }
+            65..68 => {
+                let key = st.some_key();
+                let mut r = Record::invoke(id, Phase::Run, OpKind::Persist, Some(key.clone()), clock.ms());
+                let result = client.persist(Bytes::from(key)).await;
+                r.finish(clock.ms(), &result);
+                r.answer = result.ok().map(Answer::Applied);
+                r
+            }
+            _ => {
+                let key = st.some_key();
+                let mut r = Record::invoke(id, Phase::Run, OpKind::Get, Some(key.clone()), clock.ms());
+                let result = client.get(Bytes::from(key)).await;
+                r.finish(clock.ms(), &result);
+                r.read = result.ok().map(read_of);
+                r
+            }
         };
         history.push(record);
         let think = config.think_ms.0 + st.rng.below(config.think_ms.1 - config.think_ms.0 + 1);
