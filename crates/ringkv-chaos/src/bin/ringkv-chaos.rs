@@ -138,6 +138,7 @@ fn main() -> ExitCode {
         tokio::select! {
             result = run(&opts) => result,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = terminated() => Err(anyhow::anyhow!("terminated")),
         }
     });
     // Dropping the run (on interrupt) has killed every node by now.
@@ -152,5 +153,17 @@ fn main() -> ExitCode {
             eprintln!("ringkv-chaos: harness error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Resolves on SIGTERM, so that a harness stopped by `kill` drops its run
+/// (killing every node and removing its namespaces) like one stopped by
+/// Ctrl-C.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(_) => std::future::pending().await,
     }
 }
