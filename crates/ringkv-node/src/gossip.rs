@@ -101,6 +101,17 @@ impl GossipKeys {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn from_keyring(keyring: Keyring) -> GossipKeys {
+        GossipKeys {
+            path: PathBuf::from("unused"),
+            current: RwLock::new(Arc::new(keyring)),
+            last_read: Mutex::new((String::new(), None)),
+            rejected: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn keyring(&self) -> Arc<Keyring> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -482,5 +493,219 @@ impl Socket for SealedSocket {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use chitchat::{
+        ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat,
+    };
+    use ringkv_net::gossip::KeyId;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    const CLUSTER: &str = "unit";
+    const INTERVAL: Duration = Duration::from_millis(50);
+
+    struct Peer {
+        handle: ChitchatHandle,
+        addr: SocketAddr,
+        keys: Arc<GossipKeys>,
+        id: ChitchatId,
+    }
+
+    async fn spawn(
+        name: &str,
+        keyring: &Keyring,
+        seeds: &[SocketAddr],
+        tap: Option<mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>>,
+    ) -> Peer {
+        let keys = Arc::new(GossipKeys::from_keyring(keyring.clone()));
+        let shared = SocketShared {
+            keys: keys.clone(),
+            cluster_id: CLUSTER.into(),
+            rejected_by: Arc::new(Mutex::new(None)),
+            faults: Arc::new(Faults::default()),
+            tap,
+        };
+        let transport = SealedTransport::bind("127.0.0.1:0".parse().unwrap(), shared).await.unwrap();
+        let addr = transport.local_addr().unwrap();
+        let id = ChitchatId::new(name, 1, addr);
+        let config = ChitchatConfig {
+            chitchat_id: id.clone(),
+            cluster_id: CLUSTER.into(),
+            gossip_interval: INTERVAL,
+            listen_addr: addr,
+            seed_nodes: seeds.iter().map(ToString::to_string).collect(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 5.0,
+                sampling_window_size: 1_000,
+                max_interval: Duration::from_secs(1),
+                initial_interval: INTERVAL,
+                dead_node_grace_period: Duration::from_secs(3_600),
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3_600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let handle = spawn_chitchat(config, Vec::new(), &transport).await.unwrap();
+        Peer { handle, addr, keys, id }
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::from_key(KeyId(0x5eed), [7; 32])
+    }
+
+    async fn value_at(observer: &Peer, of: &ChitchatId, key: &str) -> Option<String> {
+        let chitchat = observer.handle.chitchat();
+        let guard = chitchat.lock().await;
+        guard.node_state(of).and_then(|s| s.get(key)).map(str::to_string)
+    }
+
+    async fn is_live(observer: &Peer, of: &ChitchatId) -> bool {
+        observer.handle.chitchat().lock().await.live_nodes().any(|id| id == of)
+    }
+
+    async fn heartbeat(peer: &Peer) -> u64 {
+        peer.handle.chitchat().lock().await.self_node_state().heartbeat().into()
+    }
+
+    async fn wait_until<F, Fut>(what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `peer` has run `rounds` more gossip rounds.
+    async fn rounds(peer: &Peer, rounds: u64) {
+        let start = heartbeat(peer).await;
+        wait_until("gossip rounds", || async { heartbeat(peer).await >= start + rounds }).await;
+    }
+
+    /// chitchat fills a message up to 65,507 bytes, the largest UDP payload;
+    /// sealed, it no longer fits in one datagram, so it travels in two.
+    ///
+    /// chitchat compresses deltas, so a state of ordinary keys rarely
+    /// fills a message to the last byte; its digests, though, are sent
+    /// whole and uncompressed. So node a gets a node id long enough that
+    /// its `Syn` (its digest: its own id, heartbeat and versions) is exactly
+    /// 65,507 bytes, and b, which knows nothing of a, learns of it only
+    /// from those messages.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_maximal_message_is_cut_in_two_and_arrives_whole() {
+        let keyring = keyring();
+        let b = spawn("b", &keyring, &[], None).await;
+        let overhead = gossip::overhead(CLUSTER);
+        // First measure a's `Syn` with a shorter id, then lengthen the id by
+        // what is missing.
+        let (tap_tx, mut tap) = mpsc::unbounded_channel();
+        let probe = spawn(&"p".repeat(60_000), &keyring, &[b.addr], Some(tap_tx)).await;
+        let (_, first) = tap.recv().await.unwrap();
+        probe.handle.shutdown().await.unwrap();
+        let syn_len = first.len() - overhead;
+        let name = "a".repeat(60_000 + gossip::MAX_DATAGRAM - syn_len);
+
+        let (tap_tx, mut tap) = mpsc::unbounded_channel();
+        let a = spawn(&name, &keyring, &[b.addr], Some(tap_tx)).await;
+        wait_until("b to learn of a from its maximal messages", || async {
+            b.handle.chitchat().lock().await.node_state(&a.id).is_some()
+        })
+        .await;
+        let (_, first) = tap.recv().await.unwrap();
+        let (_, second) = tap.recv().await.unwrap();
+        // The fragment index and count are the header's tenth and eleventh
+        // bytes.
+        assert_eq!((first[9], first[10], second[9], second[10]), (0, 2, 1, 2));
+        assert!(first.len().max(second.len()) <= gossip::MAX_DATAGRAM);
+        assert_eq!(first.len() + second.len() - 2 * overhead, gossip::MAX_DATAGRAM, "not a maximal message");
+        assert_eq!(b.keys.rejected(), 0);
+    }
+
+    /// Datagrams captured from a node and sent again later, by anyone, are
+    /// authentic but old: chitchat keeps per key the highest version it has
+    /// seen and per node the highest heartbeat, so an old value does not
+    /// replace a newer one and an old heartbeat does not revive a node that
+    /// has since died.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replayed_datagrams_change_nothing_that_was_superseded() {
+        let keyring = keyring();
+        let (tap_tx, mut tap) = mpsc::unbounded_channel();
+        let a = spawn("a", &keyring, &[], Some(tap_tx)).await;
+        a.handle.chitchat().lock().await.self_node_state().set("status", "joining");
+        let b = spawn("b", &keyring, &[a.addr], None).await;
+        wait_until("b to see a joining", || async {
+            value_at(&b, &a.id, "status").await.as_deref() == Some("joining")
+        })
+        .await;
+        let mut captured = Vec::new();
+        while let Ok((to, datagram)) = tap.try_recv() {
+            if to == b.addr {
+                captured.push(datagram);
+            }
+        }
+        assert!(!captured.is_empty());
+
+        a.handle.chitchat().lock().await.self_node_state().set("status", "serving");
+        wait_until("b to see a serving", || async {
+            value_at(&b, &a.id, "status").await.as_deref() == Some("serving")
+        })
+        .await;
+
+        let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let replay = async || {
+            let before = b.keys.opened();
+            for datagram in &captured {
+                attacker.send_to(datagram, b.addr).await.unwrap();
+            }
+            let expected = before + captured.len() as u64;
+            wait_until("b to open every replayed datagram", || async { b.keys.opened() >= expected }).await;
+            rounds(&b, 5).await;
+        };
+        replay().await;
+        assert_eq!(value_at(&b, &a.id, "status").await.as_deref(), Some("serving"));
+
+        // a stops; b declares it dead; the replay does not bring it back.
+        a.handle.shutdown().await.unwrap();
+        wait_until("b to see a dead", || async { !is_live(&b, &a.id).await }).await;
+        replay().await;
+        assert!(!is_live(&b, &a.id).await, "a replayed heartbeat revived a dead node");
+        assert_eq!(value_at(&b, &a.id, "status").await.as_deref(), Some("serving"));
+        assert_eq!(b.keys.rejected(), 0, "replayed datagrams are authentic");
+    }
+
+    /// What is not sealed with a key of the keyring never reaches chitchat:
+    /// plaintext chitchat, another key, another key under our key's id, a
+    /// format from the future, a truncated datagram. Each is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn datagrams_not_sealed_with_the_cluster_key_are_refused_and_counted() {
+        let ours = keyring();
+        let b = spawn("b", &ours, &[], None).await;
+        let stranger = spawn("stranger", &Keyring::from_key(KeyId(1), [9; 32]), &[b.addr], None).await;
+        let impostor = spawn("impostor", &Keyring::from_key(KeyId(0x5eed), [8; 32]), &[b.addr], None).await;
+        let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut future = gossip::seal(&ours, CLUSTER, 1, b"x", &SystemRandom::new()).unwrap().remove(0);
+        future[0] = 2;
+        let sealed = gossip::seal(&ours, CLUSTER, 1, b"x", &SystemRandom::new()).unwrap().remove(0);
+        for datagram in [&future[..], &sealed[..20], b"plaintext"] {
+            attacker.send_to(datagram, b.addr).await.unwrap();
+        }
+        wait_until("b to refuse the strangers' syns and the bad datagrams", || async { b.keys.rejected() >= 5 }).await;
+        rounds(&b, 5).await;
+        let known: BTreeSet<String> =
+            b.handle.chitchat().lock().await.node_states().keys().map(|id| id.node_id.to_string()).collect();
+        assert_eq!(known, BTreeSet::from(["b".to_string()]));
+        assert_eq!(b.keys.opened(), 0);
+        drop((stranger, impostor));
     }
 }
