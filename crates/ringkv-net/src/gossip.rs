@@ -35,11 +35,12 @@
 //! repeat under one key breaks GCM, so the bound is the number of
 //! datagrams sealed under one key, by every node together: after n
 //! datagrams the chance of any repeat is about n² / 2⁹⁷, below 2⁻³² up to
-//! 2³² datagrams (NIST SP 800-38D's limit for random nonces). A node sends
-//! some 20 datagrams a second at the default gossip interval, so a
-//! 10-node cluster seals 2³² datagrams in about seven years of one key.
-//! Rotate the key (README, *Security*) well within that, and sooner for
-//! large clusters.
+//! 2³² datagrams (NIST SP 800-38D's limit for random nonces). At the
+//! default 500 ms gossip interval a node sends up to about 18 datagrams a
+//! second (a `Syn`, a `SynAck` and an `Ack` with each of up to three
+//! peers per round), so a 10-node cluster seals 2³² datagrams in about
+//! nine months of one key, a 100-node cluster in about four weeks.
+//! Rotate the key (README, *Security*) well within that.
 //!
 //! # Fragments
 //!
