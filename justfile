@@ -15,6 +15,7 @@ build:
 # Create a local cluster CA and certificates in ./certs (once).
 certs: build
     [ -f {{certs_dir}}/ca.crt ] || ./target/release/ringkv certs init --dir {{certs_dir}}
+    [ -f {{certs_dir}}/gossip.key ] || ./target/release/ringkv certs gossip-key new --dir {{certs_dir}}
 
 # Run one node in the foreground on 127.0.0.1:7400 with data in ./data/node-1.
 serve: certs

@@ -14,6 +14,8 @@ CERTS=$DIR/certs
 [ -x "$BIN" ] || cargo build --release --bin ringkv
 mkdir -p "$DIR"
 [ -f "$CERTS/ca.crt" ] || "$BIN" certs init --dir "$CERTS" >/dev/null
+# Certificates made before gossip was sealed have no gossip key yet.
+[ -f "$CERTS/gossip.key" ] || "$BIN" certs gossip-key new --dir "$CERTS" >/dev/null
 for i in $(seq "$N"); do
     [ -f "$CERTS/n$i.crt" ] || "$BIN" certs issue --dir "$CERTS" --name "n$i" >/dev/null
 done

@@ -7,7 +7,7 @@ use ringkv_core::{KeyTtl, KvStore, format_duration};
 use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::Sent;
 
-use crate::{CertsCommand, ClientArgs, Command};
+use crate::{CertsCommand, ClientArgs, Command, GossipKeyCommand};
 
 const FOUND: u8 = 0;
 const NOT_FOUND: u8 = 1;
@@ -99,9 +99,52 @@ pub(crate) fn certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
     let written = match command {
         CertsCommand::Init { dir, nodes, san } => ringkv_net::certs::init(&dir, &nodes, &san)?,
         CertsCommand::Issue { dir, name, san } => ringkv_net::certs::issue_node_cert(&dir, &name, &san)?,
+        CertsCommand::GossipKey(command) => return gossip_key(command),
     };
     for path in written {
         println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::from(FOUND))
+}
+
+fn gossip_key(command: GossipKeyCommand) -> anyhow::Result<ExitCode> {
+    use ringkv_net::gossip::{KeyId, Keyring};
+    let parse_id = |id: &str| id.parse::<KeyId>().map_err(|e| anyhow::anyhow!(e));
+    let show = |keyring: &Keyring| {
+        println!("primary {}", keyring.primary());
+        for id in keyring.accepted() {
+            println!("accept  {id}");
+        }
+    };
+    match command {
+        GossipKeyCommand::New { file } => {
+            let path = file.path();
+            if !path.exists() {
+                let keyring = Keyring::generate()?;
+                keyring.save(&path)?;
+                println!("wrote {} with primary key {}", path.display(), keyring.primary());
+                return Ok(ExitCode::from(FOUND));
+            }
+            let mut keyring = Keyring::load(&path)?;
+            let id = keyring.add_new()?;
+            keyring.save(&path)?;
+            println!("added key {id} to {} (accepted, not yet primary)", path.display());
+        }
+        GossipKeyCommand::Promote { id, file } => {
+            let path = file.path();
+            let mut keyring = Keyring::load(&path)?;
+            keyring.promote(parse_id(&id)?)?;
+            keyring.save(&path)?;
+            show(&keyring);
+        }
+        GossipKeyCommand::Remove { id, file } => {
+            let path = file.path();
+            let mut keyring = Keyring::load(&path)?;
+            keyring.remove(parse_id(&id)?)?;
+            keyring.save(&path)?;
+            show(&keyring);
+        }
+        GossipKeyCommand::List { file } => show(&Keyring::load(&file.path())?),
     }
     Ok(ExitCode::from(FOUND))
 }
@@ -123,6 +166,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     let mut repairs = Vec::new();
     let mut transfers = Vec::new();
     let mut replication = Vec::new();
+    let mut gossip = Vec::new();
     for m in &members.members {
         // A member that left on purpose is gone, not unhealthy.
         let left = m.status == ringkv_net::wire::MemberStatus::Left && !m.live;
@@ -135,6 +179,9 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
             Ok(s) => {
                 repairs.push((m.node_id.clone(), s.repair.clone()));
                 replication.push((m.node_id.clone(), s.replication.clone()));
+                if let Some(g) = &s.gossip {
+                    gossip.push((m.node_id.clone(), g.clone()));
+                }
                 if let Some(phase) = &s.transfers.phase {
                     transfers.push((m.node_id.clone(), phase.clone(), s.transfers.clone()));
                 }
@@ -210,6 +257,14 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     }
     for (node, r) in replication.iter().filter(|(_, r)| r.writes.items + r.reads.items > 0) {
         println!("  {node:<12} writes {}; reads {}", sent(&r.writes), sent(&r.reads));
+    }
+    if !gossip.is_empty() {
+        println!("gossip keys (refused: datagrams not sealed with a key of the node's keyring, since start):");
+    }
+    for (node, g) in gossip {
+        let accepts =
+            if g.accepted_keys.is_empty() { String::new() } else { format!(", accepts {}", g.accepted_keys.join(" ")) };
+        println!("  {node:<12} seals with {}{accepts}; refused {}", g.primary_key, g.rejected);
     }
     Ok(ExitCode::from(if unhealthy { NOT_FOUND } else { FOUND }))
 }

@@ -140,6 +140,61 @@ enum CertsCommand {
         #[arg(long, value_delimiter = ',')]
         san: Vec<String>,
     },
+    /// Manage the gossip keyring (`gossip.key`): new keys, promotion,
+    /// removal. Every node of a cluster needs the same keys; see README,
+    /// "Security", for rotating them without downtime.
+    #[command(subcommand)]
+    GossipKey(GossipKeyCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum GossipKeyCommand {
+    /// Add a new random key, accepted but not yet used to seal (or, if
+    /// there is no keyring yet, create one with the key as primary).
+    New {
+        #[command(flatten)]
+        file: KeyringArgs,
+    },
+    /// Seal gossip with this key from now on; the former primary stays
+    /// accepted.
+    Promote {
+        /// The key id (8 hex digits), as `list` shows it.
+        id: String,
+        #[command(flatten)]
+        file: KeyringArgs,
+    },
+    /// Stop accepting a key. The primary key cannot be removed.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        file: KeyringArgs,
+    },
+    /// Show the key ids and their roles (never the keys).
+    List {
+        #[command(flatten)]
+        file: KeyringArgs,
+    },
+}
+
+/// Which keyring file a `gossip-key` command works on.
+#[derive(Args)]
+pub(crate) struct KeyringArgs {
+    /// The certificate directory holding `gossip.key`.
+    #[arg(long, required_unless_present = "keyring")]
+    dir: Option<PathBuf>,
+    /// The keyring file itself, instead of --dir.
+    #[arg(long, conflicts_with = "dir")]
+    keyring: Option<PathBuf>,
+}
+
+impl KeyringArgs {
+    fn path(&self) -> PathBuf {
+        match (&self.keyring, &self.dir) {
+            (Some(file), _) => file.clone(),
+            (None, Some(dir)) => dir.join(ringkv_net::gossip::KEYRING_FILE),
+            (None, None) => PathBuf::from(ringkv_net::gossip::KEYRING_FILE),
+        }
+    }
 }
 
 /// How client commands reach the cluster.

@@ -1,6 +1,6 @@
 //! Certificate generation for `ringkv certs`: a cluster CA, node
-//! certificates (server and client use, since nodes call each other) and a
-//! client certificate.
+//! certificates (server and client use, since nodes call each other), a
+//! client certificate, and the cluster's gossip keyring.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use rcgen::{
 };
 
 use crate::NetError;
+use crate::gossip::{KEYRING_FILE, Keyring};
 use crate::tls::SERVER_NAME;
 
 const CA_NAME: &str = "ringkv cluster CA";
@@ -61,7 +62,8 @@ fn node_sans(name: &str, extra: &[String]) -> Vec<String> {
 }
 
 /// Creates a new CA, the shared `node` certificate, one certificate per name
-/// in `nodes`, and `client`. Refuses to overwrite an existing CA.
+/// in `nodes`, `client`, and `gossip.key`, a keyring of one new random
+/// gossip key (mode 0600). Refuses to overwrite an existing CA.
 pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
     std::fs::create_dir_all(dir).map_err(|e| NetError::File { path: dir.into(), reason: e.to_string() })?;
     if dir.join("ca.key").exists() {
@@ -82,6 +84,10 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
     }
     let client_usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
     issue(dir, "client", "ringkv client", vec![], client_usage, &issuer, &mut written)?;
+    let keyring_path = dir.join(KEYRING_FILE);
+    let keyring = Keyring::generate().map_err(|e| NetError::CertGen(e.to_string()))?;
+    keyring.save(&keyring_path).map_err(|e| NetError::CertGen(e.to_string()))?;
+    written.push(keyring_path);
     Ok(written)
 }
 

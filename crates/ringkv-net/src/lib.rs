@@ -1,9 +1,11 @@
 //! ringkv's network layer: the versioned wire protocol, QUIC endpoints with
-//! mutual TLS, and certificate generation for a cluster CA.
+//! mutual TLS, certificate generation for a cluster CA, and the sealed
+//! gossip datagrams and keyring.
 
 pub mod certs;
 mod endpoint;
 mod error;
+pub mod gossip;
 pub mod tls;
 pub mod wire;
 

@@ -28,8 +28,9 @@ use crate::NetError;
 /// crash and clock-skew injection, client sessions. 5: request deadlines (in
 /// sessions, and the error refusing a late request), the touch of
 /// versions, the clock request of `clear`, and repair's key/version lists
-/// paged after a cursor.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// paged after a cursor. 6: the gossip keyring and refused datagrams in
+/// the status.
+pub const PROTOCOL_VERSION: u16 = 6;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -362,6 +363,21 @@ pub struct NodeStatus {
     pub repair: RepairStatus,
     pub transfers: TransferStatus,
     pub replication: ReplicationStatus,
+    /// A clustered node's gossip keyring and refused datagrams; `None`
+    /// standalone.
+    pub gossip: Option<GossipStatus>,
+}
+
+/// Sealed gossip as one node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipStatus {
+    /// The id of the key this node seals gossip with.
+    pub primary_key: String,
+    /// The ids of the other keys it opens gossip with.
+    pub accepted_keys: Vec<String>,
+    /// Datagrams refused since start: not sealed under a key of the
+    /// keyring, altered, of an unknown format, or another cluster's.
+    pub rejected: u64,
 }
 
 /// Replica writes and reads this node sent to peers as coordinator, since

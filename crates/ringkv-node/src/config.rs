@@ -151,6 +151,26 @@ pub struct TlsConfig {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The gossip keyring a clustered node seals and opens gossip with
+    /// (`ringkv certs gossip-key`). Default: `gossip.key` beside the CA
+    /// certificate (in `certs_dir`, or in the directory of `ca`). Read
+    /// again every second, so keys rotate without a restart.
+    pub gossip_key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Where the gossip keyring is: `gossip_key`, else `gossip.key` beside
+    /// the CA certificate.
+    pub fn gossip_key_path(&self) -> Option<PathBuf> {
+        let beside_ca = || {
+            let ca_dir = match (&self.ca, &self.cert, &self.key) {
+                (Some(ca), Some(_), Some(_)) => ca.parent().map(Path::to_path_buf),
+                _ => None,
+            };
+            ca_dir.or_else(|| self.certs_dir.clone()).map(|dir| dir.join(ringkv_net::gossip::KEYRING_FILE))
+        };
+        self.gossip_key.clone().or_else(beside_ca)
+    }
 }
 
 pub fn default_node_id() -> String {
@@ -379,8 +399,11 @@ impl NodeConfig {
         if self.vnodes == 0 {
             return bad("vnodes must be at least 1".into());
         }
-        if self.cluster_id.is_empty() {
-            return bad("cluster_id must not be empty".into());
+        if self.cluster_id.is_empty() || self.cluster_id.len() > ringkv_net::gossip::MAX_CLUSTER_ID {
+            return bad(format!(
+                "cluster_id must be 1 to {} bytes (it is in every gossip datagram)",
+                ringkv_net::gossip::MAX_CLUSTER_ID
+            ));
         }
         if self.phi_threshold.is_nan() || self.phi_threshold <= 0.0 {
             return bad(format!("phi_threshold {} must be positive", self.phi_threshold));

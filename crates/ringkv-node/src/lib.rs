@@ -6,6 +6,7 @@ mod clock;
 pub mod config;
 mod error;
 mod fault;
+mod gossip;
 mod hints;
 mod mailbox;
 mod membership;

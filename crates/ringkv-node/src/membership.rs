@@ -19,10 +19,11 @@
 //! process), a node does not act on its data at all ([`Standing`]), so it
 //! cannot serve or repair stale data before it learns it was fenced.
 //!
-//! chitchat leaves two things to us. A peer of another cluster is rejected
-//! with a `BadCluster` reply that chitchat only logs; our transport wrapper
-//! watches for it so that a node started with the wrong cluster id fails
-//! with a clear error. And a restarted node appears under a new generation
+//! chitchat leaves three things to us. It authenticates nothing, so every
+//! datagram is sealed with the cluster's gossip key (`crate::gossip`). A
+//! peer of another cluster is rejected with a `BadCluster` reply that
+//! chitchat only logs; our socket watches for it so that a node started
+//! with the wrong cluster id fails with a clear error. And a restarted node appears under a new generation
 //! while its old one may still look live for a few seconds; members are
 //! deduplicated by node id, newest generation first.
 
@@ -32,12 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
-use chitchat::{
-    ChitchatConfig, ChitchatEnvelope, ChitchatHandle, ChitchatId, ChitchatMessage, FailureDetectorConfig,
-    ProtocolVersion, spawn_chitchat,
-};
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion, spawn_chitchat};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{Epoch, KvError, Timestamp};
 use ringkv_net::wire::MemberStatus;
@@ -47,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::NodeError;
 use crate::fault::Faults;
+use crate::gossip::{GossipKeys, SealedTransport, SocketShared};
 use crate::topology::{self, Gossiped, Topology};
 
 const KEY_ADDR: &str = "addr";
@@ -86,10 +83,14 @@ pub(crate) struct MembershipConfig {
     /// returning with its data.
     pub alive_before: Option<u64>,
     pub faults: Arc<Faults>,
+    /// The keyring every gossip datagram is sealed and opened with.
+    pub keys: Arc<GossipKeys>,
 }
 
 pub(crate) struct Membership {
     handle: ChitchatHandle,
+    /// Reloads the gossip keyring file.
+    keyring_watch: JoinHandle<()>,
     gossip_addr: SocketAddr,
     topology: watch::Receiver<Arc<Topology>>,
     epochs: watch::Receiver<Epoch>,
@@ -144,58 +145,6 @@ impl Standing {
     }
 }
 
-/// Wraps chitchat's UDP socket to notice `BadCluster` rejections, and to
-/// drop the datagrams fault injection says to.
-struct GuardedTransport {
-    socket: Mutex<Option<UdpSocket>>,
-    rejected_by: Arc<Mutex<Option<SocketAddr>>>,
-    faults: Arc<Faults>,
-}
-
-struct GuardedSocket {
-    inner: UdpSocket,
-    rejected_by: Arc<Mutex<Option<SocketAddr>>>,
-    faults: Arc<Faults>,
-}
-
-#[async_trait]
-impl Transport for GuardedTransport {
-    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        // The socket was bound before chitchat started, so that a port of 0
-        // could be resolved into the address we advertise.
-        let inner = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let inner = inner.ok_or_else(|| anyhow::anyhow!("the gossip socket was already opened"))?;
-        Ok(Box::new(GuardedSocket { inner, rejected_by: self.rejected_by.clone(), faults: self.faults.clone() }))
-    }
-}
-
-#[async_trait]
-impl Socket for GuardedSocket {
-    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
-        if self.faults.blocks(to) {
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        }
-        self.inner.send(to, envelope).await
-    }
-
-    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-        loop {
-            let outcome = self.inner.recv().await?;
-            if self.faults.blocks(outcome.from_addr) {
-                continue;
-            }
-            if matches!(outcome.envelope.message, ChitchatMessage::BadCluster) {
-                *self.rejected_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.from_addr);
-            }
-            return Ok(outcome);
-        }
-    }
-}
-
 /// What one live member says of its life: since when it serves (its
 /// generation, the wall-clock ms it started), and when it was last alive
 /// before that start.
@@ -231,16 +180,19 @@ impl Membership {
                     .into(),
             ));
         }
-        let socket = UdpSocket::open(config.gossip)
-            .await
-            .map_err(|e| NodeError::Config(format!("cannot bind gossip address {}: {e:#}", config.gossip)))?;
-        let gossip_addr = socket.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
         let rejected_by = Arc::new(Mutex::new(None));
-        let transport = GuardedTransport {
-            socket: Mutex::new(Some(socket)),
+        let shared = SocketShared {
+            keys: config.keys.clone(),
+            cluster_id: config.cluster_id.clone(),
             rejected_by: rejected_by.clone(),
             faults: config.faults.clone(),
+            tap: None,
         };
+        let transport = SealedTransport::bind(config.gossip, shared)
+            .await
+            .map_err(|e| NodeError::Config(format!("cannot bind gossip address {}: {e}", config.gossip)))?;
+        let gossip_addr = transport.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
+        let keyring_watch = tokio::spawn(crate::gossip::watch_keyring(config.keys.clone()));
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(config.node_id.clone(), config.generation, gossip_addr),
             cluster_id: config.cluster_id.clone(),
@@ -268,15 +220,20 @@ impl Membership {
             (KEY_EPOCH.to_string(), config.epoch.0.0.to_string()),
             (KEY_ALIVE_BEFORE.to_string(), config.alive_before.unwrap_or(0).to_string()),
         ];
-        let handle = spawn_chitchat(chitchat_config, initial, &transport)
-            .await
-            .map_err(|e| NodeError::Config(format!("cannot start gossip: {e:#}")))?;
+        let handle = match spawn_chitchat(chitchat_config, initial, &transport).await {
+            Ok(handle) => handle,
+            Err(e) => {
+                keyring_watch.abort();
+                return Err(NodeError::Config(format!("cannot start gossip: {e:#}")));
+            }
+        };
 
         let own_seed = |s: &String| s.parse::<SocketAddr>().is_ok_and(|a| a == gossip_addr);
         let has_seeds = config.seeds.iter().any(|s| !own_seed(s));
         let mut deadline = Instant::now() + config.join_timeout;
         loop {
             if let Some(peer) = *rejected_by.lock().unwrap_or_else(|e| e.into_inner()) {
+                keyring_watch.abort();
                 let _ = handle.initiate_shutdown();
                 return Err(NodeError::Join(format!(
                     "{peer} rejected this node's gossip because it belongs to another cluster; this node's \
@@ -290,6 +247,7 @@ impl Membership {
                 .filter(|(n, _)| ***n != *config.node_id)
                 .find_map(|(n, s)| s.partitions.filter(|p| *p != config.partitions).map(|p| (n, p)))
             {
+                keyring_watch.abort();
                 let _ = handle.initiate_shutdown();
                 return Err(NodeError::Join(format!(
                     "node {name} has {theirs} partitions and this node {}: a cluster's partition count is fixed \
@@ -331,7 +289,7 @@ impl Membership {
         let (epoch_tx, epochs) = watch::channel(max_epoch(&seen));
         let standing = Arc::new(Standing::new(config.dead_node_grace));
         let task = tokio::spawn(maintain(handle.chitchat(), config, topology_tx, epoch_tx, standing.clone()));
-        Ok(Membership { handle, gossip_addr, topology, epochs, standing, task })
+        Ok(Membership { handle, keyring_watch, gossip_addr, topology, epochs, standing, task })
     }
 
     pub(crate) fn gossip_addr(&self) -> SocketAddr {
@@ -376,6 +334,7 @@ impl Membership {
 
     pub(crate) async fn shutdown(self) {
         self.task.abort();
+        self.keyring_watch.abort();
         if let Err(e) = self.handle.shutdown().await {
             tracing::warn!(error = %e, "gossip did not stop cleanly");
         }

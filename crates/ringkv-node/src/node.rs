@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{NodeConfig, Persistence};
 use crate::fault::{Faults, FaultyPeers, SkewedClock};
+use crate::gossip::GossipKeys;
 use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{Membership, MembershipConfig, Standing};
@@ -77,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) peers: Arc<dyn PeerTransport>,
     pub(crate) batch_stats: Arc<BatchStats>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
+    /// A clustered node's gossip keyring and counters (see `gossip.rs`).
+    pub(crate) gossip_keys: Option<Arc<GossipKeys>>,
     /// A clustered node's standing (see `membership.rs`).
     standing: Option<Arc<Standing>>,
     pub(crate) repair: Repair,
@@ -190,6 +193,12 @@ impl Node {
 
     pub async fn start_with(config: NodeConfig, env: Env) -> Result<Node, NodeError> {
         config.validate()?;
+        // Before anything else, so that a clustered node without a gossip
+        // key stops at once and says how to make one.
+        let gossip_keys = match (&config.gossip, config.tls.gossip_key_path()) {
+            (Some(_), Some(path)) => Some(Arc::new(GossipKeys::load(&path)?)),
+            _ => None,
+        };
         let faults = Arc::new(Faults::default());
         let clock: Arc<dyn Clock> = match config.fault_injection {
             true => Arc::new(SkewedClock { inner: env.clock, faults: faults.clone() }),
@@ -244,9 +253,9 @@ impl Node {
         let (membership, topology) = match config.gossip {
             None => (None, watch::channel(Arc::new(standalone_topology(&config, addr))).1),
             Some(gossip) => {
-                if endpoint.is_none() {
+                let (Some(_), Some(keys)) = (&endpoint, &gossip_keys) else {
                     return Err(NodeError::Config("a clustered node needs certificates to talk to its peers".into()));
-                }
+                };
                 let membership = Membership::start(MembershipConfig {
                     node_id: config.node_id.clone(),
                     cluster_id: config.cluster_id.clone(),
@@ -265,6 +274,7 @@ impl Node {
                     status: if last_alive.is_some() { MemberStatus::Recovering } else { MemberStatus::Joining },
                     alive_before: last_alive,
                     faults: faults.clone(),
+                    keys: keys.clone(),
                 })
                 .await?;
                 let topology = membership.topology();
@@ -288,6 +298,7 @@ impl Node {
                 peers,
                 batch_stats,
                 membership: tokio::sync::Mutex::new(None),
+                gossip_keys,
                 standing,
                 repair: Repair::new(config.repair_bytes_per_sec),
                 transfers: Transfers::new(config.transfer_bytes_per_sec),

@@ -636,6 +636,7 @@ impl Node {
             repair: self.inner.repair.status(),
             transfers: self.inner.transfers.status(),
             replication: self.inner.batch_stats.status(),
+            gossip: self.inner.gossip_keys.as_ref().map(|keys| keys.status()),
         })
     }
 }
