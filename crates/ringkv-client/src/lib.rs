@@ -333,9 +333,11 @@ impl Client {
     }
 
     /// Sends a request to a replica of `key` (or any node), failing over to
-    /// the next on transport errors and on a deadline a node refused at
-    /// once (its clock runs ahead). Other errors the node itself returns
-    /// are final: the request reached a coordinator and its answer stands.
+    /// the next on transport errors, on a deadline a node refused at once
+    /// (its clock runs ahead), and on a node that applied nothing because it
+    /// reached no replica or cannot serve ([`KvError::worth_another_node`]).
+    /// Other errors the node itself returns are final: the request reached
+    /// a coordinator and its answer stands.
     ///
     /// Each attempt carries its deadline, the end of its timeout on this
     /// machine's wall clock: a node that reads the request only after that
@@ -361,6 +363,13 @@ impl Client {
                 Ok(Err(e @ KvError::DeadlineExpired { .. })) => {
                     tracing::debug!(node = %addr, error = %e, "deadline refused; trying another node");
                     self.suspect(addr, true);
+                    last = e;
+                }
+                // The node reached none of the replicas, or cannot serve
+                // at all (cut off, fenced): nothing was applied, and a node
+                // on the other side of a partition may well succeed.
+                Ok(Err(e)) if e.worth_another_node() => {
+                    tracing::debug!(node = %addr, error = %e, "the node could not serve; trying another node");
                     last = e;
                 }
                 Ok(Ok(Reply::Session { clock, reply })) => {

@@ -83,6 +83,15 @@ impl KvError {
                 | KvError::ShuttingDown
         )
     }
+
+    /// Whether another node may well succeed where the one that answered
+    /// this did nothing: it reached none of the replicas it needed (a node
+    /// cut off from the rest, which still answers its clients), or it
+    /// cannot serve at all (fenced, or not yet confirmed after a pause).
+    /// Nothing was applied, so a client can send the request elsewhere.
+    pub fn worth_another_node(&self) -> bool {
+        matches!(self, KvError::Quorum { acked: 0, .. } | KvError::Unavailable(_))
+    }
 }
 
 #[cfg(test)]
@@ -106,5 +115,15 @@ mod tests {
             err.to_string(),
             "put needed 2 of 3 replicas, 1 acknowledged ([\"n1\"]); failed: n2 (timed out), n3 (down)"
         );
+        assert!(!err.worth_another_node(), "one replica has it: the error stands");
+        let none = KvError::Quorum {
+            operation: "put".into(),
+            needed: 2,
+            replicas: 3,
+            acked: 0,
+            answered: Vec::new(),
+            failed: Vec::new(),
+        };
+        assert!(none.worth_another_node(), "a coordinator that reached nobody");
     }
 }
