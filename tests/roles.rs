@@ -20,8 +20,8 @@ const T: Duration = Duration::from_secs(5);
 /// A replica write of `key` that, if it were taken, would win against
 /// every later write: stamped a day ahead.
 fn forged_write(key: &str) -> Request {
-    let ahead = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-        + 86_400_000;
+    let ahead =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 86_400_000;
     let version = Version::new(Timestamp::new(ahead, 0), NodeTag::from_name("forger"));
     let partition = Partitioner::new(256).partition_of(key.as_bytes()).0;
     Request::Replica(ReplicaRequest::Apply {
@@ -154,7 +154,8 @@ async fn a_node_refuses_to_start_under_a_certificate_naming_another_node() {
     std::fs::copy(dir.join("n2.key"), dir.join("n3.key")).unwrap();
     spec.gossip = Some("127.0.0.1:0".parse().unwrap());
     let stderr = spec.try_start().err().expect("a node under another node's certificate must not start");
-    let expected = format!("the certificate {} cannot serve as node n3: it names node n2", dir.join("n3.crt").display());
+    let expected =
+        format!("the certificate {} cannot serve as node n3: it names node n2", dir.join("n3.crt").display());
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains(&format!("ringkv certs issue --name n3 --dir {}", dir.display())), "{stderr}");
     assert!(stderr.contains("exit status: 2"), "{stderr}");

@@ -120,7 +120,10 @@ mod tests {
             needed: "an operator certificate".into(),
             presented: "a client certificate".into(),
         };
-        assert_eq!(err.to_string(), "leave needs an operator certificate; this connection presented a client certificate");
+        assert_eq!(
+            err.to_string(),
+            "leave needs an operator certificate; this connection presented a client certificate"
+        );
         assert!(!err.is_retryable());
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::{Consistency, KvError};
-use ringkv_net::tls::{Identity, Named as certs_named, NodeCheck, TlsPaths, TransportSettings, client_config, listener};
+use ringkv_net::tls::{
+    Identity, Named as certs_named, NodeCheck, TlsPaths, TransportSettings, client_config, listener,
+};
 use ringkv_net::wire::{self, Reply, Request, Response};
 use ringkv_net::{Connector, Handler, NetError, Peer, ServeOptions, bind, certs, serve};
 

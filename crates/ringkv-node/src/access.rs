@@ -128,10 +128,8 @@ mod tests {
             (Role::Node("n9".into()), "yyyyyyyyyyyy--------"),
         ];
         for (role, expected) in table {
-            let got: String = requests()
-                .iter()
-                .map(|r| if authorize(r, &role, member).is_ok() { 'y' } else { '-' })
-                .collect();
+            let got: String =
+                requests().iter().map(|r| if authorize(r, &role, member).is_ok() { 'y' } else { '-' }).collect();
             assert_eq!(got, expected, "{role:?}");
         }
     }
@@ -146,7 +144,10 @@ mod tests {
     #[test]
     fn a_refusal_names_the_role_needed_and_the_one_presented() {
         let err = authorize(&Request::Leave, &Role::Client, |_| true).unwrap_err();
-        assert_eq!(err.to_string(), "leave needs the operator certificate; this connection presented a client certificate");
+        assert_eq!(
+            err.to_string(),
+            "leave needs the operator certificate; this connection presented a client certificate"
+        );
         let write = Request::Replica(ReplicaRequest::Clock);
         let err = authorize(&write, &Role::Node("n9".into()), |id| id == "n1").unwrap_err();
         assert_eq!(
