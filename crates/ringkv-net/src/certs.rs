@@ -35,18 +35,24 @@ fn write(path: PathBuf, contents: &str, written: &mut Vec<PathBuf>) -> Result<()
     Ok(())
 }
 
+/// A certificate's subject alternative names: DNS names and addresses, and
+/// the ringkv name (`ringkv://node/<id>` or `ringkv://operator/<name>`).
+struct Names {
+    sans: Vec<String>,
+    uri: Option<String>,
+}
+
 fn issue(
     dir: &Path,
     stem: &str,
     common_name: &str,
-    sans: Vec<String>,
-    uri: Option<String>,
+    names: Names,
     usage: Vec<ExtendedKeyUsagePurpose>,
     issuer: &Issuer<'_, KeyPair>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), NetError> {
-    let mut params = CertificateParams::new(sans).map_err(gen_err)?;
-    if let Some(uri) = uri {
+    let mut params = CertificateParams::new(names.sans).map_err(gen_err)?;
+    if let Some(uri) = names.uri {
         params.subject_alt_names.push(SanType::URI(uri.as_str().try_into().map_err(gen_err)?));
     }
     params.distinguished_name.push(DnType::CommonName, common_name);
@@ -92,13 +98,21 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
         check_node_name(name)?;
     }
     let usage = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    issue(dir, "node", "ringkv node", node_sans("node", extra_sans), None, usage, &issuer, &mut written)?;
+    issue(
+        dir,
+        "node",
+        "ringkv node",
+        Names { sans: node_sans("node", extra_sans), uri: None },
+        usage,
+        &issuer,
+        &mut written,
+    )?;
     restrict(&dir.join("node.key"))?;
     for name in nodes {
         issue_node(dir, name, extra_sans, &issuer, &mut written)?;
     }
     let client_usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(dir, "client", "ringkv client", vec![], None, client_usage, &issuer, &mut written)?;
+    issue(dir, "client", "ringkv client", Names { sans: vec![], uri: None }, client_usage, &issuer, &mut written)?;
     let keyring_path = dir.join(KEYRING_FILE);
     let keyring = Keyring::generate().map_err(|e| NetError::CertGen(e.to_string()))?;
     keyring.save(&keyring_path).map_err(|e| NetError::CertGen(e.to_string()))?;
@@ -142,8 +156,8 @@ pub fn issue_operator_cert(dir: &Path, name: &str) -> Result<Vec<PathBuf>, NetEr
     let issuer = load_issuer(dir)?;
     let mut written = Vec::new();
     let usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let uri = Some(format!("{OPERATOR_URI}{name}"));
-    issue(dir, "operator", &format!("ringkv operator {name}"), vec![], uri, usage, &issuer, &mut written)?;
+    let names = Names { sans: vec![], uri: Some(format!("{OPERATOR_URI}{name}")) };
+    issue(dir, "operator", &format!("ringkv operator {name}"), names, usage, &issuer, &mut written)?;
     restrict(&dir.join("operator.key"))?;
     Ok(written)
 }
@@ -166,8 +180,8 @@ fn issue_node(
     written: &mut Vec<PathBuf>,
 ) -> Result<(), NetError> {
     let usage = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let uri = Some(format!("{NODE_URI}{name}"));
-    issue(dir, name, &format!("ringkv node {name}"), node_sans(name, extra_sans), uri, usage, issuer, written)?;
+    let names = Names { sans: node_sans(name, extra_sans), uri: Some(format!("{NODE_URI}{name}")) };
+    issue(dir, name, &format!("ringkv node {name}"), names, usage, issuer, written)?;
     restrict(&dir.join(format!("{name}.key")))
 }
 
