@@ -16,6 +16,7 @@ build:
 certs: build
     [ -f {{certs_dir}}/ca.crt ] || ./target/release/ringkv certs init --dir {{certs_dir}}
     [ -f {{certs_dir}}/gossip.key ] || ./target/release/ringkv certs gossip-key new --dir {{certs_dir}}
+    [ -f {{certs_dir}}/operator.crt ] || ./target/release/ringkv certs issue --dir {{certs_dir}} --operator "${USER:-operator}"
 
 # Run one node in the foreground on 127.0.0.1:7400 with data in ./data/node-1.
 serve: certs

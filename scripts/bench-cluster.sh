@@ -21,6 +21,7 @@ source scripts/lib.sh
 # line, and sets ADDR / GOSSIP / PID.
 start() {
     local name=$1 listen=$2; shift 2
+    node_cert "$name"
     "$BIN" serve --node-id "$name" --certs "$tmp/certs" --data-dir "$tmp/$name" --listen "$listen" "$@" \
         >"$tmp/$name.ready" 2>"$tmp/$name.log" &
     PID=$!

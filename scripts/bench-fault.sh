@@ -31,6 +31,7 @@ start() {
     local name=$1 listen=${2:-127.0.0.1:0} seeds=""
     [ "$name" = r1 ] || seeds="--seeds ${gossip[r1]}"
     rm -f "$tmp/$name.ready"
+    node_cert "$name"
     # shellcheck disable=SC2086
     "$BIN" serve --config "$tmp/node.toml" --node-id "$name" --certs "$tmp/certs" --data-dir "$tmp/$name" \
         --listen "$listen" --gossip "${gossip[$name]:-127.0.0.1:0}" $seeds >"$tmp/$name.ready" 2>>"$tmp/$name.log" &

@@ -16,9 +16,15 @@ mkdir -p "$DIR"
 [ -f "$CERTS/ca.crt" ] || "$BIN" certs init --dir "$CERTS" >/dev/null
 # Certificates made before gossip was sealed have no gossip key yet.
 [ -f "$CERTS/gossip.key" ] || "$BIN" certs gossip-key new --dir "$CERTS" >/dev/null
+# Each node needs a certificate naming its node id. Certificates made before
+# node certificates named their node (no .named-nodes marker) are replaced.
+[ -f "$CERTS/.named-nodes" ] || rm -f "$CERTS"/n[0-9]*.crt "$CERTS"/n[0-9]*.key
 for i in $(seq "$N"); do
     [ -f "$CERTS/n$i.crt" ] || "$BIN" certs issue --dir "$CERTS" --name "n$i" >/dev/null
 done
+touch "$CERTS/.named-nodes"
+# `ringkv leave` needs the operator certificate.
+[ -f "$CERTS/operator.crt" ] || "$BIN" certs issue --dir "$CERTS" --operator "${USER:-operator}" >/dev/null
 
 pids=()
 stop() {

@@ -16,6 +16,10 @@ cleanup() {
 }
 trap cleanup EXIT
 "$BIN" certs init --dir "$tmp/certs" >/dev/null
+# `ringkv leave` needs the operator certificate.
+"$BIN" certs issue --dir "$tmp/certs" --operator bench >/dev/null
+# node_cert NAME: a certificate naming node NAME, which a clustered node needs.
+node_cert() { [ -f "$tmp/certs/$1.crt" ] || "$BIN" certs issue --dir "$tmp/certs" --name "$1" >/dev/null; }
 export RINGKV_CERTS=$tmp/certs
 
 # median: the median of the numbers on stdin, one per line.

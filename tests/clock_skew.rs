@@ -34,8 +34,8 @@ async fn a_session_orders_a_write_after_what_the_client_saw_despite_a_slow_clock
     let [a, c] = [0, 2].map(|i| cluster.nodes[i].addr);
 
     // With three nodes and N=3 every node holds every key.
-    client.inject_skew(c, -20_000).await.unwrap();
-    cluster.cut(&client, 2, &[0, 1]).await;
+    cluster.operator().inject_skew(c, -20_000).await.unwrap();
+    cluster.cut(2, &[0, 1]).await;
 
     // a writes both keys; c does not see either.
     let first = conn.call(a, &put("plain", "first", Consistency::Quorum), t).await.unwrap();
@@ -54,8 +54,8 @@ async fn a_session_orders_a_write_after_what_the_client_saw_despite_a_slow_clock
     assert!(clock > seen, "c's clock absorbed the session's: {clock:?} after {seen:?}");
 
     // Heal; hints and repair bring every replica to the same version.
-    cluster.heal(&client).await;
-    client.inject_skew(c, 0).await.unwrap();
+    cluster.heal().await;
+    cluster.operator().inject_skew(c, 0).await.unwrap();
     common::converged(&client, &["plain".into(), "session".into()], 3, Duration::from_secs(60)).await;
     let read = |key: &'static str| {
         let conn = &conn;

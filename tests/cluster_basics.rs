@@ -69,10 +69,11 @@ async fn written_through_one_node_read_through_another_and_held_by_three_replica
     holders.sort();
     assert_eq!(holders, ["n1", "n2", "n3"]);
 
-    // Replica-level requests need a node certificate.
+    // Replica-level requests need a member's node certificate (more in
+    // tests/roles.rs).
     let sneaky = Request::Replica(ringkv_net::wire::ReplicaRequest::Read { partition: 0, key: Bytes::from("x") });
     match conn.call(n1, &sneaky, t).await.unwrap() {
-        Err(ringkv::KvError::Protocol(msg)) => assert!(msg.contains("node certificate"), "{msg}"),
+        Err(ringkv::KvError::Forbidden { needed, .. }) => assert!(needed.contains("node certificate"), "{needed}"),
         other => panic!("a client certificate must not reach replicas directly: {other:?}"),
     }
 }

@@ -63,7 +63,7 @@ async fn clear_is_ordered_by_acknowledgement_whatever_the_clocks(skew_ms: i64) {
     let cluster = Cluster::start(3, &["fault_injection = true", "max_clock_drift = \"10s\""]);
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
     let addrs: Vec<_> = cluster.nodes.iter().map(|n| (n.addr, n.spec.gossip.unwrap())).collect();
-    let admin = cluster.client();
+    let admin = cluster.operator();
     let cut = |heal: bool| {
         let admin = admin.clone();
         let addrs = addrs.clone();

@@ -66,7 +66,7 @@ async fn run(fault: Fault) {
         Fault::Pause => cluster.nodes[victim].signal("STOP"),
         Fault::ActorPanic => {
             let addr = cluster.nodes[victim].addr;
-            client.inject_crash(addr, 0).await.unwrap();
+            cluster.operator().inject_crash(addr, 0).await.unwrap();
             // Fail-stop: the node stops by itself, with an error that says
             // which actor failed.
             let node = &mut cluster.nodes[victim];

@@ -146,7 +146,7 @@ async fn cut(cluster: &Cluster, heal: bool) {
         nodes.iter().flat_map(|i| [cluster.nodes[*i].addr, cluster.nodes[*i].spec.gossip.unwrap()]).collect()
     };
     for (i, blocked) in [(0, addrs(&[2])), (1, addrs(&[2])), (2, addrs(&[0, 1]))] {
-        cluster.client_of(i).inject_fault(cluster.nodes[i].addr, blocked).await.unwrap();
+        cluster.operator_of(i).inject_fault(cluster.nodes[i].addr, blocked).await.unwrap();
     }
 }
 

@@ -164,7 +164,7 @@ async fn a_leaving_node_hands_off_a_partition_of_large_values() {
     let client = cluster.client_of(0);
     let keys = write_keys(&client.with_consistency(Consistency::All), "k", 1_000, LEN).await;
 
-    client.leave(cluster.nodes[3].addr).await.unwrap();
+    cluster.operator_of(0).leave(cluster.nodes[3].addr).await.unwrap();
     let exited = wait_for("n4 to exit after leaving", Duration::from_secs(45), || {
         let done = cluster.nodes[3].try_wait();
         async move { done }

@@ -60,7 +60,7 @@ async fn expire_and_persist_on_a_cut_off_replica_never_revert_an_acknowledged_pu
     common::converged(&client, &keys, 3, Duration::from_secs(30)).await;
 
     // Cut c off; a and b acknowledge newer values that c does not see.
-    cluster.cut(&client, 2, &[0, 1]).await;
+    cluster.cut(2, &[0, 1]).await;
     for key in &keys {
         assert_eq!(conn.call(a, &put_new(key), t).await.unwrap(), Ok(Reply::Done), "put {key} acknowledged");
     }
@@ -71,7 +71,7 @@ async fn expire_and_persist_on_a_cut_off_replica_never_revert_an_acknowledged_pu
     assert_eq!(conn.call(c, &persist("persisted"), t).await.unwrap(), Ok(Reply::Flag(true)), "persist at c");
 
     // Heal: hints and repair bring every replica to the same version.
-    cluster.heal(&client).await;
+    cluster.heal().await;
     common::wait_for("c's hints to drain", Duration::from_secs(30), || {
         let client = client.clone();
         async move { client.status_of(c).await.ok().filter(|s| s.hints.is_empty()) }
@@ -118,7 +118,7 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
 
     // Cut c off from a and b, which then acknowledge newer values that c
     // does not see.
-    cluster.cut(&client, ci, &[ai, bi]).await;
+    cluster.cut(ci, &[ai, bi]).await;
     for key in &keys {
         assert_eq!(conn.call(a, &put_new(key), t).await.unwrap(), Ok(Reply::Done), "put {key} acknowledged");
     }
@@ -146,7 +146,7 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
 
     cluster.nodes[ai].signal("CONT");
     cluster.nodes[bi].signal("CONT");
-    cluster.heal(&client).await;
+    cluster.heal().await;
     common::wait_for("hints to drain", Duration::from_secs(60), || {
         let client = client.clone();
         async move {

@@ -142,7 +142,7 @@ async fn a_leaving_node_hands_its_partitions_off_and_exits() {
 
     let leaving = 3;
     let leaving_addr = cluster.nodes[leaving].addr;
-    client.leave(leaving_addr).await.unwrap();
+    cluster.operator().leave(leaving_addr).await.unwrap();
     let started = Instant::now();
     // The process exits by itself once it has handed everything off.
     let exited = wait_for("n4 to exit after leaving", Duration::from_secs(60), || {

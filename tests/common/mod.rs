@@ -31,9 +31,12 @@ pub struct Certs {
 }
 
 impl Certs {
+    /// A CA, the client certificate and the operator certificate. Node
+    /// certificates are issued as nodes are specified ([`NodeSpec::new`]).
     pub fn new() -> Certs {
         let dir = tempfile::tempdir().expect("tempdir");
         ringkv_net::certs::init(dir.path(), &[], &[]).expect("certs");
+        ringkv_net::certs::issue_operator_cert(dir.path(), "tests").expect("operator certificate");
         Certs { dir }
     }
 
@@ -42,7 +45,17 @@ impl Certs {
     }
 
     pub fn client(&self, nodes: Vec<SocketAddr>) -> Client {
-        let mut config = ClientConfig::new(nodes, TlsPaths::client_in(self.path()));
+        self.client_with(nodes, TlsPaths::client_in(self.path()))
+    }
+
+    /// A client presenting the operator certificate: it may also make nodes
+    /// leave and inject faults.
+    pub fn operator(&self, nodes: Vec<SocketAddr>) -> Client {
+        self.client_with(nodes, TlsPaths::operator_in(self.path()))
+    }
+
+    fn client_with(&self, nodes: Vec<SocketAddr>, tls: TlsPaths) -> Client {
+        let mut config = ClientConfig::new(nodes, tls);
         config.timeout = Duration::from_secs(5);
         Client::new(config).expect("client")
     }
@@ -64,7 +77,12 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
+    /// Issues the node's own certificate (naming `node_id`) from the CA in
+    /// `certs` if there is none yet.
     pub fn new(node_id: &str, data_dir: &Path, certs: &Path) -> NodeSpec {
+        if !certs.join(format!("{node_id}.crt")).exists() && certs.join("ca.key").exists() {
+            ringkv_net::certs::issue_node_cert(certs, node_id, &[]).expect("node certificate");
+        }
         NodeSpec {
             node_id: node_id.into(),
             data_dir: data_dir.into(),
@@ -359,6 +377,16 @@ impl Cluster {
         self.certs.client(vec![self.nodes[i].addr])
     }
 
+    /// An operator client (leave, fault injection) knowing every node.
+    pub fn operator(&self) -> Client {
+        self.certs.operator(self.addrs())
+    }
+
+    /// An operator client that only knows node `i` (0-based).
+    pub fn operator_of(&self, i: usize) -> Client {
+        self.certs.operator(vec![self.nodes[i].addr])
+    }
+
     /// Waits until node `i` reports `expected` members serving and live.
     pub async fn wait_serving(&self, i: usize, expected: usize, timeout: Duration) {
         let client = self.client_of(i);
@@ -470,7 +498,8 @@ impl Cluster {
     /// Cuts node `i` off from the nodes `from` (fault injection, replica
     /// traffic and gossip, both ways); `from` empty heals every cut of
     /// those nodes and of `i`.
-    pub async fn cut(&self, client: &Client, i: usize, from: &[usize]) {
+    pub async fn cut(&self, i: usize, from: &[usize]) {
+        let client = &self.operator();
         let gossip = |j: usize| self.nodes[j].spec.gossip.expect("clustered");
         let theirs: Vec<SocketAddr> = from.iter().flat_map(|&j| [self.nodes[j].addr, gossip(j)]).collect();
         client.inject_fault(self.nodes[i].addr, theirs).await.unwrap();
@@ -481,7 +510,8 @@ impl Cluster {
     }
 
     /// Heals every cut on every node.
-    pub async fn heal(&self, client: &Client) {
+    pub async fn heal(&self) {
+        let client = &self.operator();
         for node in &self.nodes {
             client.inject_fault(node.addr, Vec::new()).await.unwrap();
         }

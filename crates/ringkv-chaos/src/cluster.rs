@@ -276,7 +276,12 @@ impl Cluster {
             }
             std::fs::create_dir_all(dir)?;
         }
-        ringkv_net::certs::init(&certs, &[], &[]).context("create certificates")?;
+        // A certificate per node id, up to the one node the schedule adds
+        // (`schedule.rs`, n{nodes + 1}), and the operator certificate the
+        // controller injects faults with.
+        let ids: Vec<String> = (1..=n + 1).map(|i| format!("n{i}")).collect();
+        ringkv_net::certs::init(&certs, &ids, &[]).context("create certificates")?;
+        ringkv_net::certs::issue_operator_cert(&certs, "chaos").context("create the operator certificate")?;
         let config = out.join("node.toml");
         std::fs::write(&config, config_toml)?;
         let mut cluster = Cluster {

@@ -219,6 +219,7 @@ pub fn classify(error: &KvError) -> Outcome {
         | KvError::Unavailable(_)
         | KvError::Cleared { .. }
         | KvError::DeadlineExpired { .. }
+        | KvError::Forbidden { .. }
         | KvError::ShuttingDown => Outcome::Fail,
         KvError::Busy { .. }
         | KvError::Timeout { .. }

@@ -179,7 +179,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
 
     let mut cluster = Cluster::start(&opts.ringkv, &out, opts.nodes, &node_config(opts.seed), opts.namespaces).await?;
     let tls = TlsPaths::client_in(&cluster.certs);
-    let mut ctl_config = ClientConfig::new(cluster.addrs(), tls.clone());
+    // Fault injection needs the operator certificate; the workload does not.
+    let mut ctl_config = ClientConfig::new(cluster.addrs(), TlsPaths::operator_in(&cluster.certs));
     ctl_config.timeout = Duration::from_secs(3);
     let ctl = Client::new(ctl_config).context("controller client")?;
     if let Err(problem) = faults::wait_healthy(&cluster, &ctl, faults::HEALTHY_TIMEOUT).await {

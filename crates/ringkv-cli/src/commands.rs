@@ -13,8 +13,26 @@ const FOUND: u8 = 0;
 const NOT_FOUND: u8 = 1;
 
 pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    connect_with(args, TlsPaths::client_in(&args.certs)).await
+}
+
+/// A client presenting the operator certificate, for requests that change
+/// the membership.
+async fn connect_operator(args: &ClientArgs) -> anyhow::Result<Client> {
+    let tls = TlsPaths::operator_in(&args.certs);
+    if !tls.cert.exists() {
+        bail!(
+            "this command needs the operator certificate, and {} does not exist; make it with `ringkv certs issue \
+             --operator NAME --dir {}`",
+            tls.cert.display(),
+            args.certs.display()
+        );
+    }
+    connect_with(args, tls).await
+}
+
+async fn connect_with(args: &ClientArgs, tls: TlsPaths) -> anyhow::Result<Client> {
     let nodes = resolve(&args.addr).await?;
-    let tls = TlsPaths::client_in(&args.certs);
     let mut config = ClientConfig::new(nodes, tls);
     config.timeout = args.timeout;
     config.consistency = args.consistency.into();
@@ -82,7 +100,7 @@ pub(crate) async fn client_command(command: Command) -> anyhow::Result<ExitCode>
         Command::Explain { key, client } => explain(&connect(&client).await?, key).await?,
         Command::Leave { client } => {
             let node = *resolve(&client.addr).await?.first().context("no --addr given")?;
-            connect(&client).await?.leave(node).await?;
+            connect_operator(&client).await?.leave(node).await?;
             println!("{node} is leaving: handing its partitions off, then it exits");
             ExitCode::from(FOUND)
         }
@@ -98,7 +116,13 @@ pub(crate) async fn client_command(command: Command) -> anyhow::Result<ExitCode>
 pub(crate) fn certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
     let written = match command {
         CertsCommand::Init { dir, nodes, san } => ringkv_net::certs::init(&dir, &nodes, &san)?,
-        CertsCommand::Issue { dir, name, san } => ringkv_net::certs::issue_node_cert(&dir, &name, &san)?,
+        CertsCommand::Issue { dir, name: Some(name), operator: None, san } => {
+            ringkv_net::certs::issue_node_cert(&dir, &name, &san)?
+        }
+        CertsCommand::Issue { dir, operator: Some(operator), .. } => {
+            ringkv_net::certs::issue_operator_cert(&dir, &operator)?
+        }
+        CertsCommand::Issue { .. } => bail!("pass --name NODE_ID or --operator NAME"),
         CertsCommand::GossipKey(command) => return gossip_key(command),
     };
     for path in written {

@@ -103,7 +103,8 @@ enum Command {
     },
     /// Make the node at --addr hand its partitions to the other members and
     /// exit (as SIGTERM does). Returns once it has started leaving; follow
-    /// it with `ringkv status`.
+    /// it with `ringkv status`. Uses the operator certificate
+    /// (`operator.crt` in --certs; `ringkv certs issue --operator NAME`).
     Leave {
         #[command(flatten)]
         client: ClientArgs,
@@ -119,24 +120,33 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Create a cluster CA, a shared node certificate, one per --nodes name,
-    /// and a client certificate.
+    /// Create a cluster CA, one node certificate per --nodes id, a client
+    /// certificate, the gossip keyring, and a shared node.crt naming no node
+    /// (for a standalone node only).
     Init {
         #[arg(long)]
         dir: PathBuf,
-        /// Node ids to issue their own certificates for.
+        /// Node ids to issue their own certificates for (`<id>.crt`, naming
+        /// `ringkv://node/<id>`); a clustered node needs its own.
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<String>,
         /// Extra DNS names or IP addresses for node certificates.
         #[arg(long, value_delimiter = ',')]
         san: Vec<String>,
     },
-    /// Issue one more node certificate from the CA in --dir.
+    /// Issue one more certificate from the CA in --dir: a node's
+    /// (`--name ID`: `ID.crt`, naming that node id) or the operator's
+    /// (`--operator NAME`: `operator.crt`, which may make nodes leave).
     Issue {
         #[arg(long)]
         dir: PathBuf,
+        /// The node id the certificate names.
+        #[arg(long, required_unless_present = "operator", conflicts_with = "operator")]
+        name: Option<String>,
+        /// Issue the operator certificate instead, naming its holder.
         #[arg(long)]
-        name: String,
+        operator: Option<String>,
+        /// Extra DNS names or IP addresses (node certificates).
         #[arg(long, value_delimiter = ',')]
         san: Vec<String>,
     },

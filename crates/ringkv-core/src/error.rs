@@ -59,6 +59,11 @@ pub enum KvError {
     /// the write, so storing it would be dropping it while acknowledging it.
     #[error("the write is older than the cluster's last clear (truncate epoch {epoch}); retry it")]
     Cleared { epoch: Timestamp },
+    /// The request needs a role the connection's certificate does not
+    /// have (see ARCHITECTURE.md, *Roles on the QUIC port*); nothing was
+    /// done. `needed` names the role, `presented` what the certificate is.
+    #[error("{request} needs {needed}; this connection presented {presented}")]
+    Forbidden { request: String, needed: String, presented: String },
 }
 
 fn fmt_failures(failed: &[ReplicaFailure]) -> String {
@@ -125,5 +130,19 @@ mod tests {
             failed: Vec::new(),
         };
         assert!(none.worth_another_node(), "a coordinator that reached nobody");
+    }
+
+    #[test]
+    fn forbidden_names_the_role_and_is_final() {
+        let err = KvError::Forbidden {
+            request: "leave".into(),
+            needed: "an operator certificate".into(),
+            presented: "a client certificate".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "leave needs an operator certificate; this connection presented a client certificate"
+        );
+        assert!(!err.is_retryable());
     }
 }

@@ -1,16 +1,19 @@
 //! Certificate generation for `ringkv certs`: a cluster CA, node
-//! certificates (server and client use, since nodes call each other), a
-//! client certificate, and the cluster's gossip keyring.
+//! certificates (server and client use, since nodes call each other), each
+//! naming its node id as `ringkv://node/<id>`, a client certificate, an
+//! operator certificate naming `ringkv://operator/<name>`, and the
+//! cluster's gossip keyring.
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 use crate::NetError;
 use crate::gossip::{KEYRING_FILE, Keyring};
-use crate::tls::SERVER_NAME;
+use crate::tls::{NODE_URI, OPERATOR_URI, SERVER_NAME, valid_name};
 
 const CA_NAME: &str = "ringkv cluster CA";
 
@@ -32,16 +35,26 @@ fn write(path: PathBuf, contents: &str, written: &mut Vec<PathBuf>) -> Result<()
     Ok(())
 }
 
+/// A certificate's subject alternative names: DNS names and addresses, and
+/// the ringkv name (`ringkv://node/<id>` or `ringkv://operator/<name>`).
+struct Names {
+    sans: Vec<String>,
+    uri: Option<String>,
+}
+
 fn issue(
     dir: &Path,
     stem: &str,
     common_name: &str,
-    sans: Vec<String>,
+    names: Names,
     usage: Vec<ExtendedKeyUsagePurpose>,
     issuer: &Issuer<'_, KeyPair>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), NetError> {
-    let mut params = CertificateParams::new(sans).map_err(gen_err)?;
+    let mut params = CertificateParams::new(names.sans).map_err(gen_err)?;
+    if let Some(uri) = names.uri {
+        params.subject_alt_names.push(SanType::URI(uri.as_str().try_into().map_err(gen_err)?));
+    }
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.extended_key_usages = usage;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -61,9 +74,11 @@ fn node_sans(name: &str, extra: &[String]) -> Vec<String> {
     sans
 }
 
-/// Creates a new CA, the shared `node` certificate, one certificate per name
+/// Creates a new CA, the shared `node` certificate (it names no node id, so
+/// only a standalone node can serve with it), one certificate per node id
 /// in `nodes`, `client`, and `gossip.key`, a keyring of one new random
-/// gossip key (mode 0600). Refuses to overwrite an existing CA.
+/// gossip key (mode 0600). Refuses to overwrite an existing CA. The
+/// operator certificate is issued separately ([`issue_operator_cert`]).
 pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
     std::fs::create_dir_all(dir).map_err(|e| NetError::File { path: dir.into(), reason: e.to_string() })?;
     if dir.join("ca.key").exists() {
@@ -79,11 +94,25 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
     write(dir.join("ca.key"), &ca_key.serialize_pem(), &mut written)?;
     restrict(&dir.join("ca.key"))?;
     let issuer = Issuer::new(ca_params(), ca_key);
-    for name in std::iter::once("node").chain(nodes.iter().map(String::as_str)) {
+    for name in nodes {
+        check_node_name(name)?;
+    }
+    let usage = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    issue(
+        dir,
+        "node",
+        "ringkv node",
+        Names { sans: node_sans("node", extra_sans), uri: None },
+        usage,
+        &issuer,
+        &mut written,
+    )?;
+    restrict(&dir.join("node.key"))?;
+    for name in nodes {
         issue_node(dir, name, extra_sans, &issuer, &mut written)?;
     }
     let client_usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(dir, "client", "ringkv client", vec![], client_usage, &issuer, &mut written)?;
+    issue(dir, "client", "ringkv client", Names { sans: vec![], uri: None }, client_usage, &issuer, &mut written)?;
     let keyring_path = dir.join(KEYRING_FILE);
     let keyring = Keyring::generate().map_err(|e| NetError::CertGen(e.to_string()))?;
     keyring.save(&keyring_path).map_err(|e| NetError::CertGen(e.to_string()))?;
@@ -91,17 +120,56 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
     Ok(written)
 }
 
-/// Issues one more node certificate from the CA in `dir`.
-pub fn issue_node_cert(dir: &Path, name: &str, extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
+fn load_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, NetError> {
     let key_path = dir.join("ca.key");
     let pem = std::fs::read_to_string(&key_path)
         .map_err(|e| NetError::File { path: key_path.clone(), reason: e.to_string() })?;
     let ca_key =
         KeyPair::from_pem(&pem).map_err(|e| NetError::Certificate { path: key_path, reason: e.to_string() })?;
-    let issuer = Issuer::new(ca_params(), ca_key);
+    Ok(Issuer::new(ca_params(), ca_key))
+}
+
+/// Issues one more node certificate from the CA in `dir`: `<name>.crt`
+/// and `<name>.key`, naming node id `name` (`ringkv://node/<name>`).
+pub fn issue_node_cert(dir: &Path, name: &str, extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
+    check_node_name(name)?;
+    let issuer = load_issuer(dir)?;
     let mut written = Vec::new();
     issue_node(dir, name, extra_sans, &issuer, &mut written)?;
     Ok(written)
+}
+
+/// Issues the operator certificate from the CA in `dir`: `operator.crt` and
+/// `operator.key` (mode 0600), naming `ringkv://operator/<name>`. Besides
+/// what a client may do, it may make a node leave and, where enabled,
+/// inject faults. Refuses to overwrite an existing one.
+pub fn issue_operator_cert(dir: &Path, name: &str) -> Result<Vec<PathBuf>, NetError> {
+    if !valid_name(name) {
+        return Err(NetError::CertGen(format!("'{name}' is not a usable operator name (letters, digits, - _ .)")));
+    }
+    if dir.join("operator.crt").exists() {
+        return Err(NetError::CertGen(format!(
+            "{} already holds operator.crt; remove it (and operator.key) first",
+            dir.display()
+        )));
+    }
+    let issuer = load_issuer(dir)?;
+    let mut written = Vec::new();
+    let usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let names = Names { sans: vec![], uri: Some(format!("{OPERATOR_URI}{name}")) };
+    issue(dir, "operator", &format!("ringkv operator {name}"), names, usage, &issuer, &mut written)?;
+    restrict(&dir.join("operator.key"))?;
+    Ok(written)
+}
+
+fn check_node_name(name: &str) -> Result<(), NetError> {
+    if !valid_name(name) {
+        return Err(NetError::CertGen(format!("'{name}' is not a usable node name (letters, digits, - _ .)")));
+    }
+    if matches!(name, "node" | "client" | "operator" | "ca") {
+        return Err(NetError::CertGen(format!("'{name}' is reserved for another file of the directory")));
+    }
+    Ok(())
 }
 
 fn issue_node(
@@ -111,11 +179,9 @@ fn issue_node(
     issuer: &Issuer<'_, KeyPair>,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), NetError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(NetError::CertGen(format!("'{name}' is not a usable node name (letters, digits, - _ .)")));
-    }
     let usage = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    issue(dir, name, &format!("ringkv node {name}"), node_sans(name, extra_sans), usage, issuer, written)?;
+    let names = Names { sans: node_sans(name, extra_sans), uri: Some(format!("{NODE_URI}{name}")) };
+    issue(dir, name, &format!("ringkv node {name}"), names, usage, issuer, written)?;
     restrict(&dir.join(format!("{name}.key")))
 }
 

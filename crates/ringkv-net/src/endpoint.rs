@@ -17,7 +17,7 @@ use ringkv_core::KvError;
 use tokio::sync::watch;
 
 use crate::NetError;
-use crate::tls::{Listener, NodeCheck, SERVER_NAME};
+use crate::tls::{Listener, NodeCheck, Role, SERVER_NAME};
 use crate::wire::{self, Request, Response};
 
 /// Application error codes for closing streams and connections.
@@ -63,12 +63,20 @@ pub fn from_socket(
 }
 
 /// Who sent a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The peer presented a node certificate of this cluster (not just a
-    /// client certificate).
-    pub is_node: bool,
+    /// What the peer's certificate allows; the handler decides, per
+    /// request, whether that suffices (a node's must name a member).
+    pub role: Role,
+}
+
+impl Peer {
+    /// The peer presented a node certificate naming a node id (not
+    /// necessarily a member's).
+    pub fn is_node(&self) -> bool {
+        matches!(self.role, Role::Node(_))
+    }
 }
 
 /// Serves requests. Implemented by the node; every reply, including errors,
@@ -124,8 +132,7 @@ pub async fn serve<H: Handler>(
 }
 
 async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>, options: ServeOptions) {
-    let peer =
-        Peer { addr: connection.remote_address(), is_node: options.node_check.is_node(connection.peer_identity()) };
+    let peer = Peer { addr: connection.remote_address(), role: options.node_check.role(connection.peer_identity()) };
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
@@ -134,7 +141,7 @@ async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>, o
                 return;
             }
         };
-        let (handler, options) = (handler.clone(), options.clone());
+        let (handler, options, peer) = (handler.clone(), options.clone(), peer.clone());
         tokio::spawn(async move { serve_stream(send, recv, peer, &*handler, &options).await });
     }
 }
@@ -146,7 +153,7 @@ async fn serve_stream<H: Handler>(
     handler: &H,
     options: &ServeOptions,
 ) {
-    let max_frame = match peer.is_node {
+    let max_frame = match peer.is_node() {
         true => options.max_frame_bytes.max(wire::MAX_PEER_FRAME_BYTES),
         false => options.max_frame_bytes,
     };
@@ -155,10 +162,11 @@ async fn serve_stream<H: Handler>(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(NetError::Malformed(format!("no complete request within {:?}", options.read_timeout))),
     };
+    let addr = peer.addr;
     let response = match request {
         Ok(request) => handler.handle(request, peer).await,
         Err(e) => {
-            tracing::warn!(peer = %peer.addr, error = %e, "rejecting request");
+            tracing::warn!(peer = %addr, error = %e, "rejecting request");
             // Stop the peer from sending the rest of a frame we refused.
             let _ = recv.stop(CODE_FRAME_REFUSED.into());
             Err(KvError::Protocol(e.to_string()))
@@ -170,7 +178,7 @@ async fn serve_stream<H: Handler>(
                 let _ = send.finish();
             }
         }
-        Err(e) => tracing::error!(peer = %peer.addr, error = %e, "cannot encode response"),
+        Err(e) => tracing::error!(peer = %addr, error = %e, "cannot encode response"),
     }
 }
 

@@ -21,6 +21,99 @@ use crate::NetError;
 pub const SERVER_NAME: &str = "ringkv-node";
 pub const ALPN: &[u8] = b"ringkv/1";
 
+/// A node certificate names its node id in a URI subject alternative name
+/// `ringkv://node/<id>`; an operator certificate its holder in
+/// `ringkv://operator/<name>`. A certificate names at most one of these.
+pub const NODE_URI: &str = "ringkv://node/";
+pub const OPERATOR_URI: &str = "ringkv://operator/";
+const RINGKV_URI: &str = "ringkv://";
+
+/// What a certificate names with a `ringkv://` URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    Node(String),
+    Operator(String),
+}
+
+/// Node ids and operator names: letters, digits, `-`, `_` and `.`, at most
+/// 128 bytes.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Reads the ringkv name among a certificate's URI names: none, exactly one
+/// well-formed `ringkv://node/<id>` or `ringkv://operator/<name>`, or an
+/// error for anything else under `ringkv://` (two names, an unknown kind, a
+/// malformed name). Other URIs are ignored.
+pub fn parse_names<'a>(uris: impl IntoIterator<Item = &'a str>) -> Result<Option<Named>, String> {
+    let mut found = None;
+    for uri in uris.into_iter().filter(|u| u.starts_with(RINGKV_URI)) {
+        let named = if let Some(id) = uri.strip_prefix(NODE_URI) {
+            Named::Node(id.to_string())
+        } else if let Some(name) = uri.strip_prefix(OPERATOR_URI) {
+            Named::Operator(name.to_string())
+        } else {
+            return Err(format!("unknown ringkv name {uri:?}"));
+        };
+        let (Named::Node(name) | Named::Operator(name)) = &named;
+        if !valid_name(name) {
+            return Err(format!("malformed ringkv name {uri:?}"));
+        }
+        if found.is_some() {
+            return Err("the certificate carries more than one ringkv name".into());
+        }
+        found = Some(named);
+    }
+    Ok(found)
+}
+
+fn names_of(cert: &CertificateDer<'_>) -> Result<Option<Named>, String> {
+    let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
+    parse_names(cert.valid_uri_names())
+}
+
+/// What a connection's certificate allows (see ARCHITECTURE.md, *Roles on
+/// the QUIC port*). Every certificate has been verified against the
+/// cluster CA before a role is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Any other certificate of the cluster CA: the client certificate,
+    /// the legacy shared `node.crt` that names no node, or one whose
+    /// ringkv name is malformed.
+    Client,
+    /// A certificate naming `ringkv://operator/<name>`.
+    Operator(Arc<str>),
+    /// A node certificate (valid for server use under [`SERVER_NAME`])
+    /// naming `ringkv://node/<id>`.
+    Node(Arc<str>),
+}
+
+impl Role {
+    /// The role of a certificate with these names; `node_usage` is whether
+    /// it is valid as a node certificate (server use under
+    /// [`SERVER_NAME`]). Least privilege: a node name without node usage,
+    /// an operator name with it, or a malformed name is a plain client.
+    pub fn from_names(names: Result<Option<Named>, String>, node_usage: bool) -> Role {
+        match (names, node_usage) {
+            (Ok(Some(Named::Node(id))), true) => Role::Node(id.into()),
+            (Ok(Some(Named::Operator(name))), false) => Role::Operator(name.into()),
+            _ => Role::Client,
+        }
+    }
+
+    /// For errors and logs: "a client certificate", "the node certificate
+    /// of n3", "the operator certificate of alice".
+    pub fn describe(&self) -> String {
+        match self {
+            Role::Client => "a client certificate".into(),
+            Role::Operator(name) => format!("the operator certificate of {name}"),
+            Role::Node(id) => format!("the node certificate of {id}"),
+        }
+    }
+}
+
 /// Where a party's certificate, key and the cluster CA live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
@@ -40,6 +133,11 @@ impl TlsPaths {
 
     pub fn client_in(dir: &Path) -> TlsPaths {
         TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("client.crt"), key: dir.join("client.key") }
+    }
+
+    /// The operator certificate of `ringkv certs issue --operator`.
+    pub fn operator_in(dir: &Path) -> TlsPaths {
+        TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("operator.crt"), key: dir.join("operator.key") }
     }
 }
 
@@ -80,6 +178,11 @@ impl Identity {
         let key = PrivateKeyDer::from_pem_slice(&key_bytes)
             .map_err(|e| NetError::Certificate { path: paths.key.clone(), reason: e.to_string() })?;
         Ok(Identity { roots: Arc::new(roots), chain, key })
+    }
+
+    /// The ringkv name of this identity's own certificate, if it has one.
+    pub fn named(&self, paths: &TlsPaths) -> Result<Option<Named>, NetError> {
+        names_of(&self.chain[0]).map_err(|reason| NetError::Certificate { path: paths.cert.clone(), reason })
     }
 }
 
@@ -181,10 +284,11 @@ pub fn client_config(identity: &Identity, settings: &TransportSettings) -> Resul
     Ok(config)
 }
 
-/// Tells node certificates from client certificates. Both are signed by the
+/// Gives each connection its [`Role`]. Every certificate is signed by the
 /// cluster CA, but only node certificates are valid for server use under
-/// [`SERVER_NAME`]; replica-level requests are accepted only from those, so a
-/// client cannot write to a replica behind its coordinator's back.
+/// [`SERVER_NAME`], and only those naming a node id are a node's; replica
+/// requests are accepted only from a member's, so a client cannot write to
+/// a replica behind its coordinator's back.
 #[derive(Debug, Clone)]
 pub struct NodeCheck {
     verifier: Arc<WebPkiServerVerifier>,
@@ -198,14 +302,56 @@ impl NodeCheck {
         Ok(NodeCheck { verifier })
     }
 
-    /// Whether a connection's peer identity (quinn's `peer_identity()`) is a
-    /// node certificate of this cluster.
-    pub fn is_node(&self, peer_identity: Option<Box<dyn std::any::Any>>) -> bool {
+    /// The role of a connection's peer identity (quinn's
+    /// `peer_identity()`), already verified against the CA by the handshake.
+    pub fn role(&self, peer_identity: Option<Box<dyn std::any::Any>>) -> Role {
         let Some(chain) = peer_identity.and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok()) else {
-            return false;
+            return Role::Client;
         };
-        let Some((end_entity, intermediates)) = chain.split_first() else { return false };
+        let Some((end_entity, intermediates)) = chain.split_first() else { return Role::Client };
         let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
-        self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()).is_ok()
+        let node_usage =
+            self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()).is_ok();
+        Role::from_names(names_of(end_entity), node_usage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_names_at_most_one_node_or_operator() {
+        assert_eq!(parse_names([]), Ok(None));
+        assert_eq!(parse_names(["https://example.com/x"]), Ok(None), "other URIs are ignored");
+        assert_eq!(parse_names(["ringkv://node/n1"]), Ok(Some(Named::Node("n1".into()))));
+        assert_eq!(parse_names(["ringkv://operator/ops-1"]), Ok(Some(Named::Operator("ops-1".into()))));
+        assert_eq!(parse_names(["https://x", "ringkv://node/a.b_c-9"]), Ok(Some(Named::Node("a.b_c-9".into()))));
+        for bad in [
+            vec!["ringkv://node/"],
+            vec!["ringkv://node/n1/x"],
+            vec!["ringkv://node/n 1"],
+            vec!["ringkv://client/c"],
+            vec!["ringkv://node/n1", "ringkv://node/n2"],
+            vec!["ringkv://node/n1", "ringkv://operator/o"],
+            vec!["ringkv://node/n1", "ringkv://node/n1"],
+        ] {
+            assert!(parse_names(bad.iter().copied()).is_err(), "{bad:?}");
+        }
+        assert!(valid_name(&"x".repeat(128)) && !valid_name(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn roles_follow_names_and_usage_with_least_privilege() {
+        let node = || Ok(Some(Named::Node("n1".into())));
+        let operator = || Ok(Some(Named::Operator("ops".into())));
+        assert_eq!(Role::from_names(node(), true), Role::Node("n1".into()));
+        assert_eq!(Role::from_names(node(), false), Role::Client, "a node name without node usage");
+        assert_eq!(Role::from_names(operator(), false), Role::Operator("ops".into()));
+        assert_eq!(Role::from_names(operator(), true), Role::Client, "an operator name on a node certificate");
+        assert_eq!(Role::from_names(Ok(None), true), Role::Client, "the legacy shared node.crt");
+        assert_eq!(Role::from_names(Ok(None), false), Role::Client);
+        assert_eq!(Role::from_names(Err("two names".into()), true), Role::Client);
+        assert_eq!(Role::Node("n3".into()).describe(), "the node certificate of n3");
     }
 }

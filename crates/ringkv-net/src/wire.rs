@@ -29,8 +29,9 @@ use crate::NetError;
 /// sessions, and the error refusing a late request), the touch of
 /// versions, the clock request of `clear`, and repair's key/version lists
 /// paged after a cursor. 6: the gossip keyring and refused datagrams in
-/// the status.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// the status. 7: `KvError::Forbidden`, the refusal naming the role a
+/// request needs.
+pub const PROTOCOL_VERSION: u16 = 7;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -78,7 +79,7 @@ pub enum Request {
     },
     Clear,
     /// Replica-level operations between nodes; refused unless the caller
-    /// presents a node certificate.
+    /// presents the node certificate of a current member.
     Replica(ReplicaRequest),
     /// The membership and ring parameters, so that clients can route.
     Members,
@@ -89,7 +90,7 @@ pub enum Request {
         key: Bytes,
     },
     /// Hand this node's partitions off and exit. Answered once leaving has
-    /// begun.
+    /// begun. Needs an operator certificate.
     Leave,
     /// Fault injection, refused unless the node runs with
     /// `fault_injection = true`: drop all traffic (replica requests and

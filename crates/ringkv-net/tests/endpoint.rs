@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::{Consistency, KvError};
-use ringkv_net::tls::{Identity, NodeCheck, TlsPaths, TransportSettings, client_config, listener};
+use ringkv_net::tls::{
+    Identity, Named as certs_named, NodeCheck, TlsPaths, TransportSettings, client_config, listener,
+};
 use ringkv_net::wire::{self, Reply, Request, Response};
 use ringkv_net::{Connector, Handler, NetError, Peer, ServeOptions, bind, certs, serve};
 
@@ -15,7 +17,7 @@ struct Echo;
 impl Handler for Echo {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
         match request {
-            Request::Ping => Ok(Reply::Flag(peer.is_node)),
+            Request::Ping => Ok(Reply::Pong { node_id: peer.role.describe(), version: peer.is_node().to_string() }),
             Request::Get { key, .. } => Ok(Reply::Value(Some(key))),
             other => Err(KvError::Internal(format!("unexpected {}", other.kind()))),
         }
@@ -131,12 +133,26 @@ async fn node_certificates_are_told_from_client_certificates() {
     certs::issue_node_cert(dir.path(), "n9", &[]).unwrap();
     assert_eq!(TlsPaths::node_in(dir.path(), "n9").cert, dir.path().join("n9.crt"));
     assert_eq!(TlsPaths::node_in(dir.path(), "other").cert, dir.path().join("node.crt"));
+    certs::issue_operator_cert(dir.path(), "ops").unwrap();
+    assert!(certs::issue_operator_cert(dir.path(), "ops").is_err(), "an operator certificate is never overwritten");
+    assert!(certs::issue_node_cert(dir.path(), "node", &[]).is_err(), "'node' is the shared certificate's");
+    assert!(certs::issue_node_cert(dir.path(), "a b", &[]).is_err());
+    let named = |paths: &TlsPaths| Identity::load(paths).unwrap().named(paths).unwrap();
+    assert_eq!(named(&TlsPaths::node_in(dir.path(), "n9")), Some(certs_named::Node("n9".into())));
+    assert_eq!(named(&TlsPaths::node_in(dir.path(), "other")), None, "the shared node.crt names no node");
+    assert_eq!(named(&TlsPaths::operator_in(dir.path())), Some(certs_named::Operator("ops".into())));
+    assert_eq!(named(&TlsPaths::client_in(dir.path())), None);
+
     let (addr, _stop) = start_server(dir.path()).await;
     let t = Duration::from_secs(5);
-    let as_node = connector(&TlsPaths::node_in(dir.path(), "n9"));
-    assert_eq!(as_node.call(addr, &Request::Ping, t).await.unwrap(), Ok(Reply::Flag(true)));
-    let as_client = connector(&TlsPaths::client_in(dir.path()));
-    assert_eq!(as_client.call(addr, &Request::Ping, t).await.unwrap(), Ok(Reply::Flag(false)));
+    let role = async |paths: TlsPaths| match connector(&paths).call(addr, &Request::Ping, t).await.unwrap() {
+        Ok(Reply::Pong { node_id, version }) => (node_id, version == "true"),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(role(TlsPaths::node_in(dir.path(), "n9")).await, ("the node certificate of n9".into(), true));
+    assert_eq!(role(TlsPaths::node_in(dir.path(), "other")).await, ("a client certificate".into(), false));
+    assert_eq!(role(TlsPaths::client_in(dir.path())).await, ("a client certificate".into(), false));
+    assert_eq!(role(TlsPaths::operator_in(dir.path())).await, ("the operator certificate of ops".into(), false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

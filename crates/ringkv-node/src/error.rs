@@ -11,6 +11,9 @@ pub enum NodeError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Net(#[from] NetError),
+    /// The node's certificate does not name the node it is configured as.
+    #[error("the certificate {path} cannot serve as node {node_id}: {reason}")]
+    Identity { path: std::path::PathBuf, node_id: String, reason: String },
     #[error("cannot join the cluster: {0}")]
     Join(String),
     #[error("cannot start actor {name}: {reason}")]

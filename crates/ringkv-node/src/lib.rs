@@ -2,6 +2,7 @@
 //! coordination of client requests, persistence in the background, and the
 //! QUIC server.
 
+mod access;
 mod clock;
 pub mod config;
 mod error;

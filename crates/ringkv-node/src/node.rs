@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
 use ringkv_core::{Clock, Epoch, Hlc, KvError, Limits, NodeTag, PartitionId, Partitioner, Version};
-use ringkv_net::tls::{Identity, NodeCheck, TlsPaths, TransportSettings};
+use ringkv_net::tls::{Identity, Named, NodeCheck, TlsPaths, TransportSettings};
 use ringkv_net::wire::{MemberStatus, ReplicaRequest};
 use ringkv_net::{Connector, Endpoint, ServeOptions, bind, serve};
 use ringkv_storage::{
@@ -199,6 +199,12 @@ impl Node {
             (Some(_), Some(path)) => Some(Arc::new(GossipKeys::load(&path)?)),
             _ => None,
         };
+        // Also before touching the data directory: a node must serve under
+        // the node id its certificate names.
+        if let Some(paths) = tls_paths(&config) {
+            let named = Identity::load(&paths)?.named(&paths)?;
+            check_identity(named, &config.node_id, config.gossip.is_some(), &paths)?;
+        }
         let faults = Arc::new(Faults::default());
         let clock: Arc<dyn Clock> = match config.fault_injection {
             true => Arc::new(SkewedClock { inner: env.clock, faults: faults.clone() }),
@@ -584,6 +590,22 @@ impl Inner {
     }
 }
 
+/// A node's identity is the node id its certificate names
+/// (`ringkv://node/<id>`): it must be the configured one. A certificate
+/// naming none (the shared `node.crt`) serves a standalone node only.
+fn check_identity(named: Option<Named>, node_id: &str, clustered: bool, paths: &TlsPaths) -> Result<(), NodeError> {
+    let dir = paths.cert.parent().map_or_else(|| "DIR".into(), |d| d.display().to_string());
+    let issue = format!("make its own with `ringkv certs issue --name {node_id} --dir {dir}`");
+    let reason = match named {
+        Some(Named::Node(id)) if id == node_id => return Ok(()),
+        None if !clustered => return Ok(()),
+        Some(Named::Node(id)) => format!("it names node {id}; run that node as {id}, or {issue}"),
+        Some(Named::Operator(name)) => format!("it is the operator certificate of {name}; {issue}"),
+        None => format!("it names no node id, and a clustered node needs a certificate of its own; {issue}"),
+    };
+    Err(NodeError::Identity { path: paths.cert.clone(), node_id: node_id.into(), reason })
+}
+
 fn tls_paths(config: &NodeConfig) -> Option<TlsPaths> {
     let from_dir = config.tls.certs_dir.as_ref().map(|dir| TlsPaths::node_in(dir, &config.node_id));
     match (&config.tls.ca, &config.tls.cert, &config.tls.key) {
@@ -826,5 +848,26 @@ impl Node {
             tracing::info!(%target, hints = delivered_total, "hints delivered");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_serves_only_under_the_id_its_certificate_names() {
+        let paths = TlsPaths::node_in(std::path::Path::new("/certs"), "n3");
+        let check = |named, clustered| check_identity(named, "n3", clustered, &paths).map_err(|e| e.to_string());
+        assert!(check(Some(Named::Node("n3".into())), true).is_ok());
+        assert!(check(Some(Named::Node("n3".into())), false).is_ok());
+        assert!(check(None, false).is_ok(), "the shared node.crt serves a standalone node");
+        let err = check(Some(Named::Node("n2".into())), true).unwrap_err();
+        assert!(err.contains("cannot serve as node n3: it names node n2"), "{err}");
+        assert!(err.contains("ringkv certs issue --name n3 --dir /certs"), "{err}");
+        assert!(check(Some(Named::Node("n2".into())), false).is_err(), "standalone too");
+        let err = check(None, true).unwrap_err();
+        assert!(err.contains("names no node id"), "{err}");
+        assert!(check(Some(Named::Operator("ops".into())), false).unwrap_err().contains("operator certificate"));
     }
 }

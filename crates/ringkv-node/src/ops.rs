@@ -18,6 +18,7 @@ use ringkv_net::{Handler, Peer};
 use ringkv_storage::settle;
 use tokio::sync::mpsc;
 
+use crate::access;
 use crate::hints::HintsMsg;
 use crate::node::Node;
 use crate::partition::{Applied, PartitionMsg};
@@ -713,6 +714,13 @@ impl Node {
     /// stamp; reads need not, since a late read changes nothing.
     async fn dispatch(&self, request: Request, peer: Peer, deadline: Option<Deadline>) -> Response {
         let inner = &self.inner;
+        // Before anything else: a request its certificate may not send is
+        // refused whatever the node's state.
+        let topology = inner.topology();
+        if let Err(e) = access::authorize(&request, &peer.role, |id| topology.members.contains_key(id)) {
+            tracing::warn!(peer = %peer.addr, error = %e, "refusing a request");
+            return Err(e);
+        }
         // Requests that read or change data wait for a standing this node can
         // trust; those that only describe the node (status, explain) do not.
         let acts_on_data = matches!(
@@ -752,13 +760,10 @@ impl Node {
             }
             Request::Clear => self.clear().await.map(|()| Reply::Done),
             Request::Replica(replica) => {
-                if !peer.is_node {
-                    return Err(KvError::Protocol("replica requests need a node certificate".into()));
-                }
                 if inner.config.fault_injection && inner.faults.blocks(peer.addr) {
                     return Err(KvError::Unavailable(format!("link from {} cut by fault injection", peer.addr)));
                 }
-                if inner.topology().fences(peer.addr) {
+                if topology.fences(peer.addr) {
                     return Err(KvError::Unavailable(format!(
                         "{} was removed from the ring while it was out; it must discard its data and rejoin",
                         peer.addr
