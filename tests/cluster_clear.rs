@@ -19,6 +19,22 @@ async fn clear_with_a_node_down_is_learned_before_it_serves() {
     let mut cluster = Cluster::start(3, &[]);
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
     let client = cluster.client().with_consistency(Consistency::All);
+    // Enough data that dropping what the clear covers takes n3 a while when
+    // it comes back: long enough for a node that served before it had
+    // learned the epoch to be caught doing so.
+    let fillers: Vec<_> = (0..32)
+        .map(|t| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..1_000 {
+                    client.put(format!("fill-{t}-{i}"), "before").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for filler in fillers {
+        filler.await.unwrap();
+    }
     for i in 0..100 {
         client.put(format!("key-{i}"), "before").await.unwrap();
     }
