@@ -23,12 +23,7 @@ pub fn config(data: &[u8]) {
     }
     let _ = (config.limits(), config.max_frame_bytes(), config.batch_bytes());
     let now = Instant::now();
-    let periods = [
-        config.sweep_interval,
-        config.gossip_interval,
-        config.hint_replay_interval,
-        config.repair_interval,
-    ];
+    let periods = [config.sweep_interval, config.gossip_interval, config.hint_replay_interval, config.repair_interval];
     for period in periods {
         assert!(!period.is_zero(), "a validated configuration has a zero timer period");
     }

@@ -30,7 +30,15 @@ fn keyring() -> &'static Keyring {
 /// field chosen by the caller, so that fuzzing reaches what happens after
 /// authentication (fragment numbers, cluster ids, reassembly) instead of
 /// stopping at the tag. `key` is the key material's byte.
-pub fn seal_raw(key: (u32, u8), message: u32, index: u8, count: u8, cluster: &[u8], nonce: u32, body: &[u8]) -> Vec<u8> {
+pub fn seal_raw(
+    key: (u32, u8),
+    message: u32,
+    index: u8,
+    count: u8,
+    cluster: &[u8],
+    nonce: u32,
+    body: &[u8],
+) -> Vec<u8> {
     let mut datagram = vec![FORMAT];
     datagram.extend_from_slice(&key.0.to_be_bytes());
     datagram.extend_from_slice(&message.to_be_bytes());
@@ -43,7 +51,11 @@ pub fn seal_raw(key: (u32, u8), message: u32, index: u8, count: u8, cluster: &[u
     let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[key.1; 32]).expect("a 32-byte key"));
     let mut sealed = body.to_vec();
     let tag = aead
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(&datagram[..header_len]), &mut sealed)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(&datagram[..header_len]),
+            &mut sealed,
+        )
         .expect("seal");
     datagram.extend_from_slice(&sealed);
     datagram.extend_from_slice(tag.as_ref());
@@ -129,7 +141,9 @@ fn check_sealed(
             assert_eq!(fragment.payload, body);
         }
         Err(OpenError::UnknownKey(id)) => assert!(!known && id.0 == key.0),
-        Err(OpenError::Authentication(_)) => assert!(known && !right_key, "a datagram sealed right failed authentication"),
+        Err(OpenError::Authentication(_)) => {
+            assert!(known && !right_key, "a datagram sealed right failed authentication")
+        }
         Err(OpenError::BadFragment { .. }) => assert!(right_key && !valid_numbers),
         Err(OpenError::OtherCluster { fragment, .. }) => {
             assert!(right_key && valid_numbers && other_cluster);

@@ -41,7 +41,12 @@ fn value(i: u64, expires_at: Option<u64>) -> Entry {
 
 fn requests() -> Vec<Request> {
     let key = || Bytes::from_static(b"key");
-    let put = Request::Put { key: key(), value: Bytes::from_static(b"value"), ttl_ms: Some(1_000), consistency: Consistency::All };
+    let put = Request::Put {
+        key: key(),
+        value: Bytes::from_static(b"value"),
+        ttl_ms: Some(1_000),
+        consistency: Consistency::All,
+    };
     vec![
         Request::Ping,
         put.clone(),
@@ -108,7 +113,11 @@ fn wire_seeds() -> Vec<Seed> {
     for (i, request) in requests().iter().enumerate() {
         let frame = wire::encode(request).expect("encode a request");
         for peer in [0u8, 1] {
-            seeds.push(("wire_frame", format!("seed-{i:02}-{}-{peer}", request.kind()), [&[peer][..], &frame].concat()));
+            seeds.push((
+                "wire_frame",
+                format!("seed-{i:02}-{}-{peer}", request.kind()),
+                [&[peer][..], &frame].concat(),
+            ));
         }
     }
     for (i, response) in responses().iter().enumerate() {
@@ -250,9 +259,10 @@ fn data_dir(with_snapshot: bool) -> Vec<u8> {
 }
 
 fn config_seeds() -> Vec<Seed> {
-    let documented = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/node.toml"))
-        .expect("config/node.toml");
-    let small = b"node_id = \"n2\"\nlisten = \"127.0.0.1:7401\"\ngossip = \"127.0.0.1:7501\"\nseeds = [\"127.0.0.1:7500\"]\n\
+    let documented =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/node.toml")).expect("config/node.toml");
+    let small =
+        b"node_id = \"n2\"\nlisten = \"127.0.0.1:7401\"\ngossip = \"127.0.0.1:7501\"\nseeds = [\"127.0.0.1:7500\"]\n\
                   partitions = 64\nreplication = 3\ngossip_interval = \"200ms\"\ndead_node_grace = \"1m\"\n\
                   phi_threshold = 8.5\n[tls]\ncerts_dir = \"certs\"\n";
     vec![("config", "seed-node-toml".into(), documented), ("config", "seed-small".into(), small.to_vec())]

@@ -16,7 +16,10 @@ fn replay(target: &str) {
     let run = ringkv_fuzz::target(target);
     let fuzz = ringkv_fuzz::fuzz_dir();
     let corpus = files(&fuzz.join("corpus").join(target));
-    assert!(!corpus.is_empty(), "fuzz/corpus/{target} is empty: run `cargo run -p ringkv-fuzz --bin ringkv-fuzz-seeds`");
+    assert!(
+        !corpus.is_empty(),
+        "fuzz/corpus/{target} is empty: run `cargo run -p ringkv-fuzz --bin ringkv-fuzz-seeds`"
+    );
     for path in corpus.iter().chain(&files(&fuzz.join("regressions").join(target))) {
         let bytes = std::fs::read(path).expect("read a corpus file");
         let outcome = std::panic::catch_unwind(|| run(&bytes));
@@ -43,7 +46,17 @@ macro_rules! corpus_tests {
     };
 }
 
-corpus_tests!(wire_frame, wire_reply, gossip_open, gossip_keyring, wal_record, snapshot_record, recovery, config, certs);
+corpus_tests!(
+    wire_frame,
+    wire_reply,
+    gossip_open,
+    gossip_keyring,
+    wal_record,
+    snapshot_record,
+    recovery,
+    config,
+    certs
+);
 
 /// The seeds the generator makes are valid inputs that each target takes
 /// without a finding (a seed that is refused early teaches the fuzzer
