@@ -113,7 +113,7 @@ pub fn gossip_open(data: &[u8]) {
             check_sealed(&opened, key, index, count, other_cluster, body);
         }
         let Ok(fragment) = opened else { continue };
-        assert!(fragment.count >= 1 && fragment.count <= MAX_FRAGMENTS && fragment.index < fragment.count);
+        assert!((1..=MAX_FRAGMENTS).contains(&fragment.count) && fragment.index < fragment.count);
         assert!(fragment.payload.len() <= datagram.len());
         if let Some(message) = reassembly.insert(from, fragment, now) {
             assert!(message.len() <= MAX_DATAGRAM * MAX_FRAGMENTS as usize, "a message of {} bytes", message.len());
@@ -133,7 +133,7 @@ fn check_sealed(
 ) {
     let known = KEYS.iter().any(|k| k.0 == key.0);
     let right_key = KEYS.contains(&key);
-    let valid_numbers = count >= 1 && count <= MAX_FRAGMENTS && index < count;
+    let valid_numbers = (1..=MAX_FRAGMENTS).contains(&count) && index < count;
     match opened {
         Ok(fragment) => {
             assert!(right_key && valid_numbers && !other_cluster, "opened a datagram it must refuse");
