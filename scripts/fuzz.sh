@@ -33,7 +33,7 @@ for target in "${targets[@]}"; do
     cargo +nightly fuzz run --sanitizer none "$target" "work/$target" "corpus/$target" -- \
         -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 ||
         status=$?
-    grep -E '^(#[0-9]+ +DONE|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb))' "$log" || true
+    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb))' "$log" || true
     if [ "$status" -ne 0 ]; then
         tail -40 "$log" >&2
         echo "$target: finding in fuzz/artifacts/$target (log in fuzz/$log)" >&2
