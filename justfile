@@ -50,3 +50,9 @@ bench: build
 chaos seed="1" duration="120s":
     cargo build --release -p ringkv -p ringkv-chaos
     "${CARGO_TARGET_DIR:-target}/release/ringkv-chaos" --seed {{seed}} --duration {{duration}}
+
+# Every fuzz target for SECONDS each, one after the other (nightly;
+# installs cargo-fuzz if missing). Findings land in fuzz/artifacts/.
+# `cargo test -p ringkv-fuzz` replays the checked-in corpus on stable.
+fuzz seconds="60" *targets:
+    scripts/fuzz.sh {{seconds}} {{targets}}

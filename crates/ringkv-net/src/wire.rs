@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, Limits, Timestamp, Version, encoded_len};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::NetError;
 
@@ -126,6 +126,7 @@ pub enum Request {
     Session {
         seen: Timestamp,
         deadline: Option<Deadline>,
+        #[serde(deserialize_with = "nested")]
         request: Box<Request>,
     },
 }
@@ -194,7 +195,7 @@ pub enum ReplicaRequest {
     /// Several requests on one stream, run concurrently; answered with
     /// `Reply::Batch`, one response per request in the same order. Batches
     /// do not nest.
-    Batch(Vec<ReplicaRequest>),
+    Batch(#[serde(deserialize_with = "nested")] Vec<ReplicaRequest>),
     /// The node's hybrid logical clock, advanced: `clear` orders its
     /// epoch after every member's answer, so after every write any of them
     /// stamped or acknowledged before.
@@ -259,7 +260,7 @@ pub enum Reply {
     Members(Members),
     Status(Box<NodeStatus>),
     Explain(Explanation),
-    Batch(Vec<Response>),
+    Batch(#[serde(deserialize_with = "nested")] Vec<Response>),
     /// In a batch's reply, in place of the answer to a read that did not fit
     /// in the reply's frame: the read was not answered, and the sender asks
     /// again with the read alone, where any answer fits.
@@ -269,6 +270,7 @@ pub enum Reply {
     /// to carry forward.
     Session {
         clock: Timestamp,
+        #[serde(deserialize_with = "nested")]
         reply: Box<Reply>,
     },
     /// The answer to `ReplicaRequest::Clock`.
@@ -517,6 +519,55 @@ pub fn batch_budget(max_frame: usize) -> usize {
     max_frame.saturating_sub(BATCH_ENVELOPE).min(BATCH_TARGET)
 }
 
+/// How deep messages may wrap one another in a frame. Sessions and
+/// batches do not nest, so the protocol uses two levels (a session's reply
+/// around a batch at most); the limit only has to stop a hostile frame of
+/// sessions in sessions, or batches in batches, from recursing the decoder
+/// through a worker thread's stack, which aborts the whole node.
+pub const MAX_NESTING: u32 = 4;
+
+thread_local! {
+    /// Levels of [`nested`] being decoded on this thread. Decoding never
+    /// awaits, so a thread-local depth is the frame's depth.
+    static NESTING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Whether the last decode on this thread stopped at the limit: postcard
+    /// drops the text of a custom error, so [`decode`] names it from this.
+    static TOO_DEEP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn too_deep() -> String {
+    format!("messages nest more than {MAX_NESTING} deep (sessions and batches do not nest)")
+}
+
+/// One level of nesting, left when dropped (also on error and unwind).
+struct Nesting;
+
+impl Nesting {
+    fn enter<E: serde::de::Error>() -> Result<Nesting, E> {
+        NESTING.with(|depth| {
+            if depth.get() >= MAX_NESTING {
+                TOO_DEEP.with(|flag| flag.set(true));
+                return Err(E::custom(too_deep()));
+            }
+            depth.set(depth.get() + 1);
+            Ok(Nesting)
+        })
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        NESTING.with(|depth| depth.set(depth.get() - 1));
+    }
+}
+
+/// Decodes a message that wraps others (a session's request or reply, a
+/// batch), refusing to go deeper than [`MAX_NESTING`].
+fn nested<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    let _level = Nesting::enter::<D::Error>()?;
+    T::deserialize(deserializer)
+}
+
 /// Encodes a message as one frame.
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, NetError> {
     let mut buf = vec![0u8; FRAME_HEADER_LEN];
@@ -548,7 +599,11 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, NetError> {
     if version != PROTOCOL_VERSION {
         return Err(NetError::UnsupportedVersion { found: version, supported: PROTOCOL_VERSION });
     }
-    let (message, rest) = postcard::take_from_bytes(payload).map_err(|e| NetError::Malformed(e.to_string()))?;
+    TOO_DEEP.with(|flag| flag.set(false));
+    let (message, rest) = postcard::take_from_bytes(payload).map_err(|e| match TOO_DEEP.with(|flag| flag.get()) {
+        true => NetError::Malformed(too_deep()),
+        false => NetError::Malformed(e.to_string()),
+    })?;
     if !rest.is_empty() {
         return Err(NetError::Malformed(format!("{} trailing bytes after the message", rest.len())));
     }
@@ -649,6 +704,68 @@ mod tests {
         let reply: Response = Ok(Reply::Entries(many[..fit].to_vec()));
         let frame = encode(&reply).unwrap();
         assert!(frame.len() - 4 <= max_frame, "{} bytes over {max_frame}", frame.len() - 4);
+    }
+
+    /// A frame of `prefix`, then `depth` messages each wrapping the next
+    /// (`wrapper` is the postcard bytes before the inner message), then
+    /// `innermost`.
+    fn nested_frame(prefix: &[u8], wrapper: &[u8], depth: usize, innermost: &[u8]) -> Vec<u8> {
+        let mut body = PROTOCOL_VERSION.to_be_bytes().to_vec();
+        body.extend_from_slice(prefix);
+        for _ in 0..depth {
+            body.extend_from_slice(wrapper);
+        }
+        body.extend_from_slice(innermost);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend(body);
+        frame
+    }
+
+    /// Decodes on a thread with a tokio worker's stack (2 MiB), as a node
+    /// decodes every request and reply.
+    fn decode_on_worker_stack<T: DeserializeOwned + Send + 'static>(frame: Vec<u8>) -> Result<T, NetError> {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || decode_frame::<T>(&frame, usize::MAX))
+            .unwrap()
+            .join()
+            .expect("the decoder must not overflow its stack")
+    }
+
+    // Found with the wire_frame and wire_reply fuzz targets, which decode on
+    // a small stack (inputs in fuzz/regressions/wire_*/nested-*): a client
+    // could nest sessions (a peer batches, a node replies) until decoding
+    // overflowed the worker thread's stack, which aborts the whole node.
+    #[test]
+    fn deeply_nested_messages_are_refused_not_a_stack_overflow() {
+        // Request::Session { seen: 0, deadline: None, request: .. } around a Ping.
+        let err = decode_on_worker_stack::<Request>(nested_frame(&[], &[17, 0, 0], 200_000, &[0])).unwrap_err();
+        assert!(err.to_string().contains("nest"), "{err}");
+        // Request::Replica(Batch(vec![Batch(vec![..])])) around a Clock.
+        let err = decode_on_worker_stack::<Request>(nested_frame(&[9], &[8, 1], 200_000, &[9])).unwrap_err();
+        assert!(err.to_string().contains("nest"), "{err}");
+        // Ok(Reply::Session { clock: 0, reply: .. }) around Done, and
+        // Ok(Reply::Batch(vec![Ok(..)])) around Done.
+        let err = decode_on_worker_stack::<Response>(nested_frame(&[0], &[16, 0], 200_000, &[1])).unwrap_err();
+        assert!(err.to_string().contains("nest"), "{err}");
+        let err = decode_on_worker_stack::<Response>(nested_frame(&[0], &[14, 1, 0], 200_000, &[1])).unwrap_err();
+        assert!(err.to_string().contains("nest"), "{err}");
+
+        // What the protocol uses decodes: a session around a request, a
+        // batch of reads, and their replies.
+        let session = Request::Session {
+            seen: Timestamp(1),
+            deadline: None,
+            request: Box::new(Request::Get { key: Bytes::from("k"), consistency: Consistency::One }),
+        };
+        assert_eq!(decode_frame::<Request>(&encode(&session).unwrap(), 1024).unwrap(), session);
+        let batch = Request::Replica(ReplicaRequest::Batch(vec![ReplicaRequest::Clock, ReplicaRequest::Clock]));
+        assert_eq!(decode_frame::<Request>(&encode(&batch).unwrap(), 1024).unwrap(), batch);
+        let reply: Response = Ok(Reply::Session {
+            clock: Timestamp(2),
+            reply: Box::new(Reply::Batch(vec![Ok(Reply::Done), Err(KvError::EmptyKey)])),
+        });
+        assert_eq!(decode_frame::<Response>(&encode(&reply).unwrap(), 1024).unwrap(), reply);
     }
 
     #[test]

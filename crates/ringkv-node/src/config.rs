@@ -371,13 +371,18 @@ impl NodeConfig {
         {
             return bad("mailbox_capacity, sweep_budget, max_connections and replica_batch_max must be positive".into());
         }
+        // The intervals are timer periods (`tokio::time::interval` panics on
+        // zero, at start-up or whenever the task first runs).
         if self.sweep_interval.is_zero()
             || self.repair_interval.is_zero()
+            || self.gossip_interval.is_zero()
+            || self.hint_replay_interval.is_zero()
             || self.repair_bytes_per_sec == 0
             || self.transfer_bytes_per_sec == 0
         {
             return bad(
-                "sweep_interval, repair_interval, repair_bytes_per_sec and transfer_bytes_per_sec must be positive"
+                "sweep_interval, repair_interval, gossip_interval, hint_replay_interval, repair_bytes_per_sec and \
+                 transfer_bytes_per_sec must be positive"
                     .into(),
             );
         }
@@ -463,6 +468,19 @@ mod tests {
             ..NodeConfig::default()
         };
         assert_eq!(documented, expected);
+    }
+
+    // Found writing the config fuzz target's check that a validated
+    // configuration runs (inputs in fuzz/regressions/config/): these
+    // validated, and the node panicked when the gossip or hint replay timer
+    // started.
+    #[test]
+    fn zero_timer_periods_are_refused() {
+        for field in ["gossip_interval", "hint_replay_interval", "sweep_interval", "repair_interval"] {
+            let config = NodeConfig::from_toml(&format!("{field} = \"0ms\""), Path::new("node.toml")).unwrap();
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("must be positive"), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -51,8 +51,11 @@ pub(crate) fn check_header(h: &[u8; HEADER_LEN]) -> Result<u32, &'static str> {
     Ok(u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum SnapRecord {
+/// One record of a snapshot file. Public for the fuzz targets and tests
+/// that decode snapshot records from untrusted bytes; only
+/// [`SnapshotWriter`] writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapRecord {
     Chunk { partition: u16, entries: Vec<(Bytes, Entry)> },
     End { entries: u64, epoch: Epoch },
     Hints { target: String, entries: Vec<(u16, Bytes, Entry)> },
@@ -73,7 +76,8 @@ impl From<legacy::SnapRecord> for SnapRecord {
 }
 
 impl SnapRecord {
-    pub(crate) fn decode(payload: &[u8]) -> Result<SnapRecord, String> {
+    /// Decodes a record payload (format 2, or format 1 converted).
+    pub fn decode(payload: &[u8]) -> Result<SnapRecord, String> {
         match payload.split_first() {
             Some((&RECORD_FORMAT, body)) => postcard::from_bytes(body).map_err(|e| format!("undecodable record: {e}")),
             Some((&legacy::FORMAT, body)) => legacy::decode::<legacy::SnapRecord>(body).map(SnapRecord::from),
@@ -82,7 +86,8 @@ impl SnapRecord {
         }
     }
 
-    fn encode(&self) -> Result<Vec<u8>, StorageError> {
+    /// The framed bytes of this record, as a snapshot file holds them.
+    pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
         let payload = postcard::to_extend(self, vec![RECORD_FORMAT])
             .map_err(|e| StorageError::Encode { what: "snapshot record", reason: e.to_string() })?;
         let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
