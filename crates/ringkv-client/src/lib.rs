@@ -273,6 +273,16 @@ impl Client {
         route
     }
 
+    /// Moves `addr` to the back of routes for a while and makes the next
+    /// request refresh the view of the cluster, from another node: whatever
+    /// we knew may be out of date.
+    fn distrust(&self, addr: SocketAddr) {
+        self.suspect(addr, true);
+        if let Some(view) = self.view.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            view.fetched = Instant::now() - self.refresh;
+        }
+    }
+
     fn suspect(&self, addr: SocketAddr, failed: bool) {
         let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
         if failed {
@@ -370,6 +380,9 @@ impl Client {
                 // on the other side of a partition may well succeed.
                 Ok(Err(e)) if e.worth_another_node() => {
                     tracing::debug!(node = %addr, error = %e, "the node could not serve; trying another node");
+                    // Its view of the cluster (which ours may come from)
+                    // is likely as cut off as it is.
+                    self.distrust(addr);
                     last = e;
                 }
                 Ok(Ok(Reply::Session { clock, reply })) => {
@@ -383,12 +396,8 @@ impl Client {
                 }
                 Err(e) => {
                     tracing::debug!(node = %addr, error = %e, "request failed, trying another node");
-                    self.suspect(addr, true);
+                    self.distrust(addr);
                     last = e.into();
-                    // Whatever we knew about the cluster may be out of date.
-                    if let Some(view) = self.view.write().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                        view.fetched = Instant::now() - self.refresh;
-                    }
                 }
             }
         }
