@@ -481,8 +481,16 @@ impl Node {
         c: Consistency,
         deadline: Option<Deadline>,
     ) -> Result<bool, KvError> {
+        // A conflict on one replica does not undo the write on the others:
+        // the next attempt may read back what the last one wrote, which
+        // means it was applied (a persist that then found no expiry left
+        // answered "not applied" for a key it had just made persistent).
+        let mut written: Option<Version> = None;
         for _ in 0..RMW_ATTEMPTS {
             let Some((current, _)) = self.read_live(&key, c).await? else { return Ok(false) };
+            if written == Some(current.version) {
+                return Ok(true);
+            }
             if ttl.is_none() && current.expires_at.is_none() {
                 return Ok(false);
             }
@@ -492,6 +500,7 @@ impl Node {
             let version = current.version.touched(self.inner.stamp(now));
             self.check_deadline(deadline)?;
             let entry = Entry { version, value: current.value, expires_at };
+            written = Some(version);
             let operation = if ttl.is_some() { "expire" } else { "persist" };
             if let Written::Done { .. } =
                 self.replicate(operation, key.clone(), entry, Some(current.version), c).await?
