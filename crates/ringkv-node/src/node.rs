@@ -668,20 +668,13 @@ async fn member_keeper(node: Node) {
         let topo = inner.topology();
         topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring())
     };
-    // Checked every second, so a new member is recorded within a second of
-    // entering the ring; written only every `period` after that, precise
-    // enough to compare with the grace period.
+    // Precise enough to compare with the grace period, without a file write
+    // every second.
     let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let period_ms = period.as_millis() as u64;
-    let written: Mutex<Option<u64>> = Mutex::new(None);
-    every(&node, Duration::from_secs(1), || {
-        let mut written = written.lock().unwrap_or_else(|e| e.into_inner());
-        let now = inner.now_ms();
-        if in_ring() && written.is_none_or(|at| now.saturating_sub(at) >= period_ms) {
-            file.touch(now);
-            *written = Some(now);
+    every(&node, period, || async {
+        if in_ring() {
+            file.touch(inner.now_ms());
         }
-        std::future::ready(())
     })
     .await;
     if in_ring() {
