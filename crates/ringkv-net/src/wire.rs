@@ -203,6 +203,23 @@ pub enum ReplicaRequest {
 }
 
 impl Request {
+    /// A client's data operation (not a session around one): what any
+    /// certificate may send, and what a node serves only from a standing
+    /// it can trust.
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            Request::Put { .. }
+                | Request::Get { .. }
+                | Request::Delete { .. }
+                | Request::Exists { .. }
+                | Request::Ttl { .. }
+                | Request::Expire { .. }
+                | Request::Persist { .. }
+                | Request::Clear
+        )
+    }
+
     /// Name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

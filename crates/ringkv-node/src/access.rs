@@ -28,6 +28,8 @@ pub(crate) enum Needs {
 
 impl Needs {
     pub(crate) fn of(request: &Request) -> Needs {
+        // Exhaustive on purpose: a new kind of request must be given a role
+        // here (data requests are the ones `Request::is_data` names).
         match request {
             Request::Ping
             | Request::Put { .. }

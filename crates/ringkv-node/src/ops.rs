@@ -732,19 +732,7 @@ impl Node {
         }
         // Requests that read or change data wait for a standing this node can
         // trust; those that only describe the node (status, explain) do not.
-        let acts_on_data = matches!(
-            request,
-            Request::Put { .. }
-                | Request::Get { .. }
-                | Request::Delete { .. }
-                | Request::Exists { .. }
-                | Request::Ttl { .. }
-                | Request::Expire { .. }
-                | Request::Persist { .. }
-                | Request::Clear
-                | Request::Replica(_)
-        );
-        if acts_on_data {
+        if request.is_data() || matches!(request, Request::Replica(_)) {
             inner.standing()?;
         }
         match request {
