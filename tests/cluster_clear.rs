@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -191,11 +191,13 @@ async fn clear_reaches_every_partition_while_their_mailboxes_are_full() {
     cluster.wait_serving(0, 1, Duration::from_secs(20)).await;
     let client = cluster.client();
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let writers: Vec<_> = (0..32)
         .map(|w| {
             let client = client.clone();
             let stop = stop.clone();
+            let acks = acks.clone();
             tokio::spawn(async move {
                 // (key, invoked, completed) of every acknowledged put.
                 let mut acked = Vec::new();
@@ -206,18 +208,30 @@ async fn clear_reaches_every_partition_while_their_mailboxes_are_full() {
                     let invoked = started.elapsed();
                     if client.put(key.clone(), "v").await.is_ok() {
                         acked.push((key, invoked, started.elapsed()));
+                        acks.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 acked
             })
         })
         .collect();
-    // Let the writers fill the mailboxes first.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writers fill the mailboxes first, and go on after the clear.
+    let acked_at_least = |n: usize| {
+        let acks = acks.clone();
+        async move {
+            common::wait_for(&format!("{n} acknowledged writes"), Duration::from_secs(30), || {
+                let done = acks.load(Ordering::Relaxed) >= n;
+                async move { done.then_some(()) }
+            })
+            .await
+        }
+    };
+    acked_at_least(2_000).await;
     let clear_invoked = started.elapsed();
     client.clear().await.expect("clear while the partitions are busy");
     let clear_completed = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_clear = acks.load(Ordering::Relaxed) + 2_000;
+    acked_at_least(after_clear).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {
