@@ -4,6 +4,7 @@
 //! the request has succeeded, failed, or must keep waiting; read resolution
 //! picks the newest answer and names the replicas that need repair.
 
+use crate::ring::NodeName;
 use crate::{Entry, KvError, ReplicaFailure};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,32 +15,44 @@ pub enum Progress {
     Failed,
 }
 
+/// Counts the answers of a request's replicas, which the caller numbers by
+/// their place in its list of them. Nothing is allocated until a replica
+/// fails: the common path of a request is a handful of answers, and this
+/// runs once per client request.
 #[derive(Debug, Clone)]
 pub struct QuorumTracker {
     operation: &'static str,
     needed: usize,
     replicas: usize,
-    answered: Vec<String>,
-    failed: Vec<ReplicaFailure>,
+    /// Bit `i` set: replica `i` answered.
+    answered: u64,
+    failed: Vec<(usize, String)>,
 }
 
 impl QuorumTracker {
+    /// The most replicas one request can count (a request asks at most the
+    /// replication factor's replicas, which configuration caps far lower).
+    pub const MAX_REPLICAS: usize = 64;
+
     pub fn new(operation: &'static str, needed: usize, replicas: usize) -> QuorumTracker {
-        QuorumTracker { operation, needed, replicas, answered: Vec::new(), failed: Vec::new() }
+        assert!(replicas <= Self::MAX_REPLICAS, "{replicas} replicas, at most {} are counted", Self::MAX_REPLICAS);
+        QuorumTracker { operation, needed, replicas, answered: 0, failed: Vec::new() }
     }
 
-    pub fn ok(&mut self, node: &str) -> Progress {
-        self.answered.push(node.to_string());
+    /// Replica `i` answered.
+    pub fn ok(&mut self, i: usize) -> Progress {
+        self.answered |= 1 << i;
         self.progress()
     }
 
-    pub fn fail(&mut self, node: &str, reason: impl Into<String>) -> Progress {
-        self.failed.push(ReplicaFailure { node: node.to_string(), reason: reason.into() });
+    /// Replica `i` failed.
+    pub fn fail(&mut self, i: usize, reason: impl Into<String>) -> Progress {
+        self.failed.push((i, reason.into()));
         self.progress()
     }
 
     pub fn progress(&self) -> Progress {
-        if self.answered.len() >= self.needed {
+        if self.answered.count_ones() as usize >= self.needed {
             Progress::Succeeded
         } else if self.replicas - self.failed.len() < self.needed {
             Progress::Failed
@@ -48,21 +61,25 @@ impl QuorumTracker {
         }
     }
 
-    pub fn answered(&self) -> &[String] {
-        &self.answered
-    }
-
-    /// The error to report when the quorum was not reached; replicas that
-    /// neither answered nor failed are reported as not answering in time.
-    pub fn error(&self, pending_reason: &str, pending: impl IntoIterator<Item = String>) -> KvError {
-        let mut failed = self.failed.clone();
-        failed.extend(pending.into_iter().map(|node| ReplicaFailure { node, reason: pending_reason.to_string() }));
+    /// The error to report when the quorum was not reached, naming replica
+    /// `i` as `names[i]`; replicas that neither answered nor failed are
+    /// reported as failing for `pending_reason`.
+    pub fn error(&self, names: &[NodeName], pending_reason: &str) -> KvError {
+        let name = |i: usize| names.get(i).map_or_else(|| format!("replica {i}"), |n| n.to_string());
+        let answered: Vec<String> = (0..self.replicas).filter(|i| self.answered & (1 << i) != 0).map(name).collect();
+        let mut failed: Vec<ReplicaFailure> =
+            self.failed.iter().map(|(i, reason)| ReplicaFailure { node: name(*i), reason: reason.clone() }).collect();
+        failed.extend(
+            (0..self.replicas)
+                .filter(|i| self.answered & (1 << i) == 0 && !self.failed.iter().any(|(f, _)| f == i))
+                .map(|i| ReplicaFailure { node: name(i), reason: pending_reason.to_string() }),
+        );
         KvError::Quorum {
             operation: self.operation.to_string(),
             needed: self.needed,
             replicas: self.replicas,
-            acked: self.answered.len(),
-            answered: self.answered.clone(),
+            acked: answered.len(),
+            answered,
             failed,
         }
     }
@@ -99,18 +116,32 @@ mod tests {
     #[test]
     fn succeeds_at_quorum_and_fails_when_unreachable() {
         let mut q = QuorumTracker::new("put", 2, 3);
-        assert_eq!(q.ok("a"), Progress::Pending);
-        assert_eq!(q.fail("b", "down"), Progress::Pending);
-        assert_eq!(q.ok("c"), Progress::Succeeded);
+        assert_eq!(q.ok(0), Progress::Pending);
+        assert_eq!(q.fail(1, "down"), Progress::Pending);
+        assert_eq!(q.ok(2), Progress::Succeeded);
 
+        let names: Vec<NodeName> = ["a", "b", "c"].into_iter().map(NodeName::from).collect();
         let mut q = QuorumTracker::new("put", 2, 3);
-        assert_eq!(q.fail("a", "down"), Progress::Pending);
-        assert_eq!(q.fail("b", "timeout"), Progress::Failed);
-        match q.error("no answer", ["c".to_string()]) {
-            KvError::Quorum { needed, acked, failed, .. } => {
+        assert_eq!(q.fail(1, "down"), Progress::Pending);
+        assert_eq!(q.fail(0, "timeout"), Progress::Failed);
+        match q.error(&names, "no answer") {
+            KvError::Quorum { needed, acked, answered, failed, .. } => {
                 assert_eq!((needed, acked), (2, 0));
+                assert!(answered.is_empty());
+                let failed: Vec<_> = failed.iter().map(|f| (f.node.as_str(), f.reason.as_str())).collect();
+                assert_eq!(failed, [("b", "down"), ("a", "timeout"), ("c", "no answer")]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let mut q = QuorumTracker::new("put", 3, 3);
+        q.ok(2);
+        assert_eq!(q.fail(0, "down"), Progress::Failed);
+        match q.error(&names, "no answer") {
+            KvError::Quorum { acked, answered, failed, .. } => {
+                assert_eq!((acked, answered), (1, vec!["c".to_string()]));
                 let nodes: Vec<_> = failed.iter().map(|f| f.node.as_str()).collect();
-                assert_eq!(nodes, ["a", "b", "c"]);
+                assert_eq!(nodes, ["a", "b"]);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
 use ringkv_core::{
@@ -16,7 +18,6 @@ use ringkv_core::{
 use ringkv_net::wire::{self, Explanation, NodeStatus, ReplicaRequest, ReplicaView, Reply, Request, Response};
 use ringkv_net::{Handler, Peer};
 use ringkv_storage::settle;
-use tokio::sync::mpsc;
 
 use crate::access;
 use crate::hints::HintsMsg;
@@ -265,61 +266,67 @@ impl Node {
                 });
             }
         }
-        let (tx, mut rx) = mpsc::channel(targets.len());
-        for target in &targets {
-            let (node, topo, tx, key, entry) = (self.clone(), topo.clone(), tx.clone(), key.clone(), entry.clone());
-            let target = target.clone();
-            tokio::spawn(async move {
-                let request = ReplicaRequest::Apply {
-                    partition: partition.0,
-                    key: key.clone(),
-                    entry: entry.clone(),
-                    condition,
-                    hint_for: target.hint_for.as_ref().map(|n| n.to_string()),
-                };
-                let result = node.on_replica(&topo, &target.node, request).await;
-                // A replica we believed up did not take the write: keep it
-                // for that replica as a hint, so it catches up when it can.
-                // Safe even for a conditional write that lost its race: a
-                // rewrite never outranks a newer write.
-                if let Err(e) = &result
-                    && target.hint_for.is_none()
-                    && !topo.is_self(&target.node)
-                {
-                    tracing::debug!(replica = %target.node, error = %e, "replica write failed; keeping a hint");
-                    node.store_hint(target.node.clone(), partition, key, entry).await;
+        // The replica calls run inside this task until the quorum is met
+        // (no task per replica), and whatever is left runs on in a task of
+        // its own so that slow replicas still get the write, or a hint.
+        let names: Vec<NodeName> = targets.iter().map(|t| t.node.clone()).collect();
+        let mut calls: FuturesUnordered<_> = targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, target)| {
+                let (node, topo, key, entry) = (self.clone(), topo.clone(), key.clone(), entry.clone());
+                async move {
+                    let request = ReplicaRequest::Apply {
+                        partition: partition.0,
+                        key: key.clone(),
+                        entry: entry.clone(),
+                        condition,
+                        hint_for: target.hint_for.as_ref().map(|n| n.to_string()),
+                    };
+                    let result = node.on_replica(&topo, &target.node, request).await;
+                    // A replica we believed up did not take the write: keep
+                    // it for that replica as a hint, so it catches up when it
+                    // can. Safe even for a conditional write that lost its
+                    // race: a rewrite never outranks a newer write.
+                    if let Err(e) = &result
+                        && target.hint_for.is_none()
+                        && !topo.is_self(&target.node)
+                    {
+                        tracing::debug!(replica = %target.node, error = %e, "replica write failed; keeping a hint");
+                        node.store_hint(target.node, partition, key, entry).await;
+                    }
+                    (i, result)
                 }
-                let _ = tx.send((target.node, result)).await;
-            });
-        }
-        drop(tx);
-        let mut tracker = QuorumTracker::new(operation, needed, targets.len());
-        let mut pending: Vec<String> = targets.iter().map(|t| t.node.to_string()).collect();
+            })
+            .collect();
+        let mut tracker = QuorumTracker::new(operation, needed, calls.len());
         let (mut was_live, mut conflict) = (false, false);
-        while let Some((node, result)) = rx.recv().await {
-            pending.retain(|n| *n != *node);
+        while let Some((i, result)) = calls.next().await {
             let progress = match result {
                 Ok(Reply::Applied { was_live: w }) => {
                     was_live |= w;
-                    tracker.ok(&node)
+                    tracker.ok(i)
                 }
                 Ok(Reply::Conflict) => {
                     conflict = true;
-                    tracker.fail(&node, "a newer write is stored")
+                    tracker.fail(i, "a newer write is stored")
                 }
-                Ok(other) => tracker.fail(&node, format!("unexpected reply {other:?}")),
-                Err(e) => tracker.fail(&node, e.to_string()),
+                Ok(other) => tracker.fail(i, format!("unexpected reply {other:?}")),
+                Err(e) => tracker.fail(i, e.to_string()),
             };
             if progress != Progress::Pending {
                 break;
             }
+        }
+        if !calls.is_empty() {
+            tokio::spawn(async move { while calls.next().await.is_some() {} });
         }
         if conflict {
             return Ok(Written::Conflict);
         }
         match tracker.progress() {
             Progress::Succeeded => Ok(Written::Done { was_live }),
-            _ => Err(tracker.error("no answer", pending)),
+            _ => Err(tracker.error(&names, "no answer")),
         }
     }
 
@@ -334,54 +341,55 @@ impl Node {
         if up.len() < needed {
             return Err(self.unavailable("read", &topo, partition, needed));
         }
-        let (tx, mut rx) = mpsc::channel(up.len());
-        for node_name in &up {
-            let (node, topo, tx, key, node_name) =
-                (self.clone(), topo.clone(), tx.clone(), key.clone(), node_name.clone());
-            tokio::spawn(async move {
-                let result =
-                    node.on_replica(&topo, &node_name, ReplicaRequest::Read { partition: partition.0, key }).await;
-                let _ = tx.send((node_name, result)).await;
-            });
-        }
-        drop(tx);
+        // As for writes: the calls run in this task until the quorum is
+        // met, and late answers are awaited in the background (they count
+        // for read repair: a replica that was slow may be stale).
+        let mut calls: FuturesUnordered<_> =
+            up.iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let (node, topo, name, key) = (self.clone(), topo.clone(), name.clone(), key.clone());
+                    async move {
+                        (i, node.on_replica(&topo, &name, ReplicaRequest::Read { partition: partition.0, key }).await)
+                    }
+                })
+                .collect();
         let mut tracker = QuorumTracker::new("read", needed, up.len());
-        let mut answers: Vec<(String, Option<Entry>)> = Vec::new();
-        let mut pending: Vec<String> = up.iter().map(|n| n.to_string()).collect();
-        while let Some((node, result)) = rx.recv().await {
-            pending.retain(|n| *n != *node);
+        let mut answers: Vec<(String, Option<Entry>)> = Vec::with_capacity(up.len());
+        while let Some((i, result)) = calls.next().await {
             let progress = match result {
                 Ok(Reply::Entry(entry)) => {
-                    answers.push((node.to_string(), entry));
-                    tracker.ok(&node)
+                    answers.push((up[i].to_string(), entry));
+                    tracker.ok(i)
                 }
-                Ok(other) => tracker.fail(&node, format!("unexpected reply {other:?}")),
-                Err(e) => tracker.fail(&node, e.to_string()),
+                Ok(other) => tracker.fail(i, format!("unexpected reply {other:?}")),
+                Err(e) => tracker.fail(i, e.to_string()),
             };
             if progress != Progress::Pending {
                 break;
             }
         }
         if tracker.progress() != Progress::Succeeded {
-            return Err(tracker.error("no answer", pending));
+            return Err(tracker.error(&up, "no answer"));
         }
-        let newest = resolve_read(&answers).newest;
-        if let Some(entry) = &newest {
+        let resolution = resolve_read(&answers);
+        if let Some(entry) = &resolution.newest {
             // What this node answers with, its clock now covers: a client's
             // session (and this node's next write) orders after it.
             let _ = self.inner.hlc.observe(entry.version.newest_ts(), self.inner.now_ms());
         }
-        let (node, key) = (self.clone(), key.clone());
-        tokio::spawn(async move {
-            // Late answers count too: a replica that was slow may be stale.
-            while let Some((name, result)) = rx.recv().await {
-                if let Ok(Reply::Entry(entry)) = result {
-                    answers.push((name.to_string(), entry));
+        if !calls.is_empty() || !resolution.stale.is_empty() {
+            let (node, key) = (self.clone(), key.clone());
+            tokio::spawn(async move {
+                while let Some((i, result)) = calls.next().await {
+                    if let Ok(Reply::Entry(entry)) = result {
+                        answers.push((up[i].to_string(), entry));
+                    }
                 }
-            }
-            node.read_repair(&topo, partition, key, &answers).await;
-        });
-        Ok(newest)
+                node.read_repair(&topo, partition, key, &answers).await;
+            });
+        }
+        Ok(resolution.newest)
     }
 
     async fn read_repair(
@@ -755,7 +763,10 @@ impl Node {
             Request::Persist { key, consistency } => {
                 self.set_expiry(key, None, consistency, deadline).await.map(Reply::Flag)
             }
-            Request::Clear => self.clear().await.map(|()| Reply::Done),
+            // Rare requests with large futures are boxed, so that every
+            // request's future (moved whole when its task is spawned) stays
+            // the size of the common ones.
+            Request::Clear => Box::pin(self.clear()).await.map(|()| Reply::Done),
             Request::Replica(replica) => {
                 if inner.config.fault_injection && inner.faults.blocks(peer.addr) {
                     return Err(KvError::Unavailable(format!("link from {} cut by fault injection", peer.addr)));
@@ -769,8 +780,8 @@ impl Node {
                 self.local_replica(replica).await
             }
             Request::Members => Ok(Reply::Members(inner.topology().to_wire())),
-            Request::Status => self.status().await.map(|s| Reply::Status(Box::new(s))),
-            Request::Leave => self.begin_leave().await.map(|()| Reply::Done),
+            Request::Status => Box::pin(self.status()).await.map(|s| Reply::Status(Box::new(s))),
+            Request::Leave => Box::pin(self.begin_leave()).await.map(|()| Reply::Done),
             Request::Fault { blocked } => {
                 self.check_fault_injection()?;
                 tracing::warn!(?blocked, "fault injection: traffic with these addresses is dropped");
@@ -790,7 +801,7 @@ impl Node {
                 let _ = self.partition(partition)?.call(|reply| PartitionMsg::Fail { reply }).await;
                 Ok(Reply::Done)
             }
-            Request::Explain { key } => self.explain(key).await.map(Reply::Explain),
+            Request::Explain { key } => Box::pin(self.explain(key)).await.map(Reply::Explain),
         }
     }
 }
