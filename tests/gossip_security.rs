@@ -94,6 +94,71 @@ async fn a_stranger_with_its_own_keys_and_the_cluster_id_is_refused_and_cannot_c
     assert_eq!(names, ["stranger"]);
 }
 
+/// Issue 9, item 2: the gossip key alone does not make a member. Two
+/// strangers hold the victims' gossip key and cluster id but only node
+/// certificates of their own CA: one announces a new node id, the other
+/// the id of a victim (`n2`) under a newer generation. Both cleared their
+/// own data first, so they gossip a truncate epoch above every write. No
+/// victim places either, nor believes the epoch; the new id is listed as
+/// unproven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_key_holders_without_a_member_certificate_are_never_placed_and_cannot_clear() {
+    let cluster = Cluster::start_serving(3, &[]).await;
+    let client = cluster.client();
+    for i in 0..50 {
+        client.put(key(i), format!("value-{i}")).await.unwrap();
+    }
+    let victims: Vec<SocketAddr> = cluster.addrs();
+    let epoch_before = client.status_of(victims[0]).await.unwrap().epoch;
+
+    let stranger_certs = Certs::new();
+    std::fs::copy(cluster.certs.path().join("gossip.key"), stranger_certs.path().join("gossip.key")).unwrap();
+    let mut strangers = Vec::new();
+    for id in ["intruder", "n2"] {
+        let mut spec = NodeSpec::new(id, &cluster.data.path().join(format!("stranger-{id}")), stranger_certs.path());
+        let mut stranger = spec.start();
+        stranger_certs.client(vec![stranger.addr]).clear().await.unwrap();
+        stop(&mut stranger);
+        spec.gossip = Some("127.0.0.1:0".parse().unwrap());
+        spec.seeds = cluster.nodes.iter().filter_map(|n| n.spec.gossip).collect();
+        strangers.push(spec.start());
+    }
+
+    // Every victim hears the intruder (its datagrams open) and lists it as
+    // unproven, never as a member.
+    wait_for("every victim to list the intruder as unproven", Duration::from_secs(60), || {
+        let client = client.clone();
+        let victims = victims.clone();
+        async move {
+            let mut all = true;
+            for addr in victims {
+                let status = client.status_of(addr).await.ok()?;
+                all &= status.gossip?.unproven.contains(&"intruder".to_string());
+            }
+            all.then_some(())
+        }
+    })
+    .await;
+    // A few more gossip rounds for anything that would follow.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for addr in &victims {
+        let members = client.members_of(*addr).await.unwrap();
+        let names: Vec<&str> = members.members.iter().map(|m| m.node_id.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n3"], "as {addr} sees it");
+        assert!(
+            members.members.iter().all(|m| victims.contains(&m.addr)),
+            "{addr} places a member at a stranger's address: {members:?}"
+        );
+        let status = client.status_of(*addr).await.unwrap();
+        assert_eq!(status.epoch, epoch_before, "{addr} applied a stranger's truncate epoch");
+    }
+    let all = client.with_consistency(Consistency::All);
+    for i in 0..50 {
+        assert_eq!(all.get(key(i)).await.unwrap().as_deref(), Some(format!("value-{i}").as_bytes()), "{}", key(i));
+    }
+    drop(strangers);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clustered_node_without_a_gossip_key_refuses_to_start_and_says_how_to_make_one() {
     let certs = Certs::new();

@@ -289,6 +289,13 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
         let accepts =
             if g.accepted_keys.is_empty() { String::new() } else { format!(", accepts {}", g.accepted_keys.join(" ")) };
         println!("  {node:<12} seals with {}{accepts}; refused {}", g.primary_key, g.rejected);
+        if !g.unproven.is_empty() {
+            println!(
+                "  {:<12} unproven (gossiped, but no certificate names them; not placed): {}",
+                "",
+                g.unproven.join(" ")
+            );
+        }
     }
     Ok(ExitCode::from(if unhealthy { NOT_FOUND } else { FOUND }))
 }

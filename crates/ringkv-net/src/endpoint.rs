@@ -199,7 +199,16 @@ pub struct Connector {
     max_frame_bytes: usize,
     connect_timeout: Duration,
     connections: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    /// Reads the role of the peer of a connection, for [`Connector::call_node`].
+    node_check: Option<NodeCheck>,
+    /// The role of the peer of the connection to each address: (the
+    /// connection's stable id, role), computed once per connection.
+    roles: Mutex<HashMap<SocketAddr, (usize, Role)>>,
 }
+
+/// Which peers [`Connector::call_node`] may send to: the node ids it
+/// accepts at that address.
+pub type NodeNames<'a> = &'a (dyn Fn(&str) -> bool + Sync);
 
 impl Connector {
     pub fn new(endpoint: Endpoint, max_frame_bytes: usize) -> Connector {
@@ -208,7 +217,45 @@ impl Connector {
             max_frame_bytes,
             connect_timeout: Duration::from_secs(2),
             connections: Mutex::new(HashMap::new()),
+            node_check: None,
+            roles: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets [`Connector::call_node`] check whom it is talking to.
+    pub fn with_node_check(mut self, check: NodeCheck) -> Connector {
+        self.node_check = Some(check);
+        self
+    }
+
+    /// Sends one request to a node: refused before anything is sent unless
+    /// the certificate at `addr` is a node certificate naming a node id
+    /// `accept` takes (with [`Connector::with_node_check`]; without, no
+    /// check).
+    pub async fn call_node(
+        &self,
+        addr: SocketAddr,
+        accept: NodeNames<'_>,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        let frame = wire::encode(request)?;
+        let (body, _) = self.exchange_checked(addr, Some(accept), &frame, timeout).await?;
+        wire::decode_frame::<Response>(&body, self.max_frame_bytes)
+    }
+
+    /// The role of the peer of `connection` (to `addr`), cached per
+    /// connection.
+    fn role_of(&self, addr: SocketAddr, connection: &Connection, check: &NodeCheck) -> Role {
+        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, role)) = roles.get(&addr)
+            && *id == connection.stable_id()
+        {
+            return role.clone();
+        }
+        let role = check.role(connection.peer_identity());
+        roles.insert(addr, (connection.stable_id(), role.clone()));
+        role
     }
 
     /// A handshake that takes longer than this fails: a node that does not
@@ -232,6 +279,41 @@ impl Connector {
     /// Sends raw frame bytes and waits at most `timeout` for the reply.
     /// Public so that tests can send what a broken or hostile client would.
     pub async fn call_frame(&self, addr: SocketAddr, frame: &[u8], timeout: Duration) -> Result<Response, NetError> {
+        let (body, _) = self.exchange_frame(addr, frame, timeout).await?;
+        wire::decode_frame::<Response>(&body, self.max_frame_bytes)
+    }
+
+    /// Sends one request and returns its response with the verified
+    /// certificate chain of the peer that answered it (quinn's
+    /// `peer_identity()`, for [`crate::tls::NodeCheck::role`]): the
+    /// process that answered holds that certificate's key.
+    pub async fn call_identified(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(Response, Option<Box<dyn std::any::Any>>), NetError> {
+        let frame = wire::encode(request)?;
+        let (body, connection) = self.exchange_frame(addr, &frame, timeout).await?;
+        Ok((wire::decode_frame::<Response>(&body, self.max_frame_bytes)?, connection.peer_identity()))
+    }
+
+    async fn exchange_frame(
+        &self,
+        addr: SocketAddr,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Connection), NetError> {
+        self.exchange_checked(addr, None, frame, timeout).await
+    }
+
+    async fn exchange_checked(
+        &self,
+        addr: SocketAddr,
+        accept: Option<NodeNames<'_>>,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Connection), NetError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || NetError::Timeout { addr, ms: timeout.as_millis() as u64 };
         // A cached connection may have died since its last use (peer
@@ -240,6 +322,17 @@ impl Connector {
         for attempt in 0..2 {
             let connection =
                 tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| timed_out())??;
+            if let (Some(accept), Some(check)) = (accept, &self.node_check) {
+                match self.role_of(addr, &connection, check) {
+                    Role::Node(id) if accept(&id) => {}
+                    role => {
+                        return Err(NetError::Connect {
+                            addr,
+                            reason: format!("it presented {}, not the node expected there", role.describe()),
+                        });
+                    }
+                }
+            }
             match tokio::time::timeout_at(deadline, exchange(&connection, frame, self.max_frame_bytes)).await {
                 Err(_) => {
                     // A peer that was killed never closes its connections;
@@ -257,7 +350,7 @@ impl Connector {
                     return Err(NetError::Connection { addr, reason });
                 }
                 Ok(Err(Exchange::Frame(e))) => return Err(e),
-                Ok(Ok(body)) => return wire::decode_frame::<Response>(&body, self.max_frame_bytes),
+                Ok(Ok(body)) => return Ok((body, connection)),
             }
         }
         unreachable!("the loop returns on its second attempt")

@@ -129,6 +129,12 @@ pub enum Request {
         #[serde(deserialize_with = "nested")]
         request: Box<Request>,
     },
+    /// What this node gossips of itself (its generation, address, status,
+    /// epoch, partition count, fences), asked over mutual TLS by a member
+    /// that checks the certificate names the node id before it believes
+    /// the same from gossip (ARCHITECTURE.md, *Membership bound to
+    /// certificates*).
+    Claim,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +255,7 @@ impl Request {
             Request::Fault { .. } => "fault",
             Request::Crash { .. } => "crash",
             Request::Skew { .. } => "skew",
+            Request::Claim => "claim",
             Request::Session { request, .. } => request.kind(),
         }
     }
@@ -292,6 +299,28 @@ pub enum Reply {
     },
     /// The answer to `ReplicaRequest::Clock`.
     Clock(Timestamp),
+    /// The answer to `Request::Claim`: the node's own claim first, then
+    /// the claims of the other members it has proven (it vouches for them,
+    /// so that a member that is down now is still known by its last proven
+    /// state).
+    Claim(Vec<MemberClaim>),
+}
+
+/// What a clustered node gossips of itself, as it says so over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberClaim {
+    pub node_id: String,
+    /// The chitchat generation of this run.
+    pub generation: u64,
+    /// The QUIC address it advertises.
+    pub addr: SocketAddr,
+    pub partitions: u16,
+    pub status: MemberStatus,
+    pub epoch: Epoch,
+    /// The members it fences.
+    pub fences: Vec<String>,
+    /// Wall-clock ms it was last alive before this start (0: none).
+    pub alive_before: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +427,9 @@ pub struct GossipStatus {
     /// Datagrams refused since start: not sealed under a key of the
     /// keyring, altered, of an unknown format, or another cluster's.
     pub rejected: u64,
+    /// Node ids gossiped by key holders but not proven by a certificate
+    /// naming them: listed here, never placed in the ring.
+    pub unproven: Vec<String>,
 }
 
 /// Replica writes and reads this node sent to peers as coordinator, since

@@ -173,3 +173,30 @@ async fn nodes_may_send_frames_over_the_client_limit_and_clients_may_not() {
         other => panic!("expected a protocol error, got {other:?}"),
     }
 }
+
+/// The node → peer direction of membership bound to certificates: a node
+/// sends to a member's address only if the certificate there names that
+/// member; `call_identified` hands the prover the certificate that answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_sends_only_to_the_node_its_peer_certificate_names() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &["n1".into(), "n2".into()], &[]).unwrap();
+    let (addr, _stop) = start_server(dir.path()).await;
+    let paths = TlsPaths::node_in(dir.path(), "n2");
+    let check = NodeCheck::new(&Identity::load(&paths).unwrap()).unwrap();
+    let n2 = connector(&paths).with_node_check(check.clone());
+    let t = Duration::from_secs(5);
+
+    let refused = n2.call_node(addr, &|id| id == "n3", &get("a"), t).await;
+    match refused {
+        Err(NetError::Connect { reason, .. }) => {
+            assert!(reason.contains("the node certificate of n1"), "{reason}")
+        }
+        other => panic!("sent to the wrong node: {other:?}"),
+    }
+    let sent = n2.call_node(addr, &|id| id == "n1", &get("a"), t).await.unwrap();
+    assert_eq!(sent, Ok(Reply::Value(Some(Bytes::from("a")))));
+
+    let (_, identity) = n2.call_identified(addr, &Request::Ping, t).await.unwrap();
+    assert_eq!(check.role(identity), ringkv_net::tls::Role::Node("n1".into()));
+}

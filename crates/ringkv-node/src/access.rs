@@ -42,7 +42,8 @@ impl Needs {
             | Request::Clear
             | Request::Members
             | Request::Status
-            | Request::Explain { .. } => Needs::Any,
+            | Request::Explain { .. }
+            | Request::Claim => Needs::Any,
             Request::Replica(_) => Needs::Member,
             Request::Fault { .. } | Request::Skew { .. } | Request::Crash { .. } => Needs::MemberOrOperator,
             Request::Leave => Needs::Operator,

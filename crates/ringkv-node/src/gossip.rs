@@ -122,6 +122,7 @@ impl GossipKeys {
             primary_key: keyring.primary().to_string(),
             accepted_keys: keyring.accepted().iter().map(ToString::to_string).collect(),
             rejected: self.rejected.load(Ordering::Relaxed),
+            unproven: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ mod node;
 mod ops;
 mod partition;
 pub mod peers;
+mod proofs;
 mod rebalance;
 mod repair;
 mod supervisor;

@@ -3,15 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
 use ringkv_core::{Clock, Epoch, Hlc, KvError, Limits, NodeTag, PartitionId, Partitioner, Version};
-use ringkv_net::tls::{Identity, Named, NodeCheck, TlsPaths, TransportSettings};
-use ringkv_net::wire::{MemberStatus, ReplicaRequest};
-use ringkv_net::{Connector, Endpoint, ServeOptions, bind, serve};
+use ringkv_net::tls::{Identity, Named, NodeCheck, Role, TlsPaths, TransportSettings};
+use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, Request, Response};
+use ringkv_net::{Connector, Endpoint, Handler, Peer, ServeOptions, bind, serve};
 use ringkv_storage::{
     Disk, FsDisk, Hints, RecoveryConfig, Shard, ShardStats, SnapshotWriter, Wal, WalConfig, compact, recover,
 };
@@ -23,9 +23,10 @@ use crate::fault::{Faults, FaultyPeers, SkewedClock};
 use crate::gossip::GossipKeys;
 use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
-use crate::membership::{Membership, MembershipConfig, Standing};
+use crate::membership::{ClaimSource, Membership, MembershipConfig, Standing};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
+use crate::proofs::Prover;
 use crate::rebalance::{MemberFile, Transfers, replaced};
 use crate::repair::{Repair, repair_task};
 use crate::supervisor::Supervisor;
@@ -82,6 +83,8 @@ pub(crate) struct Inner {
     pub(crate) gossip_keys: Option<Arc<GossipKeys>>,
     /// A clustered node's standing (see `membership.rs`).
     standing: Option<Arc<Standing>>,
+    /// What a clustered node answers to `Request::Claim`.
+    pub(crate) claims: Option<Arc<ClaimSource>>,
     pub(crate) repair: Repair,
     pub(crate) transfers: Transfers,
     pub(crate) faults: Arc<Faults>,
@@ -235,16 +238,21 @@ impl Node {
             .transpose()
             .map_err(|e| NodeError::Config(format!("cannot read the bound address: {e}")))?;
         let batch_stats = Arc::new(BatchStats::default());
-        let peers: Arc<dyn PeerTransport> = match (env.peers, &endpoint) {
+        // Peers answer with whatever they hold, however this node's own
+        // limits were set.
+        let connector = endpoint.as_ref().map(|(endpoint, check)| {
+            let connector = Connector::new(endpoint.clone(), ringkv_net::wire::MAX_PEER_FRAME_BYTES);
+            Arc::new(connector.with_node_check(check.clone()))
+        });
+        let mut quic_peers = None;
+        let peers: Arc<dyn PeerTransport> = match (env.peers, &connector) {
             (Some(peers), _) => peers,
-            (None, Some((endpoint, _))) => {
-                // Peers answer with whatever they hold, however this node's
-                // own limits were set.
-                let connector = Connector::new(endpoint.clone(), ringkv_net::wire::MAX_PEER_FRAME_BYTES);
-                let quic = QuicPeers::new(Arc::new(connector));
+            (None, Some(connector)) => {
+                let quic = Arc::new(QuicPeers::new(connector.clone()));
+                quic_peers = Some(quic.clone());
                 // A batch is one frame; keep its keys and values well inside.
                 let batch_bytes = config.max_frame_bytes() / 2;
-                Arc::new(BatchingPeers::new(Arc::new(quic), config.replica_batch_max, batch_bytes, batch_stats.clone()))
+                Arc::new(BatchingPeers::new(quic, config.replica_batch_max, batch_bytes, batch_stats.clone()))
             }
             (None, None) => Arc::new(NoPeers),
         };
@@ -256,10 +264,31 @@ impl Node {
         };
 
         let addr = local_addr.unwrap_or(config.listen);
+        let claims = config.gossip.is_some().then(|| Arc::new(ClaimSource::default()));
+        // A clustered node serves from before it joins, so that members
+        // starting together can prove each other (`Request::Claim`); every
+        // other request is refused as "starting" until the node is ready.
+        let gate = Arc::new(Gate { node: OnceLock::new(), claims: claims.clone() });
+        let (serve_stop, serve_stopped) = watch::channel(false);
+        let mut serve_stop = EarlyStop(Some(serve_stop));
+        let mut server_task = None;
+        let mut node_check = None;
+        if let Some((endpoint, check)) = endpoint {
+            let options = ServeOptions {
+                max_frame_bytes: config.max_frame_bytes(),
+                max_connections: config.max_connections,
+                read_timeout: config.request_read_timeout,
+                node_check: check.clone(),
+            };
+            server_task = Some(tokio::spawn(serve(endpoint, gate.clone(), options, serve_stopped)));
+            node_check = Some(check);
+        }
         let (membership, topology) = match config.gossip {
             None => (None, watch::channel(Arc::new(standalone_topology(&config, addr))).1),
             Some(gossip) => {
-                let (Some(_), Some(keys)) = (&endpoint, &gossip_keys) else {
+                let (Some(connector), Some(check), Some(keys), Some(claims)) =
+                    (&connector, &node_check, &gossip_keys, &claims)
+                else {
                     return Err(NodeError::Config("a clustered node needs certificates to talk to its peers".into()));
                 };
                 let membership = Membership::start(MembershipConfig {
@@ -281,9 +310,14 @@ impl Node {
                     alive_before: last_alive,
                     faults: faults.clone(),
                     keys: keys.clone(),
+                    prover: quic_prover(connector.clone(), check.clone()),
+                    claims: claims.clone(),
                 })
                 .await?;
                 let topology = membership.topology();
+                if let Some(quic) = &quic_peers {
+                    quic.set_topology(topology.clone());
+                }
                 (Some(membership), topology)
             }
         };
@@ -306,6 +340,7 @@ impl Node {
                 membership: tokio::sync::Mutex::new(None),
                 gossip_keys,
                 standing,
+                claims,
                 repair: Repair::new(config.repair_bytes_per_sec),
                 transfers: Transfers::new(config.transfer_bytes_per_sec),
                 faults,
@@ -352,15 +387,15 @@ impl Node {
         if node.inner.wal.is_some() {
             node.spawn(snapshotter(node.clone()));
         }
-        if let Some((endpoint, node_check)) = endpoint {
-            let options = ServeOptions {
-                max_frame_bytes: node.inner.config.max_frame_bytes(),
-                max_connections: node.inner.config.max_connections,
-                read_timeout: node.inner.config.request_read_timeout,
-                node_check,
-            };
-            let server = serve(endpoint, Arc::new(node.clone()), options, node.inner.shutdown.subscribe());
-            node.spawn(server);
+        if let Some(server) = server_task {
+            let _ = gate.node.set(node.clone());
+            node.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(server);
+            let stop = serve_stop.0.take().expect("taken once");
+            let mut stopping = node.inner.shutdown.subscribe();
+            node.spawn(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                let _ = stop.send(true);
+            });
         }
         let lives = match node.inner.membership.lock().await.as_ref() {
             Some(membership) => Some(membership.others_lives().await),
@@ -527,6 +562,65 @@ impl Node {
         self.inner.supervisor.stop();
         tracing::info!(node = %self.inner.config.node_id, "node stopped");
     }
+}
+
+/// Serves a node's QUIC port from before the node is ready: only
+/// `Request::Claim` until then.
+struct Gate {
+    node: OnceLock<Node>,
+    claims: Option<Arc<ClaimSource>>,
+}
+
+impl Handler for Gate {
+    async fn handle(&self, request: Request, peer: Peer) -> Response {
+        if let Some(node) = self.node.get() {
+            return node.handle(request, peer).await;
+        }
+        match (&request, &self.claims) {
+            (Request::Claim, Some(claims)) => claims.claims().await.map(Reply::Claim),
+            _ => Err(KvError::Unavailable("this node is starting".into())),
+        }
+    }
+}
+
+/// Stops serving if the node fails to start.
+struct EarlyStop(Option<watch::Sender<bool>>);
+
+impl Drop for EarlyStop {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Proves a member over the node's own QUIC endpoint: asks the address
+/// for its claims and checks that the certificate that answered (verified
+/// against the cluster CA in the handshake) is a node certificate naming
+/// exactly that node id, and that the node claims that address.
+fn quic_prover(connector: Arc<Connector>, check: NodeCheck) -> Prover {
+    Arc::new(move |name, addr| {
+        let (connector, check) = (connector.clone(), check.clone());
+        Box::pin(async move {
+            let (response, identity) = connector
+                .call_identified(addr, &Request::Claim, Duration::from_secs(3))
+                .await
+                .map_err(|e| e.to_string())?;
+            match check.role(identity) {
+                Role::Node(id) if *id == *name => {}
+                role => return Err(format!("{addr} answered with {}, not that of {name}", role.describe())),
+            }
+            let claims = match response {
+                Ok(Reply::Claim(claims)) => claims,
+                Ok(_) => return Err(format!("{addr} answered a claim request with something else")),
+                Err(e) => return Err(e.to_string()),
+            };
+            match claims.first() {
+                Some(own) if *own.node_id == *name && own.addr == addr => Ok(claims),
+                _ => Err(format!("{addr} claims another node id or address than {name} at {addr}")),
+            }
+        })
+    })
 }
 
 fn bind_endpoint(config: &NodeConfig) -> Result<Option<(Endpoint, NodeCheck)>, NodeError> {

@@ -654,7 +654,11 @@ impl Node {
             repair: self.inner.repair.status(),
             transfers: self.inner.transfers.status(),
             replication: self.inner.batch_stats.status(),
-            gossip: self.inner.gossip_keys.as_ref().map(|keys| keys.status()),
+            gossip: self.inner.gossip_keys.as_ref().map(|keys| {
+                let mut status = keys.status();
+                status.unproven = topo.unproven.iter().map(|n| n.to_string()).collect();
+                status
+            }),
         })
     }
 }
@@ -780,6 +784,10 @@ impl Node {
                 self.local_replica(replica).await
             }
             Request::Members => Ok(Reply::Members(inner.topology().to_wire())),
+            Request::Claim => match &inner.claims {
+                Some(claims) => claims.claims().await.map(Reply::Claim),
+                None => Err(KvError::Unavailable("a standalone node gossips nothing".into())),
+            },
             Request::Status => Box::pin(self.status()).await.map(|s| Reply::Status(Box::new(s))),
             Request::Leave => Box::pin(self.begin_leave()).await.map(|()| Reply::Done),
             Request::Fault { blocked } => {

@@ -7,14 +7,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ringkv_core::KvError;
 use ringkv_net::Connector;
 use ringkv_net::wire::{ReplicaRequest, ReplicationStatus, Reply, Request, Sent};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+use crate::topology::Topology;
 
 pub type PeerFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, KvError>> + Send + 'a>>;
 
@@ -25,20 +27,39 @@ pub trait PeerTransport: Send + Sync + 'static {
 
 /// The production transport: the node's own QUIC endpoint, one connection
 /// per peer, a stream per request.
+///
+/// With the node's topology set, a request goes only to a peer whose
+/// certificate names the member at that address (any node certificate for
+/// an address that is no member's): a process that took over a member's
+/// address is refused before anything is sent.
 pub struct QuicPeers {
     connector: Arc<Connector>,
+    topology: OnceLock<watch::Receiver<Arc<Topology>>>,
 }
 
 impl QuicPeers {
     pub fn new(connector: Arc<Connector>) -> QuicPeers {
-        QuicPeers { connector }
+        QuicPeers { connector, topology: OnceLock::new() }
+    }
+
+    pub(crate) fn set_topology(&self, topology: watch::Receiver<Arc<Topology>>) {
+        let _ = self.topology.set(topology);
+    }
+
+    /// Whether the node id a peer's certificate names may answer at `addr`.
+    fn accepts(&self, addr: SocketAddr, id: &str) -> bool {
+        let Some(topology) = self.topology.get() else { return true };
+        let topology = topology.borrow();
+        let mut at = topology.members.iter().filter(|(_, m)| m.addr == addr).peekable();
+        at.peek().is_none() || at.any(|(name, _)| **name == *id)
     }
 }
 
 impl PeerTransport for QuicPeers {
     fn call(&self, addr: SocketAddr, request: ReplicaRequest, timeout: Duration) -> PeerFuture<'_> {
         Box::pin(async move {
-            match self.connector.call(addr, &Request::Replica(request), timeout).await {
+            let accept = |id: &str| self.accepts(addr, id);
+            match self.connector.call_node(addr, &accept, &Request::Replica(request), timeout).await {
                 Ok(response) => response,
                 Err(e) => Err(e.into()),
             }

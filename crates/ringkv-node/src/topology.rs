@@ -37,6 +37,9 @@ pub(crate) struct Topology {
     /// while it differs from `table`. Writes also go to its replicas, so
     /// that a partition's new owners miss nothing while they pull it.
     pub pending: Option<PartitionTable>,
+    /// Node ids gossip names but no certificate has proven: listed, never
+    /// placed (see `proofs.rs`).
+    pub unproven: Vec<NodeName>,
 }
 
 /// What gossip says about one member, before ring rules are applied.
@@ -93,7 +96,15 @@ pub(crate) fn build(
     let table = PartitionTable::build(&ring, partitions, replication, vnodes);
     let pending =
         (next != ring && !next.is_empty()).then(|| PartitionTable::build(&next, partitions, replication, vnodes));
-    Topology { self_name: self_name.clone(), cluster_id: cluster_id.to_string(), vnodes, members, table, pending }
+    Topology {
+        self_name: self_name.clone(),
+        cluster_id: cluster_id.to_string(),
+        vnodes,
+        members,
+        table,
+        pending,
+        unproven: Vec::new(),
+    }
 }
 
 impl Topology {
@@ -140,7 +151,7 @@ impl Topology {
 
     /// Whether two views place data identically and agree on who is up.
     pub fn same_as(&self, other: &Topology) -> bool {
-        self.members == other.members
+        self.members == other.members && self.unproven == other.unproven
     }
 
     pub fn to_wire(&self) -> Members {
