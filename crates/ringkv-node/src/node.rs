@@ -957,4 +957,74 @@ mod tests {
         assert!(err.contains("names no node id"), "{err}");
         assert!(check(Some(Named::Operator("ops".into())), false).unwrap_err().contains("operator certificate"));
     }
+
+    /// Answers `Request::Claim` with a claim for `claims_as` at its own
+    /// address, whatever its certificate names.
+    struct Claims {
+        claims_as: &'static str,
+        addr: SocketAddr,
+    }
+
+    impl Handler for Claims {
+        async fn handle(&self, _request: Request, _peer: Peer) -> Response {
+            Ok(Reply::Claim(vec![ringkv_net::wire::MemberClaim {
+                node_id: self.claims_as.into(),
+                generation: 1,
+                addr: self.addr,
+                partitions: 64,
+                status: MemberStatus::Serving,
+                epoch: Epoch::NONE,
+                fences: Vec::new(),
+                alive_before: 0,
+            }]))
+        }
+    }
+
+    /// A server whose certificate (of the cluster CA) names `cert_of`.
+    async fn server(
+        dir: &std::path::Path,
+        cert_of: &str,
+        claims_as: &'static str,
+    ) -> (SocketAddr, watch::Sender<bool>) {
+        let identity = Identity::load(&TlsPaths::node_in(dir, cert_of)).unwrap();
+        let settings = TransportSettings::default();
+        let server = ringkv_net::tls::listener(&identity, &settings).unwrap();
+        let client = ringkv_net::tls::client_config(&identity, &settings).unwrap();
+        let endpoint = bind("127.0.0.1:0".parse().unwrap(), Some(server), client, None).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let options = ServeOptions {
+            max_frame_bytes: 1 << 20,
+            max_connections: 16,
+            read_timeout: Duration::from_secs(5),
+            node_check: NodeCheck::new(&identity).unwrap(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(endpoint, Arc::new(Claims { claims_as, addr }), options, stopped));
+        (addr, stop)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_is_proven_only_by_a_node_certificate_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        ringkv_net::certs::init(dir.path(), &["n1".into(), "n2".into(), "n9".into()], &[]).unwrap();
+        let identity = Identity::load(&TlsPaths::node_in(dir.path(), "n1")).unwrap();
+        let settings = TransportSettings::default();
+        let client = ringkv_net::tls::client_config(&identity, &settings).unwrap();
+        let endpoint = bind("127.0.0.1:0".parse().unwrap(), None, client, None).unwrap();
+        let connector = Arc::new(Connector::new(endpoint, 1 << 20));
+        let prover = quic_prover(connector, NodeCheck::new(&identity).unwrap());
+
+        // A valid certificate of the CA naming n9, claiming to be n2.
+        let (addr, _stop) = server(dir.path(), "n9", "n2").await;
+        let err = prover(NodeName::from("n2"), addr).await.unwrap_err();
+        assert!(err.contains("the node certificate of n9"), "{err}");
+        // Its certificate names n9, but it claims another id.
+        let err = prover(NodeName::from("n9"), addr).await.unwrap_err();
+        assert!(err.contains("claims another node id"), "{err}");
+
+        // The real n2.
+        let (addr, _stop) = server(dir.path(), "n2", "n2").await;
+        let claims = prover(NodeName::from("n2"), addr).await.unwrap();
+        assert_eq!((claims[0].node_id.as_str(), claims[0].addr), ("n2", addr));
+    }
 }
