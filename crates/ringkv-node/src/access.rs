@@ -4,7 +4,7 @@
 //!
 //! | request | needs |
 //! |---|---|
-//! | data (get, put, delete, exists, ttl, expire, persist, clear) and read-only admin (ping, members, status, explain) | any certificate of the cluster CA |
+//! | data (get, put, delete, exists, ttl, expire, persist, clear) and read-only admin (ping, members, status, explain, claim) | any certificate of the cluster CA |
 //! | replica (writes, reads, transfer streams, repair, hints, truncate, clock) | the node certificate of a current member |
 //! | fault injection (fault, skew, crash), only with `fault_injection = true` | the node certificate of a current member, or the operator certificate |
 //! | leave | the operator certificate |
@@ -108,6 +108,7 @@ mod tests {
             Request::Members,
             Request::Status,
             Request::Explain { key: key.clone() },
+            Request::Claim,
             Request::Replica(ReplicaRequest::Read { partition: 0, key: key.clone() }),
             Request::Replica(ReplicaRequest::Stream { partition: 0, after: None, limit: 10 }),
             Request::Replica(ReplicaRequest::Deliver { entries: Vec::new() }),
@@ -125,10 +126,10 @@ mod tests {
     fn the_roles_table() {
         let member = |id: &str| id == "n1";
         let table = [
-            (Role::Client, "yyyyyyyyyyyy--------"),
-            (Role::Operator("ops".into()), "yyyyyyyyyyyy----yyyy"),
-            (Role::Node("n1".into()), "yyyyyyyyyyyyyyyyyyy-"),
-            (Role::Node("n9".into()), "yyyyyyyyyyyy--------"),
+            (Role::Client, "yyyyyyyyyyyyy--------"),
+            (Role::Operator("ops".into()), "yyyyyyyyyyyyy----yyyy"),
+            (Role::Node("n1".into()), "yyyyyyyyyyyyyyyyyyyy-"),
+            (Role::Node("n9".into()), "yyyyyyyyyyyyy--------"),
         ];
         for (role, expected) in table {
             let got: String =
