@@ -785,7 +785,7 @@ impl Node {
             }
             Request::Members => Ok(Reply::Members(inner.topology().to_wire())),
             Request::Claim => match &inner.claims {
-                Some(claims) => claims.claims().await.map(Reply::Claim),
+                Some(claims) => Box::pin(claims.claims()).await.map(Reply::Claim),
                 None => Err(KvError::Unavailable("a standalone node gossips nothing".into())),
             },
             Request::Status => Box::pin(self.status()).await.map(|s| Reply::Status(Box::new(s))),
