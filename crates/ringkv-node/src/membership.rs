@@ -49,7 +49,7 @@ use tokio::time::Instant;
 use crate::NodeError;
 use crate::fault::Faults;
 use crate::gossip::{GossipKeys, SealedTransport, SocketShared};
-use crate::proofs::{Proofs, Prover};
+use crate::proofs::{MAX_PROBES, PROBE_TIMEOUT, Proofs, Prover};
 use crate::topology::{self, Gossiped, Topology};
 
 const KEY_ADDR: &str = "addr";
@@ -63,8 +63,6 @@ const KEY_ALIVE_BEFORE: &str = "alive_before";
 /// Fenced members a node remembers; beyond this the longest-fenced is
 /// forgotten, which keeps the gossiped list within one datagram.
 const MAX_FENCED: usize = 32;
-/// How long one probe (connect, `Request::Claim`) may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Gossip intervals of contact after a gap before a node trusts that it has
 /// heard every member's fences.
 const RECHECK_INTERVALS: u32 = 6;
@@ -459,7 +457,9 @@ async fn maintain(
     proofs: Arc<Mutex<Proofs>>,
 ) {
     let mut changes = chitchat.lock().await.live_nodes_watcher();
-    let (probe_tx, mut probed) = tokio::sync::mpsc::unbounded_channel();
+    // `Proofs::due` keeps at most MAX_PROBES probes running, each of which
+    // sends one answer: the channel never makes a probe wait.
+    let (probe_tx, mut probed) = tokio::sync::mpsc::channel(MAX_PROBES);
     let mut tick = tokio::time::interval(config.gossip_interval);
     let mut dead_since = HashMap::new();
     let mut warned: HashSet<NodeName> = HashSet::new();
@@ -503,7 +503,7 @@ async fn maintain(
             let (prover, tx) = (config.prover.clone(), probe_tx.clone());
             tokio::spawn(async move {
                 let result = probe(&prover, &name, gossiped.addr).await;
-                let _ = tx.send((name, gossiped, result));
+                let _ = tx.send((name, gossiped, result)).await;
             });
         }
         let seen = believe(&me, config.generation, &raw, &lock(&proofs));

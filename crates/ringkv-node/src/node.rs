@@ -26,7 +26,7 @@ use crate::mailbox::Mailbox;
 use crate::membership::{ClaimSource, Membership, MembershipConfig, Standing};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
-use crate::proofs::Prover;
+use crate::proofs::{PROBE_TIMEOUT, Prover};
 use crate::rebalance::{MemberFile, Transfers, replaced};
 use crate::repair::{Repair, repair_task};
 use crate::supervisor::Supervisor;
@@ -602,10 +602,8 @@ fn quic_prover(connector: Arc<Connector>, check: NodeCheck) -> Prover {
     Arc::new(move |name, addr| {
         let (connector, check) = (connector.clone(), check.clone());
         Box::pin(async move {
-            let (response, identity) = connector
-                .call_identified(addr, &Request::Claim, Duration::from_secs(3))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (response, identity) =
+                connector.call_identified(addr, &Request::Claim, PROBE_TIMEOUT).await.map_err(|e| e.to_string())?;
             match check.role(identity) {
                 Role::Node(id) if *id == *name => {}
                 role => return Err(format!("{addr} answered with {}, not that of {name}", role.describe())),

@@ -36,6 +36,8 @@ pub(crate) type Prover = Arc<
 
 /// Probes running at once, at most.
 pub(crate) const MAX_PROBES: usize = 8;
+/// How long one probe (connect, `Request::Claim`) may take.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first retry after a failed or unconvincing probe; it doubles up to
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
