@@ -269,12 +269,12 @@ impl Node {
         // The replica calls run inside this task until the quorum is met
         // (no task per replica), and whatever is left runs on in a task of
         // its own so that slow replicas still get the write, or a hint.
-        let names: Vec<NodeName> = targets.iter().map(|t| t.node.clone()).collect();
         let mut calls: FuturesUnordered<_> = targets
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(i, target)| {
-                let (node, topo, key, entry) = (self.clone(), topo.clone(), key.clone(), entry.clone());
+                let (node, topo, key, entry, target) =
+                    (self.clone(), topo.clone(), key.clone(), entry.clone(), target.clone());
                 async move {
                     let request = ReplicaRequest::Apply {
                         partition: partition.0,
@@ -326,7 +326,10 @@ impl Node {
         }
         match tracker.progress() {
             Progress::Succeeded => Ok(Written::Done { was_live }),
-            _ => Err(tracker.error(&names, "no answer")),
+            _ => {
+                let names: Vec<NodeName> = targets.iter().map(|t| t.node.clone()).collect();
+                Err(tracker.error(&names, "no answer"))
+            }
         }
     }
 
