@@ -13,13 +13,7 @@ DURATION=${DURATION:-10s}
 FSYNC=${FSYNC:-everysec}
 source scripts/lib.sh
 
-"$BIN" serve --certs "$tmp/certs" --data-dir "$tmp/data" --listen 127.0.0.1:0 --fsync "$FSYNC" \
-    >"$tmp/ready" 2>"$tmp/node.log" &
-pids+=($!)
-for _ in $(seq 100); do grep -q serving "$tmp/ready" 2>/dev/null && break; sleep 0.1; done
-addr=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$tmp/ready")
-[ -n "$addr" ] || { cat "$tmp/node.log"; exit 1; }
-export RINGKV_ADDR=$addr
+serve_single --fsync "$FSYNC"
 
 phase() { # name read-ratio
     local name=$1 ratio=$2 out=()

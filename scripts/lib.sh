@@ -4,8 +4,12 @@
 # $tmp/certs (exported as RINGKV_CERTS), and a list pids of processes that
 # are killed, like $tmp is removed, on every exit path.
 
-BIN=$PWD/target/release/ringkv
-cargo build --release --bin ringkv --quiet
+# BIN may be set by the caller to measure another build (a baseline's);
+# the default is this tree's, built first.
+if [ -z "${BIN:-}" ]; then
+    BIN=$PWD/target/release/ringkv
+    cargo build --release --bin ringkv --quiet
+fi
 
 tmp=$(mktemp -d)
 pids=()
@@ -21,6 +25,22 @@ trap cleanup EXIT
 # node_cert NAME: a certificate naming node NAME, which a clustered node needs.
 node_cert() { [ -f "$tmp/certs/$1.crt" ] || "$BIN" certs issue --dir "$tmp/certs" --name "$1" >/dev/null; }
 export RINGKV_CERTS=$tmp/certs
+
+# serve_single [serve args...]: starts a standalone node on loopback with a
+# data directory of its own, waits for its ready line, and sets ADDR and PID
+# (also exported as RINGKV_ADDR).
+serve_single() {
+    local dir
+    dir=$(mktemp -d "$tmp/node.XXXX")
+    "$BIN" serve --certs "$tmp/certs" --data-dir "$dir/data" --listen 127.0.0.1:0 "$@" \
+        >"$dir/ready" 2>"$dir/node.log" &
+    PID=$!
+    pids+=("$PID")
+    for _ in $(seq 200); do grep -q serving "$dir/ready" 2>/dev/null && break; sleep 0.05; done
+    ADDR=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$dir/ready")
+    [ -n "$ADDR" ] || { cat "$dir/node.log"; exit 1; }
+    export RINGKV_ADDR=$ADDR
+}
 
 # median: the median of the numbers on stdin, one per line.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -4,27 +4,15 @@
 # keys of 100-byte values, then overwritten once (growth on overwrite would
 # be fragmentation rather than held data).
 #
-#   scripts/mem-per-key.sh [BIN] [KEYS]     # default target/release/ringkv, 1000000
+#   scripts/mem-per-key.sh [KEYS]                     # this tree's build; 1000000
+#   BIN=../wt-base/target/release/ringkv scripts/mem-per-key.sh   # another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${1:-target/release/ringkv}
-KEYS=${2:-1000000}
-tmp=$(mktemp -d)
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$BIN" certs init --dir "$tmp/certs" >/dev/null
-"$BIN" serve --certs "$tmp/certs" --data-dir "$tmp/data" --listen 127.0.0.1:0 --persistence none \
-    >"$tmp/ready" 2>"$tmp/node.log" &
-pid=$!
-for _ in $(seq 200); do grep -q serving "$tmp/ready" 2>/dev/null && break; sleep 0.05; done
-addr=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$tmp/ready")
-[ -n "$addr" ] || { cat "$tmp/node.log"; exit 1; }
-export RINGKV_ADDR=$addr RINGKV_CERTS=$tmp/certs
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$pid/status"; }
+KEYS=${1:-1000000}
+source scripts/lib.sh
+
+serve_single --persistence none
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
 load() { "$BIN" bench --ops "$KEYS" --keys "$KEYS" --sequential --value-size 100 --read-ratio 0 >/dev/null 2>&1; }
 # Warm the connection and the runtime first, so the base is a serving node.
 "$BIN" bench --ops 1000 --keys 1000 --value-size 100 --read-ratio 0 >/dev/null 2>&1
