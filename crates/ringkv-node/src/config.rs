@@ -238,7 +238,7 @@ pub fn default_gossip_interval() -> Duration {
     Duration::from_millis(500)
 }
 pub fn default_phi_threshold() -> f64 {
-    10.0
+    8.0
 }
 pub fn default_dead_node_grace() -> Duration {
     Duration::from_secs(60)
