@@ -220,6 +220,7 @@ pub fn classify(error: &KvError) -> Outcome {
         | KvError::Cleared { .. }
         | KvError::DeadlineExpired { .. }
         | KvError::Forbidden { .. }
+        | KvError::OutOfMemory { .. }
         | KvError::ShuttingDown => Outcome::Fail,
         KvError::Busy { .. }
         | KvError::Timeout { .. }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use ringkv_client::{Client, ClientConfig, resolve};
-use ringkv_core::{KeyTtl, KvStore, format_duration};
+use ringkv_core::{KeyTtl, KvStore, format_duration, format_size};
 use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::Sent;
 
@@ -191,6 +191,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     let mut transfers = Vec::new();
     let mut replication = Vec::new();
     let mut gossip = Vec::new();
+    let mut memory = Vec::new();
     for m in &members.members {
         // A member that left on purpose is gone, not unhealthy.
         let left = m.status == ringkv_net::wire::MemberStatus::Left && !m.live;
@@ -203,6 +204,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
             Ok(s) => {
                 repairs.push((m.node_id.clone(), s.repair.clone()));
                 replication.push((m.node_id.clone(), s.replication.clone()));
+                memory.push((m.node_id.clone(), s.memory.clone()));
                 if let Some(g) = &s.gossip {
                     gossip.push((m.node_id.clone(), g.clone()));
                 }
@@ -281,6 +283,19 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     }
     for (node, r) in replication.iter().filter(|(_, r)| r.writes.items + r.reads.items > 0) {
         println!("  {node:<12} writes {}; reads {}", sent(&r.writes), sent(&r.reads));
+    }
+    if !memory.is_empty() {
+        println!("memory (used as maxmemory counts it; evictions and refused writes since start):");
+    }
+    for (node, m) in memory {
+        let limit = match m.limit {
+            0 => "no limit".to_string(),
+            limit => format!("maxmemory {} ({:.0}% used)", format_size(limit), m.used as f64 * 100.0 / limit as f64),
+        };
+        println!(
+            "  {node:<12} used {} of {limit}, policy {}; {} evicted, {} writes refused",
+            m.used, m.policy, m.evictions, m.refused
+        );
     }
     if !gossip.is_empty() {
         println!("gossip keys (refused: datagrams not sealed with a key of the node's keyring, since start):");

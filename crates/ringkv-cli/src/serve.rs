@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use ringkv_core::EvictionPolicy;
 use ringkv_node::{Node, NodeConfig, Persistence};
 use ringkv_storage::FsyncPolicy;
 
@@ -23,6 +24,14 @@ pub(crate) struct ServeArgs {
     persistence: Option<Persistence>,
     #[arg(long, value_parser = parse_fsync)]
     fsync: Option<FsyncPolicy>,
+    /// The memory bound, e.g. 512mb or 2gb; 0 is no limit.
+    #[arg(long, value_parser = ringkv_core::parse_size)]
+    maxmemory: Option<u64>,
+    /// What a write past --maxmemory does: noeviction, allkeys-lru,
+    /// allkeys-lfu, allkeys-random, volatile-lru, volatile-lfu,
+    /// volatile-random or volatile-ttl.
+    #[arg(long, value_parser = parse_policy)]
+    maxmemory_policy: Option<EvictionPolicy>,
     /// Certificate directory written by `ringkv certs init`.
     #[arg(long, env = "RINGKV_CERTS")]
     certs: Option<PathBuf>,
@@ -49,6 +58,10 @@ fn parse_persistence(s: &str) -> Result<Persistence, String> {
 }
 
 fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse()
+}
+
+fn parse_policy(s: &str) -> Result<EvictionPolicy, String> {
     s.parse()
 }
 
@@ -86,6 +99,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.fsync {
         config.fsync = v;
+    }
+    if let Some(v) = args.maxmemory {
+        config.maxmemory = v;
+    }
+    if let Some(v) = args.maxmemory_policy {
+        config.maxmemory_policy = v;
     }
     if let Some(v) = args.certs {
         config.tls.certs_dir = Some(v);

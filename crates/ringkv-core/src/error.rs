@@ -64,6 +64,14 @@ pub enum KvError {
     /// done. `needed` names the role, `presented` what the certificate is.
     #[error("{request} needs {needed}; this connection presented {presented}")]
     Forbidden { request: String, needed: String, presented: String },
+    /// The write would take a node past its memory bound (`maxmemory`)
+    /// and its policy could not make room; nothing was stored, and
+    /// nothing already stored was dropped for it.
+    #[error(
+        "out of memory: {used} bytes used of maxmemory {limit}, the write needs {needed} more, and policy {policy} \
+         could not make room; the write was refused"
+    )]
+    OutOfMemory { used: u64, needed: u64, limit: u64, policy: String },
 }
 
 fn fmt_failures(failed: &[ReplicaFailure]) -> String {

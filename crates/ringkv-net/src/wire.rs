@@ -30,8 +30,9 @@ use crate::NetError;
 /// versions, the clock request of `clear`, and repair's key/version lists
 /// paged after a cursor. 6: the gossip keyring and refused datagrams in
 /// the status. 7: `KvError::Forbidden`, the refusal naming the role a
-/// request needs.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// request needs. 8: the memory bound in the status, and
+/// `KvError::OutOfMemory`.
+pub const PROTOCOL_VERSION: u16 = 8;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -415,6 +416,21 @@ pub struct NodeStatus {
     /// A clustered node's gossip keyring and refused datagrams; `None`
     /// standalone.
     pub gossip: Option<GossipStatus>,
+    pub memory: MemoryStatus,
+}
+
+/// The memory bound as one node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// Bytes the node's shards hold, as the bound counts them.
+    pub used: u64,
+    /// `maxmemory`; 0 is no limit.
+    pub limit: u64,
+    pub policy: String,
+    /// Keys this node evicted (as the leader of their partition), and
+    /// writes it refused for memory, since start.
+    pub evictions: u64,
+    pub refused: u64,
 }
 
 /// Sealed gossip as one node sees it.

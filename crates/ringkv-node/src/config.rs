@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ringkv_core::Limits;
+use ringkv_core::{EvictionPolicy, Limits};
 use ringkv_storage::FsyncPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,15 @@ pub struct NodeConfig {
     pub partitions: u16,
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// The memory bound: bytes the node's shards may hold (keys, values,
+    /// per-entry overhead, dead markers, indexes), written as `512mb` or
+    /// `2gb`; 0 is no limit. The process's RSS stays within 1.25 times this
+    /// plus a fixed base (ARCHITECTURE.md, *The memory bound*).
+    #[serde(with = "size")]
+    pub maxmemory: u64,
+    /// What a write that would pass `maxmemory` does: Redis's policies and
+    /// meanings (`noeviction` refuses it; the others evict).
+    pub maxmemory_policy: EvictionPolicy,
     /// Requests queued per partition before new ones get `Busy`.
     pub mailbox_capacity: usize,
     /// Bytes of log records waiting for the writer before writers wait.
@@ -280,6 +289,8 @@ impl Default for NodeConfig {
             partitions: default_partitions(),
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes,
+            maxmemory: 0,
+            maxmemory_policy: EvictionPolicy::default(),
             mailbox_capacity: default_mailbox_capacity(),
             wal_queue_bytes: default_wal_queue_bytes(),
             wal_segment_bytes: default_wal_segment_bytes(),
@@ -358,6 +369,9 @@ impl NodeConfig {
         if self.partitions == 0 {
             return bad("partitions must be at least 1".into());
         }
+        if self.maxmemory != 0 && self.maxmemory < 1 << 20 {
+            return bad(format!("maxmemory {} must be 0 (no limit) or at least 1mb", self.maxmemory));
+        }
         if self.max_key_bytes == 0 || self.max_key_bytes > Limits::KEY_CAP {
             return bad(format!("max_key_bytes {} must be between 1 and 1 MiB", self.max_key_bytes));
         }
@@ -427,6 +441,30 @@ impl NodeConfig {
     }
 }
 
+/// Sizes in the config file are a number of bytes or a string such as
+/// "512mb" or "2gb".
+mod size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&ringkv_core::format_size(*bytes))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Written::deserialize(d)? {
+            Written::Bytes(n) => Ok(n),
+            Written::Text(text) => ringkv_core::parse_size(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Durations in the config file are strings such as "100ms" or "10m".
 mod duration {
     use std::time::Duration;
@@ -484,11 +522,23 @@ mod tests {
     }
 
     #[test]
+    fn memory_bounds_are_sizes_and_policies_are_redis_names() {
+        let config =
+            NodeConfig::from_toml("maxmemory = \"64mb\"\nmaxmemory_policy = \"volatile-ttl\"", Path::new("x")).unwrap();
+        assert_eq!((config.maxmemory, config.maxmemory_policy), (64 << 20, EvictionPolicy::VolatileTtl));
+        assert_eq!(NodeConfig::from_toml("maxmemory = 4096", Path::new("x")).unwrap().maxmemory, 4096);
+    }
+
+    #[test]
     fn bad_config_is_explained() {
         let err = NodeConfig::from_toml("partitons = 3", Path::new("node.toml")).unwrap_err();
         assert!(err.to_string().contains("unknown field `partitons`"), "{err}");
         let err = NodeConfig::from_toml("sweep_interval = \"fast\"", Path::new("node.toml")).unwrap_err();
         assert!(err.to_string().contains("not a duration"), "{err}");
+        let err = NodeConfig::from_toml("maxmemory = \"1tb\"", Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown size unit"), "{err}");
+        let err = NodeConfig::from_toml("maxmemory_policy = \"lru\"", Path::new("node.toml")).unwrap_err();
+        assert!(err.to_string().contains("allkeys-lru"), "{err}");
         let config = NodeConfig { partitions: 0, ..NodeConfig::default() };
         assert!(config.validate().unwrap_err().to_string().contains("partitions"));
     }

@@ -11,6 +11,7 @@ mod gossip;
 mod hints;
 mod mailbox;
 mod membership;
+mod memory;
 mod node;
 mod ops;
 mod partition;

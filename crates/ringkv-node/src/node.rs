@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
@@ -24,6 +24,7 @@ use crate::gossip::GossipKeys;
 use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{ClaimSource, Membership, MembershipConfig, Standing};
+use crate::memory::{EVICTION_QUEUE, Evicted, Memory};
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
 use crate::proofs::{PROBE_TIMEOUT, Prover};
@@ -70,10 +71,11 @@ pub(crate) struct Inner {
     pub(crate) config: NodeConfig,
     pub(crate) tag: NodeTag,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) hlc: Hlc,
+    pub(crate) hlc: Arc<Hlc>,
     pub(crate) partitioner: Partitioner,
     pub(crate) limits: Limits,
     pub(crate) partitions: Vec<PartitionMailbox>,
+    pub(crate) memory: Arc<Memory>,
     pub(crate) hints: HintsMailbox,
     supervisor: Supervisor,
     pub(crate) peers: Arc<dyn PeerTransport>,
@@ -140,7 +142,7 @@ fn recover_state(
     };
     let recovery =
         RecoveryConfig { node_id: config.node_id.clone(), partitions: config.partitions, digest_leaves: DIGEST_LEAVES };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let recovered = recover(&*disk, &recovery, now_ms)?;
     let entries: usize = recovered.shards.iter().map(|s| s.stats().entries).sum();
     tracing::info!(
@@ -213,16 +215,37 @@ impl Node {
             true => Arc::new(SkewedClock { inner: env.clock, faults: faults.clone() }),
             false => env.clock,
         };
-        let hlc = Hlc::new(config.max_clock_drift.as_millis() as u64);
+        let hlc = Arc::new(Hlc::new(config.max_clock_drift.as_millis() as u64));
         let member_file = (config.gossip.is_some() && config.persistence == Persistence::Wal && env.disk.is_none())
             .then(|| MemberFile::new(&config.data_dir));
         let state = recover_state(&config, env.disk, &hlc, clock.now_ms())?;
         let last_alive = member_file.as_ref().and_then(MemberFile::last_alive);
 
         let supervisor = Supervisor::start().await?;
+        let (evicted_tx, evicted_rx) = match config.gossip {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(EVICTION_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let memory = Arc::new(Memory::new(
+            config.maxmemory as usize,
+            config.maxmemory_policy,
+            state.shards.len(),
+            hlc.clone(),
+            NodeTag::from_name(&config.node_id),
+            evicted_tx,
+        ));
         let mut partitions = Vec::with_capacity(state.shards.len());
         for (i, shard) in state.shards.into_iter().enumerate() {
-            let args = PartitionArgs { id: PartitionId(i as u16), shard, wal: state.wal.clone(), clock: clock.clone() };
+            let args = PartitionArgs {
+                id: PartitionId(i as u16),
+                shard,
+                wal: state.wal.clone(),
+                clock: clock.clone(),
+                memory: memory.clone(),
+            };
             let name = format!("partition {i}");
             partitions.push(Mailbox::spawn(name, PartitionActor, args, config.mailbox_capacity, &supervisor).await?);
         }
@@ -333,6 +356,7 @@ impl Node {
                 clock,
                 hlc,
                 partitions,
+                memory,
                 hints,
                 supervisor,
                 peers,
@@ -382,6 +406,11 @@ impl Node {
             }
         });
         node.spawn(sweeper(node.clone()));
+        node.spawn(leadership(node.clone()));
+        node.spawn(evictor(node.clone()));
+        if let Some(evicted) = evicted_rx {
+            node.spawn(eviction_sender(node.clone(), evicted));
+        }
         node.spawn(handoff(node.clone()));
         node.spawn(repair_task(node.clone()));
         if node.inner.wal.is_some() {
@@ -748,6 +777,123 @@ async fn sweeper(node: Node) {
     })
     .await;
 }
+
+/// Keeps the memory bound's view of which partitions this node leads (is
+/// the first live replica of) in step with the topology.
+async fn leadership(node: Node) {
+    let inner = node.inner.clone();
+    let mut topology = inner.topology_watch();
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let topo = topology.borrow_and_update().clone();
+        inner.memory.follow(&topo);
+        tokio::select! {
+            changed = topology.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Keys the evictor takes from one partition before moving to the next, so
+/// that a node over its bound evicts from all the partitions it leads.
+const EVICT_BATCH: usize = 8;
+
+/// Brings a node that is over its memory bound back under it, by evicting
+/// from the partitions it leads: after a recovery into a smaller
+/// `maxmemory`, when others' writes filled its replicas, or when a write's
+/// own shard had nothing left to evict. Writes evict inline as well; this
+/// covers what they cannot.
+async fn evictor(node: Node) {
+    let inner = node.inner.clone();
+    let memory = inner.memory.clone();
+    if memory.limit == 0 {
+        return;
+    }
+    if memory.over() {
+        // Recovered (or restarted with a smaller bound) over the limit.
+        match memory.policy.evicts() {
+            true => tracing::warn!(
+                used = memory.used(),
+                maxmemory = memory.limit,
+                policy = %memory.policy,
+                "the recovered data is over maxmemory; evicting from the partitions this node leads"
+            ),
+            false => tracing::warn!(
+                used = memory.used(),
+                maxmemory = memory.limit,
+                "the recovered data is over maxmemory and the policy is noeviction; writes that add data are \
+                 refused until keys are deleted"
+            ),
+        }
+    }
+    let mut shutdown = inner.shutdown.subscribe();
+    let (mut start, mut unreported, mut reported_at) = (0usize, 0usize, None::<Instant>);
+    loop {
+        if memory.over() && memory.policy.evicts() {
+            let partitions = inner.partitions.len();
+            loop {
+                let mut evicted = 0;
+                for i in (0..partitions).map(|i| (i + start) % partitions) {
+                    if !memory.over() || inner.stopping() {
+                        break;
+                    }
+                    if !memory.leads(PartitionId(i as u16)) {
+                        continue;
+                    }
+                    let partition = &inner.partitions[i];
+                    if let Ok(Ok(n)) = partition.call(|reply| PartitionMsg::Evict { max: EVICT_BATCH, reply }).await {
+                        evicted += n;
+                    }
+                }
+                start = start.wrapping_add(1);
+                unreported += evicted;
+                if evicted == 0 || !memory.over() {
+                    break;
+                }
+            }
+        }
+        if unreported > 0 && reported_at.is_none_or(|at| at.elapsed() >= EVICTION_REPORT) {
+            tracing::info!(
+                keys = unreported,
+                used = memory.used(),
+                maxmemory = memory.limit,
+                "evicted in the background to stay under maxmemory"
+            );
+            (unreported, reported_at) = (0, Some(Instant::now()));
+        }
+        tokio::select! {
+            _ = memory.wake.notified() => {}
+            _ = tokio::time::sleep(inner.config.sweep_interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// At most one log line per this period about background evictions.
+const EVICTION_REPORT: Duration = Duration::from_secs(60);
+
+/// Sends a clustered leader's evictions to the partitions' other replicas,
+/// as the deletes they are (with hints for replicas that are down).
+async fn eviction_sender(node: Node, evicted: tokio::sync::mpsc::Receiver<Evicted>) {
+    use futures_util::StreamExt;
+    let mut shutdown = node.inner.shutdown.subscribe();
+    let stream = futures_util::stream::unfold(evicted, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let sending = stream.for_each_concurrent(EVICTIONS_IN_FLIGHT, |Evicted { key, entry }| {
+        let node = node.clone();
+        async move {
+            if let Err(e) = node.write_entry(key, entry).await {
+                tracing::debug!(error = %e, "an eviction did not reach the other replicas; anti-entropy will");
+            }
+        }
+    });
+    tokio::select! {
+        _ = sending => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// Evictions being sent to other replicas at once.
+const EVICTIONS_IN_FLIGHT: usize = 32;
 
 /// Keeps the member file's last-alive time fresh while this node holds its
 /// place in the ring, and writes it a last time when the node stops in

@@ -67,7 +67,7 @@ impl Node {
                     return Ok(Reply::Applied { was_live: false });
                 }
                 let mailbox = &inner.partitions[partition as usize];
-                match mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition, reply }).await?? {
+                match mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition, admit: true, reply }).await?? {
                     Applied::Done { was_live, durable } => {
                         if let Some(durable) = durable {
                             settle(durable).await.map_err(storage)?;
@@ -122,8 +122,9 @@ impl Node {
                 for (partition, key, entry) in entries {
                     self.check_placement(partition, &key)?;
                     let mailbox = &inner.partitions[partition as usize];
-                    if let Applied::Done { durable: Some(d), .. } =
-                        mailbox.call(|reply| PartitionMsg::Apply { key, entry, condition: None, reply }).await??
+                    if let Applied::Done { durable: Some(d), .. } = mailbox
+                        .call(|reply| PartitionMsg::Apply { key, entry, condition: None, admit: false, reply })
+                        .await??
                     {
                         durables.push(d);
                     }
@@ -287,10 +288,13 @@ impl Node {
                     // A replica we believed up did not take the write: keep
                     // it for that replica as a hint, so it catches up when it
                     // can. Safe even for a conditional write that lost its
-                    // race: a rewrite never outranks a newer write.
+                    // race: a rewrite never outranks a newer write. Not for a
+                    // replica that refused it for memory: a hint's delivery
+                    // is not refused, so it would overrule the bound.
                     if let Err(e) = &result
                         && target.hint_for.is_none()
                         && !topo.is_self(&target.node)
+                        && !matches!(e, KvError::OutOfMemory { .. })
                     {
                         tracing::debug!(replica = %target.node, error = %e, "replica write failed; keeping a hint");
                         node.store_hint(target.node, partition, key, entry).await;
@@ -301,6 +305,7 @@ impl Node {
             .collect();
         let mut tracker = QuorumTracker::new(operation, needed, calls.len());
         let (mut was_live, mut conflict) = (false, false);
+        let mut out_of_memory = None;
         while let Some((i, result)) = calls.next().await {
             let progress = match result {
                 Ok(Reply::Applied { was_live: w }) => {
@@ -312,7 +317,13 @@ impl Node {
                     tracker.fail(i, "a newer write is stored")
                 }
                 Ok(other) => tracker.fail(i, format!("unexpected reply {other:?}")),
-                Err(e) => tracker.fail(i, e.to_string()),
+                Err(e) => {
+                    let progress = tracker.fail(i, e.to_string());
+                    if matches!(e, KvError::OutOfMemory { .. }) {
+                        out_of_memory = Some(e);
+                    }
+                    progress
+                }
             };
             if progress != Progress::Pending {
                 break;
@@ -326,10 +337,14 @@ impl Node {
         }
         match tracker.progress() {
             Progress::Succeeded => Ok(Written::Done { was_live }),
-            _ => {
-                let names: Vec<NodeName> = targets.iter().map(|t| t.node.clone()).collect();
-                Err(tracker.error(&names, "no answer"))
-            }
+            _ => match out_of_memory {
+                // A replica's memory refusal says more than a quorum count.
+                Some(e) => Err(e),
+                None => {
+                    let names: Vec<NodeName> = targets.iter().map(|t| t.node.clone()).collect();
+                    Err(tracker.error(&names, "no answer"))
+                }
+            },
         }
     }
 
@@ -662,6 +677,7 @@ impl Node {
                 status.unproven = topo.unproven.iter().map(|n| n.to_string()).collect();
                 status
             }),
+            memory: self.inner.memory.status(),
         })
     }
 }

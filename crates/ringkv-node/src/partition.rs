@@ -8,20 +8,31 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
-use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord};
+use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
 
 use crate::mailbox::{Envelope, Mailbox};
+use crate::memory::{Admission, MAX_VICTIMS_PER_WRITE, Memory, admission};
 
 pub(crate) type PartitionMailbox = Mailbox<PartitionMsg>;
 
 pub(crate) enum PartitionMsg {
     /// Merge an entry. With a condition, only if nothing newer than that
-    /// version is stored (read-modify-write operations).
+    /// version is stored (read-modify-write operations). `admit` subjects a
+    /// new write to the memory bound; what a replica already acknowledged
+    /// elsewhere (hints, repair, transfers) is taken whatever it costs, as
+    /// refusing it would lose it or retry it forever.
     Apply {
         key: Bytes,
         entry: Entry,
         condition: Option<Version>,
+        admit: bool,
         reply: RpcReplyPort<Result<Applied, KvError>>,
+    },
+    /// Evict up to `max` keys (as this partition's leader), for a node over
+    /// its memory bound. Answers how many went.
+    Evict {
+        max: usize,
+        reply: RpcReplyPort<Result<usize, KvError>>,
     },
     /// The stored entry, dead or alive, for the coordinator to judge.
     Read {
@@ -94,6 +105,7 @@ pub(crate) struct PartitionArgs {
     pub shard: Shard,
     pub wal: Option<Wal>,
     pub clock: Arc<dyn Clock>,
+    pub memory: Arc<Memory>,
 }
 
 pub(crate) struct PartitionState {
@@ -101,6 +113,9 @@ pub(crate) struct PartitionState {
     shard: Shard,
     wal: Option<Wal>,
     clock: Arc<dyn Clock>,
+    memory: Arc<Memory>,
+    /// The shard's footprint as last added to the node's total.
+    accounted: usize,
 }
 
 impl PartitionState {
@@ -110,10 +125,73 @@ impl PartitionState {
         Ok(Some(wal.submit(frames).await))
     }
 
-    async fn apply(&mut self, key: Bytes, entry: Entry, condition: Option<Version>) -> Result<Applied, KvError> {
+    /// Brings the node's total up to date with this shard's footprint.
+    fn account(&mut self) {
+        let bytes = self.shard.stats().bytes;
+        self.memory.account(self.accounted, bytes);
+        self.accounted = bytes;
+    }
+
+    /// Makes room for a write that adds `growth` bytes, evicting from this
+    /// shard if this node leads the partition and the policy evicts, or
+    /// refuses it.
+    async fn admit(&mut self, growth: usize, now: u64) -> Result<(), KvError> {
+        let memory = self.memory.clone();
+        let leads = memory.leads(self.id);
+        let mut evicted = 0;
+        loop {
+            let tried = evicted >= MAX_VICTIMS_PER_WRITE;
+            match admission(memory.used(), growth, memory.limit, memory.policy, leads, tried) {
+                Admission::Admit => return Ok(()),
+                Admission::AdmitOver => {
+                    memory.wake.notify_one();
+                    return Ok(());
+                }
+                Admission::Refuse => return Err(memory.refusal(growth)),
+                Admission::Evict => match self.shard.victim(now) {
+                    Some(victim) => {
+                        self.evict(victim, now).await?;
+                        evicted += 1;
+                    }
+                    None => evicted = MAX_VICTIMS_PER_WRITE,
+                },
+            }
+        }
+    }
+
+    /// Evicts one key: a stamped delete, logged and sent to the other
+    /// replicas like any other; a node without other replicas keeps no
+    /// marker, since no older copy can arrive.
+    async fn evict(&mut self, key: Bytes, now: u64) -> Result<(), KvError> {
+        let tombstone = Entry::tombstone(self.memory.stamp(now));
+        if self.memory.clustered {
+            self.shard.apply(&key, tombstone.clone(), now);
+        } else {
+            self.shard.forget(&key);
+        }
+        self.account();
+        // Not awaited: an eviction lost in a crash leaves the key in place,
+        // which the bound then evicts again.
+        let _ = self.log(WalRecord::Entry { partition: self.id.0, key: key.clone(), entry: tombstone.clone() }).await?;
+        self.memory.evicted(key, tombstone);
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        key: Bytes,
+        entry: Entry,
+        condition: Option<Version>,
+        admit: bool,
+    ) -> Result<Applied, KvError> {
         let now = self.clock.now_ms();
         if self.shard.epoch().covers(entry.version) {
             return Ok(Applied::Covered(self.shard.epoch()));
+        }
+        if admit && self.memory.limit > 0 && entry.value.is_some() {
+            let stored = self.shard.entry(&key).map_or(0, |e| footprint(key.len(), e));
+            let growth = footprint(key.len(), &entry).saturating_sub(stored);
+            self.admit(growth, now).await?;
         }
         let applied = match condition {
             None => self.shard.apply(&key, entry.clone(), now),
@@ -146,7 +224,12 @@ impl Actor for PartitionActor {
         _myself: ActorRef<Envelope<PartitionMsg>>,
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
-        Ok(PartitionState { id: args.id, shard: args.shard, wal: args.wal, clock: args.clock })
+        let mut shard = args.shard;
+        shard.set_eviction(args.memory.policy, u64::from(args.id.0));
+        let mut state =
+            PartitionState { id: args.id, shard, wal: args.wal, clock: args.clock, memory: args.memory, accounted: 0 };
+        state.account();
+        Ok(state)
     }
 
     async fn handle(
@@ -157,11 +240,26 @@ impl Actor for PartitionActor {
     ) -> Result<(), ActorProcessingErr> {
         // A dropped reply port only means the caller gave up waiting.
         match envelope.msg {
-            PartitionMsg::Apply { key, entry, condition, reply } => {
-                let _ = reply.send(state.apply(key, entry, condition).await);
+            PartitionMsg::Apply { key, entry, condition, admit, reply } => {
+                let _ = reply.send(state.apply(key, entry, condition, admit).await);
+            }
+            PartitionMsg::Evict { max, reply } => {
+                let now = state.clock.now_ms();
+                let mut evicted = 0;
+                let mut result = Ok(());
+                while evicted < max && state.memory.over() && state.memory.leads(state.id) {
+                    let Some(victim) = state.shard.victim(now) else { break };
+                    result = state.evict(victim, now).await;
+                    if result.is_err() {
+                        break;
+                    }
+                    evicted += 1;
+                }
+                let _ = reply.send(result.map(|()| evicted));
             }
             PartitionMsg::Read { key, reply } => {
-                let _ = reply.send(state.shard.entry(&key).cloned());
+                let now = state.clock.now_ms();
+                let _ = reply.send(state.shard.read(&key, now).cloned());
             }
             PartitionMsg::Truncate { epoch, reply } => {
                 let result = if epoch > state.shard.epoch() {
@@ -224,6 +322,7 @@ impl Actor for PartitionActor {
                 let _ = reply.send(entries.collect());
             }
         }
+        state.account();
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 
 mod disk;
 mod error;
+pub mod eviction_sim;
 mod frame;
 mod legacy;
 mod recover;
@@ -18,6 +19,6 @@ mod wal;
 pub use disk::{Disk, DiskFile, FsDisk, MemDisk};
 pub use error::StorageError;
 pub use recover::{Hints, Recovered, RecoveryConfig, RecoveryStats, compact, merge_hint, recover, remove_hint};
-pub use shard::{Applied, Digest, Shard, ShardStats, Sweep};
+pub use shard::{Applied, Digest, Shard, ShardStats, Sweep, footprint};
 pub use snapshot::{SnapRecord, SnapshotInfo, SnapshotWriter};
 pub use wal::{Durable, FsyncPolicy, Wal, WalConfig, WalRecord, WalStats, settle};

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
-use ringkv_core::{Entry, Epoch, Liveness, Version, key_hash};
+use ringkv_core::memory::{self, EvictionPolicy};
+use ringkv_core::{Entry, Epoch, Liveness, SplitMix64, Version, key_hash};
 
 /// The outcome of offering an entry to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,55 @@ pub struct ShardStats {
     pub values: usize,
     pub value_bytes: usize,
     pub key_bytes: usize,
+    /// What the shard holds in memory by [`footprint`]: keys, values,
+    /// per-entry overhead and the expiry and dead-marker indexes. The memory
+    /// bound is enforced against the sum of this over a node's shards.
+    pub bytes: usize,
+}
+
+/// What one stored entry costs beyond its key bytes, measured through a
+/// running node (BENCHMARKS.md, *Memory per key*): its slot in the map's
+/// B-tree nodes at their usual fill (hash, key pointer, entry and access
+/// metadata), and the key's allocation and its rounding.
+pub const ENTRY_OVERHEAD: usize = 176;
+/// What a value costs beyond its bytes: its allocation's rounding and the
+/// shared header a value gets when it is cloned out of a request.
+pub const VALUE_OVERHEAD: usize = 48;
+/// What an entry in the expiry or dead-marker index costs beyond its key
+/// bytes: its B-tree slot and the key's own allocation.
+pub const INDEX_OVERHEAD: usize = 64;
+
+/// The bytes an entry stored under a key of `key_len` bytes counts against
+/// the memory bound, including its index entry if it has one.
+pub fn footprint(key_len: usize, entry: &Entry) -> usize {
+    let value = entry.value.as_ref().map_or(0, |v| v.len() + VALUE_OVERHEAD);
+    let indexed = entry.value.is_none() || entry.expires_at.is_some();
+    key_len + value + ENTRY_OVERHEAD + if indexed { key_len + INDEX_OVERHEAD } else { 0 }
+}
+
+/// Keys sampled per eviction (Redis's `maxmemory-samples`).
+const EVICTION_SAMPLES: usize = 5;
+/// Entries a sample steps over, from its random point, to find a live one.
+const SAMPLE_STEPS: usize = 64;
+/// The best candidates kept between evictions (Redis's eviction pool).
+const EVICTION_POOL: usize = 16;
+
+/// A stored entry and its access metadata (see [`ringkv_core::memory`]).
+#[derive(Debug, Clone)]
+struct Slot {
+    entry: Entry,
+    access: u32,
+}
+
+/// How the shard ranks keys for eviction, and the state sampling keeps.
+#[derive(Debug, Clone)]
+struct Eviction {
+    policy: EvictionPolicy,
+    rng: SplitMix64,
+    /// The best victims found so far, by ascending score; a candidate is
+    /// checked again when it is taken, since it may have been used or
+    /// deleted since it was sampled.
+    pool: Vec<(u64, HashedKey)>,
 }
 
 /// A partition's shard.
@@ -49,7 +99,7 @@ pub struct ShardStats {
 /// repair digest leaf (a range of hashes) is a contiguous range of the map.
 #[derive(Debug, Clone)]
 pub struct Shard {
-    entries: BTreeMap<HashedKey, Entry>,
+    entries: BTreeMap<HashedKey, Slot>,
     /// Live values with a TTL, by expiry instant.
     expiries: BTreeSet<(u64, Box<[u8]>)>,
     /// Dead markers, by the wall-clock instant the key died.
@@ -57,6 +107,7 @@ pub struct Shard {
     epoch: Epoch,
     digest: Digest,
     stats: ShardStats,
+    eviction: Eviction,
 }
 
 impl Shard {
@@ -68,7 +119,14 @@ impl Shard {
             epoch: Epoch::NONE,
             digest: Digest::new(digest_leaves),
             stats: ShardStats::default(),
+            eviction: Eviction { policy: EvictionPolicy::Noeviction, rng: SplitMix64::new(0), pool: Vec::new() },
         }
+    }
+
+    /// Sets how keys are ranked for eviction from now on; `seed` makes the
+    /// sampling (and LFU's probabilistic counting) repeatable.
+    pub fn set_eviction(&mut self, policy: EvictionPolicy, seed: u64) {
+        self.eviction = Eviction { policy, rng: SplitMix64::new(seed), pool: Vec::new() };
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -85,7 +143,22 @@ impl Shard {
 
     fn find(&self, key: &[u8]) -> Option<&Entry> {
         let probe = (key_hash(key), key);
-        self.entries.get(&probe as &dyn Probe)
+        self.entries.get(&probe as &dyn Probe).map(|s| &s.entry)
+    }
+
+    /// The stored entry as [`Shard::entry`] gives it, counted as a use of
+    /// the key by the eviction policy if a reader sees it live.
+    pub fn read(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let probe = (key_hash(key), key);
+        let epoch = self.epoch;
+        let slot = self.entries.get_mut(&probe as &dyn Probe)?;
+        if epoch.covers(slot.entry.version) {
+            return None;
+        }
+        if slot.entry.liveness(now_ms, epoch) == Liveness::Live {
+            slot.access = memory::touch(self.eviction.policy, Some(slot.access), now_ms, &mut self.eviction.rng);
+        }
+        Some(&slot.entry)
     }
 
     /// The stored entry, dead or alive, unless the truncate epoch covers it.
@@ -114,7 +187,7 @@ impl Shard {
             return Applied { changed: false, was_live };
         }
         let incoming = normalize(incoming, now_ms);
-        self.replace(key, incoming);
+        self.replace(key, incoming, now_ms);
         Applied { changed: true, was_live }
     }
 
@@ -134,14 +207,18 @@ impl Shard {
         }
     }
 
-    fn replace(&mut self, key: &[u8], new: Entry) {
+    fn replace(&mut self, key: &[u8], new: Entry, now_ms: u64) {
         let hash = key_hash(key);
+        let probe = (hash, key);
+        let previous = self.entries.get(&probe as &dyn Probe).map(|s| s.access);
+        let access = memory::touch(self.eviction.policy, previous, now_ms, &mut self.eviction.rng);
         // The old entry's contribution goes first: when both index the same
         // slot (two tombstones dead in the same millisecond, two values
         // expiring at the same instant), adding before removing would
         // remove the new one's slot too, and it would never be swept.
-        if let Some(old) = self.entries.insert(HashedKey { hash, key: key.into() }, new.clone()) {
-            self.index(key, &old, hash, false);
+        if let Some(old) = self.entries.insert(HashedKey { hash, key: key.into() }, Slot { entry: new.clone(), access })
+        {
+            self.index(key, &old.entry, hash, false);
         } else {
             self.stats.entries += 1;
             self.stats.key_bytes += key.len();
@@ -175,15 +252,116 @@ impl Shard {
                 self.stats.value_bytes -= v.len();
             }
         }
+        if add {
+            self.stats.bytes += footprint(key.len(), entry);
+        } else {
+            self.stats.bytes -= footprint(key.len(), entry);
+        }
     }
 
     fn remove(&mut self, key: &[u8]) -> Option<Entry> {
         let probe = (key_hash(key), key);
         let (stored, old) = self.entries.remove_entry(&probe as &dyn Probe)?;
-        self.index(key, &old, stored.hash, false);
+        self.index(key, &old.entry, stored.hash, false);
         self.stats.entries -= 1;
         self.stats.key_bytes -= key.len();
-        Some(old)
+        Some(old.entry)
+    }
+
+    /// Drops a key outright, leaving no dead marker: for an eviction on a
+    /// node that has no other replicas, where no older copy can arrive.
+    pub fn forget(&mut self, key: &[u8]) -> bool {
+        self.remove(key).is_some()
+    }
+
+    /// Chooses the next key to evict under the shard's policy: a key with a
+    /// live value (with a time to live, for the `volatile-*` policies), or
+    /// none if there is no candidate. The caller evicts it (a stamped
+    /// delete, or [`Shard::forget`]); until then the same key may be chosen
+    /// again.
+    pub fn victim(&mut self, now_ms: u64) -> Option<Bytes> {
+        let policy = self.eviction.policy;
+        if !policy.evicts() {
+            return None;
+        }
+        if policy == EvictionPolicy::VolatileTtl {
+            // The expiry index is ordered by exactly what this policy
+            // ranks by, so the best victim needs no sampling.
+            let (_, key) = self.expiries.iter().find(|(_, k)| self.is_live(k, now_ms))?;
+            return Some(Bytes::copy_from_slice(key));
+        }
+        let sampled = self.sample(EVICTION_SAMPLES, now_ms);
+        if policy.is_random() {
+            return sampled.into_iter().next().map(|k| Bytes::copy_from_slice(&k.key));
+        }
+        for key in sampled {
+            let slot = &self.entries[&key];
+            let score = memory::victim_score(policy, slot.access, slot.entry.expires_at, now_ms);
+            let pool = &mut self.eviction.pool;
+            if pool.iter().any(|(_, k)| *k == key) {
+                continue;
+            }
+            if pool.len() == EVICTION_POOL {
+                if pool[0].0 >= score {
+                    continue;
+                }
+                pool.remove(0);
+            }
+            let at = pool.partition_point(|(s, _)| *s < score);
+            pool.insert(at, (score, key));
+        }
+        while let Some((_, key)) = self.eviction.pool.pop() {
+            let live = self.entries.get(&key).is_some_and(|s| {
+                s.entry.liveness(now_ms, self.epoch) == Liveness::Live
+                    && (!policy.volatile_only() || s.entry.expires_at.is_some())
+            });
+            if live {
+                return Some(Bytes::copy_from_slice(&key.key));
+            }
+        }
+        None
+    }
+
+    /// Up to `n` distinct candidate keys at random: live values, with a
+    /// time to live for the `volatile-*` policies. A random point in the
+    /// map's hash order (or, for volatile keys, in the expiry index's time
+    /// range) and the first live key at or after it: hashes are uniform, so
+    /// every key is about equally likely, and dead markers (which a
+    /// clustered node's evictions leave) are stepped over rather than
+    /// sampled and thrown away.
+    fn sample(&mut self, n: usize, now_ms: u64) -> Vec<HashedKey> {
+        let volatile = self.eviction.policy.volatile_only();
+        let mut out: Vec<HashedKey> = Vec::with_capacity(n);
+        for _ in 0..n * 4 {
+            if out.len() == n {
+                break;
+            }
+            let found = if volatile {
+                let (Some((low, _)), Some((high, _))) = (self.expiries.first(), self.expiries.last()) else {
+                    break;
+                };
+                let at = low + self.eviction.rng.below(high - low + 1);
+                let key = self.expiries.range((at, Box::from(&[][..]))..).next().map(|(_, k)| k.clone());
+                key.map(|k| HashedKey { hash: key_hash(&k), key: k })
+            } else {
+                if self.entries.is_empty() {
+                    break;
+                }
+                let at = (self.eviction.rng.next_u64(), &[][..]);
+                let after = self.entries.range::<dyn Probe, _>((Bound::Included(&at as &dyn Probe), Bound::Unbounded));
+                after
+                    .chain(self.entries.iter())
+                    .take(SAMPLE_STEPS)
+                    .find(|(_, s)| s.entry.liveness(now_ms, self.epoch) == Liveness::Live)
+                    .map(|(k, _)| k.clone())
+            };
+            let Some(key) = found else { break };
+            let live = self.entries.get(&key).is_some_and(|s| s.entry.liveness(now_ms, self.epoch) == Liveness::Live);
+            if live && !out.contains(&key) {
+                out.push(key);
+            }
+        }
+        out
     }
 
     /// Bounded background expiry and purge: values whose TTL has passed lose
@@ -197,7 +375,7 @@ impl Shard {
                 break;
             }
             let entry = self.find(&key).cloned().expect("expiry index points at a stored entry");
-            self.replace(&key, normalize(entry, now_ms));
+            self.replace(&key, normalize(entry, now_ms), now_ms);
             done.expired += 1;
         }
         while done.expired + done.purged < budget {
@@ -221,7 +399,7 @@ impl Shard {
         }
         self.epoch = epoch;
         let covered: Vec<Box<[u8]>> =
-            self.entries.iter().filter(|(_, e)| epoch.covers(e.version)).map(|(k, _)| k.key.clone()).collect();
+            self.entries.iter().filter(|(_, s)| epoch.covers(s.entry.version)).map(|(k, _)| k.key.clone()).collect();
         for key in &covered {
             self.remove(key);
         }
@@ -232,7 +410,8 @@ impl Shard {
     /// this node no longer replicates, or is about to pull afresh.
     pub fn drop_all(&mut self) -> usize {
         let dropped = self.entries.len();
-        *self = Shard { epoch: self.epoch, ..Shard::new(self.digest.leaves().len()) };
+        let eviction = Eviction { pool: Vec::new(), ..self.eviction.clone() };
+        *self = Shard { epoch: self.epoch, eviction, ..Shard::new(self.digest.leaves().len()) };
         dropped
     }
 
@@ -279,21 +458,20 @@ impl Shard {
         out
     }
 
-    fn collect<'a>(
-        &self,
-        range: impl Iterator<Item = (&'a HashedKey, &'a Entry)>,
-        limit: usize,
-    ) -> Vec<(Bytes, Entry)> {
+    fn collect<'a>(&self, range: impl Iterator<Item = (&'a HashedKey, &'a Slot)>, limit: usize) -> Vec<(Bytes, Entry)> {
         range
-            .filter(|(_, e)| !self.epoch.covers(e.version))
+            .filter(|(_, s)| !self.epoch.covers(s.entry.version))
             .take(limit)
-            .map(|(k, e)| (Bytes::copy_from_slice(&k.key), e.clone()))
+            .map(|(k, s)| (Bytes::copy_from_slice(&k.key), s.entry.clone()))
             .collect()
     }
 
     /// Every key a reader could see at `now_ms`, for tests and tooling.
     pub fn live_keys(&self, now_ms: u64) -> impl Iterator<Item = &[u8]> {
-        self.entries.iter().filter(move |(_, e)| e.liveness(now_ms, self.epoch) == Liveness::Live).map(|(k, _)| &*k.key)
+        self.entries
+            .iter()
+            .filter(move |(_, s)| s.entry.liveness(now_ms, self.epoch) == Liveness::Live)
+            .map(|(k, _)| &*k.key)
     }
 }
 
@@ -544,6 +722,126 @@ mod tests {
         assert_eq!(differing.len(), 1);
         let exchanged = b.entries_in_leaves(&differing, None);
         assert!(exchanged.iter().any(|(k, _)| &k[..] == b"z"));
+    }
+
+    /// The footprint total must be exactly what the entries and indexes
+    /// add up to after any history, or the memory bound drifts.
+    fn assert_accounted(s: &Shard) {
+        let sum: usize = s.entries.iter().map(|(k, slot)| footprint(k.key.len(), &slot.entry)).sum();
+        assert_eq!(s.stats().bytes, sum);
+    }
+
+    #[test]
+    fn the_footprint_follows_every_change() {
+        let mut s = Shard::new(16);
+        let mut rng = SplitMix64::new(3);
+        for round in 0..2_000u64 {
+            let key = [rng.below(50) as u8];
+            match rng.below(6) {
+                0 => s.apply(&key, Entry::tombstone(v(round)), round),
+                1 => s.apply(&key, val(round, "with a ttl", Some(round + rng.below(40))), round),
+                _ => s.apply(&key, val(round, "value", None), round),
+            };
+            if round % 97 == 0 {
+                s.sweep(round, round.saturating_sub(30), 10);
+            }
+            if round % 301 == 0 {
+                s.forget(&key);
+            }
+            assert_accounted(&s);
+        }
+        s.truncate(Epoch(Timestamp::new(1_500, 0)));
+        assert_accounted(&s);
+        s.drop_all();
+        assert_eq!(s.stats().bytes, 0);
+    }
+
+    fn filled(policy: EvictionPolicy, keys: u16, ttl_every: u16) -> Shard {
+        let mut s = Shard::new(16);
+        s.set_eviction(policy, 9);
+        for i in 0..keys {
+            let expiry = (ttl_every > 0 && i % ttl_every == 0).then_some(1_000_000 + u64::from(i));
+            s.apply(&i.to_be_bytes(), val(1, "x", expiry), u64::from(i) * 10);
+        }
+        s
+    }
+
+    fn evict(s: &mut Shard, n: usize, now: u64) -> Vec<u16> {
+        (0..n)
+            .map(|_| {
+                let k = s.victim(now).expect("a victim");
+                assert!(s.forget(&k));
+                u16::from_be_bytes([k[0], k[1]])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lru_evicts_keys_not_used_lately() {
+        let mut s = filled(EvictionPolicy::AllkeysLru, 1_000, 0);
+        // The even keys are read late; the odd ones were last written.
+        for i in (0..1_000u16).step_by(2) {
+            assert!(s.read(&i.to_be_bytes(), 20_000).is_some());
+        }
+        let victims = evict(&mut s, 300, 20_000);
+        // Sampling is approximate: when every sampled key is a recent one,
+        // the best of them goes. Redis's own figure is a few percent.
+        let even = victims.iter().filter(|k| *k % 2 == 0).count();
+        assert!(even <= 15, "{even} of 300 victims were recently read");
+    }
+
+    #[test]
+    fn lfu_evicts_keys_used_rarely() {
+        let mut s = filled(EvictionPolicy::AllkeysLfu, 1_000, 0);
+        // Keys below 200 are read 50 times each, after everything else.
+        for _ in 0..50 {
+            for i in 0..200u16 {
+                s.read(&i.to_be_bytes(), 20_000);
+            }
+        }
+        let victims = evict(&mut s, 500, 20_000);
+        let hot = victims.iter().filter(|k| **k < 200).count();
+        assert!(hot <= 5, "{hot} of 500 victims were frequently read");
+    }
+
+    #[test]
+    fn volatile_policies_evict_only_keys_with_a_ttl_and_then_nothing() {
+        for policy in [
+            EvictionPolicy::VolatileLru,
+            EvictionPolicy::VolatileLfu,
+            EvictionPolicy::VolatileRandom,
+            EvictionPolicy::VolatileTtl,
+        ] {
+            let mut s = filled(policy, 500, 5);
+            let victims = evict(&mut s, 100, 10_000);
+            assert!(victims.iter().all(|k| k % 5 == 0), "{policy}: {victims:?}");
+            assert_eq!(s.victim(10_000), None, "{policy}: no key with a ttl is left");
+            assert_eq!(s.stats().values, 400);
+        }
+    }
+
+    #[test]
+    fn volatile_ttl_takes_the_soonest_expiry_first() {
+        let mut s = filled(EvictionPolicy::VolatileTtl, 100, 1);
+        assert_eq!(evict(&mut s, 3, 0), [0, 1, 2]);
+    }
+
+    #[test]
+    fn random_eviction_reaches_every_region_and_noeviction_none() {
+        let mut s = filled(EvictionPolicy::AllkeysRandom, 1_000, 0);
+        let victims = evict(&mut s, 400, 0);
+        assert!(victims.iter().any(|k| *k < 100) && victims.iter().any(|k| *k >= 900), "{victims:?}");
+        let mut s = filled(EvictionPolicy::Noeviction, 10, 0);
+        assert_eq!(s.victim(0), None);
+    }
+
+    #[test]
+    fn dead_markers_are_never_chosen() {
+        let mut s = filled(EvictionPolicy::AllkeysLru, 50, 0);
+        for i in 0..49u16 {
+            s.apply(&i.to_be_bytes(), Entry::tombstone(v(5)), 100);
+        }
+        assert_eq!(s.victim(100).as_deref(), Some(&49u16.to_be_bytes()[..]));
     }
 
     #[test]
