@@ -142,12 +142,13 @@ pub const LFU_DECAY_MINUTES: u64 = 1;
 
 /// A key's access metadata under `policy`, for a key written or read at
 /// `now_ms` whose previous metadata was `previous` (none for a new key).
+/// A new key's LFU counter starts at [`LFU_INIT`] without a hit, as in
+/// Redis, so that a key read once already outranks one never read.
 pub fn touch(policy: EvictionPolicy, previous: Option<u32>, now_ms: u64, rng: &mut SplitMix64) -> u32 {
-    if policy.is_lfu() {
-        let counter = previous.map_or(LFU_INIT, |p| lfu_decayed(p, now_ms));
-        lfu_pack(now_ms, lfu_increment(counter, rng))
-    } else {
-        lru_clock(now_ms)
+    match (policy.is_lfu(), previous) {
+        (true, None) => lfu_pack(now_ms, LFU_INIT),
+        (true, Some(p)) => lfu_pack(now_ms, lfu_increment(lfu_decayed(p, now_ms), rng)),
+        (false, _) => lru_clock(now_ms),
     }
 }
 
@@ -239,6 +240,8 @@ mod tests {
         let p = EvictionPolicy::AllkeysLfu;
         let mut rng = SplitMix64::new(2);
         let mut access = touch(p, None, 0, &mut rng);
+        assert_eq!(access & 0xff, u32::from(LFU_INIT), "a new key starts at the initial value");
+        access = touch(p, Some(access), 0, &mut rng);
         assert_eq!(access & 0xff, u32::from(LFU_INIT) + 1, "the first hit from the initial value always counts");
         for _ in 0..10_000 {
             access = touch(p, Some(access), 0, &mut rng);
@@ -249,6 +252,8 @@ mod tests {
         assert_eq!(u32::from(lfu_decayed(access, 10 * 60_000)), counter - 10);
         let cold = touch(p, None, 0, &mut rng);
         assert!(victim_score(p, cold, None, 0) > victim_score(p, access, None, 0));
+        let read_once = touch(p, Some(cold), 0, &mut rng);
+        assert!(victim_score(p, cold, None, 0) > victim_score(p, read_once, None, 0));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub(crate) struct Memory {
     pub clustered: bool,
     /// The sum of the shards' footprints.
     used: AtomicUsize,
+    /// Keys with a time to live, which the `volatile-*` policies evict.
+    volatile: AtomicUsize,
     evictions: AtomicU64,
     refused: AtomicU64,
     /// Per partition: this node is its first live replica.
@@ -75,6 +77,8 @@ pub(crate) enum Admission {
 }
 
 /// The admission rule, on its own so that it can be tested directly.
+/// `candidates` says whether the node holds any key the policy may evict
+/// (for the `volatile-*` policies, any key with a time to live).
 pub(crate) fn admission(
     used: usize,
     growth: usize,
@@ -82,12 +86,13 @@ pub(crate) fn admission(
     policy: EvictionPolicy,
     leads: bool,
     tried_evicting: bool,
+    candidates: bool,
 ) -> Admission {
     let after = used.saturating_add(growth);
     if limit == 0 || growth == 0 || after <= limit {
         return Admission::Admit;
     }
-    if !policy.evicts() {
+    if !policy.evicts() || !candidates {
         return Admission::Refuse;
     }
     if leads && !tried_evicting {
@@ -110,6 +115,7 @@ impl Memory {
             policy,
             clustered: replicate.is_some(),
             used: AtomicUsize::new(0),
+            volatile: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             leads: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
@@ -128,12 +134,18 @@ impl Memory {
         self.limit > 0 && self.used() > self.limit
     }
 
-    /// Adds a shard's change in footprint.
-    pub(crate) fn account(&self, before: usize, after: usize) {
-        if after > before {
-            self.used.fetch_add(after - before, Ordering::Relaxed);
-        } else if before > after {
-            self.used.fetch_sub(before - after, Ordering::Relaxed);
+    pub(crate) fn volatile(&self) -> usize {
+        self.volatile.load(Ordering::Relaxed)
+    }
+
+    /// Adds a shard's change in (footprint, keys with a TTL).
+    pub(crate) fn account(&self, before: (usize, usize), after: (usize, usize)) {
+        for (total, before, after) in [(&self.used, before.0, after.0), (&self.volatile, before.1, after.1)] {
+            if after > before {
+                total.fetch_add(after - before, Ordering::Relaxed);
+            } else if before > after {
+                total.fetch_sub(before - after, Ordering::Relaxed);
+            }
         }
     }
 
@@ -195,20 +207,22 @@ mod tests {
     #[test]
     fn admission_follows_the_policy_and_the_headroom() {
         // No limit, a delete (no growth) or room left: always.
-        assert_eq!(admission(10_000, 10, 0, Noeviction, false, false), Admit);
-        assert_eq!(admission(10_000, 0, 1_000, Noeviction, false, false), Admit);
-        assert_eq!(admission(900, 100, 1_000, Noeviction, false, false), Admit);
+        assert_eq!(admission(10_000, 10, 0, Noeviction, false, false, true), Admit);
+        assert_eq!(admission(10_000, 0, 1_000, Noeviction, false, false, true), Admit);
+        assert_eq!(admission(900, 100, 1_000, Noeviction, false, false, true), Admit);
         // Past the bound: noeviction refuses, whoever asks.
-        assert_eq!(admission(901, 100, 1_000, Noeviction, true, false), Refuse);
+        assert_eq!(admission(901, 100, 1_000, Noeviction, true, false, true), Refuse);
         // A leader evicts first; then, or on a replica, the headroom decides.
-        assert_eq!(admission(950, 100, 1_000, AllkeysLru, true, false), Evict);
-        assert_eq!(admission(950, 100, 1_000, AllkeysLru, true, true), AdmitOver);
-        assert_eq!(admission(950, 100, 1_000, VolatileTtl, false, false), AdmitOver);
-        assert_eq!(admission(1_100, 100, 1_000, AllkeysLfu, false, false), Refuse);
+        assert_eq!(admission(950, 100, 1_000, AllkeysLru, true, false, true), Evict);
+        assert_eq!(admission(950, 100, 1_000, AllkeysLru, true, true, true), AdmitOver);
+        assert_eq!(admission(950, 100, 1_000, VolatileTtl, false, false, true), AdmitOver);
+        assert_eq!(admission(1_100, 100, 1_000, AllkeysLfu, false, false, true), Refuse);
         assert_eq!(
-            admission(1_025, 100, 1_000, AllkeysRandom, false, false),
+            admission(1_025, 100, 1_000, AllkeysRandom, false, false, true),
             AdmitOver,
             "1,125 is the headroom's edge"
         );
+        // A volatile policy with no key with a TTL left is noeviction.
+        assert_eq!(admission(950, 100, 1_000, VolatileLru, true, false, false), Refuse);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringkv_core::ring::NodeName;
-use ringkv_core::{Clock, Epoch, Hlc, KvError, Limits, NodeTag, PartitionId, Partitioner, Version};
+use ringkv_core::{Clock, Epoch, Hlc, KvError, Limits, NodeTag, PartitionId, Partitioner, SplitMix64, Version};
 use ringkv_net::tls::{Identity, Named, NodeCheck, Role, TlsPaths, TransportSettings};
 use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, Request, Response};
 use ringkv_net::{Connector, Endpoint, Handler, Peer, ServeOptions, bind, serve};
@@ -794,9 +794,9 @@ async fn leadership(node: Node) {
     }
 }
 
-/// Keys the evictor takes from one partition before moving to the next, so
-/// that a node over its bound evicts from all the partitions it leads.
-const EVICT_BATCH: usize = 8;
+/// Partitions whose best victims the background evictor compares for each
+/// key it evicts.
+const EVICT_CHOICES: usize = 4;
 
 /// Brings a node that is over its memory bound back under it, by evicting
 /// from the partitions it leads: after a recovery into a smaller
@@ -827,28 +827,29 @@ async fn evictor(node: Node) {
         }
     }
     let mut shutdown = inner.shutdown.subscribe();
-    let (mut start, mut unreported, mut reported_at) = (0usize, 0usize, None::<Instant>);
+    let (mut unreported, mut reported_at) = (0usize, None::<Instant>);
+    let mut rng = SplitMix64::new(inner.now_ms());
     loop {
         if memory.over() && memory.policy.evicts() {
-            let partitions = inner.partitions.len();
-            loop {
-                let mut evicted = 0;
-                for i in (0..partitions).map(|i| (i + start) % partitions) {
-                    if !memory.over() || inner.stopping() {
-                        break;
-                    }
-                    if !memory.leads(PartitionId(i as u16)) {
-                        continue;
-                    }
+            let led: Vec<usize> =
+                (0..inner.partitions.len()).filter(|i| memory.leads(PartitionId(*i as u16))).collect();
+            while memory.over() && !led.is_empty() && !inner.stopping() {
+                // The best victim of a few partitions at random, so that a
+                // key goes only if it ranks low beyond its own shard.
+                let mut best: Option<(u64, usize)> = None;
+                for _ in 0..EVICT_CHOICES.min(led.len()) {
+                    let i = led[rng.below(led.len() as u64) as usize];
                     let partition = &inner.partitions[i];
-                    if let Ok(Ok(n)) = partition.call(|reply| PartitionMsg::Evict { max: EVICT_BATCH, reply }).await {
-                        evicted += n;
+                    if let Ok(Some(score)) = partition.call(|reply| PartitionMsg::VictimScore { reply }).await
+                        && best.is_none_or(|(s, _)| score > s)
+                    {
+                        best = Some((score, i));
                     }
                 }
-                start = start.wrapping_add(1);
-                unreported += evicted;
-                if evicted == 0 || !memory.over() {
-                    break;
+                let Some((_, i)) = best else { break };
+                match inner.partitions[i].call(|reply| PartitionMsg::Evict { max: 1, reply }).await {
+                    Ok(Ok(n)) => unreported += n,
+                    _ => break,
                 }
             }
         }

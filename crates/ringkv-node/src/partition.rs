@@ -11,7 +11,7 @@ use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
 use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
 
 use crate::mailbox::{Envelope, Mailbox};
-use crate::memory::{Admission, MAX_VICTIMS_PER_WRITE, Memory, admission};
+use crate::memory::{Admission, HEADROOM_DIVISOR, MAX_VICTIMS_PER_WRITE, Memory, admission};
 
 pub(crate) type PartitionMailbox = Mailbox<PartitionMsg>;
 
@@ -33,6 +33,10 @@ pub(crate) enum PartitionMsg {
     Evict {
         max: usize,
         reply: RpcReplyPort<Result<usize, KvError>>,
+    },
+    /// How good the shard's best victim is, for the evictor to compare.
+    VictimScore {
+        reply: RpcReplyPort<Option<u64>>,
     },
     /// The stored entry, dead or alive, for the coordinator to judge.
     Read {
@@ -114,8 +118,9 @@ pub(crate) struct PartitionState {
     wal: Option<Wal>,
     clock: Arc<dyn Clock>,
     memory: Arc<Memory>,
-    /// The shard's footprint as last added to the node's total.
-    accounted: usize,
+    /// The shard's footprint and keys with a TTL as last added to the
+    /// node's totals.
+    accounted: (usize, usize),
 }
 
 impl PartitionState {
@@ -127,21 +132,34 @@ impl PartitionState {
 
     /// Brings the node's total up to date with this shard's footprint.
     fn account(&mut self) {
-        let bytes = self.shard.stats().bytes;
-        self.memory.account(self.accounted, bytes);
-        self.accounted = bytes;
+        let stats = self.shard.stats();
+        self.memory.account(self.accounted, (stats.bytes, stats.volatile));
+        self.accounted = (stats.bytes, stats.volatile);
     }
 
     /// Makes room for a write that adds `growth` bytes, evicting from this
     /// shard if this node leads the partition and the policy evicts, or
     /// refuses it.
+    ///
+    /// A write evicts about its own size from its own shard, no more, while
+    /// the node is within the headroom: what concurrent writes to other
+    /// partitions add is theirs to evict (or the background evictor's).
+    /// Evicting everything a node is over from whichever shard is written
+    /// next would drain some shards to a few keys, and a small shard's
+    /// least recently used key can be one a client uses all the time.
     async fn admit(&mut self, growth: usize, now: u64) -> Result<(), KvError> {
         let memory = self.memory.clone();
         let leads = memory.leads(self.id);
-        let mut evicted = 0;
+        let headroom = memory.limit + memory.limit / HEADROOM_DIVISOR;
+        let (start, mut evicted, mut exhausted) = (self.accounted.0, 0, false);
         loop {
-            let tried = evicted >= MAX_VICTIMS_PER_WRITE;
-            match admission(memory.used(), growth, memory.limit, memory.policy, leads, tried) {
+            let freed = start.saturating_sub(self.accounted.0);
+            let used = memory.used();
+            let done = exhausted
+                || evicted >= MAX_VICTIMS_PER_WRITE
+                || (freed >= growth && used.saturating_add(growth) <= headroom);
+            let candidates = !memory.policy.volatile_only() || memory.volatile() > 0;
+            match admission(used, growth, memory.limit, memory.policy, leads, done, candidates) {
                 Admission::Admit => return Ok(()),
                 Admission::AdmitOver => {
                     memory.wake.notify_one();
@@ -153,7 +171,7 @@ impl PartitionState {
                         self.evict(victim, now).await?;
                         evicted += 1;
                     }
-                    None => evicted = MAX_VICTIMS_PER_WRITE,
+                    None => exhausted = true,
                 },
             }
         }
@@ -200,6 +218,9 @@ impl PartitionState {
                 Err(_newer) => return Ok(Applied::Conflict),
             },
         };
+        // At once, not after the reply: the next write's admission, in
+        // any partition, must see this one.
+        self.account();
         let durable = if applied.changed {
             self.log(WalRecord::Entry { partition: self.id.0, key, entry }).await?
         } else if let Some(wal) = &self.wal {
@@ -226,8 +247,14 @@ impl Actor for PartitionActor {
     ) -> Result<PartitionState, ActorProcessingErr> {
         let mut shard = args.shard;
         shard.set_eviction(args.memory.policy, u64::from(args.id.0));
-        let mut state =
-            PartitionState { id: args.id, shard, wal: args.wal, clock: args.clock, memory: args.memory, accounted: 0 };
+        let mut state = PartitionState {
+            id: args.id,
+            shard,
+            wal: args.wal,
+            clock: args.clock,
+            memory: args.memory,
+            accounted: (0, 0),
+        };
         state.account();
         Ok(state)
     }
@@ -256,6 +283,10 @@ impl Actor for PartitionActor {
                     evicted += 1;
                 }
                 let _ = reply.send(result.map(|()| evicted));
+            }
+            PartitionMsg::VictimScore { reply } => {
+                let now = state.clock.now_ms();
+                let _ = reply.send(state.shard.victim_score(now));
             }
             PartitionMsg::Read { key, reply } => {
                 let now = state.clock.now_ms();

@@ -40,6 +40,9 @@ pub struct ShardStats {
     /// per-entry overhead and the expiry and dead-marker indexes. The memory
     /// bound is enforced against the sum of this over a node's shards.
     pub bytes: usize,
+    /// Live values with a time to live (the `volatile-*` policies'
+    /// candidates), counting ones whose TTL passed but were not swept yet.
+    pub volatile: usize,
 }
 
 /// What one stored entry costs beyond its key bytes, measured through a
@@ -236,11 +239,19 @@ impl Shard {
             // An expired value keeps its expiry as its time of death.
             (None, at) => Some((&mut self.graves, at.unwrap_or(entry.version.ts.wall_ms()))),
         };
+        let volatile = entry.value.is_some() && entry.expires_at.is_some();
         if let Some((set, at)) = slot {
             if add {
                 set.insert((at, key.into()));
             } else {
                 set.remove(&(at, key.into()));
+            }
+        }
+        if volatile {
+            if add {
+                self.stats.volatile += 1;
+            } else {
+                self.stats.volatile -= 1;
             }
         }
         if let Some(v) = &entry.value {
@@ -277,9 +288,30 @@ impl Shard {
     /// Chooses the next key to evict under the shard's policy: a key with a
     /// live value (with a time to live, for the `volatile-*` policies), or
     /// none if there is no candidate. The caller evicts it (a stamped
-    /// delete, or [`Shard::forget`]); until then the same key may be chosen
-    /// again.
+    /// delete, or [`Shard::forget`]).
     pub fn victim(&mut self, now_ms: u64) -> Option<Bytes> {
+        let (_, key) = self.best_victim(now_ms)?;
+        if self.pooled() {
+            self.eviction.pool.pop();
+        }
+        Some(key)
+    }
+
+    /// How good this shard's best victim is (higher is evicted first),
+    /// without evicting it: a node comparing its shards evicts from the one
+    /// with the best.
+    pub fn victim_score(&mut self, now_ms: u64) -> Option<u64> {
+        self.best_victim(now_ms).map(|(score, _)| score)
+    }
+
+    fn pooled(&self) -> bool {
+        let policy = self.eviction.policy;
+        policy.evicts() && !policy.is_random() && policy != EvictionPolicy::VolatileTtl
+    }
+
+    /// The best victim and its score; for the pooled policies it stays on
+    /// top of the pool.
+    fn best_victim(&mut self, now_ms: u64) -> Option<(u64, Bytes)> {
         let policy = self.eviction.policy;
         if !policy.evicts() {
             return None;
@@ -287,39 +319,34 @@ impl Shard {
         if policy == EvictionPolicy::VolatileTtl {
             // The expiry index is ordered by exactly what this policy
             // ranks by, so the best victim needs no sampling.
-            let (_, key) = self.expiries.iter().find(|(_, k)| self.is_live(k, now_ms))?;
-            return Some(Bytes::copy_from_slice(key));
+            let (at, key) = self.expiries.iter().find(|(_, k)| self.is_live(k, now_ms))?;
+            return Some((memory::victim_score(policy, 0, Some(*at), now_ms), Bytes::copy_from_slice(key)));
         }
         let sampled = self.sample(EVICTION_SAMPLES, now_ms);
         if policy.is_random() {
-            return sampled.into_iter().next().map(|k| Bytes::copy_from_slice(&k.key));
+            let pick = self.eviction.rng.below(sampled.len().max(1) as u64) as usize;
+            let score = self.eviction.rng.next_u64();
+            return sampled.get(pick).map(|k| (score, Bytes::copy_from_slice(&k.key)));
         }
-        for key in sampled {
-            let slot = &self.entries[&key];
-            let score = memory::victim_score(policy, slot.access, slot.entry.expires_at, now_ms);
-            let pool = &mut self.eviction.pool;
-            if pool.iter().any(|(_, k)| *k == key) {
-                continue;
-            }
-            if pool.len() == EVICTION_POOL {
-                if pool[0].0 >= score {
-                    continue;
-                }
-                pool.remove(0);
-            }
-            let at = pool.partition_point(|(s, _)| *s < score);
-            pool.insert(at, (score, key));
-        }
-        while let Some((_, key)) = self.eviction.pool.pop() {
-            let live = self.entries.get(&key).is_some_and(|s| {
-                s.entry.liveness(now_ms, self.epoch) == Liveness::Live
-                    && (!policy.volatile_only() || s.entry.expires_at.is_some())
-            });
-            if live {
-                return Some(Bytes::copy_from_slice(&key.key));
-            }
-        }
-        None
+        // Candidates kept from earlier samples are ranked again as of now:
+        // a key used since it was sampled ranks lower (or, deleted, goes),
+        // and idle times grow for all alike.
+        let mut pool = std::mem::take(&mut self.eviction.pool);
+        pool.retain(|(_, key)| !sampled.contains(key));
+        pool.extend(sampled.into_iter().map(|key| (0, key)));
+        pool.retain_mut(|(score, key)| {
+            let Some(slot) = self.entries.get(key) else { return false };
+            let eligible = slot.entry.liveness(now_ms, self.epoch) == Liveness::Live
+                && (!policy.volatile_only() || slot.entry.expires_at.is_some());
+            *score = memory::victim_score(policy, slot.access, slot.entry.expires_at, now_ms);
+            eligible
+        });
+        pool.sort_unstable_by_key(|(score, _)| *score);
+        let keep = pool.len().saturating_sub(EVICTION_POOL);
+        pool.drain(..keep);
+        let best = pool.last().map(|(score, key)| (*score, Bytes::copy_from_slice(&key.key)));
+        self.eviction.pool = pool;
+        best
     }
 
     /// Up to `n` distinct candidate keys at random: live values, with a
@@ -331,6 +358,19 @@ impl Shard {
     /// sampled and thrown away.
     fn sample(&mut self, n: usize, now_ms: u64) -> Vec<HashedKey> {
         let volatile = self.eviction.policy.volatile_only();
+        if self.entries.len() <= SAMPLE_STEPS {
+            // A small shard is ranked whole: sampling a few of a few dozen
+            // keys would miss the best victim too often.
+            return self
+                .entries
+                .iter()
+                .filter(|(_, s)| {
+                    s.entry.liveness(now_ms, self.epoch) == Liveness::Live
+                        && (!volatile || s.entry.expires_at.is_some())
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
         let mut out: Vec<HashedKey> = Vec::with_capacity(n);
         for _ in 0..n * 4 {
             if out.len() == n {
@@ -729,6 +769,7 @@ mod tests {
     fn assert_accounted(s: &Shard) {
         let sum: usize = s.entries.iter().map(|(k, slot)| footprint(k.key.len(), &slot.entry)).sum();
         assert_eq!(s.stats().bytes, sum);
+        assert_eq!(s.stats().volatile, s.expiries.len());
     }
 
     #[test]

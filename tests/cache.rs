@@ -1,0 +1,276 @@
+//! The memory bound with real processes: each eviction policy on one node
+//! loaded with four times its `maxmemory`, the process's RSS against the
+//! bound ARCHITECTURE.md states, `noeviction`'s refusals (through the
+//! client and the CLI's exit code), a restart into a smaller bound, and a
+//! cluster whose replicas evict the same keys and keep them evicted across
+//! a crash.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Certs, Cluster, NodeProcess, NodeSpec, converged, wait_for};
+use ringkv::{Client, KvError, KvStore};
+
+/// ARCHITECTURE.md, *The memory bound*: RSS stays within 1.25 times
+/// `maxmemory` plus this fixed base.
+const BASE_RSS: u64 = 64 << 20;
+
+const MB: u64 = 1 << 20;
+
+fn rss(node: &NodeProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("the node's /proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+fn start(certs: &Certs, dir: &std::path::Path, maxmemory: &str, policy: &str) -> NodeProcess {
+    NodeSpec::new("n1", &dir.join("n1"), certs.path())
+        .setting(&format!("maxmemory = \"{maxmemory}\""))
+        .setting(&format!("maxmemory_policy = \"{policy}\""))
+        .start()
+}
+
+fn value(key: &str, len: usize) -> Vec<u8> {
+    let mut v = format!("{key}:").into_bytes();
+    v.resize(len, b'.');
+    v
+}
+
+/// Puts `keys` (with a time to live where `ttl` says), eight at a time,
+/// and returns the errors, by key.
+async fn put_all(
+    client: &Client,
+    keys: &[String],
+    len: usize,
+    ttl: impl Fn(&str) -> Option<Duration>,
+) -> Vec<(String, KvError)> {
+    let mut failed = Vec::new();
+    for chunk in keys.chunks(8) {
+        let mut puts = tokio::task::JoinSet::new();
+        for key in chunk {
+            let (client, key, value, ttl) = (client.clone(), key.clone(), value(key, len), ttl(key));
+            puts.spawn(async move {
+                let result = match ttl {
+                    Some(ttl) => client.put_with_ttl(key.clone(), value, ttl).await,
+                    None => client.put(key.clone(), value).await,
+                };
+                result.err().map(|e| (key, e))
+            });
+        }
+        failed.extend(puts.join_all().await.into_iter().flatten());
+    }
+    failed
+}
+
+async fn present(client: &Client, keys: &[String], len: usize) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for key in keys {
+        if let Some(v) = client.get(key.clone()).await.unwrap() {
+            assert_eq!(v, value(key, len), "{key} came back damaged");
+            found.insert(key.clone());
+        }
+    }
+    found
+}
+
+fn keys(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:06}")).collect()
+}
+
+async fn memory(client: &Client, node: &NodeProcess) -> ringkv_net::wire::MemoryStatus {
+    client.status_of(node.addr).await.unwrap().memory
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_times_the_bound_stays_within_the_stated_rss() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&certs, dir.path(), "32mb", "allkeys-lru");
+    let client = certs.client(vec![node.addr]);
+    // 128 MiB of 8 KiB values.
+    let all = keys("big", 16_384);
+    let failed = put_all(&client, &all, 8 << 10, |_| None).await;
+    assert!(failed.is_empty(), "allkeys-lru refused writes: {:?}", &failed[..failed.len().min(3)]);
+    let m = memory(&client, &node).await;
+    assert!(m.used <= 32 * MB, "{m:?}");
+    assert!(m.evictions > 10_000, "{m:?}");
+    let rss = rss(&node);
+    assert!(rss <= 32 * MB * 5 / 4 + BASE_RSS, "RSS {} MiB past 1.25 x 32 MiB + {} MiB", rss / MB, BASE_RSS / MB);
+    // The newest keys are the ones kept.
+    let kept = present(&client, &all[all.len() - 500..], 8 << 10).await;
+    assert!(kept.len() >= 450, "only {} of the 500 newest keys kept", kept.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_and_lfu_keep_the_keys_in_use() {
+    for policy in ["allkeys-lru", "allkeys-lfu"] {
+        let certs = Certs::new();
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(&certs, dir.path(), "4mb", policy);
+        let client = certs.client(vec![node.addr]);
+        let hot = keys("hot", 100);
+        assert!(put_all(&client, &hot, 1_000, |_| None).await.is_empty());
+        // About 3,300 keys fit; write four times that, reading the hot
+        // keys (several times each, for LFU) between rounds of writes.
+        let cold = keys("cold", 13_000);
+        for round in cold.chunks(500) {
+            for _ in 0..3 {
+                assert_eq!(present(&client, &hot, 1_000).await.len(), hot.len(), "{policy} evicted a hot key");
+            }
+            let failed = put_all(&client, round, 1_000, |_| None).await;
+            assert!(failed.is_empty(), "{policy} refused: {:?}", failed[0]);
+        }
+        assert_eq!(present(&client, &hot, 1_000).await.len(), hot.len(), "{policy} evicted a hot key");
+        let m = memory(&client, &node).await;
+        assert!(m.used <= 4 * MB && m.evictions >= 9_000 && m.refused == 0, "{policy}: {m:?}");
+        let kept = present(&client, &cold, 1_000).await.len();
+        assert!((2_000..4_000).contains(&kept), "{policy} kept {kept} cold keys; about 3,200 fit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_policies_never_evict_keys_without_a_ttl() {
+    for policy in ["volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"] {
+        let certs = Certs::new();
+        let dir = tempfile::tempdir().unwrap();
+        let node = start(&certs, dir.path(), "4mb", policy);
+        let client = certs.client(vec![node.addr]);
+        // Half the data keeps its keys forever; the rest has TTLs of one
+        // to two hours, later keys expiring later.
+        let persistent = keys("keep", 1_500);
+        assert!(put_all(&client, &persistent, 1_000, |_| None).await.is_empty());
+        let volatile = keys("ttl", 12_000);
+        let ttl = |key: &str| {
+            let i: u64 = key[3..].parse().unwrap();
+            Some(Duration::from_secs(3_600 + i))
+        };
+        let failed = put_all(&client, &volatile, 1_000, ttl).await;
+        assert!(failed.is_empty(), "{policy} refused while keys with a TTL were left: {:?}", failed[0]);
+        assert_eq!(present(&client, &persistent, 1_000).await.len(), persistent.len(), "{policy}");
+        if policy == "volatile-ttl" {
+            // The soonest to expire went first: what is left is the tail.
+            let kept = present(&client, &volatile, 1_000).await;
+            let first = volatile.iter().position(|k| kept.contains(k)).unwrap();
+            assert!(volatile[first..].iter().filter(|k| kept.contains(*k)).count() >= kept.len() * 99 / 100);
+            assert!(first > volatile.len() / 2, "{policy} kept {} from {first}", kept.len());
+        }
+        // With no key with a TTL left, it behaves as noeviction.
+        let more = keys("more", 4_000);
+        let failed = put_all(&client, &more, 1_000, |_| None).await;
+        assert!(!failed.is_empty(), "{policy} never refused");
+        assert!(failed.iter().all(|(_, e)| matches!(e, KvError::OutOfMemory { .. })), "{policy}: {:?}", failed[0]);
+        assert_eq!(present(&client, &persistent, 1_000).await.len(), persistent.len(), "{policy}");
+        let m = memory(&client, &node).await;
+        assert!(m.used <= 4 * MB + 4 * MB / 8, "{policy}: {m:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noeviction_refuses_with_a_clear_error_and_keeps_everything() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&certs, dir.path(), "4mb", "noeviction");
+    let client = certs.client(vec![node.addr]);
+    let all = keys("k", 13_000);
+    let failed = put_all(&client, &all, 1_000, |_| None).await;
+    assert!(failed.len() > 8_000, "only {} refused", failed.len());
+    let text = failed[0].1.to_string();
+    assert!(matches!(failed[0].1, KvError::OutOfMemory { .. }), "{text}");
+    assert!(text.contains("maxmemory 4194304") && text.contains("bytes used") && text.contains("noeviction"), "{text}");
+    let refused: BTreeSet<&String> = failed.iter().map(|(k, _)| k).collect();
+    let acked: Vec<String> = all.iter().filter(|k| !refused.contains(k)).cloned().collect();
+    assert_eq!(present(&client, &acked, 1_000).await.len(), acked.len(), "an acknowledged key was lost");
+    let m = memory(&client, &node).await;
+    assert_eq!((m.evictions, m.refused as usize), (0, failed.len()), "{m:?}");
+
+    // The CLI says the same and exits with 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["put", "one-more", &"x".repeat(10_000), "--certs"])
+        .arg(certs.path())
+        .args(["--addr", &node.addr.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("out of memory") && stderr.contains("maxmemory"), "{stderr}");
+
+    // Deletes make room; clear empties the node.
+    for key in &acked[..1_000] {
+        assert!(client.delete(key.clone()).await.unwrap());
+    }
+    client.put("after-deletes", value("after-deletes", 1_000)).await.unwrap();
+    client.clear().await.unwrap();
+    client.put("after-clear", value("after-clear", 1_000)).await.unwrap();
+    assert!(client.get("after-clear").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_into_a_smaller_bound_evicts_and_says_so() {
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(&certs, dir.path(), "16mb", "allkeys-lru");
+    let client = certs.client(vec![node.addr]);
+    let all = keys("k", 10_000);
+    assert!(put_all(&client, &all, 1_000, |_| None).await.is_empty());
+    let before = memory(&client, &node).await.used;
+    assert!(before > 8 * MB, "{before}");
+    node.stop_with("INT", Duration::from_secs(20));
+    let mut spec = node.spec.clone();
+    spec.config = vec!["maxmemory = \"4mb\"".into(), "maxmemory_policy = \"allkeys-lru\"".into()];
+    let mut node = spec.start();
+    let client = certs.client(vec![node.addr]);
+    let m = wait_for("the node under its new bound", Duration::from_secs(30), || {
+        let client = client.clone();
+        let addr = node.addr;
+        async move { client.status_of(addr).await.ok().map(|s| s.memory).filter(|m| m.used <= 4 * MB) }
+    })
+    .await;
+    assert!(m.evictions > 5_000, "{m:?}");
+    let log = node.drain_log().join("\n");
+    assert!(log.contains("the recovered data is over maxmemory"), "{log}");
+    let kept = present(&client, &all, 1_000).await.len();
+    assert!((2_000..4_000).contains(&kept), "kept {kept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_evicts_the_same_keys_everywhere_and_a_crash_brings_none_back() {
+    let mut cluster = Cluster::start(3, &["maxmemory = \"4mb\"", "maxmemory_policy = \"allkeys-lru\""]);
+    for i in 0..3 {
+        cluster.wait_serving(i, 3, Duration::from_secs(30)).await;
+    }
+    let client = cluster.client();
+    // About 950 keys of 4 KiB fit; write four times that, and kill n2 with
+    // SIGKILL halfway (so some evictions reach it as hints or by repair).
+    let all = keys("k", 3_800);
+    let failed = put_all(&client, &all[..1_900], 4_000, |_| None).await;
+    assert!(failed.is_empty(), "{:?}", failed.first());
+    cluster.nodes[1].kill9();
+    let failed = put_all(&client, &all[1_900..], 4_000, |_| None).await;
+    assert!(failed.is_empty(), "{:?}", failed.first());
+    cluster.nodes[1] = cluster.nodes[1].restart();
+    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
+    // Every key's three replicas end up with the same version: the value,
+    // or the same eviction's tombstone.
+    converged(&client, &all, 3, Duration::from_secs(90)).await;
+    let kept = present(&client, &all, 4_000).await;
+    assert!(kept.len() < all.len() / 2 && !kept.is_empty(), "kept {} of {}", kept.len(), all.len());
+    for node in &cluster.nodes {
+        let m = memory(&client, node).await;
+        assert!(m.used <= 4 * MB + 4 * MB / 8, "{m:?}");
+    }
+    // A crash and restart of a replica brings no evicted key back.
+    cluster.nodes[2].kill9();
+    cluster.nodes[2] = cluster.nodes[2].restart();
+    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
+    converged(&client, &all, 3, Duration::from_secs(90)).await;
+    let after = present(&client, &all, 4_000).await;
+    let back: Vec<&String> = after.difference(&kept).collect();
+    assert!(back.is_empty(), "evicted keys came back: {:?}", &back[..back.len().min(5)]);
+}
