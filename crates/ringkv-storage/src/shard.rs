@@ -87,7 +87,16 @@ struct Eviction {
     /// The best victims found so far, by ascending score; a candidate is
     /// checked again when it is taken, since it may have been used or
     /// deleted since it was sampled.
-    pool: Vec<(u64, HashedKey)>,
+    pool: Vec<Candidate>,
+}
+
+/// A sampled key and what it was when sampled.
+#[derive(Debug, Clone)]
+struct Candidate {
+    key: HashedKey,
+    access: u32,
+    expires_at: Option<u64>,
+    score: u64,
 }
 
 /// A partition's shard.
@@ -326,52 +335,62 @@ impl Shard {
         if policy.is_random() {
             let pick = self.eviction.rng.below(sampled.len().max(1) as u64) as usize;
             let score = self.eviction.rng.next_u64();
-            return sampled.get(pick).map(|k| (score, Bytes::copy_from_slice(&k.key)));
+            return sampled.get(pick).map(|c| (score, Bytes::copy_from_slice(&c.key.key)));
         }
-        // Candidates kept from earlier samples are ranked again as of now:
-        // a key used since it was sampled ranks lower (or, deleted, goes),
-        // and idle times grow for all alike.
+        // Candidates kept from earlier samples are ranked again as of now,
+        // from what they were when sampled (idle times grow for all alike);
+        // the best is taken only if it was not used since.
         let mut pool = std::mem::take(&mut self.eviction.pool);
-        pool.retain(|(_, key)| !sampled.contains(key));
-        pool.extend(sampled.into_iter().map(|key| (0, key)));
-        pool.retain_mut(|(score, key)| {
-            let Some(slot) = self.entries.get(key) else { return false };
-            let eligible = slot.entry.liveness(now_ms, self.epoch) == Liveness::Live
-                && (!policy.volatile_only() || slot.entry.expires_at.is_some());
-            *score = memory::victim_score(policy, slot.access, slot.entry.expires_at, now_ms);
-            eligible
-        });
-        pool.sort_unstable_by_key(|(score, _)| *score);
+        pool.retain(|c| !sampled.iter().any(|s| s.key == c.key));
+        pool.extend(sampled);
+        for c in &mut pool {
+            c.score = memory::victim_score(policy, c.access, c.expires_at, now_ms);
+        }
+        pool.sort_unstable_by_key(|c| c.score);
         let keep = pool.len().saturating_sub(EVICTION_POOL);
         pool.drain(..keep);
-        let best = pool.last().map(|(score, key)| (*score, Bytes::copy_from_slice(&key.key)));
+        let mut best = None;
+        while let Some(top) = pool.last() {
+            let unchanged = self.entries.get(&top.key).is_some_and(|s| {
+                s.access == top.access
+                    && s.entry.liveness(now_ms, self.epoch) == Liveness::Live
+                    && (!policy.volatile_only() || s.entry.expires_at.is_some())
+            });
+            if unchanged {
+                best = Some((top.score, Bytes::copy_from_slice(&top.key.key)));
+                break;
+            }
+            pool.pop();
+        }
         self.eviction.pool = pool;
         best
     }
 
-    /// Up to `n` distinct candidate keys at random: live values, with a
-    /// time to live for the `volatile-*` policies. A random point in the
-    /// map's hash order (or, for volatile keys, in the expiry index's time
-    /// range) and the first live key at or after it: hashes are uniform, so
-    /// every key is about equally likely, and dead markers (which a
-    /// clustered node's evictions leave) are stepped over rather than
-    /// sampled and thrown away.
-    fn sample(&mut self, n: usize, now_ms: u64) -> Vec<HashedKey> {
+    /// Up to `n` distinct candidates at random: live values, with a time to
+    /// live for the `volatile-*` policies. A random point in the map's hash
+    /// order (or, for volatile keys, in the expiry index's time range) and
+    /// the first live key at or after it: hashes are uniform, so every key
+    /// is about equally likely, and dead markers (which a clustered node's
+    /// evictions leave) are stepped over rather than sampled and thrown
+    /// away.
+    fn sample(&mut self, n: usize, now_ms: u64) -> Vec<Candidate> {
         let volatile = self.eviction.policy.volatile_only();
+        let epoch = self.epoch;
+        let eligible = move |s: &Slot| {
+            s.entry.liveness(now_ms, epoch) == Liveness::Live && (!volatile || s.entry.expires_at.is_some())
+        };
+        let candidate = |k: &HashedKey, s: &Slot| Candidate {
+            key: k.clone(),
+            access: s.access,
+            expires_at: s.entry.expires_at,
+            score: 0,
+        };
         if self.entries.len() <= SAMPLE_STEPS {
             // A small shard is ranked whole: sampling a few of a few dozen
             // keys would miss the best victim too often.
-            return self
-                .entries
-                .iter()
-                .filter(|(_, s)| {
-                    s.entry.liveness(now_ms, self.epoch) == Liveness::Live
-                        && (!volatile || s.entry.expires_at.is_some())
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
+            return self.entries.iter().filter(|(_, s)| eligible(s)).map(|(k, s)| candidate(k, s)).collect();
         }
-        let mut out: Vec<HashedKey> = Vec::with_capacity(n);
+        let mut out: Vec<Candidate> = Vec::with_capacity(n);
         for _ in 0..n * 4 {
             if out.len() == n {
                 break;
@@ -382,23 +401,23 @@ impl Shard {
                 };
                 let at = low + self.eviction.rng.below(high - low + 1);
                 let key = self.expiries.range((at, Box::from(&[][..]))..).next().map(|(_, k)| k.clone());
-                key.map(|k| HashedKey { hash: key_hash(&k), key: k })
+                key.and_then(|k| {
+                    let probe = (key_hash(&k), &k[..]);
+                    let (k, s) = self.entries.get_key_value(&probe as &dyn Probe)?;
+                    eligible(s).then(|| candidate(k, s))
+                })
             } else {
-                if self.entries.is_empty() {
-                    break;
-                }
                 let at = (self.eviction.rng.next_u64(), &[][..]);
                 let after = self.entries.range::<dyn Probe, _>((Bound::Included(&at as &dyn Probe), Bound::Unbounded));
                 after
                     .chain(self.entries.iter())
                     .take(SAMPLE_STEPS)
-                    .find(|(_, s)| s.entry.liveness(now_ms, self.epoch) == Liveness::Live)
-                    .map(|(k, _)| k.clone())
+                    .find(|(_, s)| eligible(s))
+                    .map(|(k, s)| candidate(k, s))
             };
-            let Some(key) = found else { break };
-            let live = self.entries.get(&key).is_some_and(|s| s.entry.liveness(now_ms, self.epoch) == Liveness::Live);
-            if live && !out.contains(&key) {
-                out.push(key);
+            let Some(found) = found else { break };
+            if !out.iter().any(|c| c.key == found.key) {
+                out.push(found);
             }
         }
         out

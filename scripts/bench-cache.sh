@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The cache's figures (issue 10), all in one run:
+#   1. memory per key: RSS growth of a fresh `--persistence none` ringkv
+#      node and of a fresh Redis (no persistence), each loaded over the
+#      network with the same KEYS keys ("key:" and 12 digits, 16 bytes) of
+#      100-byte values;
+#   2. PUT throughput at steady eviction: a node bounded at MAXMEMORY
+#      (allkeys-lru) with a key space four times what fits, against an
+#      unbounded node, both filled first, alternating, RUNS times each;
+#   3. the LRU-quality simulation (cargo example lru_quality).
+# Needs redis-server and redis-cli (Debian: apt-get install redis-server).
+#
+#   scripts/bench-cache.sh          # KEYS=1000000 MAXMEMORY=64mb RUNS=3 DURATION=8s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KEYS=${KEYS:-1000000}
+MAXMEMORY=${MAXMEMORY:-64mb}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8s}
+source scripts/lib.sh
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# 1. Memory per key.
+serve_single --persistence none
+node=$PID
+# Warm the connection and the runtime first, so the base is a serving node.
+"$BIN" bench --ops 1000 --keys 1000 --value-size 100 --read-ratio 0 >/dev/null 2>&1
+base=$(rss_kb "$node")
+"$BIN" bench --ops "$KEYS" --keys "$KEYS" --sequential --value-size 100 --read-ratio 0 >/dev/null 2>&1
+ringkv_per_key=$(( ($(rss_kb "$node") - base) * 1024 / KEYS ))
+kill "$node"
+
+redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+redis=$!
+pids+=("$redis")
+until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+base=$(rss_kb "$redis")
+used_base=$(redis-cli -p "$redis_port" info memory | awk -F: '/^used_memory:/ {print $2+0}')
+value=$(printf 'x%.0s' $(seq 100))
+awk -v n="$KEYS" -v v="$value" 'BEGIN {
+    for (i = 0; i < n; i++) {
+        k = sprintf("key:%012d", i)
+        printf "*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", length(k), k, length(v), v
+    }
+}' | redis-cli -p "$redis_port" --pipe >/dev/null
+redis_per_key=$(( ($(rss_kb "$redis") - base) * 1024 / KEYS ))
+used=$(redis-cli -p "$redis_port" info memory | awk -F: '/^used_memory:/ {print $2+0}')
+redis_used_per_key=$(( (used - used_base) / KEYS ))
+[ "$(redis-cli -p "$redis_port" dbsize)" = "$KEYS" ]
+redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+echo "memory per key, $KEYS keys of 16 + 100 bytes (RSS growth): ringkv $ringkv_per_key B," \
+    "$(redis-server --version | awk '{print $1, $3}') $redis_per_key B (used_memory $redis_used_per_key B);" \
+    "ringkv/redis $(awk -v a="$ringkv_per_key" -v b="$redis_per_key" 'BEGIN {printf "%.2f", a / b}')"
+
+# 2. PUT at steady eviction. What fits: about 340 bytes per key of 100 bytes.
+bound_bytes=$(python3 -c "
+import re, sys
+m = re.fullmatch(r'(\d+)(kb|mb|gb)?', '$MAXMEMORY'.lower())
+print(int(m.group(1)) * {None: 1, 'kb': 1 << 10, 'mb': 1 << 20, 'gb': 1 << 30}[m.group(2)])")
+space=$(( bound_bytes / 340 * 4 ))
+serve_single --persistence none --maxmemory "$MAXMEMORY" --maxmemory-policy allkeys-lru
+bounded=$ADDR bounded_pid=$PID
+serve_single --persistence none
+unbounded=$ADDR
+for addr in "$bounded" "$unbounded"; do
+    RINGKV_ADDR=$addr "$BIN" bench --ops "$space" --keys "$space" --sequential --value-size 100 --read-ratio 0 \
+        >/dev/null 2>&1
+done
+bench() { RINGKV_ADDR=$1 "$BIN" bench --keys "$space" --value-size 100 --concurrency 50 --duration "$DURATION" \
+    --read-ratio 0 --seed "$2" --json 2>/dev/null | field put ops_per_sec; }
+b=() u=()
+for run in $(seq "$RUNS"); do
+    b+=("$(bench "$bounded" "$run")")
+    u+=("$(bench "$unbounded" "$run")")
+done
+memory=$(RINGKV_ADDR=$bounded "$BIN" status | awk '/policy allkeys-lru/')
+b_med=$(printf '%s\n' "${b[@]}" | median)
+u_med=$(printf '%s\n' "${u[@]}" | median)
+echo "PUT, $space-key space (4x what $MAXMEMORY holds), 100-byte values, 50 in flight, $DURATION runs:" \
+    "bounded ${b[*]} (median $b_med), unbounded ${u[*]} (median $u_med);" \
+    "bounded/unbounded $(awk -v a="$b_med" -v c="$u_med" 'BEGIN {printf "%.2f", a / c}')"
+echo "bounded node after the runs:$memory; RSS $(( $(rss_kb "$bounded_pid") / 1024 )) MiB"
+
+# 3. LRU quality.
+cargo run --release --quiet -p ringkv-storage --example lru_quality
