@@ -69,19 +69,36 @@ for addr in "$bounded" "$unbounded"; do
     RINGKV_ADDR=$addr "$BIN" bench --ops "$space" --keys "$space" --sequential --value-size 100 --read-ratio 0 \
         >/dev/null 2>&1
 done
-bench() { RINGKV_ADDR=$1 "$BIN" bench --keys "$space" --value-size 100 --concurrency 50 --duration "$DURATION" \
-    --read-ratio 0 --seed "$2" --json 2>/dev/null | field put ops_per_sec; }
-b=() u=()
+unbounded_pid=$PID
+# bench ADDR PID SEED: "ops/s server-CPU-µs-per-PUT" of one run (the
+# server's user and system time from /proc, steadier than throughput on a
+# shared machine).
+bench() {
+    local before after json
+    before=$(awk '{print $14 + $15}' "/proc/$2/stat")
+    json=$(RINGKV_ADDR=$1 "$BIN" bench --keys "$space" --value-size 100 --concurrency 50 --duration "$DURATION" \
+        --read-ratio 0 --seed "$3" --json 2>/dev/null)
+    after=$(awk '{print $14 + $15}' "/proc/$2/stat")
+    awk -v ops="$(echo "$json" | field put ops_per_sec)" -v n="$(echo "$json" | field put ops)" \
+        -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%d %.1f\n", ops, t / hz / n * 1e6}'
+}
+b=() u=() bc=() uc=()
 for run in $(seq "$RUNS"); do
-    b+=("$(bench "$bounded" "$run")")
-    u+=("$(bench "$unbounded" "$run")")
+    read -r ops cpu < <(bench "$bounded" "$bounded_pid" "$run")
+    b+=("$ops") bc+=("$cpu")
+    read -r ops cpu < <(bench "$unbounded" "$unbounded_pid" "$run")
+    u+=("$ops") uc+=("$cpu")
 done
 memory=$(RINGKV_ADDR=$bounded "$BIN" status | awk '/policy allkeys-lru/')
 b_med=$(printf '%s\n' "${b[@]}" | median)
 u_med=$(printf '%s\n' "${u[@]}" | median)
+bc_med=$(printf '%s\n' "${bc[@]}" | median)
+uc_med=$(printf '%s\n' "${uc[@]}" | median)
 echo "PUT, $space-key space (4x what $MAXMEMORY holds), 100-byte values, 50 in flight, $DURATION runs:" \
-    "bounded ${b[*]} (median $b_med), unbounded ${u[*]} (median $u_med);" \
+    "bounded ${b[*]} ops/s (median $b_med), unbounded ${u[*]} (median $u_med);" \
     "bounded/unbounded $(awk -v a="$b_med" -v c="$u_med" 'BEGIN {printf "%.2f", a / c}')"
+echo "server CPU per PUT: bounded ${bc[*]} us (median $bc_med), unbounded ${uc[*]} (median $uc_med);" \
+    "unbounded/bounded $(awk -v a="$uc_med" -v c="$bc_med" 'BEGIN {printf "%.2f", a / c}')"
 echo "bounded node after the runs:$memory; RSS $(( $(rss_kb "$bounded_pid") / 1024 )) MiB"
 
 # 3. LRU quality.

@@ -207,9 +207,13 @@ impl PartitionState {
             return Ok(Applied::Covered(self.shard.epoch()));
         }
         if admit && self.memory.limit > 0 && entry.value.is_some() {
-            let stored = self.shard.entry(&key).map_or(0, |e| footprint(key.len(), e));
-            let growth = footprint(key.len(), &entry).saturating_sub(stored);
-            self.admit(growth, now).await?;
+            let size = footprint(key.len(), &entry);
+            // What an overwrite replaces is looked up only when the write
+            // might not fit without it.
+            if self.memory.used().saturating_add(size) > self.memory.limit {
+                let stored = self.shard.entry(&key).map_or(0, |e| footprint(key.len(), e));
+                self.admit(size.saturating_sub(stored), now).await?;
+            }
         }
         let applied = match condition {
             None => self.shard.apply(&key, entry.clone(), now),

@@ -367,12 +367,9 @@ impl Shard {
     }
 
     /// Up to `n` distinct candidates at random: live values, with a time to
-    /// live for the `volatile-*` policies. A random point in the map's hash
-    /// order (or, for volatile keys, in the expiry index's time range) and
-    /// the first live key at or after it: hashes are uniform, so every key
-    /// is about equally likely, and dead markers (which a clustered node's
-    /// evictions leave) are stepped over rather than sampled and thrown
-    /// away.
+    /// live for the `volatile-*` policies. Dead markers (which a clustered
+    /// node's evictions leave) are stepped over rather than sampled and
+    /// thrown away.
     fn sample(&mut self, n: usize, now_ms: u64) -> Vec<Candidate> {
         let volatile = self.eviction.policy.volatile_only();
         let epoch = self.epoch;
@@ -390,31 +387,35 @@ impl Shard {
             // keys would miss the best victim too often.
             return self.entries.iter().filter(|(_, s)| eligible(s)).map(|(k, s)| candidate(k, s)).collect();
         }
+        if !volatile {
+            // Keys next to each other in hash order are unrelated keys, so
+            // the live ones after one random point are a random sample: one
+            // seek instead of one per key.
+            let at = (self.eviction.rng.next_u64(), &[][..]);
+            let after = self.entries.range::<dyn Probe, _>((Bound::Included(&at as &dyn Probe), Bound::Unbounded));
+            return after
+                .chain(self.entries.iter())
+                .take(SAMPLE_STEPS)
+                .filter(|(_, s)| eligible(s))
+                .take(n)
+                .map(|(k, s)| candidate(k, s))
+                .collect();
+        }
+        // Keys with a TTL are sampled through the expiry index, whose order
+        // is not random: one seek per key, at a random instant.
         let mut out: Vec<Candidate> = Vec::with_capacity(n);
         for _ in 0..n * 4 {
             if out.len() == n {
                 break;
             }
-            let found = if volatile {
-                let (Some((low, _)), Some((high, _))) = (self.expiries.first(), self.expiries.last()) else {
-                    break;
-                };
-                let at = low + self.eviction.rng.below(high - low + 1);
-                let key = self.expiries.range((at, Box::from(&[][..]))..).next().map(|(_, k)| k.clone());
-                key.and_then(|k| {
-                    let probe = (key_hash(&k), &k[..]);
-                    let (k, s) = self.entries.get_key_value(&probe as &dyn Probe)?;
-                    eligible(s).then(|| candidate(k, s))
-                })
-            } else {
-                let at = (self.eviction.rng.next_u64(), &[][..]);
-                let after = self.entries.range::<dyn Probe, _>((Bound::Included(&at as &dyn Probe), Bound::Unbounded));
-                after
-                    .chain(self.entries.iter())
-                    .take(SAMPLE_STEPS)
-                    .find(|(_, s)| eligible(s))
-                    .map(|(k, s)| candidate(k, s))
-            };
+            let (Some((low, _)), Some((high, _))) = (self.expiries.first(), self.expiries.last()) else { break };
+            let at = low + self.eviction.rng.below(high - low + 1);
+            let key = self.expiries.range((at, Box::from(&[][..]))..).next().map(|(_, k)| k.clone());
+            let found = key.and_then(|k| {
+                let probe = (key_hash(&k), &k[..]);
+                let (k, s) = self.entries.get_key_value(&probe as &dyn Probe)?;
+                eligible(s).then(|| candidate(k, s))
+            });
             let Some(found) = found else { break };
             if !out.iter().any(|c| c.key == found.key) {
                 out.push(found);
