@@ -51,6 +51,14 @@ chaos seed="1" duration="120s":
     cargo build --release -p ringkv -p ringkv-chaos
     "${CARGO_TARGET_DIR:-target}/release/ringkv-chaos" --seed {{seed}} --duration {{duration}}
 
+# The chaos suite's cache profile: the same, with every node bound to
+# MAXMEMORY under allkeys-lru, so that keys are evicted all run long; the
+# nodes' evictions (evictions.jsonl) are the only excuse the checker takes
+# for an absent key. Output in target/chaos/cache-seed-N.
+chaos-cache seed="1" duration="120s" maxmemory="4mb":
+    cargo build --release -p ringkv -p ringkv-chaos
+    "${CARGO_TARGET_DIR:-target}/release/ringkv-chaos" --seed {{seed}} --duration {{duration}} --maxmemory {{maxmemory}}
+
 # Every fuzz target for SECONDS each, one after the other (nightly;
 # installs cargo-fuzz if missing). Findings land in fuzz/artifacts/.
 # `cargo test -p ringkv-fuzz` replays the checked-in corpus on stable.

@@ -29,7 +29,11 @@
 //!   [`CheckOptions::cross_client_ms`] before Y was invoked. Between clients
 //!   that never exchanged anything, a node whose clock is behind and that
 //!   has not yet received X can stamp Y before it (README), so closer than
-//!   that, either order is possible.
+//!   that, either order is possible;
+//! - either is an eviction (see *Evictions* below): as for different
+//!   clients, even against the clear. The eviction's stamp is known, but
+//!   it was read off a node's clock, which may be off by the skew; the
+//!   harness never saw when it happened.
 //!
 //! Last-writer-wins on versions then means that the key's final state is
 //! the effect of some put, delete or clear X that no *acknowledged* one is
@@ -80,6 +84,33 @@
 //! acknowledged delete or clear superseded is judged only on the final
 //! reads, at consistency `all` after healing and convergence, which must
 //! match the model above.
+//!
+//! # Evictions
+//!
+//! Under a memory bound a node evicts a key by writing a tombstone stamped
+//! by its hybrid logical clock and sending it to the other replicas: a
+//! delete that no client invoked. Every eviction the nodes logged
+//! ([`crate::evictions`]) joins its key's mutations as such a delete, by
+//! client [`EVICTOR`], at the instant of its stamp (invoked and completed
+//! at [`Eviction::at_ms`]), and is ordered against the rest as above. So:
+//!
+//! - **absence** (in the final state, or after a client's own put) is
+//!   explained by an eviction *of that key* that no acknowledged mutation
+//!   is certainly ordered after, stamped before the read may have returned
+//!   (within the skew allowance). An eviction of another key, or one
+//!   certainly older than the last acknowledged write, explains nothing:
+//!   without a recorded eviction an absent key is still a lost write;
+//! - **a value** is never explained by an eviction: a final read that
+//!   returns a value that an acknowledged write, delete or clear certainly
+//!   superseded is the same violation as without evictions;
+//! - **resurrection**: a final read that returns a value certainly written
+//!   before an eviction of its key is [`Violation::EvictionUndone`] (the
+//!   tombstone was lost, or a stale replica brought the value back).
+//!   Except when the harness killed the process that logged the eviction
+//!   soon after ([`crate::evictions::KILL_WINDOW_MS`]): a node logs an
+//!   eviction before its tombstone is durable or sent, so such an eviction
+//!   may not have happened at all, like a write whose answer was lost (it
+//!   still explains an absence).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -87,7 +118,8 @@ use std::fmt;
 use ringkv_core::{Entry, Epoch};
 use serde::Serialize;
 
-use crate::history::{Answer, CONTROLLER, OpKind, Outcome, Phase, Read, Record, TtlAnswer};
+use crate::evictions::Eviction;
+use crate::history::{Answer, CONTROLLER, EVICTOR, OpKind, Outcome, Phase, Read, Record, TtlAnswer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckOptions {
@@ -140,15 +172,24 @@ impl CheckOptions {
     /// Whether mutation `x` is certainly ordered before mutation `y` (see
     /// the module comment).
     pub fn ordered(&self, x: &Record, y: &Record) -> bool {
+        let eviction = x.client == EVICTOR || y.client == EVICTOR;
         if std::ptr::eq(x, y) {
             false
-        } else if x.op == OpKind::Clear || y.op == OpKind::Clear {
+        } else if (x.op == OpKind::Clear || y.op == OpKind::Clear) && !eviction {
             x.complete_ms < y.invoke_ms
-        } else if x.client == y.client {
+        } else if x.client == y.client && !eviction {
             x.invoke_ms < y.invoke_ms
         } else {
             x.complete_ms + self.cross_client_ms < y.invoke_ms
         }
+    }
+
+    /// Whether mutation `m` may have taken effect before a read that
+    /// returned at `complete_ms`: invoked before it, or, for an eviction,
+    /// stamped by a clock that may have been ahead by up to the skew.
+    fn may_precede(&self, m: &Record, complete_ms: u64) -> bool {
+        let allowance = if m.client == EVICTOR { self.cross_client_ms } else { 0 };
+        m.invoke_ms < complete_ms + allowance
     }
 }
 
@@ -210,6 +251,10 @@ pub enum Violation {
     DeleteUndone { key: String, delete: OpRef, read: Read, read_writer: OpRef },
     /// An acknowledged clear was undone for this key.
     ClearUndone { key: String, clear: OpRef, read: Read, read_writer: OpRef },
+    /// An eviction was undone: the final state is a value certainly written
+    /// before a recorded eviction of the key, by a node that was not killed
+    /// soon after logging it.
+    EvictionUndone { key: String, eviction: Eviction, read: Read, read_writer: OpRef },
     /// A read returned a value after its latest possible expiry (its TTL,
     /// and every expire or persist that may have applied to it) had
     /// certainly passed.
@@ -247,6 +292,7 @@ impl Violation {
             Violation::LostWrite { .. } => "lost_write",
             Violation::DeleteUndone { .. } => "delete_undone",
             Violation::ClearUndone { .. } => "clear_undone",
+            Violation::EvictionUndone { .. } => "eviction_undone",
             Violation::ExpiredRead { .. } => "expired_read",
             Violation::PhantomRead { .. } => "phantom_read",
             Violation::SessionRead { .. } => "session_read",
@@ -262,6 +308,7 @@ impl Violation {
             Violation::LostWrite { key, .. }
             | Violation::DeleteUndone { key, .. }
             | Violation::ClearUndone { key, .. }
+            | Violation::EvictionUndone { key, .. }
             | Violation::ExpiredRead { key, .. }
             | Violation::PhantomRead { key, .. }
             | Violation::SessionRead { key, .. }
@@ -305,6 +352,11 @@ impl fmt::Display for Violation {
             Violation::ClearUndone { key, clear, read, read_writer } => write!(
                 f,
                 "clear undone: key {key}: final read got {} (from {read_writer}) after {clear}",
+                fmt_read(read)
+            ),
+            Violation::EvictionUndone { key, eviction, read, read_writer } => write!(
+                f,
+                "eviction undone: key {key}: final read got {} (from {read_writer}) after its {eviction}",
                 fmt_read(read)
             ),
             Violation::ExpiredRead { key, phase, read_op, put, expired_by_ms, read_invoke_ms } => write!(
@@ -496,11 +548,29 @@ struct Session<'a> {
     seen: Vec<&'a Record>,
 }
 
-/// Checks a history. Deterministic: the violations of every read come out
-/// in the order of the records, then the final state of every key in the
-/// order of the keys.
+/// Checks a history of a run without evictions. Deterministic: the
+/// violations of every read come out in the order of the records, then the
+/// final state of every key in the order of the keys.
 pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
+    check_with_evictions(history, &[], opts)
+}
+
+/// Checks a history together with the evictions the nodes logged during
+/// it (see *Evictions* in the module comment). Evictions of keys that no
+/// client wrote are ignored.
+pub fn check_with_evictions(history: &[Record], evictions: &[Eviction], opts: &CheckOptions) -> Vec<Violation> {
     let mut violations = Vec::new();
+    // Each eviction as the delete it is, by EVICTOR at its stamp's instant;
+    // one the harness killed the node after may not have happened.
+    let eviction_records: Vec<Record> = evictions
+        .iter()
+        .map(|e| Record {
+            outcome: if e.killed_after { Outcome::Unknown } else { Outcome::Ok },
+            ..Record::invoke(EVICTOR, Phase::Run, OpKind::Delete, Some(e.key.clone()), e.at_ms)
+        })
+        .collect();
+    let evicted_by: HashMap<*const Record, &Eviction> =
+        eviction_records.iter().map(|r| r as *const Record).zip(evictions).collect();
     let mut writers: HashMap<&str, &Record> = HashMap::new();
     let mut keys: BTreeMap<&str, KeyOps<'_>> = BTreeMap::new();
     let mut clears: Vec<&Record> = Vec::new();
@@ -520,6 +590,13 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
             }
             (OpKind::Get, Some(key)) if r.phase == Phase::Final => keys.entry(key).or_default().final_reads.push(r),
             _ => {}
+        }
+    }
+    for r in &eviction_records {
+        if let Some(ops) = r.key.as_deref().and_then(|key| keys.get_mut(key))
+            && !ops.writes.is_empty()
+        {
+            ops.writes.push(r);
         }
     }
     let no_ops = KeyOps::default();
@@ -633,10 +710,11 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
         mutations.extend(clears.iter().copied());
         mutations.sort_by_key(|r| (r.invoke_ms, r.complete_ms));
         let acked: Vec<&Record> = mutations.iter().copied().filter(|r| r.outcome == Outcome::Ok).collect();
-        // The acknowledged mutation that completed last is never certainly
-        // ordered before another acknowledged one (that one would have
-        // completed later), so it names what an unexplained absence lost.
-        let last_acked = acked.iter().copied().max_by_key(|r| r.complete_ms);
+        // The client's acknowledged mutation that completed last is never
+        // certainly ordered before another acknowledged one (that one would
+        // have completed later), so it names what an unexplained absence
+        // lost.
+        let last_acked = acked.iter().copied().filter(|r| r.client != EVICTOR).max_by_key(|r| r.complete_ms);
         let candidate = |x: &Record| !acked.iter().any(|y| opts.ordered(x, y));
 
         let reads: Vec<&Record> = ops.final_reads.iter().copied().filter(|r| r.outcome == Outcome::Ok).collect();
@@ -654,11 +732,25 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
                     let Some(w) = writers.get(value.as_str()).filter(|w| w.key.as_deref() == Some(*key)) else {
                         continue;
                     };
-                    // The newest acknowledged mutation certainly after it.
-                    let Some(last) = acked.iter().copied().filter(|y| opts.ordered(w, y)).max_by_key(|y| y.invoke_ms)
-                    else {
+                    // The newest acknowledged mutation certainly after it;
+                    // a client's if there is one, which needs no eviction
+                    // record to be a violation.
+                    let after: Vec<&Record> = acked.iter().copied().filter(|y| opts.ordered(w, y)).collect();
+                    let newest = |evictions: bool| {
+                        after.iter().copied().filter(|y| evictions || y.client != EVICTOR).max_by_key(|y| y.invoke_ms)
+                    };
+                    let Some(last) = newest(false).or_else(|| newest(true)) else {
                         continue;
                     };
+                    if let Some(eviction) = evicted_by.get(&(last as *const Record)) {
+                        violations.push(Violation::EvictionUndone {
+                            key: (*key).into(),
+                            eviction: (*eviction).clone(),
+                            read: result.clone(),
+                            read_writer: OpRef::of(w),
+                        });
+                        continue;
+                    }
                     violations.push(match last.op {
                         OpKind::Delete => Violation::DeleteUndone {
                             key: (*key).into(),
@@ -686,7 +778,7 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
                         || mutations.iter().any(|x| {
                             candidate(x)
                                 && match x.op {
-                                    OpKind::Delete | OpKind::Clear => true,
+                                    OpKind::Delete | OpKind::Clear => opts.may_precede(x, read.complete_ms),
                                     _ => ops
                                         .earliest_expiry(x)
                                         .is_some_and(|at| at <= read.complete_ms + opts.expiry_early_ms),
@@ -710,14 +802,15 @@ pub fn check(history: &[Record], opts: &CheckOptions) -> Vec<Violation> {
 
 /// Whether a read `r` that found the key absent after the client's own
 /// acknowledged put `own` is explained: by `own`'s value expiring, or by a
-/// delete, the clear or an expiring value not certainly ordered before
-/// `own` and invoked before the read returned.
+/// delete, the clear, an eviction or an expiring value not certainly
+/// ordered before `own` and invoked (an eviction: stamped) before the read
+/// returned.
 fn absence_explained(ops: &KeyOps<'_>, clears: &[&Record], own: &Record, r: &Record, opts: &CheckOptions) -> bool {
     let may_have_expired =
         |x: &Record| ops.earliest_expiry(x).is_some_and(|at| at <= r.complete_ms + opts.expiry_early_ms);
     may_have_expired(own)
         || ops.writes.iter().chain(clears).any(|m| {
-            m.invoke_ms < r.complete_ms
+            opts.may_precede(m, r.complete_ms)
                 && !opts.ordered(m, own)
                 && !std::ptr::eq(*m, own)
                 && matches!(m.op, OpKind::Delete | OpKind::Clear)
@@ -1315,6 +1408,95 @@ mod tests {
         h.push(by(1, expire(1000, (10, 20), Outcome::Ok, false)));
         h.push(fin(None));
         assert_eq!(kinds(&h), ["lost_write"], "an expire that answered false changed nothing");
+    }
+
+    /// An eviction of `key` stamped at `at_ms`, logged by n1, which the
+    /// harness killed afterwards if `killed_after`.
+    fn eviction(key: &str, at_ms: u64, killed_after: bool) -> Eviction {
+        Eviction {
+            node: "n1".into(),
+            incarnation: 1,
+            key: key.into(),
+            ts: Timestamp::new(1_700_000_000_000 + at_ms, 0).0,
+            tag: 1,
+            at_ms,
+            logged_ms: Some(at_ms),
+            killed_after,
+        }
+    }
+
+    fn kinds_with(history: &[Record], evictions: &[Eviction]) -> Vec<&'static str> {
+        check_with_evictions(history, evictions, &CheckOptions::default()).iter().map(|v| v.kind()).collect()
+    }
+
+    #[test]
+    fn only_an_eviction_of_the_key_late_enough_explains_its_absence() {
+        let h = vec![put("v0.1", (0, 5), Outcome::Ok), fin(None)];
+        // No eviction, or an eviction of another key: a lost write.
+        assert_eq!(kinds_with(&h, &[]), ["lost_write"]);
+        assert_eq!(kinds_with(&h, &[eviction("u/0/9", 50, false)]), ["lost_write"]);
+        // An eviction of the key after the put, or concurrent with it (it
+        // may have been stamped after), even one that may not have happened.
+        for e in [eviction(K, 50, false), eviction(K, 50, true), eviction(K, 2, false)] {
+            assert_eq!(kinds_with(&h, std::slice::from_ref(&e)), Vec::<&str>::new(), "{e}");
+        }
+        // Not one certainly before the last acknowledged write, nor one
+        // stamped after the final read returned.
+        let h2 = vec![put("v0.1", (0, 5), Outcome::Ok), put("v0.2", (100, 105), Outcome::Ok), fin(None)];
+        assert_eq!(kinds_with(&h2, &[eviction(K, 50, false)]), ["lost_write"]);
+        assert_eq!(kinds_with(&h, &[eviction(K, 100_100, false)]), ["lost_write"]);
+        // Clock skew widens "concurrent" both ways, as for two clients: an
+        // eviction stamped 5 s before a put may be after it when a clock
+        // was 3 s off.
+        let h = vec![put("v0.1", (10_000, 10_005), Outcome::Ok), fin(None)];
+        let e = [eviction(K, 5_000, false)];
+        assert_eq!(kinds_with(&h, &e), ["lost_write"]);
+        assert!(check_with_evictions(&h, &e, &CheckOptions::with_clock_skew(3_000)).is_empty());
+    }
+
+    #[test]
+    fn an_eviction_never_explains_a_stale_value() {
+        // v0.2 was acknowledged after v0.1: returning v0.1 is a lost write
+        // whether an eviction came between them, after them, or not at all.
+        let h = vec![put("v0.1", (0, 5), Outcome::Ok), put("v0.2", (100, 105), Outcome::Ok), fin(Some("v0.1"))];
+        for evictions in
+            [vec![], vec![eviction(K, 50, false)], vec![eviction(K, 500, false)], vec![eviction(K, 500, true)]]
+        {
+            assert_eq!(kinds_with(&h, &evictions), ["lost_write"], "{evictions:?}");
+        }
+        // And after an acknowledged delete, a delete undone.
+        let h = vec![put("v0.1", (0, 5), Outcome::Ok), delete((100, 105), Outcome::Ok), fin(Some("v0.1"))];
+        assert_eq!(kinds_with(&h, &[eviction(K, 500, false)]), ["delete_undone"]);
+    }
+
+    #[test]
+    fn a_value_written_before_an_eviction_of_its_key_must_not_come_back() {
+        let h = vec![put("v0.1", (0, 5), Outcome::Ok), fin(Some("v0.1"))];
+        let v = check_with_evictions(&h, &[eviction(K, 50, false)], &CheckOptions::default());
+        match &v[..] {
+            [Violation::EvictionUndone { key, eviction, read_writer, .. }] => {
+                assert_eq!((key.as_str(), eviction.at_ms), (K, 50));
+                assert_eq!(read_writer.value.as_deref(), Some("v0.1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(v[0].to_string().contains("eviction by n1 (start 1) at 50 ms"), "{}", v[0]);
+        // Unless the node was killed after logging it (the tombstone may
+        // never have been written), or the eviction may have been stamped
+        // before the put, or a later write replaced the tombstone.
+        assert_eq!(kinds_with(&h, &[eviction(K, 50, true)]), Vec::<&str>::new());
+        assert_eq!(kinds_with(&h, &[eviction(K, 3, false)]), Vec::<&str>::new());
+        let h = vec![put("v0.1", (0, 5), Outcome::Ok), put("v0.2", (100, 105), Outcome::Ok), fin(Some("v0.2"))];
+        assert_eq!(kinds_with(&h, &[eviction(K, 50, false)]), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn an_eviction_explains_a_clients_own_write_read_absent() {
+        let h = vec![put("v0.1", (0, 5), Outcome::Ok), read(Phase::Run, (100, 105), None), fin(None)];
+        assert_eq!(kinds_with(&h, &[]), ["session_read", "lost_write"]);
+        assert_eq!(kinds_with(&h, &[eviction(K, 50, false)]), Vec::<&str>::new());
+        // Stamped after the read returned: it explains the final state only.
+        assert_eq!(kinds_with(&h, &[eviction(K, 200, false)]), ["session_read"]);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! Each process sits behind a guard that, when dropped — on success, error
 //! or panic — resumes it (so that nothing is left stopped even if the kill
 //! fails), kills it and reaps it. A node's stdout and stderr are appended
-//! to `<out>/logs/<node>.log`, with a marker line at every start, so a
-//! violation can be matched to what the node was doing.
+//! to `<out>/logs/<node>.log`, with a marker line at every start
+//! ([`START_MARKER`]) and at every SIGKILL the run gives it
+//! ([`KILL_MARKER`]), so a violation can be matched to what the node was
+//! doing, and an eviction the node logged to the process that logged it
+//! ([`crate::evictions`]).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -12,7 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -20,6 +23,15 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::net::Netns;
+
+/// Starts the line the harness writes into a node's log before each start.
+pub const START_MARKER: &str = "=== chaos: starting ";
+/// Starts the line the harness writes into a node's log after it killed
+/// the node with SIGKILL during the run (not at the end of the run), once
+/// everything the process wrote before has been copied into the log:
+/// `=== chaos: SIGKILL n2 at MS (why)`, MS the system clock just before
+/// the signal, in ms since the Unix epoch.
+pub const KILL_MARKER: &str = "=== chaos: SIGKILL ";
 
 /// PIDs of the running node processes, by node id; the memory sampler reads
 /// it while the fault runner changes it.
@@ -38,6 +50,8 @@ pub struct NodeSpec {
     /// The network namespace to run in (see [`crate::net`]); `None` runs
     /// the node in the harness's namespace, on loopback.
     pub netns: Option<String>,
+    /// The node's log filter (`RUST_LOG`).
+    pub rust_log: String,
 }
 
 /// A node process (running, killed, or paused), killed when dropped.
@@ -45,6 +59,11 @@ pub struct NodeProc {
     pub spec: NodeSpec,
     child: Option<Child>,
     log: PathBuf,
+    /// The log, shared with the threads that copy the process's output
+    /// into it.
+    log_file: Arc<Mutex<std::fs::File>>,
+    /// One message from each of those two threads when its pipe closed.
+    copied: std_mpsc::Receiver<()>,
     pub paused: bool,
 }
 
@@ -62,7 +81,7 @@ impl NodeProc {
     pub async fn start(bin: &Path, spec: NodeSpec, log_dir: &Path, timeout: Duration) -> anyhow::Result<NodeProc> {
         let log = log_dir.join(format!("{}.log", spec.node_id));
         let mut file = OpenOptions::new().create(true).append(true).open(&log).context("open node log")?;
-        writeln!(file, "=== chaos: starting {} listen {} gossip {}", spec.node_id, spec.listen, spec.gossip)?;
+        writeln!(file, "{START_MARKER}{} listen {} gossip {}", spec.node_id, spec.listen, spec.gossip)?;
         let seeds: Vec<String> = spec.seeds.iter().map(|s| s.to_string()).collect();
         // `ip netns exec` execs the node in place, so the child's pid is the
         // node's and signals reach it directly.
@@ -87,7 +106,7 @@ impl NodeProc {
             .arg(spec.listen.to_string())
             .arg("--gossip")
             .arg(spec.gossip.to_string())
-            .env("RUST_LOG", std::env::var("RINGKV_CHAOS_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", &spec.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -98,20 +117,24 @@ impl NodeProc {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-        let err_file = Arc::new(Mutex::new(file));
-        let out_file = err_file.clone();
+        let log_file = Arc::new(Mutex::new(file));
+        let (err_file, out_file) = (log_file.clone(), log_file.clone());
+        let (copied_tx, copied) = std_mpsc::channel();
+        let out_copied = copied_tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(err_file.lock().unwrap_or_else(|e| e.into_inner()), "{line}");
             }
+            let _ = copied_tx.send(());
         });
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = writeln!(out_file.lock().unwrap_or_else(|e| e.into_inner()), "[stdout] {line}");
                 let _ = ready_tx.send(line);
             }
+            let _ = out_copied.send(());
         });
-        let mut node = NodeProc { spec, child: Some(child), log, paused: false };
+        let mut node = NodeProc { spec, child: Some(child), log, log_file, copied, paused: false };
         let deadline = Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
@@ -184,6 +207,32 @@ impl NodeProc {
         self.paused = false;
     }
 
+    /// SIGKILL during the run: [`NodeProc::kill9`], then, once the process's
+    /// output is in the log, [`KILL_MARKER`] and `why`. What the process
+    /// logged but had not yet made durable or sent (an eviction's
+    /// tombstone, say) may be lost, and the marker tells the log's readers
+    /// which lines that concerns. Without the wait, lines still in the pipe
+    /// could land after the marker, or after the next start's.
+    pub fn kill9_marked(&mut self, why: &str) {
+        if self.child.is_none() {
+            return;
+        }
+        // Before the signal: no earlier than the kill.
+        let at = crate::observe::now_wall_ms();
+        self.kill9();
+        // Both pipes close when the process is reaped (it has no children);
+        // the bound only keeps a stuck copy from stopping the run.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.copied.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        let mut log = self.log_file.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(log, "{KILL_MARKER}{} at {at} ({why})", self.spec.node_id);
+    }
+
     /// SIGTERM, then waits for the process to exit by itself. On timeout the
     /// process is killed and an error returned.
     pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
@@ -196,7 +245,7 @@ impl NodeProc {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                self.kill9();
+                self.kill9_marked("did not exit after SIGTERM");
                 bail!("node {} did not exit within {timeout:?} of SIGTERM", self.spec.node_id);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -248,6 +297,8 @@ pub struct Cluster {
     pub data_root: PathBuf,
     pub log_dir: PathBuf,
     pub config: PathBuf,
+    /// Every node's log filter (`RUST_LOG`).
+    pub rust_log: String,
     pub nodes: BTreeMap<String, NodeProc>,
     pub pids: Pids,
     pub start_timeout: Duration,
@@ -260,12 +311,14 @@ impl Cluster {
     /// `n` nodes n1..n{n}, each joining through n1; afterwards every node's
     /// seeds are all the others', so any of them can restart alone. With
     /// `namespaces`, each node runs in a network namespace of its own.
+    /// `rust_log` is every node's log filter.
     pub async fn start(
         bin: &Path,
         out: &Path,
         n: usize,
         config_toml: &str,
         namespaces: bool,
+        rust_log: &str,
     ) -> anyhow::Result<Cluster> {
         let certs = out.join("certs");
         let data_root = out.join("data");
@@ -290,6 +343,7 @@ impl Cluster {
             data_root,
             log_dir,
             config,
+            rust_log: rust_log.into(),
             nodes: BTreeMap::new(),
             pids: Pids::default(),
             start_timeout: Duration::from_secs(60),
@@ -325,6 +379,7 @@ impl Cluster {
             gossip: any,
             seeds,
             netns,
+            rust_log: self.rust_log.clone(),
         };
         let node = NodeProc::start(&self.bin, spec, &self.log_dir, self.start_timeout).await?;
         self.register(&node);
@@ -344,9 +399,10 @@ impl Cluster {
         self.nodes.get_mut(id).ok_or_else(|| anyhow!("no node {id}"))
     }
 
+    /// SIGKILL during the run (a fault): marked in the node's log.
     pub fn kill9(&mut self, id: &str) -> anyhow::Result<()> {
         let node = self.nodes.get_mut(id).ok_or_else(|| anyhow!("no node {id}"))?;
-        node.kill9();
+        node.kill9_marked("kill fault");
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(())
     }

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 pub const CONTROLLER: u32 = 1000;
 /// Client id of the final reads after the cluster healed.
 pub const FINAL_READER: u32 = 1001;
+/// Client id under which the checker lists the nodes' evictions among a
+/// key's mutations (deletes that no client invoked; see
+/// [`crate::evictions`]). Never in a history file.
+pub const EVICTOR: u32 = 1002;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

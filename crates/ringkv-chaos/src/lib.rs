@@ -40,9 +40,20 @@
 //! - **Conditions, not sleeps.** Apart from the faults' own durations, the
 //!   harness waits for conditions (ready line, every node serving, replicas
 //!   identical) with deadlines; missing one is reported, not ignored.
+//!
+//! **The cache profile** ([`Options::maxmemory_bytes`], `--maxmemory`,
+//! `just chaos-cache`) runs the same schedule and workload with every node
+//! bound to that much memory under `allkeys-lru` ([`cache_config`]), small
+//! enough that the workload's keys overflow it within seconds and are
+//! evicted all run long. The nodes then log every eviction, the harness
+//! collects them from the node logs into `evictions.jsonl`
+//! ([`evictions`]), and the checker accepts an acknowledged write's key as
+//! absent only where a node recorded evicting that key late enough (see
+//! *Evictions* in [`checker`]), so eviction cannot hide a lost write.
 
 pub mod checker;
 pub mod cluster;
+pub mod evictions;
 pub mod faults;
 pub mod history;
 pub mod net;
@@ -59,13 +70,14 @@ use std::time::Duration;
 use anyhow::Context;
 use ringkv_client::{Client, ClientConfig};
 use ringkv_net::tls::TlsPaths;
+use ringkv_net::wire::MemoryStatus;
 use tokio::time::Instant;
 
 use crate::checker::{CheckOptions, Violation, memory_violations};
 use crate::cluster::Cluster;
 use crate::history::{OpKind, Phase, Record};
 use crate::schedule::{Schedule, ScheduleParams};
-use crate::summary::Summary;
+use crate::summary::{EvictionSummary, Summary};
 use crate::workload::{RunClock, WorkloadConfig};
 
 /// Replication settings of the cluster under test.
@@ -99,6 +111,14 @@ pub struct Options {
     pub namespaces: bool,
     /// Print progress to stderr.
     pub verbose: bool,
+    /// The cache profile: every node's `maxmemory`, in bytes, under
+    /// `allkeys-lru` ([`cache_config`]); 0 runs without a memory bound.
+    pub maxmemory_bytes: u64,
+    /// Schedule only short random node faults within the duration, not the
+    /// items every full schedule has (each fault kind, a long pause and
+    /// partition, an overlap, an added and a removed node): a run that
+    /// takes about its duration, for a quick CI check.
+    pub random_faults_only: bool,
 }
 
 impl Options {
@@ -116,6 +136,8 @@ impl Options {
             client_timeout: Duration::from_secs(12),
             namespaces: true,
             verbose: true,
+            maxmemory_bytes: 0,
+            random_faults_only: false,
         }
     }
 
@@ -125,8 +147,47 @@ impl Options {
             duration_ms: self.duration.as_millis() as u64,
             nodes: self.nodes,
             clear: self.clear,
+            every_kind: !self.random_faults_only,
         })
     }
+
+    /// The configuration every node of the run shares.
+    pub fn node_config(&self) -> String {
+        let mut config = node_config(self.seed);
+        if self.maxmemory_bytes > 0 {
+            config.push_str(&cache_config(self.maxmemory_bytes));
+        }
+        config
+    }
+
+    /// The clients' workload: the cache profile's writes faster.
+    pub fn workload(&self) -> WorkloadConfig {
+        if self.maxmemory_bytes > 0 { WorkloadConfig::cache() } else { WorkloadConfig::default() }
+    }
+
+    /// The nodes' log filter: `RINGKV_CHAOS_LOG`, or `info`; in the cache
+    /// profile always with the evictions, which the checker needs.
+    pub fn rust_log(&self) -> String {
+        let base = std::env::var("RINGKV_CHAOS_LOG").unwrap_or_else(|_| "info".into());
+        if self.maxmemory_bytes > 0 { format!("{base},{}", evictions::LOG_DIRECTIVE) } else { base }
+    }
+}
+
+/// The eviction policy of the cache profile.
+pub const CACHE_POLICY: ringkv_core::EvictionPolicy = ringkv_core::EvictionPolicy::AllkeysLru;
+
+/// The node configuration lines of the cache profile: a memory bound of
+/// `maxmemory_bytes` per node, with the least recently used keys evicted.
+/// With the workload's values (up to 64 KiB, about 8 KiB on average) and
+/// its stream of new keys, a few MiB per node fill up within seconds: a
+/// 120 s run then evicts thousands of keys while the faults go on.
+pub fn cache_config(maxmemory_bytes: u64) -> String {
+    format!(
+        "# The cache profile: every node evicts the least recently used keys past this.\n\
+         maxmemory = \"{}\"\nmaxmemory_policy = \"{}\"\n",
+        ringkv_core::format_size(maxmemory_bytes),
+        CACHE_POLICY.as_str()
+    )
 }
 
 /// The node configuration every node of the run shares.
@@ -177,7 +238,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
     progress!(opts, "{schedule}");
     anyhow::ensure!(opts.ringkv.exists(), "no ringkv binary at {}", opts.ringkv.display());
 
-    let mut cluster = Cluster::start(&opts.ringkv, &out, opts.nodes, &node_config(opts.seed), opts.namespaces).await?;
+    let mut cluster =
+        Cluster::start(&opts.ringkv, &out, opts.nodes, &opts.node_config(), opts.namespaces, &opts.rust_log()).await?;
     let tls = TlsPaths::client_in(&cluster.certs);
     // Fault injection needs the operator certificate; the workload does not.
     let mut ctl_config = ClientConfig::new(cluster.addrs(), TlsPaths::operator_in(&cluster.certs));
@@ -202,7 +264,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
             id,
             opts.seed,
             client,
-            WorkloadConfig::default(),
+            opts.workload(),
             clock,
             stop_clients.clone(),
         )));
@@ -270,17 +332,39 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
 
     stop_memory.store(true, Ordering::Relaxed);
     let max_rss = memory.await.context("memory sampler")?;
+    // What the memory bound did, as every node still serving tells it.
+    let mut memory_status: std::collections::BTreeMap<String, MemoryStatus> = Default::default();
+    if opts.maxmemory_bytes > 0 {
+        for id in cluster.running_ids() {
+            match reader.status_of(cluster.nodes[&id].addr()).await {
+                Ok(status) => {
+                    memory_status.insert(id, status.memory);
+                }
+                Err(e) => violations.push(Violation::Unhealthy { what: format!("status of {id} after the run: {e}") }),
+            }
+        }
+    }
     for (id, status) in cluster.crashed() {
         violations.push(Violation::Unhealthy { what: format!("node {id} exited by itself with {status}") });
     }
     cluster.shutdown();
 
+    // Only now is every node's log complete.
+    let logged = evictions::collect(&cluster.log_dir, &clock)?;
+    evictions::write_jsonl(&out.join("evictions.jsonl"), &logged.evictions)?;
+    violations.extend(eviction_records_complete(&logged, &memory_status));
+    let evictions = logged.evictions;
+
     history.sort_by_key(|r| (r.invoke_ms, r.complete_ms, r.client));
     let history_path = out.join("history.jsonl");
     history::write_jsonl(&history_path, &history)?;
-    let mut found = checker::check(&history, &CheckOptions::with_clock_skew(schedule.max_skew_ms()));
+    let mut found =
+        checker::check_with_evictions(&history, &evictions, &CheckOptions::with_clock_skew(schedule.max_skew_ms()));
     found.extend(violations);
     found.extend(memory_violations(&max_rss, opts.memory_bound_bytes));
+    let eviction_summary = (opts.maxmemory_bytes > 0).then(|| {
+        EvictionSummary::new(opts.maxmemory_bytes, CACHE_POLICY.as_str(), &evictions, &history, memory_status)
+    });
 
     let summary = Summary {
         seed: opts.seed,
@@ -296,6 +380,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
         convergence_passes: convergence.passes,
         memory_bound_bytes: opts.memory_bound_bytes,
         max_rss_bytes: max_rss,
+        evictions: eviction_summary,
         violations: found,
         history: history_path,
         out_dir: out.clone(),
@@ -305,4 +390,28 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     std::fs::write(out.join("violations.json"), serde_json::to_string_pretty(&summary.violations)?)?;
     Ok(summary)
+}
+
+/// Whether the eviction records are complete: a node counts its evictions
+/// from its last start, and must have logged at least that many since.
+/// Fewer would mean lost log lines, and every eviction missing from the
+/// record would show up as a lost write.
+fn eviction_records_complete(
+    logged: &evictions::Logged,
+    status: &std::collections::BTreeMap<String, MemoryStatus>,
+) -> Vec<Violation> {
+    let since_start = logged.since_last_start();
+    status
+        .iter()
+        .filter_map(|(node, memory)| {
+            let logged = since_start.get(node).copied().unwrap_or_default();
+            (logged < memory.evictions).then(|| Violation::Unhealthy {
+                what: format!(
+                    "node {node} reports {} evictions since its last start, but its log has {logged}: the eviction \
+                     record is incomplete",
+                    memory.evictions
+                ),
+            })
+        })
+        .collect()
 }

@@ -14,13 +14,16 @@
 //! would accept the packets before a blackhole rule is consulted, so each
 //! namespace moves it behind the cut rules.
 //!
-//! Everything is named after the harness's pid; a namespace or bridge
-//! left behind by a harness that was killed is removed by the next run.
+//! Everything is named after the harness's pid (and, for the second and
+//! later networks of one process, such as two chaos tests running side by
+//! side in one test binary, a number); a namespace or bridge left behind
+//! by a harness that was killed is removed by the next run.
 //! Needs root (CAP_NET_ADMIN) and `ip` from iproute2.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 
@@ -29,6 +32,11 @@ const NS_PREFIX: &str = "ringkv-chaos-";
 /// Preference of the cut rules; the local table's rule moves behind them.
 const CUT_PREF: &str = "10";
 const LOCAL_PREF: &str = "100";
+
+/// How many networks this process has created. Also held while a subnet is
+/// chosen and its bridge given its address, so that two runs in one process
+/// cannot both pick the same free /24.
+static CREATED: Mutex<u32> = Mutex::new(0);
 
 /// Runs `ip` with `args`; the error carries its stderr.
 fn ip(args: &[&str]) -> anyhow::Result<String> {
@@ -48,7 +56,9 @@ struct Host {
 
 /// The run's namespaces and bridge; removed when dropped.
 pub struct Netns {
-    pid: u32,
+    /// `{pid}` for the process's first network, `{pid}i{n}` for later ones
+    /// (interface names must stay within 15 bytes).
+    id: String,
     bridge: String,
     subnet: [u8; 3],
     hosts: BTreeMap<String, Host>,
@@ -60,14 +70,17 @@ impl Netns {
     /// Fails with a message saying what is missing if namespaces cannot be
     /// made here (not root, no iproute2).
     pub fn create() -> anyhow::Result<Netns> {
+        let mut created = CREATED.lock().unwrap_or_else(|e| e.into_inner());
         remove_stale();
         let pid = std::process::id();
-        let subnet = free_subnet(pid)?;
-        let bridge = format!("rk{pid}b");
+        let id = if *created == 0 { pid.to_string() } else { format!("{pid}i{created}") };
+        let subnet = free_subnet(pid.wrapping_add(*created))?;
+        let bridge = format!("rk{id}b");
         let gateway = format!("{}.{}.{}.1/24", subnet[0], subnet[1], subnet[2]);
         ip(&["link", "add", &bridge, "type", "bridge"])
             .context("network namespaces need root and iproute2 (or run the chaos suite with --loopback)")?;
-        let net = Netns { pid, bridge, subnet, hosts: BTreeMap::new(), next_host: 10 };
+        *created += 1;
+        let net = Netns { id, bridge, subnet, hosts: BTreeMap::new(), next_host: 10 };
         ip(&["addr", "add", &gateway, "dev", &net.bridge])?;
         ip(&["link", "set", &net.bridge, "up"])?;
         Ok(net)
@@ -81,8 +94,8 @@ impl Netns {
         let n = self.next_host;
         anyhow::ensure!(n < 250, "too many nodes for one /24");
         self.next_host += 1;
-        let ns = format!("{NS_PREFIX}{}-{node}", self.pid);
-        let veth = format!("rk{}h{n}", self.pid);
+        let ns = format!("{NS_PREFIX}{}-{node}", self.id);
+        let veth = format!("rk{}h{n}", self.id);
         let [a, b, c] = self.subnet;
         let addr = Ipv4Addr::new(a, b, c, n);
         ip(&["netns", "add", &ns])?;
@@ -146,12 +159,13 @@ impl Drop for Netns {
     }
 }
 
-/// A /24 for the run: 10.X.Y.0 from the pid, moved on while an address of
-/// this machine already lies in it.
-fn free_subnet(pid: u32) -> anyhow::Result<[u8; 3]> {
+/// A /24 for the run: 10.X.Y.0 from `start` (the pid, plus the number of
+/// networks the process made before), moved on while an address of this
+/// machine already lies in it.
+fn free_subnet(start: u32) -> anyhow::Result<[u8; 3]> {
     let taken = ip(&["-o", "-4", "addr", "show"])? + &ip(&["-4", "route", "show"])?;
     for step in 0..256u32 {
-        let x = pid.wrapping_add(step);
+        let x = start.wrapping_add(step);
         let subnet = [10, 200 + ((x >> 8) % 50) as u8, (x & 0xff) as u8];
         let prefix = format!(" {}.{}.{}.", subnet[0], subnet[1], subnet[2]);
         let line_start = format!("{}.{}.{}.", subnet[0], subnet[1], subnet[2]);
@@ -167,13 +181,15 @@ fn remove_stale() {
     let Ok(list) = ip(&["netns", "list"]) else { return };
     let mut dead = std::collections::BTreeSet::new();
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name.strip_prefix(NS_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        // `{pid}-{node}` or `{pid}i{n}-{node}`.
+        let Some(id) = name.strip_prefix(NS_PREFIX).and_then(|rest| rest.split('-').next()) else { continue };
+        let pid = id.split('i').next().unwrap_or(id);
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "del", name]);
-            dead.insert(pid.to_string());
+            dead.insert(id.to_string());
         }
     }
-    for pid in dead {
-        let _ = ip(&["link", "del", &format!("rk{pid}b")]);
+    for id in dead {
+        let _ = ip(&["link", "del", &format!("rk{id}b")]);
     }
 }

@@ -199,6 +199,12 @@ pub struct ScheduleParams {
     pub nodes: usize,
     /// Whether to schedule one `clear()`.
     pub clear: bool,
+    /// Whether the schedule has every item a full run needs (each fault
+    /// kind, a long pause and partition, an overlap, one added and one
+    /// removed node), however long that takes. Without it, only node
+    /// faults that fit in the duration, none of them long, and the clear
+    /// if asked: a quick run.
+    pub every_kind: bool,
 }
 
 /// Durations, in milliseconds, as (min, max) inclusive.
@@ -350,9 +356,10 @@ pub fn generate(params: &ScheduleParams) -> Result<Schedule, String> {
     let mut members: Vec<String> = (1..=params.nodes).map(|i| format!("n{i}")).collect();
     let originals = members.clone();
     let new_node = format!("n{}", params.nodes + 1);
-    let (mut added, mut removed, mut cleared) = (false, false, !params.clear);
+    let full = params.every_kind;
+    let (mut added, mut removed, mut cleared) = (!full, !full, !params.clear);
     // Every required item once, in a seeded order; after that at random.
-    let mut pending = REQUIRED.to_vec();
+    let mut pending = if full { REQUIRED.to_vec() } else { Vec::new() };
     for i in (1..pending.len()).rev() {
         pending.swap(i, rng.below(i as u64 + 1) as usize);
     }
@@ -396,7 +403,7 @@ pub fn generate(params: &ScheduleParams) -> Result<Schedule, String> {
                 } else {
                     NODE_FAULTS[rng.below(NODE_FAULTS.len() as u64) as usize]
                 };
-                let long = kind.can_be_long() && rng.below(LONG_ONE_IN) == 0;
+                let long = full && kind.can_be_long() && rng.below(LONG_ONE_IN) == 0;
                 let paired = kind != FaultKind::Split && rng.below(PAIR_ONE_IN) == 0;
                 req(kind, long, paired)
             });
@@ -425,7 +432,7 @@ mod tests {
     use super::*;
 
     fn params(seed: u64, duration_ms: u64) -> ScheduleParams {
-        ScheduleParams { seed, duration_ms, nodes: 5, clear: true }
+        ScheduleParams { seed, duration_ms, nodes: 5, clear: true, every_kind: true }
     }
 
     #[test]
@@ -560,12 +567,39 @@ mod tests {
 
     #[test]
     fn too_few_nodes_is_refused() {
-        assert!(generate(&ScheduleParams { seed: 1, duration_ms: 60_000, nodes: 4, clear: true }).is_err());
+        assert!(
+            generate(&ScheduleParams { seed: 1, duration_ms: 60_000, nodes: 4, clear: true, every_kind: true })
+                .is_err()
+        );
     }
 
     #[test]
     fn no_clear_when_not_asked() {
-        let s = generate(&ScheduleParams { seed: 1, duration_ms: 60_000, nodes: 5, clear: false }).unwrap();
+        let s = generate(&ScheduleParams { seed: 1, duration_ms: 60_000, nodes: 5, clear: false, every_kind: true })
+            .unwrap();
         assert!(s.faults.iter().all(|f| f.kind != FaultKind::Clear));
+    }
+
+    #[test]
+    fn a_quick_schedule_has_only_short_node_faults_within_the_duration() {
+        for seed in 0..200 {
+            let p = ScheduleParams { seed, duration_ms: 25_000, nodes: 5, clear: true, every_kind: false };
+            let s = generate(&p).unwrap();
+            assert_eq!(generate(&p), Ok(s.clone()), "deterministic");
+            assert_eq!(s.faults.iter().filter(|f| f.kind == FaultKind::Clear).count(), 1, "seed {seed}");
+            let members: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+            let mut prev_end = 0;
+            for f in &s.faults {
+                assert!(f.at_ms < p.duration_ms, "seed {seed}: {f} starts past the duration");
+                assert!(f.at_ms >= prev_end + GAP_MS.0, "seed {seed}: items overlap");
+                assert!(!matches!(f.kind, FaultKind::AddNode | FaultKind::RemoveNode), "seed {seed}: {f}");
+                assert!(!f.is_long(), "seed {seed}: {f}");
+                if f.kind != FaultKind::Clear {
+                    check_node_fault(seed, f, &members);
+                }
+                prev_end = f.at_ms + f.span_ms();
+            }
+            assert!(s.faults.iter().any(|f| f.kind != FaultKind::Clear), "seed {seed}: no fault at all");
+        }
     }
 }

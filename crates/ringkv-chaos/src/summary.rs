@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use ringkv_net::wire::MemoryStatus;
 use serde::Serialize;
 
 use crate::checker::Violation;
+use crate::evictions::{self, Eviction};
 use crate::faults::Applied;
 use crate::history::{OpKind, Outcome, Phase, Record};
 
@@ -39,6 +41,80 @@ pub fn count(history: &[Record], phase: Phase) -> BTreeMap<&'static str, Counts>
     out
 }
 
+/// What the memory bound of the cache profile did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EvictionSummary {
+    /// Every node's `maxmemory`, bytes, and its policy.
+    pub maxmemory_bytes: u64,
+    pub policy: String,
+    /// Evictions the nodes logged (`evictions.jsonl`), of how many keys.
+    pub evictions: u64,
+    pub keys: usize,
+    pub by_node: BTreeMap<String, u64>,
+    /// Of them, logged by a process the harness killed afterwards (they
+    /// may not have taken effect).
+    pub killed_after: u64,
+    /// Workload writes that failed with a memory refusal in their error
+    /// (a coordinator's own, or a replica's within a quorum failure).
+    pub writes_refused_for_memory: u64,
+    /// What each node serving at the end reported; its counters start at
+    /// its last start.
+    pub status: BTreeMap<String, MemoryStatus>,
+}
+
+impl EvictionSummary {
+    pub fn new(
+        maxmemory_bytes: u64,
+        policy: &str,
+        logged: &[Eviction],
+        history: &[Record],
+        status: BTreeMap<String, MemoryStatus>,
+    ) -> EvictionSummary {
+        let mut keys: Vec<&str> = logged.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        EvictionSummary {
+            maxmemory_bytes,
+            policy: policy.into(),
+            evictions: logged.len() as u64,
+            keys: keys.len(),
+            by_node: evictions::per_node(logged),
+            killed_after: logged.iter().filter(|e| e.killed_after).count() as u64,
+            writes_refused_for_memory: history
+                .iter()
+                .filter(|r| r.op.is_mutation() && r.error.as_deref().is_some_and(|e| e.contains("out of memory")))
+                .count() as u64,
+            status,
+        }
+    }
+}
+
+impl fmt::Display for EvictionSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let by_node: Vec<String> = self.by_node.iter().map(|(n, c)| format!("{n} {c}")).collect();
+        writeln!(
+            f,
+            "memory bound: maxmemory {} per node, {}: {} evictions of {} keys logged ({}), {} of them by a process \
+             killed afterwards; {} writes refused for memory",
+            ringkv_core::format_size(self.maxmemory_bytes),
+            self.policy,
+            self.evictions,
+            self.keys,
+            if by_node.is_empty() { "none".to_string() } else { by_node.join(", ") },
+            self.killed_after,
+            self.writes_refused_for_memory
+        )?;
+        let status: Vec<String> = self
+            .status
+            .iter()
+            .map(|(n, m)| {
+                format!("{n} {:.1} MiB, {} evictions, {} refused", m.used as f64 / 1048576.0, m.evictions, m.refused)
+            })
+            .collect();
+        write!(f, "  at the end, since each node's last start: {}", status.join("; "))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub seed: u64,
@@ -55,6 +131,8 @@ pub struct Summary {
     pub convergence_passes: u32,
     pub memory_bound_bytes: u64,
     pub max_rss_bytes: BTreeMap<String, u64>,
+    /// The cache profile's evictions; `None` without a memory bound.
+    pub evictions: Option<EvictionSummary>,
     pub violations: Vec<Violation>,
     pub history: PathBuf,
     pub out_dir: PathBuf,
@@ -160,6 +238,9 @@ impl fmt::Display for Summary {
         let rss: Vec<String> =
             self.max_rss_bytes.iter().map(|(n, b)| format!("{n} {:.0} MiB", *b as f64 / 1048576.0)).collect();
         writeln!(f, "max RSS (bound {} MiB): {}", self.memory_bound_bytes >> 20, rss.join(", "))?;
+        if let Some(evictions) = &self.evictions {
+            writeln!(f, "{evictions}")?;
+        }
         let promised: Vec<&Violation> = self.violations.iter().filter(|v| v.is_promised()).collect();
         let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
         for v in &promised {
@@ -222,6 +303,7 @@ mod tests {
             convergence_passes: 1,
             memory_bound_bytes: 1 << 30,
             max_rss_bytes: BTreeMap::new(),
+            evictions: None,
             violations,
             history: PathBuf::from("history.jsonl"),
             out_dir: PathBuf::from("."),
@@ -263,5 +345,41 @@ mod tests {
         let text = s.to_string();
         assert!(text.contains("violations: 1 (1 unhealthy)"), "{text}");
         assert!(text.ends_with("result: FAIL"), "{text}");
+    }
+
+    #[test]
+    fn the_cache_profile_reports_its_evictions() {
+        let eviction = |node: &str, key: &str, killed_after: bool| Eviction {
+            node: node.into(),
+            incarnation: 1,
+            key: key.into(),
+            ts: 0,
+            tag: 1,
+            at_ms: 0,
+            logged_ms: None,
+            killed_after,
+        };
+        let logged = [eviction("n1", "u/0/1", false), eviction("n1", "u/0/2", true), eviction("n2", "u/0/1", false)];
+        let mut refused = Record::invoke(0, Phase::Run, OpKind::Put, Some("u/0/3".into()), 5);
+        refused.finish::<()>(
+            6,
+            &Err(ringkv_core::KvError::OutOfMemory { used: 9, needed: 2, limit: 8, policy: "allkeys-lru".into() }),
+        );
+        let status = BTreeMap::from([(
+            "n1".to_string(),
+            MemoryStatus { used: 3 << 20, limit: 4 << 20, policy: "allkeys-lru".into(), evictions: 2, refused: 1 },
+        )]);
+        let mut s = summary(Vec::new());
+        s.evictions = Some(EvictionSummary::new(4 << 20, "allkeys-lru", &logged, &[refused], status));
+        let text = s.to_string();
+        assert!(
+            text.contains(
+                "memory bound: maxmemory 4mb per node, allkeys-lru: 3 evictions of 2 keys logged (n1 2, n2 1), 1 of \
+                 them by a process killed afterwards; 1 writes refused for memory"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("n1 3.0 MiB, 2 evictions, 1 refused"), "{text}");
+        assert!(summary(Vec::new()).to_string().lines().all(|l| !l.starts_with("memory bound")));
     }
 }

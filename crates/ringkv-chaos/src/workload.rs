@@ -38,15 +38,30 @@ use crate::history::{Answer, OpKind, Phase, Read, Record};
 #[derive(Debug, Clone, Copy)]
 pub struct RunClock {
     start: Instant,
+    /// The system clock (ms since the Unix epoch) when the run started, to
+    /// place the nodes' timestamps on the run's clock. The nodes read the
+    /// same system clock; the schedule's skew is added inside a node.
+    start_wall_ms: u64,
 }
 
 impl RunClock {
     pub fn new() -> RunClock {
-        RunClock { start: Instant::now() }
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        RunClock { start: Instant::now(), start_wall_ms: wall.as_millis() as u64 }
     }
 
     pub fn ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn wall_ms_at_start(&self) -> u64 {
+        self.start_wall_ms
+    }
+
+    /// A system-clock instant (ms since the Unix epoch) as ms since the run
+    /// started; 0 for anything before.
+    pub fn run_ms_of_wall(&self, wall_ms: u64) -> u64 {
+        wall_ms.saturating_sub(self.start_wall_ms)
     }
 }
 
@@ -79,6 +94,15 @@ impl Default for WorkloadConfig {
             think_ms: (5, 25),
             max_value_bytes: 64 << 10,
         }
+    }
+}
+
+impl WorkloadConfig {
+    /// The cache profile's workload: the same operations, keys and values,
+    /// with less pause between a client's operations, so that the nodes'
+    /// memory bound is overflowed within seconds and stays overflowed.
+    pub fn cache() -> WorkloadConfig {
+        WorkloadConfig { think_ms: (1, 5), ..WorkloadConfig::default() }
     }
 }
 

@@ -3,7 +3,8 @@
 //! violations (listed in the summary); 2: the harness itself failed.
 //! Session-order violations of reads (`session_read`) are listed and
 //! counted but fail the run only with `--strict-session-reads`: the README
-//! does not promise them (yet).
+//! does not promise them (yet). `--maxmemory SIZE` runs the cache profile
+//! (every node bound to SIZE, allkeys-lru; see the crate documentation).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ringkv_chaos::checker::{self, CheckOptions};
-use ringkv_chaos::{Options, history, run};
+use ringkv_chaos::{Options, evictions, history, run};
 
 #[derive(Parser, Debug)]
 #[command(name = "ringkv-chaos", about = "Chaos suite for ringkv: faults from a seeded schedule, a checked history")]
@@ -29,7 +30,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Output directory (history, summary, schedule, node logs and data);
-    /// default target/chaos/seed-N.
+    /// default target/chaos/seed-N, or target/chaos/cache-seed-N with
+    /// --maxmemory.
     #[arg(long)]
     out: Option<PathBuf>,
     /// The ringkv binary; default: `ringkv` next to this executable.
@@ -44,11 +46,23 @@ struct Args {
     /// Do not schedule a `clear`.
     #[arg(long)]
     no_clear: bool,
+    /// The cache profile: bound every node's memory to SIZE ("4mb",
+    /// "512kb"; at least 1mb) under allkeys-lru, log and collect its
+    /// evictions (evictions.jsonl), and accept an absent key only where an
+    /// eviction of it was recorded.
+    #[arg(long, value_name = "SIZE", value_parser = parse_maxmemory)]
+    maxmemory: Option<u64>,
+    /// Schedule only short random node faults within the duration (and the
+    /// clear), not the items every full schedule has: a run that takes
+    /// about its duration.
+    #[arg(long)]
+    random_faults_only: bool,
     /// Print only the schedule and exit.
     #[arg(long)]
     schedule_only: bool,
     /// Re-check a recorded history.jsonl instead of running (only the
-    /// history rules: convergence and memory are not in the file).
+    /// history rules: convergence and memory are not in the file), with the
+    /// evictions.jsonl next to it if there is one.
     #[arg(long, value_name = "HISTORY")]
     recheck: Option<PathBuf>,
     /// Run every node on loopback in the harness's network namespace, for
@@ -72,12 +86,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     ringkv_core::parse_duration(s)
 }
 
+fn parse_maxmemory(s: &str) -> Result<u64, String> {
+    // The node refuses less than 1mb (and 0 is no bound: no profile).
+    match ringkv_core::parse_size(s)? {
+        bytes if bytes < 1 << 20 => Err(format!("--maxmemory {s} is below the nodes' minimum of 1mb")),
+        bytes => Ok(bytes),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(path) = &args.recheck {
-        return match history::read_jsonl(path) {
-            Ok(h) => {
-                let violations = checker::check(&h, &CheckOptions::with_clock_skew(args.skew_ms));
+        let evictions_path = path.with_file_name("evictions.jsonl");
+        let evicted = match evictions_path.exists() {
+            true => evictions::read_jsonl(&evictions_path),
+            false => Ok(Vec::new()),
+        };
+        return match history::read_jsonl(path).and_then(|h| Ok((h, evicted?))) {
+            Ok((h, evicted)) => {
+                if !evicted.is_empty() {
+                    println!("{} evictions from {}", evicted.len(), evictions_path.display());
+                }
+                let violations =
+                    checker::check_with_evictions(&h, &evicted, &CheckOptions::with_clock_skew(args.skew_ms));
                 for v in &violations {
                     println!("{v}");
                 }
@@ -106,7 +137,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("target/chaos/seed-{}", args.seed)));
+    let profile = if args.maxmemory.is_some() { "cache-" } else { "" };
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("target/chaos/{profile}seed-{}", args.seed)));
     let mut opts = Options::new(args.seed, args.duration, out, ringkv);
     opts.nodes = args.nodes;
     opts.clients = args.clients;
@@ -115,6 +147,8 @@ fn main() -> ExitCode {
     opts.clear = !args.no_clear;
     opts.verbose = !args.quiet;
     opts.namespaces = !args.loopback;
+    opts.maxmemory_bytes = args.maxmemory.unwrap_or(0);
+    opts.random_faults_only = args.random_faults_only;
     if args.schedule_only {
         return match opts.schedule() {
             Ok(s) => {
