@@ -147,7 +147,9 @@ impl PartitionState {
     /// Evicting everything a node is over from whichever shard is written
     /// next would drain some shards to a few keys, and a small shard's
     /// least recently used key can be one a client uses all the time.
-    async fn admit(&mut self, growth: usize, now: u64) -> Result<(), KvError> {
+    /// The key being written is never the victim: it is the most recently
+    /// used of all.
+    async fn admit(&mut self, key: &[u8], growth: usize, now: u64) -> Result<(), KvError> {
         let memory = self.memory.clone();
         let leads = memory.leads(self.id);
         let headroom = memory.limit + memory.limit / HEADROOM_DIVISOR;
@@ -166,7 +168,7 @@ impl PartitionState {
                     return Ok(());
                 }
                 Admission::Refuse => return Err(memory.refusal(growth)),
-                Admission::Evict => match self.shard.victim(now) {
+                Admission::Evict => match self.shard.victim(now, Some(key)) {
                     Some(victim) => {
                         self.evict(victim, now).await?;
                         evicted += 1;
@@ -180,10 +182,22 @@ impl PartitionState {
     /// Evicts one key: a stamped delete, logged and sent to the other
     /// replicas like any other; a node without other replicas keeps no
     /// marker, since no older copy can arrive.
+    ///
+    /// The tombstone deletes the value that was chosen and nothing newer:
+    /// its version is that value's, touched by the eviction's stamp (as an
+    /// expire's rewrite is), so it outranks that value everywhere but
+    /// never a write stamped after it, one in flight to this replica
+    /// included. A write that raced with the eviction is kept, not lost.
     async fn evict(&mut self, key: Bytes, now: u64) -> Result<(), KvError> {
-        let tombstone = Entry::tombstone(self.memory.stamp(now));
+        let Some(victim) = self.shard.entry(&key).map(|e| e.version) else { return Ok(()) };
+        let tombstone = Entry::tombstone(victim.touched(self.memory.stamp(now)));
         if self.memory.clustered {
-            self.shard.apply(&key, tombstone.clone(), now);
+            // Only a touch from a clock beyond max_clock_drift could outrank
+            // this one; then the value stays, and the write that needed the
+            // room evicts another.
+            if !self.shard.apply(&key, tombstone.clone(), now).changed {
+                return Ok(());
+            }
         } else {
             self.shard.forget(&key);
         }
@@ -212,7 +226,7 @@ impl PartitionState {
             // might not fit without it.
             if self.memory.used().saturating_add(size) > self.memory.limit {
                 let stored = self.shard.entry(&key).map_or(0, |e| footprint(key.len(), e));
-                self.admit(size.saturating_sub(stored), now).await?;
+                self.admit(&key, size.saturating_sub(stored), now).await?;
             }
         }
         let applied = match condition {
@@ -279,7 +293,7 @@ impl Actor for PartitionActor {
                 let mut evicted = 0;
                 let mut result = Ok(());
                 while evicted < max && state.memory.over() && state.memory.leads(state.id) {
-                    let Some(victim) = state.shard.victim(now) else { break };
+                    let Some(victim) = state.shard.victim(now, None) else { break };
                     result = state.evict(victim, now).await;
                     if result.is_err() {
                         break;

@@ -58,7 +58,7 @@ pub fn hit_ratios(workload: Workload, policy: EvictionPolicy) -> HitRatios {
             continue;
         }
         while shard.stats().bytes + per_entry > bound {
-            let Some(victim) = shard.victim(now) else { break };
+            let Some(victim) = shard.victim(now, None) else { break };
             shard.forget(&victim);
         }
         let version = Version::new(Timestamp::new(now + 1, 0), NodeTag(1));

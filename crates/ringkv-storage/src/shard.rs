@@ -245,8 +245,10 @@ impl Shard {
         let slot = match (&entry.value, entry.expires_at) {
             (Some(_), Some(at)) => Some((&mut self.expiries, at)),
             (Some(_), None) => None,
-            // An expired value keeps its expiry as its time of death.
-            (None, at) => Some((&mut self.graves, at.unwrap_or(entry.version.ts.wall_ms()))),
+            // An expired value keeps its expiry as its time of death; a
+            // tombstone died when it was stamped, which for an eviction's
+            // (the evicted value's version, touched) is the touch.
+            (None, at) => Some((&mut self.graves, at.unwrap_or(entry.version.newest_ts().wall_ms()))),
         };
         let volatile = entry.value.is_some() && entry.expires_at.is_some();
         if let Some((set, at)) = slot {
@@ -295,11 +297,12 @@ impl Shard {
     }
 
     /// Chooses the next key to evict under the shard's policy: a key with a
-    /// live value (with a time to live, for the `volatile-*` policies), or
-    /// none if there is no candidate. The caller evicts it (a stamped
-    /// delete, or [`Shard::forget`]).
-    pub fn victim(&mut self, now_ms: u64) -> Option<Bytes> {
-        let (_, key) = self.best_victim(now_ms)?;
+    /// live value (with a time to live, for the `volatile-*` policies)
+    /// other than `except` (the key a write is making room for), or none if
+    /// there is no candidate. The caller evicts it (a stamped delete, or
+    /// [`Shard::forget`]).
+    pub fn victim(&mut self, now_ms: u64, except: Option<&[u8]>) -> Option<Bytes> {
+        let (_, key) = self.best_victim(now_ms, except)?;
         if self.pooled() {
             self.eviction.pool.pop();
         }
@@ -310,7 +313,7 @@ impl Shard {
     /// without evicting it: a node comparing its shards evicts from the one
     /// with the best.
     pub fn victim_score(&mut self, now_ms: u64) -> Option<u64> {
-        self.best_victim(now_ms).map(|(score, _)| score)
+        self.best_victim(now_ms, None).map(|(score, _)| score)
     }
 
     fn pooled(&self) -> bool {
@@ -320,7 +323,7 @@ impl Shard {
 
     /// The best victim and its score; for the pooled policies it stays on
     /// top of the pool.
-    fn best_victim(&mut self, now_ms: u64) -> Option<(u64, Bytes)> {
+    fn best_victim(&mut self, now_ms: u64, except: Option<&[u8]>) -> Option<(u64, Bytes)> {
         let policy = self.eviction.policy;
         if !policy.evicts() {
             return None;
@@ -328,10 +331,11 @@ impl Shard {
         if policy == EvictionPolicy::VolatileTtl {
             // The expiry index is ordered by exactly what this policy
             // ranks by, so the best victim needs no sampling.
-            let (at, key) = self.expiries.iter().find(|(_, k)| self.is_live(k, now_ms))?;
+            let (at, key) = self.expiries.iter().find(|(_, k)| self.is_live(k, now_ms) && Some(&k[..]) != except)?;
             return Some((memory::victim_score(policy, 0, Some(*at), now_ms), Bytes::copy_from_slice(key)));
         }
-        let sampled = self.sample(EVICTION_SAMPLES, now_ms);
+        let mut sampled = self.sample(EVICTION_SAMPLES, now_ms);
+        sampled.retain(|c| Some(&c.key.key[..]) != except);
         if policy.is_random() {
             let pick = self.eviction.rng.below(sampled.len().max(1) as u64) as usize;
             let score = self.eviction.rng.next_u64();
@@ -351,11 +355,12 @@ impl Shard {
         pool.drain(..keep);
         let mut best = None;
         while let Some(top) = pool.last() {
-            let unchanged = self.entries.get(&top.key).is_some_and(|s| {
-                s.access == top.access
-                    && s.entry.liveness(now_ms, self.epoch) == Liveness::Live
-                    && (!policy.volatile_only() || s.entry.expires_at.is_some())
-            });
+            let unchanged = Some(&top.key.key[..]) != except
+                && self.entries.get(&top.key).is_some_and(|s| {
+                    s.access == top.access
+                        && s.entry.liveness(now_ms, self.epoch) == Liveness::Live
+                        && (!policy.volatile_only() || s.entry.expires_at.is_some())
+                });
             if unchanged {
                 best = Some((top.score, Bytes::copy_from_slice(&top.key.key)));
                 break;
@@ -830,7 +835,7 @@ mod tests {
     fn evict(s: &mut Shard, n: usize, now: u64) -> Vec<u16> {
         (0..n)
             .map(|_| {
-                let k = s.victim(now).expect("a victim");
+                let k = s.victim(now, None).expect("a victim");
                 assert!(s.forget(&k));
                 u16::from_be_bytes([k[0], k[1]])
             })
@@ -876,7 +881,7 @@ mod tests {
             let mut s = filled(policy, 500, 5);
             let victims = evict(&mut s, 100, 10_000);
             assert!(victims.iter().all(|k| k % 5 == 0), "{policy}: {victims:?}");
-            assert_eq!(s.victim(10_000), None, "{policy}: no key with a ttl is left");
+            assert_eq!(s.victim(10_000, None), None, "{policy}: no key with a ttl is left");
             assert_eq!(s.stats().values, 400);
         }
     }
@@ -893,7 +898,27 @@ mod tests {
         let victims = evict(&mut s, 400, 0);
         assert!(victims.iter().any(|k| *k < 100) && victims.iter().any(|k| *k >= 900), "{victims:?}");
         let mut s = filled(EvictionPolicy::Noeviction, 10, 0);
-        assert_eq!(s.victim(0), None);
+        assert_eq!(s.victim(0, None), None);
+    }
+
+    #[test]
+    fn the_key_a_write_makes_room_for_is_never_chosen() {
+        let mut s = filled(EvictionPolicy::AllkeysLru, 50, 0);
+        let oldest = 0u16.to_be_bytes();
+        assert_eq!(s.victim(1_000, Some(&oldest)).as_deref().map(|k| k != oldest), Some(true));
+        let mut s = filled(EvictionPolicy::VolatileTtl, 50, 1);
+        assert_eq!(s.victim(0, Some(&oldest)).as_deref(), Some(&1u16.to_be_bytes()[..]));
+    }
+
+    #[test]
+    fn an_eviction_tombstone_dies_at_its_touch_and_loses_to_later_writes() {
+        let mut s = Shard::new(16);
+        s.apply(b"k", val(10, "old", None), 0);
+        let eviction = Entry::tombstone(v(10).touched(v(500)));
+        assert!(s.apply(b"k", eviction.clone(), 0).changed, "it deletes the value it chose");
+        assert!(s.sweep(600, 400, 10).purged == 0, "dead since 500, not since the value's 10");
+        assert!(s.apply(b"k", val(20, "raced", None), 0).changed, "a write stamped after that value wins");
+        assert_eq!(s.get(b"k", 0).unwrap(), "raced");
     }
 
     #[test]
@@ -902,7 +927,7 @@ mod tests {
         for i in 0..49u16 {
             s.apply(&i.to_be_bytes(), Entry::tombstone(v(5)), 100);
         }
-        assert_eq!(s.victim(100).as_deref(), Some(&49u16.to_be_bytes()[..]));
+        assert_eq!(s.victim(100, None).as_deref(), Some(&49u16.to_be_bytes()[..]));
     }
 
     #[test]
