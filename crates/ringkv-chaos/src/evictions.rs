@@ -258,12 +258,7 @@ pub fn write_jsonl(path: &Path, evictions: &[Eviction]) -> std::io::Result<()> {
 
 /// Reads evictions written by [`write_jsonl`] (for re-checking a run).
 pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Eviction>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1)))
-        .collect()
+    crate::history::read_jsonl(path).with_context(|| format!("read {}", path.display()))
 }
 
 #[cfg(test)]

@@ -244,8 +244,9 @@ pub fn write_jsonl(path: &Path, history: &[Record]) -> std::io::Result<()> {
     out.flush()
 }
 
-/// Reads a history written by [`write_jsonl`] (for re-checking a run).
-pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<Record>> {
+/// Reads a history written by [`write_jsonl`] (for re-checking a run), or
+/// any other file of one JSON object per line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     let text = std::fs::read_to_string(path)?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
