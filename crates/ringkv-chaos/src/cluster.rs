@@ -22,16 +22,8 @@ use anyhow::{Context, anyhow, bail};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::evictions::{KILL_MARKER, START_MARKER};
 use crate::net::Netns;
-
-/// Starts the line the harness writes into a node's log before each start.
-pub const START_MARKER: &str = "=== chaos: starting ";
-/// Starts the line the harness writes into a node's log after it killed
-/// the node with SIGKILL during the run (not at the end of the run), once
-/// everything the process wrote before has been copied into the log:
-/// `=== chaos: SIGKILL n2 at MS (why)`, MS the system clock just before
-/// the signal, in ms since the Unix epoch.
-pub const KILL_MARKER: &str = "=== chaos: SIGKILL ";
 
 /// PIDs of the running node processes, by node id; the memory sampler reads
 /// it while the fault runner changes it.
@@ -218,7 +210,7 @@ impl NodeProc {
             return;
         }
         // Before the signal: no earlier than the kill.
-        let at = crate::observe::now_wall_ms();
+        let at = crate::history::now_wall_ms();
         self.kill9();
         // Both pipes close when the process is reaped (it has no children);
         // the bound only keeps a stuck copy from stopping the run.

@@ -27,11 +27,20 @@ use anyhow::Context;
 use ringkv_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{KILL_MARKER, START_MARKER};
 use crate::workload::RunClock;
 
 /// The `RUST_LOG` directive that makes a node log its evictions.
 pub const LOG_DIRECTIVE: &str = "ringkv::eviction=debug";
+
+/// Starts the line the harness (`cluster.rs`) writes into a node's log
+/// before each start; the markers are defined here, where they are read.
+pub const START_MARKER: &str = "=== chaos: starting ";
+/// Starts the line the harness writes into a node's log after it killed
+/// the node with SIGKILL during the run (not at the end of the run), once
+/// everything the process wrote before has been copied into the log:
+/// `=== chaos: SIGKILL n2 at MS (why)`, MS the system clock just before
+/// the signal, in ms since the Unix epoch.
+pub const KILL_MARKER: &str = "=== chaos: SIGKILL ";
 
 /// What an eviction's log line says after the target.
 const LINE_MARKER: &str = "ringkv::eviction: evicted key=";

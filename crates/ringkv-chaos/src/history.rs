@@ -255,6 +255,11 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result
         .collect()
 }
 
+/// The system clock in ms since the Unix epoch, as node versions count.
+pub fn now_wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_client::Client;
@@ -48,10 +48,6 @@ pub async fn sample_memory(pids: Pids, every: Duration, stop: Arc<AtomicBool>) -
         }
         tokio::time::sleep(every).await;
     }
-}
-
-pub fn now_wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The outcome of waiting for convergence.
@@ -126,7 +122,7 @@ async fn diverged_keys(
                 Err(e) => Some((key, format!("explain failed: {e}"))),
                 Ok(explanation) => {
                     let replicas: Vec<_> = explanation.replicas.into_iter().map(|r| (r.node_id, r.entry)).collect();
-                    if replicas_agree(&replicas, replication, now_wall_ms(), epoch) {
+                    if replicas_agree(&replicas, replication, crate::history::now_wall_ms(), epoch) {
                         None
                     } else {
                         Some((key, describe_replicas(&replicas)))
