@@ -264,7 +264,7 @@ impl Actor for PartitionActor {
         args: PartitionArgs,
     ) -> Result<PartitionState, ActorProcessingErr> {
         let mut shard = args.shard;
-        shard.set_eviction(args.memory.policy, u64::from(args.id.0));
+        shard.set_eviction(args.memory.policy, u64::from(args.id.0), args.clock.now_ms());
         let mut state = PartitionState {
             id: args.id,
             shard,

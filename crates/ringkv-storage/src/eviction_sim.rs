@@ -46,7 +46,7 @@ pub fn hit_ratios(workload: Workload, policy: EvictionPolicy) -> HitRatios {
     let key = |i: usize| format!("key:{i:08}").into_bytes();
 
     let mut shard = Shard::new(64);
-    shard.set_eviction(policy, workload.seed);
+    shard.set_eviction(policy, workload.seed, 0);
     let per_entry = crate::footprint(key(0).len(), &Entry::value(Version::ZERO, value.clone(), None));
     let bound = per_entry * workload.capacity;
     let mut hits = 0usize;

@@ -136,9 +136,16 @@ impl Shard {
     }
 
     /// Sets how keys are ranked for eviction from now on; `seed` makes the
-    /// sampling (and LFU's probabilistic counting) repeatable.
-    pub fn set_eviction(&mut self, policy: EvictionPolicy, seed: u64) {
-        self.eviction = Eviction { policy, rng: SplitMix64::new(seed), pool: Vec::new() };
+    /// sampling (and LFU's probabilistic counting) repeatable. Keys already
+    /// stored (recovered from disk) start afresh, as if written at `now_ms`:
+    /// metadata kept under another policy means nothing under this one, and
+    /// recovery knows nothing of use.
+    pub fn set_eviction(&mut self, policy: EvictionPolicy, seed: u64, now_ms: u64) {
+        let mut rng = SplitMix64::new(seed);
+        for slot in self.entries.values_mut() {
+            slot.access = memory::touch(policy, None, now_ms, &mut rng);
+        }
+        self.eviction = Eviction { policy, rng, pool: Vec::new() };
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -824,7 +831,7 @@ mod tests {
 
     fn filled(policy: EvictionPolicy, keys: u16, ttl_every: u16) -> Shard {
         let mut s = Shard::new(16);
-        s.set_eviction(policy, 9);
+        s.set_eviction(policy, 9, 0);
         for i in 0..keys {
             let expiry = (ttl_every > 0 && i % ttl_every == 0).then_some(1_000_000 + u64::from(i));
             s.apply(&i.to_be_bytes(), val(1, "x", expiry), u64::from(i) * 10);
@@ -899,6 +906,22 @@ mod tests {
         assert!(victims.iter().any(|k| *k < 100) && victims.iter().any(|k| *k >= 900), "{victims:?}");
         let mut s = filled(EvictionPolicy::Noeviction, 10, 0);
         assert_eq!(s.victim(0, None), None);
+    }
+
+    #[test]
+    fn keys_stored_before_a_policy_is_set_start_afresh_under_it() {
+        let mut s = Shard::new(16);
+        // Recovered under the default policy, whose metadata is an LRU clock.
+        for i in 0..100u16 {
+            s.apply(&i.to_be_bytes(), val(1, "x", None), 1_000_000 + u64::from(i) * 977);
+        }
+        s.set_eviction(EvictionPolicy::AllkeysLfu, 1, 2_000_000);
+        let fresh = memory::touch(EvictionPolicy::AllkeysLfu, None, 2_000_000, &mut SplitMix64::new(0));
+        assert!(s.entries.values().all(|slot| slot.access == fresh));
+        // A key read once now outranks all of them.
+        s.read(&7u16.to_be_bytes(), 2_000_000);
+        let victims = evict(&mut s, 99, 2_000_000);
+        assert!(!victims.contains(&7));
     }
 
     #[test]
