@@ -102,10 +102,9 @@ impl FromStr for EvictionPolicy {
 /// `64mb`, `2gb` (powers of 1024, case-insensitive; `k`, `m`, `g` alone too).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size such as 0, 4096, 512mb or 2gb"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (amount, unit) = crate::time::number_and_unit(text)
+        .ok_or_else(|| format!("'{text}' is not a size such as 0, 4096, 512mb or 2gb"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1 << 10,
         "m" | "mb" => 1 << 20,

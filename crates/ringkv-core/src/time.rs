@@ -33,10 +33,9 @@ impl Deadline {
 /// or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits.parse().map_err(|_| format!("'{text}' is not a duration such as 500ms, 10s, 5m or 2h"))?;
-    let ms_per_unit: u64 = match unit.trim() {
+    let (amount, unit) =
+        number_and_unit(text).ok_or_else(|| format!("'{text}' is not a duration such as 500ms, 10s, 5m or 2h"))?;
+    let ms_per_unit: u64 = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" => 60_000,
@@ -45,6 +44,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown duration unit '{other}' in '{text}' (use ms, s, m, h or d)")),
     };
     amount.checked_mul(ms_per_unit).map(Duration::from_millis).ok_or_else(|| format!("duration '{text}' is too large"))
+}
+
+/// `"512mb"` → `(512, "mb")`: the leading number and what follows it,
+/// trimmed, for the config's durations and sizes.
+pub(crate) fn number_and_unit(text: &str) -> Option<(u64, &str)> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    Some((digits.parse().ok()?, unit.trim()))
 }
 
 /// The inverse of [`parse_duration`] for display, in the largest unit that

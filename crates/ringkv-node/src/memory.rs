@@ -44,9 +44,6 @@ pub(crate) struct Memory {
     /// `maxmemory` in bytes; 0 is no limit.
     pub limit: usize,
     pub policy: EvictionPolicy,
-    /// Whether other replicas exist: a standalone node drops evicted keys
-    /// outright, a clustered one keeps a tombstone like any delete's.
-    pub clustered: bool,
     /// The sum of the shards' footprints.
     used: AtomicUsize,
     /// Keys with a time to live, which the `volatile-*` policies evict.
@@ -98,7 +95,13 @@ pub(crate) fn admission(
     if leads && !tried_evicting {
         return Admission::Evict;
     }
-    if after <= limit + limit / HEADROOM_DIVISOR { Admission::AdmitOver } else { Admission::Refuse }
+    if after <= with_headroom(limit) { Admission::AdmitOver } else { Admission::Refuse }
+}
+
+/// The most a node takes past `limit` before it refuses writes whatever
+/// its policy.
+pub(crate) fn with_headroom(limit: usize) -> usize {
+    limit + limit / HEADROOM_DIVISOR
 }
 
 impl Memory {
@@ -113,7 +116,6 @@ impl Memory {
         Memory {
             limit,
             policy,
-            clustered: replicate.is_some(),
             used: AtomicUsize::new(0),
             volatile: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
@@ -124,6 +126,12 @@ impl Memory {
             replicate,
             wake: Notify::new(),
         }
+    }
+
+    /// Whether other replicas exist: a standalone node drops evicted keys
+    /// outright, a clustered one keeps a tombstone like any delete's.
+    pub(crate) fn clustered(&self) -> bool {
+        self.replicate.is_some()
     }
 
     pub(crate) fn used(&self) -> usize {

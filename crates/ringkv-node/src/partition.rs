@@ -11,7 +11,7 @@ use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
 use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
 
 use crate::mailbox::{Envelope, Mailbox};
-use crate::memory::{Admission, HEADROOM_DIVISOR, MAX_VICTIMS_PER_WRITE, Memory, admission};
+use crate::memory::{Admission, MAX_VICTIMS_PER_WRITE, Memory, admission, with_headroom};
 
 pub(crate) type PartitionMailbox = Mailbox<PartitionMsg>;
 
@@ -152,7 +152,7 @@ impl PartitionState {
     async fn admit(&mut self, key: &[u8], growth: usize, now: u64) -> Result<(), KvError> {
         let memory = self.memory.clone();
         let leads = memory.leads(self.id);
-        let headroom = memory.limit + memory.limit / HEADROOM_DIVISOR;
+        let headroom = with_headroom(memory.limit);
         let (start, mut evicted, mut exhausted) = (self.accounted.0, 0, false);
         loop {
             let freed = start.saturating_sub(self.accounted.0);
@@ -191,7 +191,7 @@ impl PartitionState {
     async fn evict(&mut self, key: Bytes, now: u64) -> Result<(), KvError> {
         let Some(victim) = self.shard.entry(&key).map(|e| e.version) else { return Ok(()) };
         let tombstone = Entry::tombstone(victim.touched(self.memory.stamp(now)));
-        if self.memory.clustered {
+        if self.memory.clustered() {
             // Only a touch from a clock beyond max_clock_drift could outrank
             // this one; then the value stays, and the write that needed the
             // room evicts another.

@@ -3,7 +3,7 @@
 //! depends on time takes `now_ms`.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -228,19 +228,29 @@ impl Shard {
 
     fn replace(&mut self, key: &[u8], new: Entry, now_ms: u64) {
         let hash = key_hash(key);
-        let probe = (hash, key);
-        let previous = self.entries.get(&probe as &dyn Probe).map(|s| s.access);
-        let access = memory::touch(self.eviction.policy, previous, now_ms, &mut self.eviction.rng);
+        let (policy, rng) = (self.eviction.policy, &mut self.eviction.rng);
+        // One lookup: the previous access metadata (LFU counts on from it)
+        // and the old entry come from the same slot.
+        let old = match self.entries.entry(HashedKey { hash, key: key.into() }) {
+            btree_map::Entry::Occupied(mut slot) => {
+                let access = memory::touch(policy, Some(slot.get().access), now_ms, rng);
+                Some(std::mem::replace(slot.get_mut(), Slot { entry: new.clone(), access }))
+            }
+            btree_map::Entry::Vacant(slot) => {
+                slot.insert(Slot { entry: new.clone(), access: memory::touch(policy, None, now_ms, rng) });
+                None
+            }
+        };
         // The old entry's contribution goes first: when both index the same
         // slot (two tombstones dead in the same millisecond, two values
         // expiring at the same instant), adding before removing would
         // remove the new one's slot too, and it would never be swept.
-        if let Some(old) = self.entries.insert(HashedKey { hash, key: key.into() }, Slot { entry: new.clone(), access })
-        {
-            self.index(key, &old.entry, hash, false);
-        } else {
-            self.stats.entries += 1;
-            self.stats.key_bytes += key.len();
+        match old {
+            Some(old) => self.index(key, &old.entry, hash, false),
+            None => {
+                self.stats.entries += 1;
+                self.stats.key_bytes += key.len();
+            }
         }
         self.index(key, &new, hash, true);
     }
