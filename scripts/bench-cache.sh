@@ -4,18 +4,18 @@
 #      node and of a fresh Redis (no persistence), each loaded over the
 #      network with the same KEYS keys ("key:" and 12 digits, 16 bytes) of
 #      100-byte values;
-#   2. PUT throughput at steady eviction: a node bounded at MAXMEMORY
+#   2. PUT throughput at steady eviction: a node bounded at MAXMEMORY_MB MiB
 #      (allkeys-lru) with a key space four times what fits, against an
 #      unbounded node, both filled first, alternating, RUNS times each;
 #   3. the LRU-quality simulation (cargo example lru_quality).
 # Needs redis-server and redis-cli (Debian: apt-get install redis-server).
 #
-#   scripts/bench-cache.sh          # KEYS=1000000 MAXMEMORY=64mb RUNS=3 DURATION=8s
+#   scripts/bench-cache.sh          # KEYS=1000000 MAXMEMORY_MB=64 RUNS=3 DURATION=8s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KEYS=${KEYS:-1000000}
-MAXMEMORY=${MAXMEMORY:-64mb}
+MAXMEMORY_MB=${MAXMEMORY_MB:-64}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8s}
 source scripts/lib.sh
@@ -55,20 +55,18 @@ echo "memory per key, $KEYS keys of 16 + 100 bytes (RSS growth): ringkv $ringkv_
     "$(redis-server --version | awk '{print $1, $3}') $redis_per_key B (used_memory $redis_used_per_key B);" \
     "ringkv/redis $(awk -v a="$ringkv_per_key" -v b="$redis_per_key" 'BEGIN {printf "%.2f", a / b}')"
 
-# 2. PUT at steady eviction. What fits: about 340 bytes per key of 100 bytes.
-bound_bytes=$(python3 -c "
-import re, sys
-m = re.fullmatch(r'(\d+)(kb|mb|gb)?', '$MAXMEMORY'.lower())
-print(int(m.group(1)) * {None: 1, 'kb': 1 << 10, 'mb': 1 << 20, 'gb': 1 << 30}[m.group(2)])")
-space=$(( bound_bytes / 340 * 4 ))
-serve_single --persistence none --maxmemory "$MAXMEMORY" --maxmemory-policy allkeys-lru
+# 2. PUT at steady eviction. What fits is what the bounded node holds
+# after being offered more keys (one per 100 bytes of the bound) than fit.
+serve_single --persistence none --maxmemory "${MAXMEMORY_MB}mb" --maxmemory-policy allkeys-lru
 bounded=$ADDR bounded_pid=$PID
+offered=$(( MAXMEMORY_MB * 1048576 / 100 ))
+"$BIN" bench --ops "$offered" --keys "$offered" --sequential --value-size 100 --read-ratio 0 >/dev/null 2>&1
+fits=$("$BIN" status | awk '$1 == "node-1" && $3 == "serving" {print $8}')
+space=$(( fits * 4 ))
 serve_single --persistence none
 unbounded=$ADDR
-for addr in "$bounded" "$unbounded"; do
-    RINGKV_ADDR=$addr "$BIN" bench --ops "$space" --keys "$space" --sequential --value-size 100 --read-ratio 0 \
-        >/dev/null 2>&1
-done
+RINGKV_ADDR=$unbounded "$BIN" bench --ops "$space" --keys "$space" --sequential --value-size 100 --read-ratio 0 \
+    >/dev/null 2>&1
 unbounded_pid=$PID
 # bench ADDR PID SEED: "ops/s server-CPU-µs-per-PUT" of one run (the
 # server's user and system time from /proc, steadier than throughput on a
@@ -94,7 +92,7 @@ b_med=$(printf '%s\n' "${b[@]}" | median)
 u_med=$(printf '%s\n' "${u[@]}" | median)
 bc_med=$(printf '%s\n' "${bc[@]}" | median)
 uc_med=$(printf '%s\n' "${uc[@]}" | median)
-echo "PUT, $space-key space (4x what $MAXMEMORY holds), 100-byte values, 50 in flight, $DURATION runs:" \
+echo "PUT, $space-key space (4x the $fits keys ${MAXMEMORY_MB} MiB holds), 100-byte values, 50 in flight, $DURATION runs:" \
     "bounded ${b[*]} ops/s (median $b_med), unbounded ${u[*]} (median $u_med);" \
     "bounded/unbounded $(awk -v a="$b_med" -v c="$u_med" 'BEGIN {printf "%.2f", a / c}')"
 echo "server CPU per PUT: bounded ${bc[*]} us (median $bc_med), unbounded ${uc[*]} (median $uc_med);" \
