@@ -285,13 +285,14 @@ async fn a_cluster_evicts_the_same_keys_everywhere_and_a_crash_brings_none_back(
 
 /// The regression guard of BENCHMARKS.md's memory per key: RSS growth per
 /// key of a node loaded over the network with 100,000 keys of 16 + 100
-/// bytes: 365 and 369 measured here, 369 at 1M keys with a release build
-/// (Redis: 208). The guard catches a regression of a fifth, let alone a
-/// return to the glibc allocator's ~950 or values kept alive in large
-/// receive buffers.
+/// bytes: 155–177 measured here, 165 at 1M keys with a release build, where
+/// Redis takes 208. The guard sits below Redis's figure, so it fails as soon
+/// as ringkv needs more memory per key than Redis does, let alone on a
+/// return to separate key and value allocations (about 370) or values kept
+/// alive in large receive buffers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_per_key_through_a_node_stays_under_its_guard() {
-    const GUARD: u64 = 440;
+    const GUARD: u64 = 200;
     const KEYS: u64 = 100_000;
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();

@@ -51,11 +51,13 @@ impl Entry {
     }
 
     pub fn liveness(&self, now_ms: u64, epoch: Epoch) -> Liveness {
-        if self.value.is_none() || self.is_expired(now_ms) || epoch.covers(self.version) {
-            Liveness::Dead
-        } else {
-            Liveness::Live
-        }
+        self.view().liveness(now_ms, epoch)
+    }
+
+    /// The entry borrowed, as a store that keeps entries in its own layout
+    /// also gives them: the rules below are defined once, on the view.
+    pub fn view(&self) -> EntryRef<'_> {
+        EntryRef { version: self.version, value: self.value.as_deref(), expires_at: self.expires_at }
     }
 
     /// The value as a reader at `now_ms` sees it.
@@ -73,11 +75,7 @@ impl Entry {
     /// be a total order for its laws to hold, so ties fall to tombstone first
     /// (a delete is never undone by a tie), then value bytes, then expiry.
     pub fn supersedes(&self, other: &Entry) -> bool {
-        self.precedence() > other.precedence()
-    }
-
-    fn precedence(&self) -> (Version, bool, Option<&[u8]>, Option<u64>) {
-        (self.version, self.value.is_none(), self.value.as_deref(), self.expires_at)
+        self.view().supersedes(other.view())
     }
 
     /// Last-writer-wins join of two entries for the same key.
@@ -88,6 +86,35 @@ impl Entry {
     /// Approximate heap footprint, for memory accounting and batching.
     pub fn size_bytes(&self) -> usize {
         std::mem::size_of::<Entry>() + self.value.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// An entry borrowed from wherever it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub version: Version,
+    pub value: Option<&'a [u8]>,
+    pub expires_at: Option<u64>,
+}
+
+impl EntryRef<'_> {
+    pub fn liveness(&self, now_ms: u64, epoch: Epoch) -> Liveness {
+        let expired = matches!(self.expires_at, Some(at) if at <= now_ms);
+        if self.value.is_none() || expired || epoch.covers(self.version) { Liveness::Dead } else { Liveness::Live }
+    }
+
+    /// See [`Entry::supersedes`].
+    pub fn supersedes(&self, other: EntryRef<'_>) -> bool {
+        self.precedence() > other.precedence()
+    }
+
+    fn precedence(&self) -> (Version, bool, Option<&[u8]>, Option<u64>) {
+        (self.version, self.value.is_none(), self.value, self.expires_at)
+    }
+
+    /// An owned copy; the value's bytes are copied.
+    pub fn to_entry(&self) -> Entry {
+        Entry { version: self.version, value: self.value.map(Bytes::copy_from_slice), expires_at: self.expires_at }
     }
 }
 

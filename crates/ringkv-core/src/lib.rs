@@ -20,7 +20,7 @@ mod size;
 mod time;
 
 pub use api::{Consistency, KeyTtl, KvStore, expiry_from_ttl};
-pub use entry::{Entry, Epoch, Liveness};
+pub use entry::{Entry, EntryRef, Epoch, Liveness};
 pub use error::{KvError, ReplicaFailure};
 pub use hlc::{Clock, Hlc, HlcError, ManualClock, Timestamp};
 pub use limits::Limits;

@@ -189,7 +189,7 @@ impl PartitionState {
     /// never a write stamped after it, one in flight to this replica
     /// included. A write that raced with the eviction is kept, not lost.
     async fn evict(&mut self, key: Bytes, now: u64) -> Result<(), KvError> {
-        let Some(victim) = self.shard.entry(&key).map(|e| e.version) else { return Ok(()) };
+        let Some(victim) = self.shard.version(&key) else { return Ok(()) };
         let tombstone = Entry::tombstone(victim.touched(self.memory.stamp(now)));
         if self.memory.clustered() {
             // Only a touch from a clock beyond max_clock_drift could outrank
@@ -225,7 +225,7 @@ impl PartitionState {
             // What an overwrite replaces is looked up only when the write
             // might not fit without it.
             if self.memory.used().saturating_add(size) > self.memory.limit {
-                let stored = self.shard.entry(&key).map_or(0, |e| footprint(key.len(), e));
+                let stored = self.shard.footprint(&key);
                 self.admit(&key, size.saturating_sub(stored), now).await?;
             }
         }
@@ -308,7 +308,7 @@ impl Actor for PartitionActor {
             }
             PartitionMsg::Read { key, reply } => {
                 let now = state.clock.now_ms();
-                let _ = reply.send(state.shard.read(&key, now).cloned());
+                let _ = reply.send(state.shard.read(&key, now));
             }
             PartitionMsg::Truncate { epoch, reply } => {
                 let result = if epoch > state.shard.epoch() {
@@ -367,7 +367,7 @@ impl Actor for PartitionActor {
                 panic!("fault injection: partition {} told to fail", state.id.0);
             }
             PartitionMsg::ReadMany { keys, reply } => {
-                let entries = keys.into_iter().filter_map(|k| state.shard.entry(&k).cloned().map(|e| (k, e)));
+                let entries = keys.into_iter().filter_map(|k| state.shard.entry(&k).map(|e| (k, e)));
                 let _ = reply.send(entries.collect());
             }
         }

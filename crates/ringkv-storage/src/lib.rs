@@ -11,6 +11,7 @@ mod error;
 pub mod eviction_sim;
 mod frame;
 mod legacy;
+mod record;
 mod recover;
 mod shard;
 mod snapshot;

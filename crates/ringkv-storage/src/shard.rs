@@ -3,12 +3,14 @@
 //! depends on time takes `now_ms`.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, btree_map};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
 use ringkv_core::memory::{self, EvictionPolicy};
-use ringkv_core::{Entry, Epoch, Liveness, SplitMix64, Version, key_hash};
+use ringkv_core::{Entry, EntryRef, Epoch, Liveness, SplitMix64, Version, key_hash};
+
+use crate::record::{self, Record, Shape, Tags};
 
 /// The outcome of offering an entry to a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,14 +47,11 @@ pub struct ShardStats {
     pub volatile: usize,
 }
 
-/// What one stored entry costs beyond its key bytes, measured through a
-/// running node (BENCHMARKS.md, *Memory per key*): its slot in the map's
-/// B-tree nodes at their usual fill (hash, key pointer, entry and access
-/// metadata), and the key's allocation and its rounding.
-pub const ENTRY_OVERHEAD: usize = 176;
-/// What a value costs beyond its bytes: its allocation's rounding and the
-/// shared header a value gets when it is cloned out of a request.
-pub const VALUE_OVERHEAD: usize = 48;
+/// What one stored entry costs in the map beyond its record, measured
+/// (BENCHMARKS.md, *Memory per key*): its slot in the B-tree nodes at their
+/// usual fill (the key hash, the record pointer and the access metadata)
+/// and its share of the interior nodes.
+pub const ENTRY_OVERHEAD: usize = 40;
 /// What an entry in the expiry or dead-marker index costs beyond its key
 /// bytes: its B-tree slot and the key's own allocation.
 pub const INDEX_OVERHEAD: usize = 64;
@@ -60,9 +59,23 @@ pub const INDEX_OVERHEAD: usize = 64;
 /// The bytes an entry stored under a key of `key_len` bytes counts against
 /// the memory bound, including its index entry if it has one.
 pub fn footprint(key_len: usize, entry: &Entry) -> usize {
-    let value = entry.value.as_ref().map_or(0, |v| v.len() + VALUE_OVERHEAD);
-    let indexed = entry.value.is_none() || entry.expires_at.is_some();
-    key_len + value + ENTRY_OVERHEAD + if indexed { key_len + INDEX_OVERHEAD } else { 0 }
+    footprint_of(key_len, entry.view().into())
+}
+
+fn footprint_of(key_len: usize, shape: Shape) -> usize {
+    let indexed = shape.value_len.is_none() || shape.expires;
+    allocated(record::encoded_len(key_len, shape)) + ENTRY_OVERHEAD + if indexed { key_len + INDEX_OVERHEAD } else { 0 }
+}
+
+/// What the allocator takes for `n` bytes: the size class of mimalloc
+/// (the `ringkv` binary's allocator) that holds it, multiples of 8 up to
+/// 64 bytes and then four classes per doubling (80, 96, 112, 128, 160, …).
+fn allocated(n: usize) -> usize {
+    if n <= 64 {
+        return n.next_multiple_of(8).max(8);
+    }
+    let bits = usize::BITS - (n - 1).leading_zeros();
+    n.next_multiple_of(1 << (bits - 3))
 }
 
 /// Keys sampled per eviction (Redis's `maxmemory-samples`).
@@ -71,13 +84,6 @@ const EVICTION_SAMPLES: usize = 5;
 const SAMPLE_STEPS: usize = 64;
 /// The best candidates kept between evictions (Redis's eviction pool).
 const EVICTION_POOL: usize = 16;
-
-/// A stored entry and its access metadata (see [`ringkv_core::memory`]).
-#[derive(Debug, Clone)]
-struct Slot {
-    entry: Entry,
-    access: u32,
-}
 
 /// How the shard ranks keys for eviction, and the state sampling keeps.
 #[derive(Debug, Clone)]
@@ -111,7 +117,10 @@ struct Candidate {
 /// repair digest leaf (a range of hashes) is a contiguous range of the map.
 #[derive(Debug, Clone)]
 pub struct Shard {
-    entries: BTreeMap<HashedKey, Slot>,
+    /// Each entry with its access metadata (see [`ringkv_core::memory`]).
+    entries: BTreeMap<Stored, u32>,
+    /// The node tags the records name by index.
+    tags: Tags,
     /// Live values with a TTL, by expiry instant.
     expiries: BTreeSet<(u64, Box<[u8]>)>,
     /// Dead markers, by the wall-clock instant the key died.
@@ -126,6 +135,7 @@ impl Shard {
     pub fn new(digest_leaves: usize) -> Shard {
         Shard {
             entries: BTreeMap::new(),
+            tags: Tags::default(),
             expiries: BTreeSet::new(),
             graves: BTreeSet::new(),
             epoch: Epoch::NONE,
@@ -142,8 +152,8 @@ impl Shard {
     /// recovery knows nothing of use.
     pub fn set_eviction(&mut self, policy: EvictionPolicy, seed: u64, now_ms: u64) {
         let mut rng = SplitMix64::new(seed);
-        for slot in self.entries.values_mut() {
-            slot.access = memory::touch(policy, None, now_ms, &mut rng);
+        for access in self.entries.values_mut() {
+            *access = memory::touch(policy, None, now_ms, &mut rng);
         }
         self.eviction = Eviction { policy, rng, pool: Vec::new() };
     }
@@ -160,34 +170,50 @@ impl Shard {
         &self.digest
     }
 
-    fn find(&self, key: &[u8]) -> Option<&Entry> {
+    fn find(&self, key: &[u8]) -> Option<EntryRef<'_>> {
         let probe = (key_hash(key), key);
-        self.entries.get(&probe as &dyn Probe).map(|s| &s.entry)
+        self.entries.get_key_value(&probe as &dyn Probe).map(|(s, _)| s.record.entry(&self.tags))
     }
 
     /// The stored entry as [`Shard::entry`] gives it, counted as a use of
     /// the key by the eviction policy if a reader sees it live.
-    pub fn read(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+    pub fn read(&mut self, key: &[u8], now_ms: u64) -> Option<Entry> {
         let probe = (key_hash(key), key);
-        let epoch = self.epoch;
-        let slot = self.entries.get_mut(&probe as &dyn Probe)?;
-        if epoch.covers(slot.entry.version) {
+        let (policy, epoch) = (self.eviction.policy, self.epoch);
+        let rng = &mut self.eviction.rng;
+        // The metadata is the map's value and the entry part of its key, so
+        // a lookup for both goes through the key's range of one.
+        let at = Bound::Included(&probe as &dyn Probe);
+        let (stored, access) = self.entries.range_mut::<dyn Probe, _>((at, at)).next()?;
+        let entry = stored.record.entry(&self.tags);
+        if epoch.covers(entry.version) {
             return None;
         }
-        if slot.entry.liveness(now_ms, epoch) == Liveness::Live {
-            slot.access = memory::touch(self.eviction.policy, Some(slot.access), now_ms, &mut self.eviction.rng);
+        if entry.liveness(now_ms, epoch) == Liveness::Live {
+            *access = memory::touch(policy, Some(*access), now_ms, rng);
         }
-        Some(&slot.entry)
+        Some(entry.to_entry())
     }
 
     /// The stored entry, dead or alive, unless the truncate epoch covers it.
-    pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.find(key).filter(|e| !self.epoch.covers(e.version))
+    pub fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.version(key).and(self.find(key)).map(|e| e.to_entry())
+    }
+
+    /// The stored entry's version, unless the truncate epoch covers it.
+    pub fn version(&self, key: &[u8]) -> Option<Version> {
+        self.find(key).map(|e| e.version).filter(|v| !self.epoch.covers(*v))
+    }
+
+    /// What the entry stored under `key` counts against the memory bound,
+    /// as [`footprint`] gives it; 0 if there is none.
+    pub fn footprint(&self, key: &[u8]) -> usize {
+        self.find(key).map_or(0, |e| footprint_of(key.len(), e.into()))
     }
 
     /// The value a reader sees at `now_ms`.
-    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&Bytes> {
-        self.find(key).and_then(|e| e.live_value(now_ms, self.epoch))
+    pub fn get(&self, key: &[u8], now_ms: u64) -> Option<&[u8]> {
+        self.find(key).filter(|e| e.liveness(now_ms, self.epoch) == Liveness::Live).and_then(|e| e.value)
     }
 
     pub fn is_live(&self, key: &[u8], now_ms: u64) -> bool {
@@ -201,7 +227,7 @@ impl Shard {
             return Applied { changed: false, was_live };
         }
         if let Some(existing) = self.find(key)
-            && !incoming.supersedes(existing)
+            && !incoming.view().supersedes(existing)
         {
             return Applied { changed: false, was_live };
         }
@@ -220,8 +246,8 @@ impl Shard {
         expected: Version,
         now_ms: u64,
     ) -> Result<Applied, Version> {
-        match self.entry(key) {
-            Some(existing) if existing.version > expected => Err(existing.version),
+        match self.version(key) {
+            Some(stored) if stored > expected => Err(stored),
             _ => Ok(self.apply(key, incoming, now_ms)),
         }
     }
@@ -229,37 +255,33 @@ impl Shard {
     fn replace(&mut self, key: &[u8], new: Entry, now_ms: u64) {
         let hash = key_hash(key);
         let (policy, rng) = (self.eviction.policy, &mut self.eviction.rng);
-        // One lookup: the previous access metadata (LFU counts on from it)
-        // and the old entry come from the same slot.
-        let old = match self.entries.entry(HashedKey { hash, key: key.into() }) {
-            btree_map::Entry::Occupied(mut slot) => {
-                let access = memory::touch(policy, Some(slot.get().access), now_ms, rng);
-                Some(std::mem::replace(slot.get_mut(), Slot { entry: new.clone(), access }))
-            }
-            btree_map::Entry::Vacant(slot) => {
-                slot.insert(Slot { entry: new.clone(), access: memory::touch(policy, None, now_ms, rng) });
-                None
-            }
-        };
+        let record = Record::new(key, new.view(), &mut self.tags);
+        // The entry is part of the map's key, which a map never replaces in
+        // place: the old one is taken out (with the access metadata LFU
+        // counts on from) and the new one put in.
+        let probe = (hash, key);
+        let old = self.entries.remove_entry(&probe as &dyn Probe);
+        let access = memory::touch(policy, old.as_ref().map(|(_, access)| *access), now_ms, rng);
+        self.entries.insert(Stored { hash, record }, access);
         // The old entry's contribution goes first: when both index the same
         // slot (two tombstones dead in the same millisecond, two values
         // expiring at the same instant), adding before removing would
         // remove the new one's slot too, and it would never be swept.
         match old {
-            Some(old) => self.index(key, &old.entry, hash, false),
+            Some((old, _)) => self.index(key, Meta::of(old.record.entry(&self.tags)), hash, false),
             None => {
                 self.stats.entries += 1;
                 self.stats.key_bytes += key.len();
             }
         }
-        self.index(key, &new, hash, true);
+        self.index(key, Meta::of(new.view()), hash, true);
     }
 
     /// Adds (or removes) an entry's contribution to the indexes, digest and
     /// statistics. Every change to `entries` goes through here in pairs.
-    fn index(&mut self, key: &[u8], entry: &Entry, hash: u64, add: bool) {
+    fn index(&mut self, key: &[u8], entry: Meta, hash: u64, add: bool) {
         self.digest.toggle(hash, key, entry.version);
-        let slot = match (&entry.value, entry.expires_at) {
+        let slot = match (entry.shape.value_len, entry.expires_at) {
             (Some(_), Some(at)) => Some((&mut self.expiries, at)),
             (Some(_), None) => None,
             // An expired value keeps its expiry as its time of death; a
@@ -267,7 +289,7 @@ impl Shard {
             // (the evicted value's version, touched) is the touch.
             (None, at) => Some((&mut self.graves, at.unwrap_or(entry.version.newest_ts().wall_ms()))),
         };
-        let volatile = entry.value.is_some() && entry.expires_at.is_some();
+        let volatile = entry.shape.value_len.is_some() && entry.expires_at.is_some();
         if let Some((set, at)) = slot {
             if add {
                 set.insert((at, key.into()));
@@ -282,35 +304,35 @@ impl Shard {
                 self.stats.volatile -= 1;
             }
         }
-        if let Some(v) = &entry.value {
+        if let Some(len) = entry.shape.value_len {
             if add {
                 self.stats.values += 1;
-                self.stats.value_bytes += v.len();
+                self.stats.value_bytes += len;
             } else {
                 self.stats.values -= 1;
-                self.stats.value_bytes -= v.len();
+                self.stats.value_bytes -= len;
             }
         }
         if add {
-            self.stats.bytes += footprint(key.len(), entry);
+            self.stats.bytes += footprint_of(key.len(), entry.shape);
         } else {
-            self.stats.bytes -= footprint(key.len(), entry);
+            self.stats.bytes -= footprint_of(key.len(), entry.shape);
         }
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+    fn remove(&mut self, key: &[u8]) -> bool {
         let probe = (key_hash(key), key);
-        let (stored, old) = self.entries.remove_entry(&probe as &dyn Probe)?;
-        self.index(key, &old.entry, stored.hash, false);
+        let Some((old, _)) = self.entries.remove_entry(&probe as &dyn Probe) else { return false };
+        self.index(key, Meta::of(old.record.entry(&self.tags)), old.hash, false);
         self.stats.entries -= 1;
         self.stats.key_bytes -= key.len();
-        Some(old.entry)
+        true
     }
 
     /// Drops a key outright, leaving no dead marker: for an eviction on a
     /// node that has no other replicas, where no older copy can arrive.
     pub fn forget(&mut self, key: &[u8]) -> bool {
-        self.remove(key).is_some()
+        self.remove(key)
     }
 
     /// Chooses the next key to evict under the shard's policy: a key with a
@@ -373,10 +395,11 @@ impl Shard {
         let mut best = None;
         while let Some(top) = pool.last() {
             let unchanged = Some(&top.key.key[..]) != except
-                && self.entries.get(&top.key).is_some_and(|s| {
-                    s.access == top.access
-                        && s.entry.liveness(now_ms, self.epoch) == Liveness::Live
-                        && (!policy.volatile_only() || s.entry.expires_at.is_some())
+                && self.entries.get_key_value(&top.key as &dyn Probe).is_some_and(|(s, access)| {
+                    let entry = s.record.entry(&self.tags);
+                    *access == top.access
+                        && entry.liveness(now_ms, self.epoch) == Liveness::Live
+                        && (!policy.volatile_only() || entry.expires_at.is_some())
                 });
             if unchanged {
                 best = Some((top.score, Bytes::copy_from_slice(&top.key.key)));
@@ -394,20 +417,21 @@ impl Shard {
     /// thrown away.
     fn sample(&mut self, n: usize, now_ms: u64) -> Vec<Candidate> {
         let volatile = self.eviction.policy.volatile_only();
-        let epoch = self.epoch;
-        let eligible = move |s: &Slot| {
-            s.entry.liveness(now_ms, epoch) == Liveness::Live && (!volatile || s.entry.expires_at.is_some())
+        let (epoch, tags) = (self.epoch, &self.tags);
+        let eligible = move |s: &Stored| {
+            let entry = s.record.entry(tags);
+            entry.liveness(now_ms, epoch) == Liveness::Live && (!volatile || entry.expires_at.is_some())
         };
-        let candidate = |k: &HashedKey, s: &Slot| Candidate {
-            key: k.clone(),
-            access: s.access,
-            expires_at: s.entry.expires_at,
+        let candidate = |s: &Stored, access: &u32| Candidate {
+            key: HashedKey { hash: s.hash, key: s.record.key().into() },
+            access: *access,
+            expires_at: s.record.entry(tags).expires_at,
             score: 0,
         };
         if self.entries.len() <= SAMPLE_STEPS {
             // A small shard is ranked whole: sampling a few of a few dozen
             // keys would miss the best victim too often.
-            return self.entries.iter().filter(|(_, s)| eligible(s)).map(|(k, s)| candidate(k, s)).collect();
+            return self.entries.iter().filter(|(s, _)| eligible(s)).map(|(s, a)| candidate(s, a)).collect();
         }
         if !volatile {
             // Keys next to each other in hash order are unrelated keys, so
@@ -418,9 +442,9 @@ impl Shard {
             return after
                 .chain(self.entries.iter())
                 .take(SAMPLE_STEPS)
-                .filter(|(_, s)| eligible(s))
+                .filter(|(s, _)| eligible(s))
                 .take(n)
-                .map(|(k, s)| candidate(k, s))
+                .map(|(s, a)| candidate(s, a))
                 .collect();
         }
         // Keys with a TTL are sampled through the expiry index, whose order
@@ -435,8 +459,8 @@ impl Shard {
             let key = self.expiries.range((at, Box::from(&[][..]))..).next().map(|(_, k)| k.clone());
             let found = key.and_then(|k| {
                 let probe = (key_hash(&k), &k[..]);
-                let (k, s) = self.entries.get_key_value(&probe as &dyn Probe)?;
-                eligible(s).then(|| candidate(k, s))
+                let (s, a) = self.entries.get_key_value(&probe as &dyn Probe)?;
+                eligible(s).then(|| candidate(s, a))
             });
             let Some(found) = found else { break };
             if !out.iter().any(|c| c.key == found.key) {
@@ -456,8 +480,9 @@ impl Shard {
             if at > now_ms {
                 break;
             }
-            let entry = self.find(&key).cloned().expect("expiry index points at a stored entry");
-            self.replace(&key, normalize(entry, now_ms), now_ms);
+            let entry = self.find(&key).expect("expiry index points at a stored entry");
+            let dead = Entry { value: None, ..entry.to_entry() };
+            self.replace(&key, dead, now_ms);
             done.expired += 1;
         }
         while done.expired + done.purged < budget {
@@ -480,8 +505,12 @@ impl Shard {
             return 0;
         }
         self.epoch = epoch;
-        let covered: Vec<Box<[u8]>> =
-            self.entries.iter().filter(|(_, s)| epoch.covers(s.entry.version)).map(|(k, _)| k.key.clone()).collect();
+        let covered: Vec<Box<[u8]>> = self
+            .entries
+            .keys()
+            .filter(|s| epoch.covers(s.record.entry(&self.tags).version))
+            .map(|s| s.record.key().into())
+            .collect();
         for key in &covered {
             self.remove(key);
         }
@@ -540,53 +569,101 @@ impl Shard {
         out
     }
 
-    fn collect<'a>(&self, range: impl Iterator<Item = (&'a HashedKey, &'a Slot)>, limit: usize) -> Vec<(Bytes, Entry)> {
+    fn collect<'a>(&self, range: impl Iterator<Item = (&'a Stored, &'a u32)>, limit: usize) -> Vec<(Bytes, Entry)> {
         range
-            .filter(|(_, s)| !self.epoch.covers(s.entry.version))
+            .map(|(s, _)| (s.record.key(), s.record.entry(&self.tags)))
+            .filter(|(_, e)| !self.epoch.covers(e.version))
             .take(limit)
-            .map(|(k, s)| (Bytes::copy_from_slice(&k.key), s.entry.clone()))
+            .map(|(k, e)| (Bytes::copy_from_slice(k), e.to_entry()))
             .collect()
     }
 
     /// Every key a reader could see at `now_ms`, for tests and tooling.
     pub fn live_keys(&self, now_ms: u64) -> impl Iterator<Item = &[u8]> {
         self.entries
-            .iter()
-            .filter(move |(_, s)| s.entry.liveness(now_ms, self.epoch) == Liveness::Live)
-            .map(|(k, _)| &*k.key)
+            .keys()
+            .filter(move |s| s.record.entry(&self.tags).liveness(now_ms, self.epoch) == Liveness::Live)
+            .map(|s| s.record.key())
     }
 }
 
-/// A key with its hash in front. Ordering by hash first means most
-/// comparisons during a lookup are one integer compare on data inline in the
-/// tree node, instead of a memcmp behind a pointer (a cache miss each).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// What the indexes, the digest and the accounting need of an entry: all
+/// but its value's bytes, so it outlives the record it was read from.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    version: Version,
+    expires_at: Option<u64>,
+    shape: Shape,
+}
+
+impl Meta {
+    fn of(entry: EntryRef<'_>) -> Meta {
+        Meta { version: entry.version, expires_at: entry.expires_at, shape: entry.into() }
+    }
+}
+
+/// A record with its key's hash in front, ordered by hash, then key. The
+/// hash first means most comparisons during a lookup are one integer
+/// compare on data inline in the tree node, instead of a memcmp behind a
+/// pointer (a cache miss each).
+#[derive(Debug, Clone)]
+struct Stored {
+    hash: u64,
+    record: Record,
+}
+
+/// A key with its hash, owned: what eviction remembers of a candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct HashedKey {
     hash: u64,
     key: Box<[u8]>,
 }
 
 /// Lets the map be searched with a borrowed `(hash, &[u8])`, without
-/// allocating a `HashedKey` per lookup.
+/// allocating a `Stored` per lookup. The key is asked for only when the
+/// hashes tie, since a record's key is behind its pointer.
 trait Probe {
-    fn parts(&self) -> (u64, &[u8]);
-}
-
-impl Probe for HashedKey {
-    fn parts(&self) -> (u64, &[u8]) {
-        (self.hash, &self.key)
-    }
+    fn hash(&self) -> u64;
+    fn key(&self) -> &[u8];
 }
 
 impl Probe for (u64, &[u8]) {
-    fn parts(&self) -> (u64, &[u8]) {
-        *self
+    fn hash(&self) -> u64 {
+        self.0
     }
+
+    fn key(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl Probe for HashedKey {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl Probe for Stored {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    fn key(&self) -> &[u8] {
+        self.record.key()
+    }
+}
+
+fn compare(a: &(impl Probe + ?Sized), b: &(impl Probe + ?Sized)) -> std::cmp::Ordering {
+    a.hash().cmp(&b.hash()).then_with(|| a.key().cmp(b.key()))
 }
 
 impl PartialEq for dyn Probe + '_ {
     fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
+        compare(self, other).is_eq()
     }
 }
 
@@ -600,13 +677,33 @@ impl PartialOrd for dyn Probe + '_ {
 
 impl Ord for dyn Probe + '_ {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.parts().cmp(&other.parts())
+        compare(self, other)
     }
 }
 
-impl<'a> Borrow<dyn Probe + 'a> for HashedKey {
+impl<'a> Borrow<dyn Probe + 'a> for Stored {
     fn borrow(&self) -> &(dyn Probe + 'a) {
         self
+    }
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Self) -> bool {
+        compare(self, other).is_eq()
+    }
+}
+
+impl Eq for Stored {}
+
+impl PartialOrd for Stored {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Stored {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        compare(self, other)
     }
 }
 
@@ -709,9 +806,9 @@ mod tests {
         let mut s = Shard::new(16);
         assert!(s.apply(b"k", val(10, "a", None), 0).changed);
         assert!(!s.apply(b"k", val(5, "old", None), 0).changed, "older write loses");
-        assert_eq!(s.get(b"k", 0).unwrap(), "a");
+        assert_eq!(s.get(b"k", 0), Some(&b"a"[..]));
         s.apply(b"k", val(20, "b", Some(100)), 0);
-        assert_eq!(s.get(b"k", 99).unwrap(), "b");
+        assert_eq!(s.get(b"k", 99), Some(&b"b"[..]));
         assert_eq!(s.get(b"k", 100), None, "expired before any sweep");
         let applied = s.apply(b"k", Entry::tombstone(v(30)), 50);
         assert_eq!(applied, Applied { changed: true, was_live: true });
@@ -774,7 +871,7 @@ mod tests {
         s.apply(b"b", val(3, "y", Some(1_000)), 0);
         assert_eq!(s.truncate(Epoch(Timestamp::new(2, 0))), 1);
         assert_eq!(s.get(b"a", 0), None);
-        assert_eq!(s.get(b"b", 0).unwrap(), "y");
+        assert_eq!(s.get(b"b", 0), Some(&b"y"[..]));
         assert!(!s.apply(b"a", val(2, "late", None), 0).changed);
         assert!(s.apply(b"a", val(4, "after", None), 0).changed);
         assert_eq!(s.truncate(Epoch(Timestamp::new(1, 0))), 0, "epochs never go back");
@@ -809,7 +906,8 @@ mod tests {
     /// The footprint total must be exactly what the entries and indexes
     /// add up to after any history, or the memory bound drifts.
     fn assert_accounted(s: &Shard) {
-        let sum: usize = s.entries.iter().map(|(k, slot)| footprint(k.key.len(), &slot.entry)).sum();
+        let sum: usize =
+            s.entries.keys().map(|k| footprint_of(k.record.key().len(), k.record.entry(&s.tags).into())).sum();
         assert_eq!(s.stats().bytes, sum);
         assert_eq!(s.stats().volatile, s.expiries.len());
     }
@@ -927,7 +1025,7 @@ mod tests {
         }
         s.set_eviction(EvictionPolicy::AllkeysLfu, 1, 2_000_000);
         let fresh = memory::touch(EvictionPolicy::AllkeysLfu, None, 2_000_000, &mut SplitMix64::new(0));
-        assert!(s.entries.values().all(|slot| slot.access == fresh));
+        assert!(s.entries.values().all(|access| *access == fresh));
         // A key read once now outranks all of them.
         s.read(&7u16.to_be_bytes(), 2_000_000);
         let victims = evict(&mut s, 99, 2_000_000);
@@ -951,7 +1049,7 @@ mod tests {
         assert!(s.apply(b"k", eviction.clone(), 0).changed, "it deletes the value it chose");
         assert!(s.sweep(600, 400, 10).purged == 0, "dead since 500, not since the value's 10");
         assert!(s.apply(b"k", val(20, "raced", None), 0).changed, "a write stamped after that value wins");
-        assert_eq!(s.get(b"k", 0).unwrap(), "raced");
+        assert_eq!(s.get(b"k", 0), Some(&b"raced"[..]));
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl Engine {
         let p = self.partitioner.partition_of(&[k]);
         let shard = &self.shards[p.0 as usize];
         shard.get(&[k], self.now())?;
-        shard.entry(&[k]).cloned()
+        shard.entry(&[k])
     }
 
     fn snapshot(&mut self) {
