@@ -22,7 +22,7 @@ for size in $SIZES; do
     keys=$(( 4 * MAXMEMORY_MB * 1048576 / (size > 100 ? size : 100) ))
     "$BIN" bench --ops "$keys" --keys "$keys" --sequential --value-size "$size" --read-ratio 0 >/dev/null 2>&1
     grown=$(( $(rss_kb "$PID") - base ))
-    used=$("$BIN" status 2>/dev/null | awk '/memory/ {print; exit}')
+    used=$("$BIN" status 2>/dev/null | awk '/ used [0-9]/ {$1 = $1; print; exit}')
     kill "$PID"
     echo "value $size B, $keys keys offered: RSS growth $((grown / 1024)) MiB =" \
         "$(awk -v g="$grown" -v b="$MAXMEMORY_MB" 'BEGIN {printf "%.2f", g / 1024 / b}') × the bound" \
