@@ -766,9 +766,9 @@ async fn sweeper(node: Node) {
                 if inner.stopping() {
                     return;
                 }
-                let purge_before_ms = inner.repair.purge_horizon(&topo, PartitionId(i as u16), inner.now_ms(), grace);
+                let horizon = inner.repair.purge_horizon(&topo, PartitionId(i as u16), inner.now_ms(), grace);
                 let budget = inner.config.sweep_budget;
-                match partition.call(|reply| PartitionMsg::Sweep { purge_before_ms, budget, reply }).await {
+                match partition.call(|reply| PartitionMsg::Sweep { horizon, budget, reply }).await {
                     Ok(sweep) if sweep.more => tokio::task::yield_now().await,
                     _ => break,
                 }

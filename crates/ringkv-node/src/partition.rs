@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
-use ringkv_storage::{Durable, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
+use ringkv_storage::{Durable, Horizon, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
 
 use crate::mailbox::{Envelope, Mailbox};
 use crate::memory::{Admission, MAX_VICTIMS_PER_WRITE, Memory, admission, with_headroom};
@@ -48,7 +48,7 @@ pub(crate) enum PartitionMsg {
         reply: RpcReplyPort<Result<Option<Durable>, KvError>>,
     },
     Sweep {
-        purge_before_ms: u64,
+        horizon: Horizon,
         budget: usize,
         reply: RpcReplyPort<Sweep>,
     },
@@ -319,9 +319,9 @@ impl Actor for PartitionActor {
                 };
                 let _ = reply.send(result);
             }
-            PartitionMsg::Sweep { purge_before_ms, budget, reply } => {
+            PartitionMsg::Sweep { horizon, budget, reply } => {
                 let now = state.clock.now_ms();
-                let _ = reply.send(state.shard.sweep(now, purge_before_ms, budget));
+                let _ = reply.send(state.shard.sweep(now, horizon, budget));
             }
             PartitionMsg::Chunk { after, limit, reply } => {
                 let _ = reply.send(state.shard.chunk_after(after.as_deref(), limit));

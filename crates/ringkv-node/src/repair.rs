@@ -13,8 +13,9 @@
 //! comparison that leaves the pair in sync is recorded with its start time:
 //! a tombstone older than that is on both. The purge horizon of a partition
 //! is the oldest such record over all its other replicas, so tombstones are
-//! only purged once every replica has them (and never before
-//! `tombstone_grace`).
+//! only purged once every replica has them, and only once what they
+//! deleted was written `tombstone_grace` ago (when hints of older copies
+//! have expired).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use ringkv_core::ring::NodeName;
 use ringkv_core::{Entry, KvError, PartitionId, Version, batches};
 use ringkv_net::wire::{Divergence, RepairStatus, ReplicaRequest, Reply};
+use ringkv_storage::Horizon;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -97,20 +99,24 @@ impl Repair {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Dead entries that died before this instant may be purged from the
-    /// partition: every other replica was in sync with us after it, and the
-    /// grace period has passed.
-    pub(crate) fn purge_horizon(&self, topo: &Topology, partition: PartitionId, now_ms: u64, grace_ms: u64) -> u64 {
-        let after_grace = now_ms.saturating_sub(grace_ms);
+    /// Which dead entries may be purged from the partition: those whose key
+    /// was written before the grace (no hint of an older copy is left) and
+    /// that died before every other replica was in sync with us, and
+    /// before [`MARKER_SETTLE`].
+    pub(crate) fn purge_horizon(&self, topo: &Topology, partition: PartitionId, now_ms: u64, grace_ms: u64) -> Horizon {
+        let written_before = now_ms.saturating_sub(grace_ms);
         if !topo.table.is_replica(partition, &topo.self_name) {
-            return after_grace;
+            return Horizon::at(written_before);
         }
+        let settled = now_ms.saturating_sub(grace_ms.min(MARKER_SETTLE.as_millis() as u64));
         let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-        topo.replicas(partition)
+        let died_before = topo
+            .replicas(partition)
             .iter()
             .filter(|peer| !topo.is_self(peer))
             .map(|peer| synced.get(&(partition.0, peer.clone())).copied().unwrap_or(0))
-            .fold(after_grace, u64::min)
+            .fold(settled, u64::min);
+        Horizon { written_before, died_before }
     }
 
     fn record(&self, update: impl FnOnce(&mut RepairStatus)) {
@@ -357,6 +363,12 @@ enum Pass {
 }
 
 /// How soon a pass that missed some peers is retried.
+/// How long a dead marker is kept after it died at least, however soon
+/// the replicas sync (unless `tombstone_grace` is shorter): longer than a
+/// copy of its partition lives on a node that stopped replicating it (the
+/// mover drops those within ten seconds) and than any write in flight.
+const MARKER_SETTLE: Duration = Duration::from_secs(30);
+
 const RETRY_INCOMPLETE: Duration = Duration::from_secs(3);
 
 /// Runs a pass every `repair_interval`, and at once when a peer comes up.
@@ -428,6 +440,34 @@ mod tests {
         assert_eq!(to_me, [k("c"), k("e")]);
         let (to_peer, to_me) = plan_exchange(&ours, &ours);
         assert!(to_peer.is_empty() && to_me.is_empty());
+    }
+
+    #[test]
+    fn markers_wait_for_every_other_replica_and_the_settle_time_and_their_writes_for_the_grace() {
+        use crate::topology::{Gossiped, build};
+        use ringkv_net::wire::MemberStatus;
+        let member = |port: u16| Gossiped {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            status: MemberStatus::Serving,
+            live: true,
+            dead_for: None,
+            epoch: ringkv_core::Epoch::NONE,
+            fenced: false,
+        };
+        let gossiped = [("a", 1), ("b", 2), ("c", 3)].map(|(n, port)| (NodeName::from(n), member(port)));
+        let topo = build(&NodeName::from("a"), "test", gossiped.into(), 4, 3, 8, Duration::from_secs(60));
+        let repair = Repair::new(1 << 20);
+        let (p, now, grace) = (PartitionId(0), 1_000_000, 600_000);
+        let sync = |peer: &str, at: u64| repair.synced.lock().unwrap().insert((0, NodeName::from(peer)), at);
+        let horizon = |grace| repair.purge_horizon(&topo, p, now, grace);
+        assert_eq!(horizon(grace), Horizon { written_before: 400_000, died_before: 0 }, "nobody synced yet");
+        sync("b", 990_000);
+        assert_eq!(horizon(grace).died_before, 0, "c has not synced");
+        sync("c", 950_000);
+        assert_eq!(horizon(grace), Horizon { written_before: 400_000, died_before: 950_000 });
+        sync("c", 999_000);
+        assert_eq!(horizon(grace).died_before, 970_000, "30 s after death at least");
+        assert_eq!(horizon(5_000), Horizon { written_before: 995_000, died_before: 990_000 }, "a shorter grace");
     }
 
     #[test]

@@ -20,6 +20,6 @@ mod wal;
 pub use disk::{Disk, DiskFile, FsDisk, MemDisk};
 pub use error::StorageError;
 pub use recover::{Hints, Recovered, RecoveryConfig, RecoveryStats, compact, merge_hint, recover, remove_hint};
-pub use shard::{Applied, Digest, Shard, ShardStats, Sweep, footprint};
+pub use shard::{Applied, Digest, Horizon, Shard, ShardStats, Sweep, footprint};
 pub use snapshot::{SnapRecord, SnapshotInfo, SnapshotWriter};
 pub use wal::{Durable, FsyncPolicy, Wal, WalConfig, WalRecord, WalStats, settle};

@@ -30,6 +30,30 @@ pub struct Sweep {
     pub more: bool,
 }
 
+/// Which dead markers a sweep may purge. A marker exists to reject older
+/// copies of its key, and those arrive two ways: from a replica that has not
+/// seen the marker yet, and from a hint written before it. The caller (which
+/// knows when the replicas last synced, and for how long hints are kept)
+/// sets one bound for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    /// The marker's key was written before this instant: by its version's
+    /// stamp, the value a tombstone or an expiry killed, or a delete's own.
+    /// A hint carries the stamp of the write it holds and is dropped unsent
+    /// once that is older than the grace, so no older copy is on its way.
+    pub written_before: u64,
+    /// The marker died (was deleted, evicted or expired) before this
+    /// instant: every other replica has it.
+    pub died_before: u64,
+}
+
+impl Horizon {
+    /// Both bounds at one instant.
+    pub fn at(ms: u64) -> Horizon {
+        Horizon { written_before: ms, died_before: ms }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     /// Stored entries, including dead markers not yet purged.
@@ -110,7 +134,7 @@ struct Candidate {
 /// Dead entries (tombstones, expired values) stay as markers without their
 /// value until they may be purged, so that an older copy arriving from
 /// another replica, a hint or the log cannot bring the key back. Purging is
-/// decided by the caller through `purge_before_ms` in [`Shard::sweep`].
+/// decided by the caller through the [`Horizon`] of [`Shard::sweep`].
 ///
 /// The map is ordered by key hash, then key: snapshots and repair walk it in
 /// resumable chunks while the owner keeps serving between chunks, and a
@@ -123,7 +147,8 @@ pub struct Shard {
     tags: Tags,
     /// Live values with a TTL, by expiry instant.
     expiries: BTreeSet<(u64, Box<[u8]>)>,
-    /// Dead markers, by the wall-clock instant the key died.
+    /// Dead markers, by the wall-clock instant of their version's stamp
+    /// (see [`Horizon::written_before`]).
     graves: BTreeSet<(u64, Box<[u8]>)>,
     epoch: Epoch,
     digest: Digest,
@@ -284,10 +309,10 @@ impl Shard {
         let slot = match (entry.shape.value_len, entry.expires_at) {
             (Some(_), Some(at)) => Some((&mut self.expiries, at)),
             (Some(_), None) => None,
-            // An expired value keeps its expiry as its time of death; a
-            // tombstone died when it was stamped, which for an eviction's
-            // (the evicted value's version, touched) is the touch.
-            (None, at) => Some((&mut self.graves, at.unwrap_or(entry.version.newest_ts().wall_ms()))),
+            // By when the killed value was written, not when it died: an
+            // eviction's marker (the evicted value's version, touched) of a
+            // value written long ago can go as soon as the replicas have it.
+            (None, _) => Some((&mut self.graves, entry.version.ts.wall_ms())),
         };
         let volatile = entry.shape.value_len.is_some() && entry.expires_at.is_some();
         if let Some((set, at)) = slot {
@@ -471,9 +496,13 @@ impl Shard {
     }
 
     /// Bounded background expiry and purge: values whose TTL has passed lose
-    /// their bytes and become dead markers; dead markers that died before
-    /// `purge_before_ms` are dropped. At most `budget` keys are touched.
-    pub fn sweep(&mut self, now_ms: u64, purge_before_ms: u64, budget: usize) -> Sweep {
+    /// their bytes and become dead markers; dead markers inside `horizon`
+    /// are dropped. At most `budget` keys are touched.
+    ///
+    /// Markers are taken in the order their keys were written; one written
+    /// long ago that died recently waits, and holds up those behind it, only
+    /// until the replicas sync past its death.
+    pub fn sweep(&mut self, now_ms: u64, horizon: Horizon, budget: usize) -> Sweep {
         let mut done = Sweep::default();
         while done.expired + done.purged < budget {
             let Some((at, key)) = self.expiries.first().cloned() else { break };
@@ -485,17 +514,20 @@ impl Shard {
             self.replace(&key, dead, now_ms);
             done.expired += 1;
         }
-        while done.expired + done.purged < budget {
-            let Some((at, key)) = self.graves.first().cloned() else { break };
-            if at >= purge_before_ms {
-                break;
-            }
+        while done.expired + done.purged < budget && self.purgeable(horizon) {
+            let (_, key) = self.graves.first().cloned().expect("a purgeable marker");
             self.remove(&key);
             done.purged += 1;
         }
-        done.more = self.expiries.first().is_some_and(|(at, _)| *at <= now_ms)
-            || self.graves.first().is_some_and(|(at, _)| *at < purge_before_ms);
+        done.more = self.expiries.first().is_some_and(|(at, _)| *at <= now_ms) || self.purgeable(horizon);
         done
+    }
+
+    /// Whether the first dead marker in the index may be purged.
+    fn purgeable(&self, horizon: Horizon) -> bool {
+        let Some((written, key)) = self.graves.first() else { return false };
+        let entry = self.find(key).expect("dead-marker index points at a stored entry");
+        *written < horizon.written_before && died_at(entry) < horizon.died_before
     }
 
     /// Raises the truncate epoch and drops everything it covers. The epoch
@@ -707,6 +739,12 @@ impl Ord for Stored {
     }
 }
 
+/// When a dead entry died: its expiry, or its stamp (the touch, for an
+/// eviction's tombstone).
+fn died_at(entry: EntryRef<'_>) -> u64 {
+    entry.expires_at.unwrap_or(entry.version.newest_ts().wall_ms())
+}
+
 /// A value whose TTL already passed is stored as a dead marker: same
 /// version, no bytes. Every replica makes the same conversion at the same
 /// instant because the expiry is absolute.
@@ -823,14 +861,14 @@ mod tests {
             s.apply(&[i], val(1, "xxxxxxxx", Some(100 + u64::from(i))), 0);
         }
         assert_eq!(s.stats().value_bytes, 80);
-        let first = s.sweep(105, 0, 4);
+        let first = s.sweep(105, Horizon::at(0), 4);
         assert_eq!(first, Sweep { expired: 4, purged: 0, more: true });
-        let second = s.sweep(105, 0, 100);
+        let second = s.sweep(105, Horizon::at(0), 100);
         assert_eq!(second, Sweep { expired: 2, purged: 0, more: false });
         assert_eq!(s.stats().values, 4);
         assert_eq!(s.stats().value_bytes, 32);
         assert_eq!(s.stats().entries, 10, "dead markers stay until the purge horizon");
-        let purge = s.sweep(105, 104, 100);
+        let purge = s.sweep(105, Horizon::at(104), 100);
         assert_eq!(purge.purged, 4, "only keys that died before the horizon");
         assert_eq!(s.stats().entries, 6);
         // A purged key accepts writes again.
@@ -850,8 +888,8 @@ mod tests {
         // Likewise two values with the same expiry instant.
         s.apply(b"t", val(10, "a", Some(100)), 0);
         s.apply(b"t", val(11, "b", Some(100)), 0);
-        assert_eq!(s.sweep(200, 0, 10), Sweep { expired: 1, purged: 0, more: false });
-        assert_eq!(s.sweep(200, 1_000, 10), Sweep { expired: 0, purged: 2, more: false });
+        assert_eq!(s.sweep(200, Horizon::at(0), 10), Sweep { expired: 1, purged: 0, more: false });
+        assert_eq!(s.sweep(200, Horizon::at(1_000), 10), Sweep { expired: 0, purged: 2, more: false });
         assert_eq!(s.stats().entries, 0);
     }
 
@@ -924,7 +962,7 @@ mod tests {
                 _ => s.apply(&key, val(round, "value", None), round),
             };
             if round % 97 == 0 {
-                s.sweep(round, round.saturating_sub(30), 10);
+                s.sweep(round, Horizon::at(round.saturating_sub(30)), 10);
             }
             if round % 301 == 0 {
                 s.forget(&key);
@@ -1047,9 +1085,29 @@ mod tests {
         s.apply(b"k", val(10, "old", None), 0);
         let eviction = Entry::tombstone(v(10).touched(v(500)));
         assert!(s.apply(b"k", eviction.clone(), 0).changed, "it deletes the value it chose");
-        assert!(s.sweep(600, 400, 10).purged == 0, "dead since 500, not since the value's 10");
+        assert!(s.sweep(600, Horizon::at(400), 10).purged == 0, "dead since 500, not since the value's 10");
         assert!(s.apply(b"k", val(20, "raced", None), 0).changed, "a write stamped after that value wins");
         assert_eq!(s.get(b"k", 0), Some(&b"raced"[..]));
+    }
+
+    #[test]
+    fn a_marker_goes_once_its_value_is_past_the_hints_and_its_death_past_the_replicas() {
+        let mut s = Shard::new(16);
+        // Evicted at 500, the value written at 10; deleted at 300.
+        s.apply(b"evicted", Entry::tombstone(v(10).touched(v(500))), 0);
+        s.apply(b"deleted", Entry::tombstone(v(300)), 0);
+        // Expired at 450, written at 20.
+        s.apply(b"expired", val(20, "x", Some(450)), 0);
+        assert_eq!(s.sweep(460, Horizon::at(0), 10).expired, 1);
+        let swept = |s: &mut Shard, written_before, died_before| {
+            s.sweep(1_000, Horizon { written_before, died_before }, 10).purged
+        };
+        assert_eq!(swept(&mut s, 400, 450), 0, "the eviction, dead since 500, waits and holds up the rest");
+        assert_eq!(swept(&mut s, 15, 1_000), 1, "hints of writes after 15 may still come: only the value of 10 goes");
+        assert_eq!(swept(&mut s, 400, 501), 2, "the expired value of 20 and the delete of 300");
+        assert_eq!(s.stats().entries, 0);
+        s.apply(b"deleted", Entry::tombstone(v(900)), 0);
+        assert_eq!(swept(&mut s, 900, 2_000), 0, "a delete's marker is written when it dies: the grace applies");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use ringkv_core::{Clock, Entry, Epoch, Hlc, ManualClock, NodeTag, Partitioner, Version};
 use ringkv_storage::{
-    FsyncPolicy, MemDisk, RecoveryConfig, Shard, SnapshotWriter, Wal, WalConfig, WalRecord, compact, recover,
+    FsyncPolicy, Horizon, MemDisk, RecoveryConfig, Shard, SnapshotWriter, Wal, WalConfig, WalRecord, compact, recover,
 };
 
 const KEYS: u8 = 6;
@@ -238,7 +238,7 @@ impl StateMachineTest for StorageTest {
             Op::Sweep(budget) => {
                 let now = e.now();
                 for shard in &mut e.shards {
-                    shard.sweep(now, now.saturating_sub(GRACE_MS), budget);
+                    shard.sweep(now, Horizon::at(now.saturating_sub(GRACE_MS)), budget);
                 }
             }
             Op::Snapshot => e.snapshot(),
