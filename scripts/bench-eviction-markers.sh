@@ -25,28 +25,7 @@ maxmemory_policy = "allkeys-lru"
 tombstone_grace = "$GRACE"
 repair_interval = "$REPAIR"
 TOML
-# start NAME [serve args...]: a clustered node; sets ADDR and GOSSIP.
-start() {
-    local name=$1; shift
-    node_cert "$name"
-    "$BIN" serve --config "$tmp/node.toml" --node-id "$name" --certs "$tmp/certs" --data-dir "$tmp/$name" \
-        --listen 127.0.0.1:0 --gossip 127.0.0.1:0 "$@" >"$tmp/$name.ready" 2>"$tmp/$name.log" &
-    pids+=("$!")
-    for _ in $(seq 400); do grep -q serving "$tmp/$name.ready" 2>/dev/null && break; sleep 0.05; done
-    ADDR=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$tmp/$name.ready")
-    GOSSIP=$(awk '{for (i = 1; i < NF; i++) if ($i == "gossip") print $(i + 1)}' "$tmp/$name.ready")
-    [ -n "$ADDR" ] || { cat "$tmp/$name.log"; exit 1; }
-}
-start c1
-first=$ADDR addrs=$ADDR seed=$GOSSIP
-start c2 --seeds "$seed"
-addrs=$addrs,$ADDR
-start c3 --seeds "$seed"
-addrs=$addrs,$ADDR
-export RINGKV_ADDR=$addrs
-serving() { { RINGKV_ADDR=$first "$BIN" status --brief 2>/dev/null || true; } | awk '$3 == "serving" && $4 == "yes"' | wc -l; }
-for _ in $(seq 300); do [ "$(serving)" = 3 ] && break; sleep 0.1; done
-[ "$(serving)" = 3 ] || { echo "the cluster did not form"; exit 1; }
+cluster3 "$tmp/node.toml"
 
 limit=$(awk -v m="$MAXMEMORY" 'BEGIN {n = m + 0; print n * 1048576}')
 old=$(( limit / 168 ))

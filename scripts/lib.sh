@@ -46,3 +46,30 @@ serve_single() {
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # field OP NAME: NAME of OP's section in `ringkv bench --json` output.
 field() { sed -E "s/.*\"$1\":\{[^}]*\"$2\":([0-9.]+).*/\1/"; }
+
+# cluster3 CONFIG: starts three clustered nodes c1, c2, c3 on loopback with
+# the config file CONFIG (certificates and data directories of their own),
+# waits until each serves, and sets ADDRS (their addresses, comma-separated,
+# also exported as RINGKV_ADDR).
+cluster3() {
+    local config=$1 name seed="" addr gossip
+    ADDRS=""
+    for name in c1 c2 c3; do
+        node_cert "$name"
+        "$BIN" serve --config "$config" --node-id "$name" --certs "$tmp/certs" --data-dir "$tmp/$name" \
+            --listen 127.0.0.1:0 --gossip 127.0.0.1:0 ${seed:+--seeds "$seed"} \
+            >"$tmp/$name.ready" 2>"$tmp/$name.log" &
+        pids+=("$!")
+        for _ in $(seq 400); do grep -q serving "$tmp/$name.ready" 2>/dev/null && break; sleep 0.05; done
+        addr=$(awk '{for (i = 1; i < NF; i++) if ($i == "on") print $(i + 1)}' "$tmp/$name.ready")
+        gossip=$(awk '{for (i = 1; i < NF; i++) if ($i == "gossip") print $(i + 1)}' "$tmp/$name.ready")
+        [ -n "$addr" ] || { cat "$tmp/$name.log"; exit 1; }
+        seed=${seed:-$gossip}
+        ADDRS=${ADDRS:+$ADDRS,}$addr
+    done
+    local first=${ADDRS%%,*}
+    serving() { { RINGKV_ADDR=$first "$BIN" status --brief 2>/dev/null || true; } | awk '$3 == "serving" && $4 == "yes"' | wc -l; }
+    for _ in $(seq 300); do [ "$(serving)" = 3 ] && break; sleep 0.1; done
+    [ "$(serving)" = 3 ] || { echo "the cluster did not form"; exit 1; }
+    export RINGKV_ADDR=$ADDRS
+}
