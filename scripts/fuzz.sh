@@ -7,7 +7,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]      # default 60 s, every target
 #
 # Needs the nightly toolchain (cargo-fuzz's instrumentation); installs
-# cargo-fuzz if missing. Builds without a sanitizer: ringkv is safe Rust,
+# cargo-fuzz if missing. Builds without a sanitizer: ringkv is safe Rust (but
+# for the storage record's thin pointer, which has tests of its own),
 # and what the targets look for is panics, hangs, stack overflows and
 # runaway allocations, which libFuzzer catches by itself.
 set -euo pipefail

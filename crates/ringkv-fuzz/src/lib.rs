@@ -20,6 +20,7 @@ use std::path::PathBuf;
 mod certs;
 mod config;
 mod gossip;
+mod resp;
 pub mod seeds;
 mod storage;
 mod wire;
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("recovery", storage::recovery),
     ("config", config::config),
     ("certs", certs::certs),
+    ("resp_command", resp::resp_command),
 ];
 
 /// Looks a target up by name.

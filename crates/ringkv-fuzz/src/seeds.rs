@@ -24,6 +24,7 @@ pub fn seeds() -> Vec<Seed> {
     all.extend(storage_seeds());
     all.extend(config_seeds());
     all.extend(cert_seeds());
+    all.extend(resp_seeds());
     all
 }
 
@@ -276,5 +277,25 @@ fn cert_seeds() -> Vec<Seed> {
     vec![
         ("certs", "seed-node".into(), join("node.crt", "node.key")),
         ("certs", "seed-client".into(), join("client.crt", "client.key")),
+    ]
+}
+
+/// Commands as client libraries send them (arrays of bulk strings, the
+/// first byte choosing where the stream is cut), inline ones as people type
+/// them, and a pipeline of both.
+fn resp_seeds() -> Vec<Seed> {
+    let mut array = vec![100];
+    let mut encoded = bytes::BytesMut::new();
+    let set: Vec<Bytes> = ["SET", "key:1", "value", "EX", "60"].into_iter().map(Bytes::from).collect();
+    ringkv_resp::encode_command(&set, &mut encoded);
+    array.extend_from_slice(&encoded);
+    let inline = b"\x80SET \"a key\" 'it\\'s' \"\\x41\\n\"\r\nPING\r\n".to_vec();
+    let mut pipeline = vec![7];
+    pipeline.extend_from_slice(&encoded);
+    pipeline.extend_from_slice(b"GET key:1\r\n*0\r\n*1\r\n$4\r\nPING\r\n");
+    vec![
+        ("resp_command", "seed-array".into(), array),
+        ("resp_command", "seed-inline".into(), inline),
+        ("resp_command", "seed-pipeline".into(), pipeline),
     ]
 }

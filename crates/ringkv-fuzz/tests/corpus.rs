@@ -55,7 +55,8 @@ corpus_tests!(
     snapshot_record,
     recovery,
     config,
-    certs
+    certs,
+    resp_command
 );
 
 /// The seeds the generator makes are valid inputs that each target takes
