@@ -222,7 +222,7 @@ impl Shard {
 
     /// The stored entry, dead or alive, unless the truncate epoch covers it.
     pub fn entry(&self, key: &[u8]) -> Option<Entry> {
-        self.version(key).and(self.find(key)).map(|e| e.to_entry())
+        self.find(key).filter(|e| !self.epoch.covers(e.version)).map(|e| e.to_entry())
     }
 
     /// The stored entry's version, unless the truncate epoch covers it.
