@@ -176,8 +176,14 @@ impl NodeSpec {
                 let _ = ready_tx.send(line);
             }
         });
-        let mut process =
-            NodeProcess { child: Some(child), addr: self.listen, spec: self.clone(), stderr: err_rx, log: Vec::new() };
+        let mut process = NodeProcess {
+            child: Some(child),
+            addr: self.listen,
+            resp: None,
+            spec: self.clone(),
+            stderr: err_rx,
+            log: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {
@@ -189,6 +195,7 @@ impl NodeSpec {
                     process.addr = addr;
                     process.spec.listen = addr;
                     process.spec.gossip = after("gossip").or(process.spec.gossip);
+                    process.resp = after("resp");
                     return Ok(process);
                 }
             }
@@ -234,6 +241,8 @@ impl Drop for Starting {
 pub struct NodeProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The RESP port, if the node serves one (`--resp`).
+    pub resp: Option<SocketAddr>,
     pub spec: NodeSpec,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,

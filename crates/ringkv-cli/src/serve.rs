@@ -38,6 +38,9 @@ pub(crate) struct ServeArgs {
     /// UDP address for gossip; required to form a cluster.
     #[arg(long)]
     gossip: Option<SocketAddr>,
+    /// TCP address (loopback) of a RESP port for Redis clients.
+    #[arg(long)]
+    resp: Option<SocketAddr>,
     /// Gossip addresses of nodes to join through, comma separated.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<String>,
@@ -112,6 +115,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.gossip {
         config.gossip = Some(v);
     }
+    if let Some(v) = args.resp {
+        config.resp_listen = Some(v);
+    }
     if !args.seeds.is_empty() {
         config.seeds = args.seeds;
     }
@@ -126,10 +132,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let node = Node::start(config).await.context("cannot start the node")?;
     let addr = node.local_addr().context("the node did not bind its endpoint")?;
     // One line on stdout that scripts and tests wait for.
-    match node.gossip_addr() {
-        Some(gossip) => println!("ringkv node {} serving on {addr} gossip {gossip}", node.node_id()),
-        None => println!("ringkv node {} serving on {addr}", node.node_id()),
-    }
+    let gossip = node.gossip_addr().map(|a| format!(" gossip {a}")).unwrap_or_default();
+    let resp = node.resp_addr().map(|a| format!(" resp {a}")).unwrap_or_default();
+    println!("ringkv node {} serving on {addr}{gossip}{resp}", node.node_id());
     // SIGINT stops the node where it stands (it keeps its place in the ring
     // and catches up when restarted); SIGTERM, like `ringkv leave`, hands
     // its partitions off first and removes it from the ring.

@@ -93,6 +93,10 @@ pub struct NodeConfig {
     pub request_read_timeout: Duration,
     /// Nodes gossip only with nodes of the same cluster id.
     pub cluster_id: String,
+    /// TCP address of the RESP port, where Redis clients (`redis-cli`,
+    /// redis-py, any language's client) reach the node; off unless set.
+    /// Loopback only: the port has neither TLS nor a password yet.
+    pub resp_listen: Option<SocketAddr>,
     /// UDP address for gossip. Without it the node runs alone: no
     /// membership, every partition held locally, N = 1.
     pub gossip: Option<SocketAddr>,
@@ -303,6 +307,7 @@ impl Default for NodeConfig {
             max_streams_per_connection: default_max_streams_per_connection(),
             request_read_timeout: default_request_read_timeout(),
             cluster_id: default_cluster_id(),
+            resp_listen: None,
             gossip: None,
             seeds: Vec::new(),
             replication: default_replication(),
@@ -365,6 +370,14 @@ impl NodeConfig {
             || !self.node_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         {
             return bad(format!("node_id '{}' must be non-empty letters, digits, '-', '_' or '.'", self.node_id));
+        }
+        if let Some(addr) = self.resp_listen
+            && !addr.ip().is_loopback()
+        {
+            return bad(format!(
+                "resp_listen {addr} is not a loopback address: the RESP port has neither TLS nor a password yet, so \
+                 anyone who can reach it could read and change every key"
+            ));
         }
         if self.partitions == 0 {
             return bad("partitions must be at least 1".into());

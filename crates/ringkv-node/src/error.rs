@@ -14,6 +14,8 @@ pub enum NodeError {
     /// The node's certificate does not name the node it is configured as.
     #[error("the certificate {path} cannot serve as node {node_id}: {reason}")]
     Identity { path: std::path::PathBuf, node_id: String, reason: String },
+    #[error("cannot listen for RESP clients on {addr}: {source}")]
+    Resp { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot join the cluster: {0}")]
     Join(String),
     #[error("cannot start actor {name}: {reason}")]

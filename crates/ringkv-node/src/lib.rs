@@ -19,6 +19,7 @@ pub mod peers;
 mod proofs;
 mod rebalance;
 mod repair;
+mod resp;
 mod supervisor;
 mod topology;
 

@@ -15,6 +15,7 @@ use ringkv_net::{Connector, Endpoint, Handler, Peer, ServeOptions, bind, serve};
 use ringkv_storage::{
     Disk, FsDisk, Hints, RecoveryConfig, Shard, ShardStats, SnapshotWriter, Wal, WalConfig, compact, recover,
 };
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -105,6 +106,7 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     local_addr: Option<SocketAddr>,
     gossip_addr: Option<SocketAddr>,
+    resp_addr: Option<SocketAddr>,
 }
 
 /// A peer transport for a node that has no endpoint: it has no peers.
@@ -346,6 +348,11 @@ impl Node {
         };
 
         let gossip_addr = membership.as_ref().map(Membership::gossip_addr);
+        let resp = match config.resp_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Resp { addr, source })?),
+            None => None,
+        };
+        let resp_addr = resp.as_ref().and_then(|listener| listener.local_addr().ok());
         let standing = membership.as_ref().map(Membership::standing);
         let (shutdown, _) = watch::channel(false);
         let node = Node {
@@ -379,6 +386,7 @@ impl Node {
                 tasks: Mutex::new(Vec::new()),
                 local_addr,
                 gossip_addr,
+                resp_addr,
                 config,
             }),
         };
@@ -457,6 +465,9 @@ impl Node {
             node.spawn(mover(node.clone()));
             node.spawn(fence_follower(node.clone()));
         }
+        if let Some(listener) = resp {
+            node.spawn(crate::resp::serve(node.clone(), listener));
+        }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
         Ok(node)
     }
@@ -491,6 +502,11 @@ impl Node {
     /// The gossip address actually bound, for a clustered node.
     pub fn gossip_addr(&self) -> Option<SocketAddr> {
         self.inner.gossip_addr
+    }
+
+    /// Where Redis clients reach this node, if it serves them.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.inner.resp_addr
     }
 
     /// Takes a snapshot now and drops the log segments it covers.

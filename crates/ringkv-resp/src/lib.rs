@@ -219,17 +219,19 @@ fn take_inline(buf: &mut BytesMut) -> Result<Option<Bytes>, ProtocolError> {
 }
 
 /// An integer as Redis's `string2ll` reads it: an optional minus sign and
-/// digits, nothing else, within `i64`.
-fn parse_int(digits: &[u8]) -> Option<i64> {
-    let (negative, digits) = match digits.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, digits),
+/// digits, without leading zeros (`0` itself aside, and not `-0`), within
+/// `i64`. Redis reads lengths and numeric arguments alike this way.
+pub fn parse_int(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == text.len(),
+        [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
     };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    if !canonical {
         return None;
     }
-    let value = std::str::from_utf8(digits).ok()?.parse::<i64>().ok();
-    if negative { value.map(|v| -v) } else { value }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// Splits an inline command into arguments with Redis's rules
@@ -451,6 +453,7 @@ mod tests {
         assert_eq!(refused(b"*1\r\n$-1\r\n"), ProtocolError::InvalidBulkLength);
         assert_eq!(refused(b"*5\r\n"), ProtocolError::InvalidMultibulkLength);
         assert_eq!(refused(b"*x\r\n"), ProtocolError::InvalidMultibulkLength);
+        assert_eq!(refused(b"*01\r\n"), ProtocolError::InvalidMultibulkLength, "no leading zeros");
         assert_eq!(refused(b"*99999999999999999999\r\n"), ProtocolError::InvalidMultibulkLength);
         assert_eq!(refused(b"*2\r\n:1\r\n"), ProtocolError::ExpectedBulk(':'));
         let two = [b"*2\r\n$1000\r\n".as_slice(), &[b'x'; 1000], b"\r\n$600\r\n"].concat();
@@ -459,6 +462,18 @@ mod tests {
         assert_eq!(refused(&[b'a'; MAX_LINE + 1]), ProtocolError::InlineTooBig);
         let long_header = [b"*1\r\n$".as_slice(), &[b'1'; MAX_LINE + 1]].concat();
         assert_eq!(refused(&long_header), ProtocolError::BulkLineTooBig);
+    }
+
+    #[test]
+    fn integers_are_read_as_redis_reads_them() {
+        for (text, value) in
+            [("0", Some(0)), ("-1", Some(-1)), ("42", Some(42)), ("-9223372036854775808", Some(i64::MIN))]
+        {
+            assert_eq!(parse_int(text.as_bytes()), value, "{text}");
+        }
+        for text in ["", "-", "-0", "01", "+1", " 1", "1 ", "1.0", "9223372036854775808"] {
+            assert_eq!(parse_int(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]

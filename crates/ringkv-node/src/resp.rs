@@ -1,0 +1,412 @@
+//! The RESP port: Redis clients (`redis-cli`, redis-py, any language's
+//! client) talk to any node, which coordinates each command exactly as it
+//! coordinates a QUIC client's request, at consistency `quorum`.
+//!
+//! One task per connection reads into a buffer, answers every whole command
+//! in it in order (pipelining), and writes the replies together. What a
+//! connection holds is bounded: the decoder refuses lengths past the node's
+//! key and value limits when their headers arrive, and a client that does
+//! not read its replies stops being read (the writes wait), so it holds one
+//! batch of replies and nothing more. A protocol error gets Redis's reply
+//! and closes that connection only.
+//!
+//! This is the first part of issue 11: the store's own operations under
+//! their Redis names. Commands that read and then write (`SET … NX`,
+//! `INCR`, …) need to run inside the key's partition actor and are not
+//! served yet; they get an error that says so.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ringkv_core::{Consistency, KeyTtl, KvError};
+use ringkv_resp::{Decoder, Limits, Protocol, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::node::Node;
+
+/// Replies are written once this many bytes of them are waiting, even if
+/// more commands are in the buffer.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Accepts connections until the node shuts down, then closes them all.
+pub(crate) async fn serve(node: Node, listener: TcpListener) {
+    let mut shutdown = node.inner.shutdown_signal();
+    let permits = Arc::new(Semaphore::new(node.inner.config.max_connections));
+    let mut connections = JoinSet::new();
+    let mut ids = 0u64;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((mut stream, peer)) => {
+                    while connections.try_join_next().is_some() {}
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                        continue;
+                    };
+                    ids += 1;
+                    let node = node.clone();
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        if let Err(e) = Connection::new(ids).run(&node, stream).await {
+                            tracing::debug!(%peer, error = %e, "RESP connection ended");
+                        }
+                    });
+                }
+                // Out of file descriptors, say: the listener is fine, the
+                // next accept may succeed once connections close.
+                Err(e) => {
+                    tracing::warn!(error = %e, "RESP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // The guard `wait_for` returns is not `Send`: dropped inside.
+            _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// A connection's state: what it negotiated.
+struct Connection {
+    id: u64,
+    protocol: Protocol,
+    name: Option<Bytes>,
+}
+
+/// What a command does to its connection besides its reply.
+enum After {
+    Continue,
+    Close,
+}
+
+impl Connection {
+    fn new(id: u64) -> Connection {
+        Connection { id, protocol: Protocol::Resp2, name: None }
+    }
+
+    async fn run(&mut self, node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
+        let limits = node.inner.config.limits();
+        // An argument is a key or a value; a command, a key and a value
+        // with room for its name and options.
+        let max_bulk = limits.max_key_bytes.max(limits.max_value_bytes);
+        let mut decoder = Decoder::new(Limits {
+            max_bulk,
+            max_args: 1024 * 1024,
+            max_command: limits.max_key_bytes + limits.max_value_bytes + ringkv_resp::MAX_LINE,
+        });
+        let (mut input, mut output) = (BytesMut::with_capacity(16 * 1024), BytesMut::new());
+        loop {
+            loop {
+                match decoder.decode(&mut input) {
+                    Ok(Some(args)) => {
+                        let (reply, after) = self.execute(node, args).await;
+                        reply.encode(self.protocol, &mut output);
+                        if let After::Close = after {
+                            return stream.write_all(&output).await;
+                        }
+                        if output.len() >= WRITE_BATCH {
+                            stream.write_all(&output).await?;
+                            output.clear();
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        e.reply().encode(self.protocol, &mut output);
+                        return stream.write_all(&output).await;
+                    }
+                }
+            }
+            if !output.is_empty() {
+                stream.write_all(&output).await?;
+                output.clear();
+            }
+            if stream.read_buf(&mut input).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn execute(&mut self, node: &Node, args: Vec<Bytes>) -> (Reply, After) {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        let reply = match name.as_str() {
+            "quit" => return (Reply::ok(), After::Close),
+            "ping" => match &args[1..] {
+                [] => Ok(Reply::Status("PONG".into())),
+                [message] => Ok(Reply::Bulk(message.clone())),
+                _ => Err(arity(&name)),
+            },
+            "echo" => match &args[1..] {
+                [message] => Ok(Reply::Bulk(message.clone())),
+                _ => Err(arity(&name)),
+            },
+            "hello" => self.hello(node, &args[1..]),
+            "select" => match &args[1..] {
+                [db] => match integer(db) {
+                    Ok(0) => Ok(Reply::ok()),
+                    Ok(_) => Err(error("ERR DB index is out of range")),
+                    Err(e) => Err(e),
+                },
+                _ => Err(arity(&name)),
+            },
+            "client" => self.client(&args[1..]),
+            other => match data(node, other, &args[1..]).await {
+                Some(reply) => reply,
+                None => Err(unknown(&args)),
+            },
+        };
+        (reply.unwrap_or_else(|e| e), After::Continue)
+    }
+
+    /// `HELLO [protover [SETNAME name]]`: switches the protocol and
+    /// describes the server, as a map.
+    fn hello(&mut self, node: &Node, args: &[Bytes]) -> Result<Reply, Reply> {
+        let mut protocol = self.protocol;
+        let mut rest = args;
+        if let [version, more @ ..] = args {
+            protocol = match integer(version) {
+                Ok(2) => Protocol::Resp2,
+                Ok(3) => Protocol::Resp3,
+                _ => return Err(error("NOPROTO unsupported protocol version")),
+            };
+            rest = more;
+        }
+        let mut name = None;
+        while let [option, more @ ..] = rest {
+            match (option.to_ascii_lowercase().as_slice(), more) {
+                (b"setname", [value, more @ ..]) => {
+                    name = Some(value.clone());
+                    rest = more;
+                }
+                (b"auth", _) => return Err(error("ERR AUTH is not supported by ringkv yet")),
+                _ => return Err(error(&format!("ERR Syntax error in HELLO option '{}'", lossy(option)))),
+            }
+        }
+        self.protocol = protocol;
+        if name.is_some() {
+            self.name = name;
+        }
+        let version = match protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        let field = |key: &str, value: Reply| (Reply::Bulk(Bytes::copy_from_slice(key.as_bytes())), value);
+        let text = |value: &str| Reply::Bulk(Bytes::copy_from_slice(value.as_bytes()));
+        let mode = if node.gossip_addr().is_some() { "cluster" } else { "standalone" };
+        Ok(Reply::Map(vec![
+            field("server", text("ringkv")),
+            field("version", text(env!("CARGO_PKG_VERSION"))),
+            field("proto", Reply::Integer(version)),
+            field("id", Reply::Integer(self.id as i64)),
+            field("mode", text(mode)),
+            field("role", text("master")),
+            field("modules", Reply::Array(Vec::new())),
+        ]))
+    }
+
+    /// `CLIENT SETNAME | GETNAME | ID | SETINFO`.
+    fn client(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        let Some(sub) = args.first() else { return Err(arity("client")) };
+        match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
+            (b"setname", [name]) => {
+                if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+                    return Err(error("ERR Client names cannot contain spaces, newlines or special characters."));
+                }
+                self.name = (!name.is_empty()).then(|| name.clone());
+                Ok(Reply::ok())
+            }
+            (b"getname", []) => Ok(self.name.clone().map_or(Reply::Null, Reply::Bulk)),
+            (b"id", []) => Ok(Reply::Integer(self.id as i64)),
+            // Client libraries announce themselves; nothing uses it here.
+            (b"setinfo", [_, _]) => Ok(Reply::ok()),
+            (b"setname" | b"getname" | b"id" | b"setinfo", _) => {
+                Err(error(&format!("ERR wrong number of arguments for 'client|{}' command", lossy(sub).to_lowercase())))
+            }
+            _ => Err(error(&format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", lossy(sub)))),
+        }
+    }
+}
+
+/// The commands that read or change data, or `None` for a name this port
+/// does not know.
+async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, Reply>> {
+    if !matches!(
+        name,
+        "get"
+            | "set"
+            | "setex"
+            | "psetex"
+            | "del"
+            | "unlink"
+            | "exists"
+            | "ttl"
+            | "pttl"
+            | "expire"
+            | "pexpire"
+            | "persist"
+            | "flushall"
+            | "flushdb"
+    ) {
+        return None;
+    }
+    if let Err(e) = node.inner.standing() {
+        return Some(Err(kv_error(e)));
+    }
+    let q = Consistency::Quorum;
+    let reply = match (name, args) {
+        ("get", [key]) => node.get(key.clone(), q).await.map(|v| v.map_or(Reply::Null, Reply::Bulk)).map_err(kv_error),
+        ("set", [key, value, options @ ..]) => match set_ttl(options) {
+            Ok(ttl) => node.put(key.clone(), value.clone(), ttl, q, None).await.map(|()| Reply::ok()).map_err(kv_error),
+            Err(e) => Err(e),
+        },
+        ("setex", [key, seconds, value]) => match ttl_of(seconds, 1_000, name) {
+            Ok(ttl) => {
+                node.put(key.clone(), value.clone(), Some(ttl), q, None).await.map(|()| Reply::ok()).map_err(kv_error)
+            }
+            Err(e) => Err(e),
+        },
+        ("psetex", [key, ms, value]) => match ttl_of(ms, 1, name) {
+            Ok(ttl) => {
+                node.put(key.clone(), value.clone(), Some(ttl), q, None).await.map(|()| Reply::ok()).map_err(kv_error)
+            }
+            Err(e) => Err(e),
+        },
+        ("del" | "unlink", keys @ [_, ..]) => {
+            let mut deleted = 0;
+            for key in keys {
+                match node.delete(key.clone(), q, None).await {
+                    Ok(removed) => deleted += i64::from(removed),
+                    Err(e) => return Some(Err(kv_error(e))),
+                }
+            }
+            Ok(Reply::Integer(deleted))
+        }
+        ("exists", keys @ [_, ..]) => {
+            let mut found = 0;
+            for key in keys {
+                match node.exists(key.clone(), q).await {
+                    Ok(present) => found += i64::from(present),
+                    Err(e) => return Some(Err(kv_error(e))),
+                }
+            }
+            Ok(Reply::Integer(found))
+        }
+        ("ttl" | "pttl", [key]) => node.ttl(key.clone(), q).await.map_err(kv_error).map(|ttl| {
+            Reply::Integer(match ttl {
+                KeyTtl::Missing => -2,
+                KeyTtl::Persistent => -1,
+                // Redis rounds the seconds to the nearest.
+                KeyTtl::Expires(left) if name == "ttl" => ((left.as_millis() + 500) / 1000) as i64,
+                KeyTtl::Expires(left) => left.as_millis() as i64,
+            })
+        }),
+        ("expire" | "pexpire", [key, amount]) => {
+            let unit = if name == "expire" { 1_000 } else { 1 };
+            match integer(amount) {
+                // Redis deletes a key given an expiry in the past.
+                Ok(n) if n <= 0 => {
+                    node.delete(key.clone(), q, None).await.map(|d| Reply::Integer(d.into())).map_err(kv_error)
+                }
+                Ok(n) => match n.checked_mul(unit) {
+                    Some(ms) => node
+                        .set_expiry(key.clone(), Some(Duration::from_millis(ms as u64)), q, None)
+                        .await
+                        .map(|set| Reply::Integer(set.into()))
+                        .map_err(kv_error),
+                    None => Err(invalid_expire(name)),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        ("expire" | "pexpire", [_, _, option, ..]) => Err(unsupported(name, option)),
+        ("persist", [key]) => {
+            node.set_expiry(key.clone(), None, q, None).await.map(|p| Reply::Integer(p.into())).map_err(kv_error)
+        }
+        ("flushall" | "flushdb", []) => node.clear().await.map(|()| Reply::ok()).map_err(kv_error),
+        ("flushall" | "flushdb", [mode]) if matches!(mode.to_ascii_lowercase().as_slice(), b"sync" | b"async") => {
+            node.clear().await.map(|()| Reply::ok()).map_err(kv_error)
+        }
+        ("flushall" | "flushdb", _) => Err(error("ERR syntax error")),
+        _ => Err(arity(name)),
+    };
+    Some(reply)
+}
+
+/// `SET`'s options: a time to live (`EX`, `PX`, `EXAT`, `PXAT`) or none.
+fn set_ttl(options: &[Bytes]) -> Result<Option<Duration>, Reply> {
+    match options {
+        [] => Ok(None),
+        [unit, amount] => match unit.to_ascii_lowercase().as_slice() {
+            b"ex" => ttl_of(amount, 1_000, "set").map(Some),
+            b"px" => ttl_of(amount, 1, "set").map(Some),
+            b"exat" | b"pxat" => {
+                let scale = if unit.eq_ignore_ascii_case(b"exat") { 1_000 } else { 1 };
+                let at =
+                    integer(amount)?.checked_mul(scale).filter(|at| *at > 0).ok_or_else(|| invalid_expire("set"))?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                // An instant already past: Redis stores nothing visible.
+                Ok(Some(Duration::from_millis(at.saturating_sub(now).max(1) as u64)))
+            }
+            b"nx" | b"xx" | b"get" | b"keepttl" => Err(unsupported("set", unit)),
+            _ => Err(error("ERR syntax error")),
+        },
+        [option, ..] => match option.to_ascii_lowercase().as_slice() {
+            b"nx" | b"xx" | b"get" | b"keepttl" => Err(unsupported("set", option)),
+            _ => Err(error("ERR syntax error")),
+        },
+    }
+}
+
+/// A positive time to live of `amount` units of `unit_ms`.
+fn ttl_of(amount: &Bytes, unit_ms: i64, command: &str) -> Result<Duration, Reply> {
+    let n = integer(amount)?;
+    match n.checked_mul(unit_ms) {
+        Some(ms) if ms > 0 => Ok(Duration::from_millis(ms as u64)),
+        _ => Err(invalid_expire(command)),
+    }
+}
+
+fn integer(arg: &Bytes) -> Result<i64, Reply> {
+    ringkv_resp::parse_int(arg).ok_or_else(|| error("ERR value is not an integer or out of range"))
+}
+
+fn error(text: &str) -> Reply {
+    Reply::Error(text.to_string())
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn arity(name: &str) -> Reply {
+    error(&format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+fn invalid_expire(name: &str) -> Reply {
+    error(&format!("ERR invalid expire time in '{name}' command"))
+}
+
+fn unsupported(name: &str, option: &[u8]) -> Reply {
+    error(&format!("ERR {} {} is not supported by ringkv yet", name.to_uppercase(), lossy(option).to_uppercase()))
+}
+
+/// Redis's reply to a command it does not know, quoting the first
+/// arguments as Redis does.
+fn unknown(args: &[Bytes]) -> Reply {
+    let quoted: String = args[1..].iter().take(20).map(|a| format!("'{}' ", lossy(&a[..a.len().min(128)]))).collect();
+    error(&format!("ERR unknown command '{}', with args beginning with: {quoted}", lossy(&args[0])))
+}
+
+/// A store error as a Redis client expects it: `OOM` for the memory
+/// bound, as Redis words it, and `ERR` with ringkv's message otherwise.
+fn kv_error(e: KvError) -> Reply {
+    match e {
+        KvError::OutOfMemory { .. } => error(&format!("OOM command not allowed when used memory > 'maxmemory': {e}")),
+        other => error(&format!("ERR {other}")),
+    }
+}

@@ -1,0 +1,157 @@
+//! The RESP port through real sockets: a node started with `--resp`,
+//! spoken to byte for byte as Redis clients speak, replies compared with
+//! what Redis sends.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{Certs, NodeProcess, NodeSpec};
+
+/// A raw RESP connection.
+struct Conn(TcpStream);
+
+impl Conn {
+    fn open(node: &NodeProcess) -> Conn {
+        let stream = TcpStream::connect(node.resp.expect("the node serves RESP")).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn(stream)
+    }
+
+    /// Sends `request` and expects exactly `reply` back.
+    fn expect(&mut self, request: &[u8], reply: &[u8]) {
+        self.0.write_all(request).unwrap();
+        let mut got = vec![0; reply.len()];
+        self.0.read_exact(&mut got).unwrap_or_else(|e| panic!("reading the reply to {request:?}: {e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(reply),
+            "reply to {:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+
+    /// Whether the server closed the connection.
+    fn closed(&mut self) -> bool {
+        matches!(self.0.read(&mut [0; 1]), Ok(0))
+    }
+}
+
+/// A command as client libraries encode it.
+fn cmd(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+fn node(certs: &Certs, dir: &tempfile::TempDir) -> NodeProcess {
+    NodeSpec::new("n1", &dir.path().join("n1"), certs.path())
+        .arg("--persistence")
+        .arg("none")
+        .arg("--resp")
+        .arg("127.0.0.1:0")
+        .start()
+}
+
+#[test]
+fn the_stores_operations_under_their_redis_names() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let mut c = Conn::open(&node);
+    c.expect(&cmd(&["PING"]), b"+PONG\r\n");
+    c.expect(b"PING\r\n", b"+PONG\r\n");
+    c.expect(&cmd(&["ECHO", "hi"]), b"$2\r\nhi\r\n");
+    c.expect(&cmd(&["SET", "k", "v"]), b"+OK\r\n");
+    c.expect(&cmd(&["GET", "k"]), b"$1\r\nv\r\n");
+    c.expect(&cmd(&["GET", "missing"]), b"$-1\r\n");
+    c.expect(&cmd(&["TTL", "k"]), b":-1\r\n");
+    c.expect(&cmd(&["TTL", "missing"]), b":-2\r\n");
+    c.expect(&cmd(&["SET", "t", "v", "EX", "100"]), b"+OK\r\n");
+    c.expect(&cmd(&["TTL", "t"]), b":100\r\n");
+    c.expect(&cmd(&["PERSIST", "t"]), b":1\r\n");
+    c.expect(&cmd(&["PERSIST", "t"]), b":0\r\n");
+    c.expect(&cmd(&["EXPIRE", "t", "50"]), b":1\r\n");
+    c.expect(&cmd(&["TTL", "t"]), b":50\r\n");
+    c.expect(&cmd(&["EXPIRE", "nope", "50"]), b":0\r\n");
+    c.expect(&cmd(&["SETEX", "s", "100", "v"]), b"+OK\r\n");
+    c.expect(&cmd(&["EXISTS", "k", "s", "missing", "k"]), b":3\r\n");
+    c.expect(&cmd(&["DEL", "k", "missing", "s"]), b":2\r\n");
+    c.expect(&cmd(&["EXISTS", "k"]), b":0\r\n");
+    // An expiry in the past deletes, as in Redis.
+    c.expect(&cmd(&["EXPIRE", "t", "-1"]), b":1\r\n");
+    c.expect(&cmd(&["GET", "t"]), b"$-1\r\n");
+    c.expect(&cmd(&["SET", "f", "v"]), b"+OK\r\n");
+    c.expect(&cmd(&["FLUSHALL"]), b"+OK\r\n");
+    c.expect(&cmd(&["GET", "f"]), b"$-1\r\n");
+
+    // Errors, with Redis's prefixes and texts; the connection goes on.
+    c.expect(&cmd(&["GET"]), b"-ERR wrong number of arguments for 'get' command\r\n");
+    c.expect(&cmd(&["NOSUCH", "a"]), b"-ERR unknown command 'NOSUCH', with args beginning with: 'a' \r\n");
+    c.expect(&cmd(&["SET", "k", "v", "EX", "0"]), b"-ERR invalid expire time in 'set' command\r\n");
+    c.expect(&cmd(&["SET", "k", "v", "EX", "x"]), b"-ERR value is not an integer or out of range\r\n");
+    c.expect(&cmd(&["SET", "k", "v", "BOGUS"]), b"-ERR syntax error\r\n");
+    c.expect(&cmd(&["SET", "k", "v", "NX"]), b"-ERR SET NX is not supported by ringkv yet\r\n");
+    c.expect(&cmd(&["SELECT", "1"]), b"-ERR DB index is out of range\r\n");
+    c.expect(&cmd(&["SELECT", "0"]), b"+OK\r\n");
+
+    // Pipelined: every reply, in order, from one write.
+    let pipeline = [cmd(&["SET", "p", "1"]), cmd(&["GET", "p"]), cmd(&["DEL", "p"]), cmd(&["GET", "p"])].concat();
+    c.expect(&pipeline, b"+OK\r\n$1\r\n1\r\n:1\r\n$-1\r\n");
+
+    // RESP3 after HELLO 3: a map, and `_` for nothing.
+    let version = env!("CARGO_PKG_VERSION");
+    let hello = format!(
+        "%7\r\n$6\r\nserver\r\n$6\r\nringkv\r\n$7\r\nversion\r\n${}\r\n{version}\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:1\r\n\
+         $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n",
+        version.len()
+    );
+    c.expect(&cmd(&["HELLO", "3"]), hello.as_bytes());
+    c.expect(&cmd(&["GET", "missing"]), b"_\r\n");
+    c.expect(&cmd(&["HELLO", "4"]), b"-NOPROTO unsupported protocol version\r\n");
+    c.expect(&cmd(&["CLIENT", "SETNAME", "me"]), b"+OK\r\n");
+    c.expect(&cmd(&["CLIENT", "GETNAME"]), b"$2\r\nme\r\n");
+    c.expect(&cmd(&["QUIT"]), b"+OK\r\n");
+    assert!(c.closed(), "QUIT closes the connection");
+}
+
+#[test]
+fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let mut bystander = Conn::open(&node);
+    bystander.expect(&cmd(&["SET", "k", "v"]), b"+OK\r\n");
+    // A bulk length past max_value_bytes is refused when its header
+    // arrives, before the node reserves anything for it.
+    let mut huge = Conn::open(&node);
+    huge.expect(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1073741824\r\n", b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(huge.closed());
+    let mut typed = Conn::open(&node);
+    typed.expect(b"*2\r\n:1\r\n", b"-ERR Protocol error: expected '$', got ':'\r\n");
+    assert!(typed.closed());
+    let mut endless = Conn::open(&node);
+    let mut line = vec![b'a'; 70 * 1024];
+    line.extend_from_slice(b"\r\n");
+    endless.expect(&line, b"-ERR Protocol error: too big inline request\r\n");
+    assert!(endless.closed());
+    let mut quotes = Conn::open(&node);
+    quotes.expect(b"SET \"k v\r\n", b"-ERR Protocol error: unbalanced quotes in request\r\n");
+    // A command split across many writes is answered once whole.
+    let mut slow = Conn::open(&node);
+    for byte in cmd(&["GET", "k"]) {
+        slow.0.write_all(&[byte]).unwrap();
+    }
+    slow.expect(b"", b"$1\r\nv\r\n");
+    bystander.expect(&cmd(&["GET", "k"]), b"$1\r\nv\r\n");
+}
+
+#[test]
+fn a_resp_port_off_loopback_is_refused_with_the_reason() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let spec = NodeSpec::new("n1", &dir.path().join("n1"), certs.path()).arg("--resp").arg("0.0.0.0:0");
+    let err = spec.try_start().err().expect("a node with a RESP port on every interface must not start");
+    assert!(err.contains("is not a loopback address"), "{err}");
+}
