@@ -149,9 +149,53 @@ fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
 }
 
 #[test]
-fn a_resp_port_off_loopback_is_refused_with_the_reason() {
+fn a_resp_port_off_loopback_without_a_password_is_refused_with_the_reason() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
     let spec = NodeSpec::new("n1", &dir.path().join("n1"), certs.path()).arg("--resp").arg("0.0.0.0:0");
-    let err = spec.try_start().err().expect("a node with a RESP port on every interface must not start");
-    assert!(err.contains("is not a loopback address"), "{err}");
+    let err =
+        spec.try_start().err().expect("a node with a RESP port on every interface and no password must not start");
+    assert!(err.contains("is not a loopback address and resp_password is not set"), "{err}");
+}
+
+#[test]
+fn with_a_password_nothing_is_served_before_auth_and_other_addresses_are_allowed() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = NodeSpec::new("n1", &dir.path().join("n1"), certs.path())
+        .arg("--persistence")
+        .arg("none")
+        .arg("--resp")
+        .arg("0.0.0.0:0")
+        .setting("resp_password = \"s3cret\"")
+        .start();
+    let port = node.resp.expect("the node serves RESP").port();
+    let open = || {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn(stream)
+    };
+    let mut c = open();
+    c.expect(&cmd(&["GET", "k"]), b"-NOAUTH Authentication required.\r\n");
+    c.expect(&cmd(&["AUTH", "wrong"]), b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+    c.expect(
+        &cmd(&["AUTH", "someone", "s3cret"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    c.expect(&cmd(&["HELLO", "3"]), b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n");
+    // Before it authenticates, a client cannot make the node hold more
+    // than a small command.
+    let mut stranger = open();
+    stranger.expect(b"*2\r\n$3\r\nGET\r\n$20000\r\n", b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(stranger.closed());
+    c.expect(&cmd(&["AUTH", "s3cret"]), b"+OK\r\n");
+    c.expect(&cmd(&["SET", "k", &"v".repeat(20_000)]), b"+OK\r\n");
+    // HELLO … AUTH authenticates and switches protocol at once.
+    let mut h = open();
+    let version = env!("CARGO_PKG_VERSION");
+    let hello = format!(
+        "*14\r\n$6\r\nserver\r\n$6\r\nringkv\r\n$7\r\nversion\r\n${}\r\n{version}\r\n$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:3\r\n\
+         $4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n",
+        version.len()
+    );
+    h.expect(&cmd(&["HELLO", "2", "AUTH", "default", "s3cret"]), hello.as_bytes());
+    h.expect(&cmd(&["DEL", "k"]), b":1\r\n");
 }

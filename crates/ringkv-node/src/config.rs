@@ -95,8 +95,12 @@ pub struct NodeConfig {
     pub cluster_id: String,
     /// TCP address of the RESP port, where Redis clients (`redis-cli`,
     /// redis-py, any language's client) reach the node; off unless set.
-    /// Loopback only: the port has neither TLS nor a password yet.
+    /// Loopback only unless `resp_password` is set.
     pub resp_listen: Option<SocketAddr>,
+    /// The password RESP clients must give (`AUTH`, or `HELLO … AUTH`)
+    /// before anything else, as Redis's `requirepass`. It travels in clear
+    /// text, as the data does: the port has no TLS yet.
+    pub resp_password: Option<Password>,
     /// UDP address for gossip. Without it the node runs alone: no
     /// membership, every partition held locally, N = 1.
     pub gossip: Option<SocketAddr>,
@@ -281,6 +285,18 @@ pub fn default_hint_replay_interval() -> Duration {
     Duration::from_secs(1)
 }
 
+/// A secret from the configuration: shown as `***` by `Debug`, so that a
+/// logged configuration does not give it away.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 impl Default for NodeConfig {
     fn default() -> NodeConfig {
         let limits = Limits::default();
@@ -308,6 +324,7 @@ impl Default for NodeConfig {
             request_read_timeout: default_request_read_timeout(),
             cluster_id: default_cluster_id(),
             resp_listen: None,
+            resp_password: None,
             gossip: None,
             seeds: Vec::new(),
             replication: default_replication(),
@@ -373,11 +390,15 @@ impl NodeConfig {
         }
         if let Some(addr) = self.resp_listen
             && !addr.ip().is_loopback()
+            && self.resp_password.is_none()
         {
             return bad(format!(
-                "resp_listen {addr} is not a loopback address: the RESP port has neither TLS nor a password yet, so \
-                 anyone who can reach it could read and change every key"
+                "resp_listen {addr} is not a loopback address and resp_password is not set: anyone who can reach \
+                 the port could read and change every key (the RESP port has no TLS yet)"
             ));
+        }
+        if self.resp_password.as_ref().is_some_and(|p| p.0.is_empty()) {
+            return bad("resp_password must not be empty".into());
         }
         if self.partitions == 0 {
             return bad("partitions must be at least 1".into());

@@ -24,6 +24,6 @@ mod supervisor;
 mod topology;
 
 pub use clock::SystemClock;
-pub use config::{NodeConfig, Persistence, TlsConfig};
+pub use config::{NodeConfig, Password, Persistence, TlsConfig};
 pub use error::NodeError;
 pub use node::{Env, Node};

@@ -51,7 +51,8 @@ pub(crate) async fn serve(node: Node, listener: TcpListener) {
                     let node = node.clone();
                     connections.spawn(async move {
                         let _permit = permit;
-                        if let Err(e) = Connection::new(ids).run(&node, stream).await {
+                        let password = node.inner.config.resp_password.as_ref().map(|p| p.0.as_bytes().to_vec());
+                        if let Err(e) = Connection::new(ids, password).run(&node, stream).await {
                             tracing::debug!(%peer, error = %e, "RESP connection ended");
                         }
                     });
@@ -75,6 +76,9 @@ struct Connection {
     id: u64,
     protocol: Protocol,
     name: Option<Bytes>,
+    /// The node's `resp_password`, if it has one.
+    password: Option<Vec<u8>>,
+    authenticated: bool,
 }
 
 /// What a command does to its connection besides its reply.
@@ -84,26 +88,34 @@ enum After {
 }
 
 impl Connection {
-    fn new(id: u64) -> Connection {
-        Connection { id, protocol: Protocol::Resp2, name: None }
+    fn new(id: u64, password: Option<Vec<u8>>) -> Connection {
+        let authenticated = password.is_none();
+        Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated }
     }
 
     async fn run(&mut self, node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
         let limits = node.inner.config.limits();
         // An argument is a key or a value; a command, a key and a value
         // with room for its name and options.
-        let max_bulk = limits.max_key_bytes.max(limits.max_value_bytes);
-        let mut decoder = Decoder::new(Limits {
-            max_bulk,
+        let authenticated = Limits {
+            max_bulk: limits.max_key_bytes.max(limits.max_value_bytes),
             max_args: 1024 * 1024,
             max_command: limits.max_key_bytes + limits.max_value_bytes + ringkv_resp::MAX_LINE,
-        });
+        };
+        // What a client may send before it authenticates, as in Redis: a
+        // stranger cannot make the node hold a large command.
+        let stranger = Limits { max_bulk: 16 * 1024, max_args: 10, max_command: 64 * 1024 };
+        let mut decoder = Decoder::new(if self.authenticated { authenticated } else { stranger });
         let (mut input, mut output) = (BytesMut::with_capacity(16 * 1024), BytesMut::new());
         loop {
             loop {
                 match decoder.decode(&mut input) {
                     Ok(Some(args)) => {
+                        let was = self.authenticated;
                         let (reply, after) = self.execute(node, args).await;
+                        if self.authenticated && !was {
+                            decoder.set_limits(authenticated);
+                        }
                         reply.encode(self.protocol, &mut output);
                         if let After::Close = after {
                             return stream.write_all(&output).await;
@@ -144,6 +156,8 @@ impl Connection {
                 _ => Err(arity(&name)),
             },
             "hello" => self.hello(node, &args[1..]),
+            "auth" => self.auth(&args[1..]),
+            _ if !self.authenticated => Err(error("NOAUTH Authentication required.")),
             "select" => match &args[1..] {
                 [db] => match integer(db) {
                     Ok(0) => Ok(Reply::ok()),
@@ -181,9 +195,19 @@ impl Connection {
                     name = Some(value.clone());
                     rest = more;
                 }
-                (b"auth", _) => return Err(error("ERR AUTH is not supported by ringkv yet")),
+                (b"auth", [user, password, more @ ..]) => {
+                    self.auth(&[user.clone(), password.clone()])?;
+                    rest = more;
+                }
                 _ => return Err(error(&format!("ERR Syntax error in HELLO option '{}'", lossy(option)))),
             }
+        }
+        if !self.authenticated {
+            return Err(error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> \
+                 AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol \
+                 version at the same time",
+            ));
         }
         self.protocol = protocol;
         if name.is_some() {
@@ -205,6 +229,32 @@ impl Connection {
             field("role", text("master")),
             field("modules", Reply::Array(Vec::new())),
         ]))
+    }
+
+    /// `AUTH [user] password`, as Redis with only its `default` user: the
+    /// password is `resp_password`, or anything if there is none.
+    fn auth(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+        let wrong = || error("WRONGPASS invalid username-password pair or user is disabled.");
+        let given = match args {
+            [password] => password,
+            [user, password] if &user[..] == b"default" => password,
+            [_, _] => return Err(wrong()),
+            _ => return Err(arity("auth")),
+        };
+        let Some(expected) = &self.password else {
+            return match args {
+                [_] => Err(error(
+                    "ERR AUTH <password> called without any password configured for the default user. Are you sure \
+                     your configuration is correct?",
+                )),
+                _ => Ok(Reply::ok()),
+            };
+        };
+        if !same_secret(given, expected) {
+            return Err(wrong());
+        }
+        self.authenticated = true;
+        Ok(Reply::ok())
     }
 
     /// `CLIENT SETNAME | GETNAME | ID | SETINFO`.
@@ -373,6 +423,15 @@ fn ttl_of(amount: &Bytes, unit_ms: i64, command: &str) -> Result<Duration, Reply
 
 fn integer(arg: &Bytes) -> Result<i64, Reply> {
     ringkv_resp::parse_int(arg).ok_or_else(|| error("ERR value is not an integer or out of range"))
+}
+
+/// Compares two secrets in a time that does not depend on where they
+/// differ, nor on their lengths: both are hashed, and every byte of the
+/// hashes is compared.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let hash = |s: &[u8]| ring::digest::digest(&ring::digest::SHA256, s);
+    let (a, b) = (hash(a), hash(b));
+    a.as_ref().iter().zip(b.as_ref()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(text: &str) -> Reply {
