@@ -33,6 +33,18 @@ impl Conn {
         );
     }
 
+    /// Sends `request` and returns the first line of the reply.
+    fn line(&mut self, request: &[u8]) -> String {
+        self.0.write_all(request).unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0];
+        while !line.ends_with(b"\r\n") {
+            self.0.read_exact(&mut byte).unwrap();
+            line.push(byte[0]);
+        }
+        String::from_utf8(line).unwrap()
+    }
+
     /// Whether the server closed the connection.
     fn closed(&mut self) -> bool {
         matches!(self.0.read(&mut [0; 1]), Ok(0))
@@ -84,6 +96,39 @@ fn the_stores_operations_under_their_redis_names() {
     // An expiry in the past deletes, as in Redis.
     c.expect(&cmd(&["EXPIRE", "t", "-1"]), b":1\r\n");
     c.expect(&cmd(&["GET", "t"]), b"$-1\r\n");
+    c.expect(&cmd(&["MSET", "a", "1", "b", "2"]), b"+OK\r\n");
+    c.expect(&cmd(&["MGET", "a", "missing", "b"]), b"*3\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n");
+    c.expect(&cmd(&["MSET", "a", "1", "b"]), b"-ERR wrong number of arguments for 'mset' command\r\n");
+    c.expect(&cmd(&["STRLEN", "a"]), b":1\r\n");
+    c.expect(&cmd(&["STRLEN", "missing"]), b":0\r\n");
+    c.expect(&cmd(&["TYPE", "a"]), b"+string\r\n");
+    c.expect(&cmd(&["TYPE", "missing"]), b"+none\r\n");
+    c.expect(&cmd(&["SET", "r", "Hello World"]), b"+OK\r\n");
+    c.expect(&cmd(&["GETRANGE", "r", "0", "4"]), b"$5\r\nHello\r\n");
+    c.expect(&cmd(&["GETRANGE", "r", "-5", "-1"]), b"$5\r\nWorld\r\n");
+    c.expect(&cmd(&["GETRANGE", "r", "5", "2"]), b"$0\r\n\r\n");
+    c.expect(&cmd(&["GETRANGE", "r", "6", "100"]), b"$5\r\nWorld\r\n");
+    c.expect(&cmd(&["GETRANGE", "missing", "0", "5"]), b"$0\r\n\r\n");
+    // An instant in the past deletes; one in 2100 leaves a long TTL.
+    c.expect(&cmd(&["PEXPIREAT", "a", "1"]), b":1\r\n");
+    c.expect(&cmd(&["GET", "a"]), b"$-1\r\n");
+    c.expect(&cmd(&["EXPIREAT", "b", "4102444800"]), b":1\r\n");
+    let ttl: i64 = c.line(&cmd(&["TTL", "b"])).trim_start_matches(':').trim_end().parse().unwrap();
+    let until_2100 =
+        4_102_444_800 - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((ttl - until_2100).abs() <= 2, "TTL {ttl}, {until_2100} s to go");
+    assert_eq!(c.line(&cmd(&["TIME"])), "*2\r\n");
+    let mut next = || c.line(b"").trim_end().to_string();
+    let (_, seconds, _, micros) = (next(), next(), next(), next());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(seconds.parse::<u64>().unwrap().abs_diff(now) <= 2, "TIME says {seconds} s, it is {now}");
+    assert!(micros.parse::<u32>().unwrap() < 1_000_000);
+    c.expect(&cmd(&["CONFIG", "GET", "save"]), b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n");
+    c.expect(
+        &cmd(&["CONFIG", "GET", "MAXMEMORY*"]),
+        b"*4\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n$16\r\nmaxmemory-policy\r\n$10\r\nnoeviction\r\n",
+    );
+    c.expect(&cmd(&["CONFIG", "GET", "nothing"]), b"*0\r\n");
     c.expect(&cmd(&["SET", "f", "v"]), b"+OK\r\n");
     c.expect(&cmd(&["FLUSHALL"]), b"+OK\r\n");
     c.expect(&cmd(&["GET", "f"]), b"$-1\r\n");

@@ -167,6 +167,15 @@ impl Connection {
                 _ => Err(arity(&name)),
             },
             "client" => self.client(&args[1..]),
+            "time" => match &args[1..] {
+                [] => {
+                    let micros = node.inner.now_ms() * 1_000;
+                    let text = |n: u64| Reply::Bulk(Bytes::from(n.to_string()));
+                    Ok(Reply::Array(vec![text(micros / 1_000_000), text(micros % 1_000_000)]))
+                }
+                _ => Err(arity(&name)),
+            },
+            "config" => config(node, &args[1..]),
             other => match data(node, other, &args[1..]).await {
                 Some(reply) => reply,
                 None => Err(unknown(&args)),
@@ -280,6 +289,81 @@ impl Connection {
     }
 }
 
+/// `CONFIG GET pattern…`: the settings Redis clients and tools ask about
+/// (`redis-benchmark` asks for `save` and `appendonly` before it starts), as
+/// Redis names them, matched case-insensitively with Redis's glob rules.
+/// Nothing can be set through this port yet.
+fn config(node: &Node, args: &[Bytes]) -> Result<Reply, Reply> {
+    let Some(sub) = args.first() else { return Err(arity("config")) };
+    match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
+        (b"get", patterns @ [_, ..]) => {
+            let config = &node.inner.config;
+            let appendonly = match config.persistence {
+                crate::Persistence::Wal => "yes",
+                crate::Persistence::None => "no",
+            };
+            let settings = [
+                ("maxmemory", config.maxmemory.to_string()),
+                ("maxmemory-policy", config.maxmemory_policy.to_string()),
+                ("appendonly", appendonly.to_string()),
+                ("appendfsync", config.fsync.to_string()),
+                // RDB snapshots in Redis's sense: none (ringkv's own
+                // snapshots compact its log, as AOF rewrites do).
+                ("save", String::new()),
+                ("databases", "1".to_string()),
+            ];
+            let pairs = settings
+                .into_iter()
+                .filter(|(name, _)| patterns.iter().any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes())))
+                .map(|(name, value)| (Reply::Bulk(Bytes::from(name)), Reply::Bulk(Bytes::from(value))))
+                .collect();
+            Ok(Reply::Map(pairs))
+        }
+        (b"get", []) => Err(error("ERR wrong number of arguments for 'config|get' command")),
+        (b"set", _) => Err(error("ERR CONFIG SET is not supported by ringkv yet")),
+        _ => Err(error(&format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", lossy(sub)))),
+    }
+}
+
+/// Redis's glob (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]` and `\`
+/// escapes.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
+        Some((b'[', rest)) => {
+            let Some((&c, tail)) = text.split_first() else { return false };
+            let (negate, mut set) = match rest.split_first() {
+                Some((b'^', set)) => (true, set),
+                _ => (false, rest),
+            };
+            let mut matched = false;
+            loop {
+                match set {
+                    [] => return false,
+                    [b']', after @ ..] => return matched != negate && glob(after, tail),
+                    [b'\\', e, after @ ..] => {
+                        matched |= *e == c;
+                        set = after;
+                    }
+                    [a, b'-', z, after @ ..] if *z != b']' => {
+                        let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
+                        matched |= (lo..=hi).contains(&c);
+                        set = after;
+                    }
+                    [e, after @ ..] => {
+                        matched |= *e == c;
+                        set = after;
+                    }
+                }
+            }
+        }
+        Some((b'\\', [e, rest @ ..])) => text.first() == Some(e) && glob(rest, &text[1..]),
+        Some((p, rest)) => text.first() == Some(p) && glob(rest, &text[1..]),
+    }
+}
+
 /// The commands that read or change data, or `None` for a name this port
 /// does not know.
 async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, Reply>> {
@@ -299,6 +383,13 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
             | "persist"
             | "flushall"
             | "flushdb"
+            | "mget"
+            | "mset"
+            | "strlen"
+            | "getrange"
+            | "type"
+            | "expireat"
+            | "pexpireat"
     ) {
         return None;
     }
@@ -372,6 +463,57 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
             }
         }
         ("expire" | "pexpire", [_, _, option, ..]) => Err(unsupported(name, option)),
+        ("expireat" | "pexpireat", [key, at]) => {
+            let unit = if name == "expireat" { 1_000 } else { 1 };
+            match integer(at).map(|at| at.checked_mul(unit)) {
+                Ok(Some(at)) => {
+                    let now = node.inner.now_ms() as i64;
+                    if at <= now {
+                        node.delete(key.clone(), q, None).await.map(|d| Reply::Integer(d.into())).map_err(kv_error)
+                    } else {
+                        let ttl = Some(Duration::from_millis((at - now) as u64));
+                        node.set_expiry(key.clone(), ttl, q, None)
+                            .await
+                            .map(|s| Reply::Integer(s.into()))
+                            .map_err(kv_error)
+                    }
+                }
+                Ok(None) => Err(invalid_expire(name)),
+                Err(e) => Err(e),
+            }
+        }
+        ("expireat" | "pexpireat", [_, _, option, ..]) => Err(unsupported(name, option)),
+        ("mget", keys @ [_, ..]) => {
+            let reads = keys.iter().map(|key| node.get(key.clone(), q));
+            let values = futures_util::future::join_all(reads).await;
+            values
+                .into_iter()
+                .map(|v| v.map(|v| v.map_or(Reply::Null, Reply::Bulk)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Reply::Array)
+                .map_err(kv_error)
+        }
+        ("mset", pairs @ [_, _, ..]) if pairs.len() % 2 == 0 => {
+            let writes = pairs.chunks(2).map(|kv| node.put(kv[0].clone(), kv[1].clone(), None, q, None));
+            let written = futures_util::future::join_all(writes).await;
+            written.into_iter().collect::<Result<Vec<()>, _>>().map(|_| Reply::ok()).map_err(kv_error)
+        }
+        ("strlen", [key]) => {
+            node.get(key.clone(), q).await.map(|v| Reply::Integer(v.map_or(0, |v| v.len() as i64))).map_err(kv_error)
+        }
+        ("getrange", [key, start, end]) => match (integer(start), integer(end)) {
+            (Ok(start), Ok(end)) => node
+                .get(key.clone(), q)
+                .await
+                .map(|v| Reply::Bulk(v.map_or_else(Bytes::new, |v| range(&v, start, end))))
+                .map_err(kv_error),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        ("type", [key]) => node
+            .exists(key.clone(), q)
+            .await
+            .map(|found| Reply::Status(if found { "string" } else { "none" }.into()))
+            .map_err(kv_error),
         ("persist", [key]) => {
             node.set_expiry(key.clone(), None, q, None).await.map(|p| Reply::Integer(p.into())).map_err(kv_error)
         }
@@ -383,6 +525,18 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
         _ => Err(arity(name)),
     };
     Some(reply)
+}
+
+/// `GETRANGE`'s slice: `start` and `end` inclusive, negative ones counted
+/// from the end, clamped to the value, empty if they cross.
+fn range(value: &Bytes, start: i64, end: i64) -> Bytes {
+    let len = value.len() as i64;
+    let at = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (at(start), at(end).min(len - 1));
+    if len == 0 || start > end {
+        return Bytes::new();
+    }
+    value.slice(start as usize..=end as usize)
 }
 
 /// `SET`'s options: a time to live (`EX`, `PX`, `EXAT`, `PXAT`) or none.
@@ -467,5 +621,37 @@ fn kv_error(e: KvError) -> Reply {
     match e {
         KvError::OutOfMemory { .. } => error(&format!("OOM command not allowed when used memory > 'maxmemory': {e}")),
         other => error(&format!("ERR {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_redis_matches_them() {
+        let yes = [("*", ""), ("max*", "maxmemory"), ("h?llo", "hello"), ("h[ae]llo", "hallo"), ("h[^e]llo", "hallo")];
+        let yes = yes.into_iter().chain([("h[a-b]llo", "hbllo"), ("h\\*llo", "h*llo"), ("*mem*", "maxmemory-policy")]);
+        for (pattern, text) in yes {
+            assert!(glob(pattern.as_bytes(), text.as_bytes()), "{pattern} ~ {text}");
+        }
+        let no =
+            [("max*", "save"), ("h?llo", "hllo"), ("h[ae]llo", "hillo"), ("h[^e]llo", "hello"), ("h\\*llo", "hallo")];
+        for (pattern, text) in no {
+            assert!(!glob(pattern.as_bytes(), text.as_bytes()), "{pattern} !~ {text}");
+        }
+    }
+
+    #[test]
+    fn ranges_follow_getrange() {
+        let v = Bytes::from_static(b"Hello World");
+        let r = |start, end| range(&v, start, end);
+        assert_eq!(r(0, 4), "Hello");
+        assert_eq!(r(-5, -1), "World");
+        assert_eq!(r(-100, 2), "Hel");
+        assert_eq!(r(6, 1_000), "World");
+        assert_eq!(r(5, 2), "");
+        assert_eq!(r(11, 20), "");
+        assert_eq!(range(&Bytes::new(), 0, -1), "");
     }
 }

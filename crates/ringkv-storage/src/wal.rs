@@ -47,6 +47,16 @@ impl FromStr for FsyncPolicy {
     }
 }
 
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Everysec => "everysec",
+            FsyncPolicy::Never => "never",
+        })
+    }
+}
+
 const SEGMENT_MAGIC: &[u8; 8] = b"RKVWAL\0\0";
 pub(crate) const SEGMENT_FORMAT: u32 = 1;
 pub(crate) const SEGMENT_HEADER_LEN: usize = 20;
