@@ -29,6 +29,10 @@ use bytes::{Buf, Bytes, BytesMut};
 /// send: Redis's `PROTO_INLINE_MAX_SIZE`.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// What an argument costs beyond its bytes, as [`Limits::max_command`]
+/// counts: its `Bytes` handle in the command's vector.
+pub const ARG_OVERHEAD: usize = std::mem::size_of::<Bytes>();
+
 /// What one command may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -36,8 +40,10 @@ pub struct Limits {
     pub max_bulk: usize,
     /// The most arguments in one command.
     pub max_args: usize,
-    /// The most bytes of all of one command's arguments together: what a
-    /// connection holds for a command it has not received whole yet.
+    /// The most bytes of all of one command's arguments together, each
+    /// counted with its handle ([`ARG_OVERHEAD`]): what a connection holds
+    /// for a command it has not received whole yet, however many arguments
+    /// it has.
     pub max_command: usize,
 }
 
@@ -134,7 +140,7 @@ impl Decoder {
                     Some(_) => {
                         let Some(line) = take_inline(buf)? else { return Ok(None) };
                         let args = split_args(&line)?;
-                        let bytes: usize = args.iter().map(Bytes::len).sum();
+                        let bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD).sum();
                         if bytes > self.limits.max_command {
                             return Err(ProtocolError::CommandTooBig { max: self.limits.max_command });
                         }
@@ -160,7 +166,7 @@ impl Decoder {
                             .and_then(|len| usize::try_from(len).ok())
                             .filter(|len| *len <= self.limits.max_bulk)
                             .ok_or(ProtocolError::InvalidBulkLength)?;
-                        if partial.bytes + len > self.limits.max_command {
+                        if partial.bytes + len + ARG_OVERHEAD > self.limits.max_command {
                             return Err(ProtocolError::CommandTooBig { max: self.limits.max_command });
                         }
                         partial.bulk = Some(len);
@@ -177,7 +183,7 @@ impl Decoder {
                 // Redis does not check the terminator either: it skips it.
                 buf.advance(2);
                 partial.args.push(arg);
-                partial.bytes += len;
+                partial.bytes += len + ARG_OVERHEAD;
                 partial.remaining -= 1;
                 partial.bulk = None;
             }
@@ -458,6 +464,10 @@ mod tests {
         assert_eq!(refused(b"*2\r\n:1\r\n"), ProtocolError::ExpectedBulk(':'));
         let two = [b"*2\r\n$1000\r\n".as_slice(), &[b'x'; 1000], b"\r\n$600\r\n"].concat();
         assert_eq!(refused(&two), ProtocolError::CommandTooBig { max: 1_500 });
+        let empties = [b"*4\r\n".as_slice(), &b"$0\r\n\r\n".repeat(4)].concat();
+        let tight = Limits { max_bulk: 10, max_args: 100, max_command: 3 * ARG_OVERHEAD };
+        let err = decode_all(&mut Decoder::new(tight), &mut BytesMut::from(&empties[..])).unwrap_err();
+        assert_eq!(err, ProtocolError::CommandTooBig { max: 3 * ARG_OVERHEAD }, "empty arguments count too");
         assert_eq!(refused(&[b'*'; MAX_LINE + 1]), ProtocolError::CountLineTooBig);
         assert_eq!(refused(&[b'a'; MAX_LINE + 1]), ProtocolError::InlineTooBig);
         let long_header = [b"*1\r\n$".as_slice(), &[b'1'; MAX_LINE + 1]].concat();
