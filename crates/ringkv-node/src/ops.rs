@@ -727,6 +727,28 @@ impl KvStore for Node {
     }
 }
 
+impl crate::resp::Host for Node {
+    fn config(&self) -> &crate::config::NodeConfig {
+        &self.inner.config
+    }
+
+    fn clustered(&self) -> bool {
+        self.gossip_addr().is_some()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+
+    fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shutdown_signal()
+    }
+
+    fn standing(&self) -> Result<(), KvError> {
+        self.inner.standing()
+    }
+}
+
 impl Handler for Node {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
         let Request::Session { seen, deadline, request } = request else {

@@ -19,23 +19,37 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ringkv_core::{Consistency, KeyTtl, KvError};
+use ringkv_core::{KeyTtl, KvError, KvStore};
 use ringkv_resp::{Decoder, Limits, Protocol, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::node::Node;
+use crate::config::NodeConfig;
+
+/// What the RESP port needs of a node: the store's operations, as the
+/// embedded node serves them (at consistency `quorum`, like a QUIC client's
+/// requests), and a little of its state. `ops.rs` implements it for
+/// `Node`, so this module imports nothing of the node's own.
+pub(crate) trait Host: KvStore + Clone + 'static {
+    fn config(&self) -> &NodeConfig;
+    fn clustered(&self) -> bool;
+    fn now_ms(&self) -> u64;
+    fn shutdown_signal(&self) -> watch::Receiver<bool>;
+    /// Refused while the node cannot be trusted to serve data (starting, or
+    /// just back from a pause).
+    fn standing(&self) -> Result<(), KvError>;
+}
 
 /// Replies are written once this many bytes of them are waiting, even if
 /// more commands are in the buffer.
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// Accepts connections until the node shuts down, then closes them all.
-pub(crate) async fn serve(node: Node, listener: TcpListener) {
-    let mut shutdown = node.inner.shutdown_signal();
-    let permits = Arc::new(Semaphore::new(node.inner.config.max_connections));
+pub(crate) async fn serve(node: impl Host, listener: TcpListener) {
+    let mut shutdown = node.shutdown_signal();
+    let permits = Arc::new(Semaphore::new(node.config().max_connections));
     let mut connections = JoinSet::new();
     let mut ids = 0u64;
     loop {
@@ -51,7 +65,7 @@ pub(crate) async fn serve(node: Node, listener: TcpListener) {
                     let node = node.clone();
                     connections.spawn(async move {
                         let _permit = permit;
-                        let password = node.inner.config.resp_password.as_ref().map(|p| p.0.as_bytes().to_vec());
+                        let password = node.config().resp_password.as_ref().map(|p| p.0.as_bytes().to_vec());
                         if let Err(e) = Connection::new(ids, password).run(&node, stream).await {
                             tracing::debug!(%peer, error = %e, "RESP connection ended");
                         }
@@ -93,8 +107,8 @@ impl Connection {
         Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated }
     }
 
-    async fn run(&mut self, node: &Node, mut stream: TcpStream) -> std::io::Result<()> {
-        let limits = node.inner.config.limits();
+    async fn run(&mut self, node: &impl Host, mut stream: TcpStream) -> std::io::Result<()> {
+        let limits = node.config().limits();
         // An argument is a key or a value; a command, a key and a value
         // with room for its name and options.
         let authenticated = Limits {
@@ -142,7 +156,7 @@ impl Connection {
         }
     }
 
-    async fn execute(&mut self, node: &Node, args: Vec<Bytes>) -> (Reply, After) {
+    async fn execute(&mut self, node: &impl Host, args: Vec<Bytes>) -> (Reply, After) {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         let reply = match name.as_str() {
             "quit" => return (Reply::ok(), After::Close),
@@ -169,7 +183,7 @@ impl Connection {
             "client" => self.client(&args[1..]),
             "time" => match &args[1..] {
                 [] => {
-                    let micros = node.inner.now_ms() * 1_000;
+                    let micros = node.now_ms() * 1_000;
                     let text = |n: u64| Reply::Bulk(Bytes::from(n.to_string()));
                     Ok(Reply::Array(vec![text(micros / 1_000_000), text(micros % 1_000_000)]))
                 }
@@ -186,7 +200,7 @@ impl Connection {
 
     /// `HELLO [protover [SETNAME name]]`: switches the protocol and
     /// describes the server, as a map.
-    fn hello(&mut self, node: &Node, args: &[Bytes]) -> Result<Reply, Reply> {
+    fn hello(&mut self, node: &impl Host, args: &[Bytes]) -> Result<Reply, Reply> {
         let mut protocol = self.protocol;
         let mut rest = args;
         if let [version, more @ ..] = args {
@@ -228,7 +242,7 @@ impl Connection {
         };
         let field = |key: &str, value: Reply| (Reply::Bulk(Bytes::copy_from_slice(key.as_bytes())), value);
         let text = |value: &str| Reply::Bulk(Bytes::copy_from_slice(value.as_bytes()));
-        let mode = if node.gossip_addr().is_some() { "cluster" } else { "standalone" };
+        let mode = if node.clustered() { "cluster" } else { "standalone" };
         Ok(Reply::Map(vec![
             field("server", text("ringkv")),
             field("version", text(env!("CARGO_PKG_VERSION"))),
@@ -293,11 +307,11 @@ impl Connection {
 /// (`redis-benchmark` asks for `save` and `appendonly` before it starts), as
 /// Redis names them, matched case-insensitively with Redis's glob rules.
 /// Nothing can be set through this port yet.
-fn config(node: &Node, args: &[Bytes]) -> Result<Reply, Reply> {
+fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Reply> {
     let Some(sub) = args.first() else { return Err(arity("config")) };
     match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
         (b"get", patterns @ [_, ..]) => {
-            let config = &node.inner.config;
+            let config = node.config();
             let appendonly = match config.persistence {
                 crate::Persistence::Wal => "yes",
                 crate::Persistence::None => "no",
@@ -366,7 +380,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 
 /// The commands that read or change data, or `None` for a name this port
 /// does not know.
-async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, Reply>> {
+async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Reply, Reply>> {
     if !matches!(
         name,
         "get"
@@ -393,32 +407,33 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
     ) {
         return None;
     }
-    if let Err(e) = node.inner.standing() {
+    if let Err(e) = node.standing() {
         return Some(Err(kv_error(e)));
     }
-    let q = Consistency::Quorum;
     let reply = match (name, args) {
-        ("get", [key]) => node.get(key.clone(), q).await.map(|v| v.map_or(Reply::Null, Reply::Bulk)).map_err(kv_error),
+        ("get", [key]) => node.get(key.clone()).await.map(|v| v.map_or(Reply::Null, Reply::Bulk)).map_err(kv_error),
         ("set", [key, value, options @ ..]) => match set_ttl(options) {
-            Ok(ttl) => node.put(key.clone(), value.clone(), ttl, q, None).await.map(|()| Reply::ok()).map_err(kv_error),
+            Ok(ttl) => {
+                let written = match ttl {
+                    Some(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await,
+                    None => node.put(key.clone(), value.clone()).await,
+                };
+                written.map(|()| Reply::ok()).map_err(kv_error)
+            }
             Err(e) => Err(e),
         },
         ("setex", [key, seconds, value]) => match ttl_of(seconds, 1_000, name) {
-            Ok(ttl) => {
-                node.put(key.clone(), value.clone(), Some(ttl), q, None).await.map(|()| Reply::ok()).map_err(kv_error)
-            }
+            Ok(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await.map(|()| Reply::ok()).map_err(kv_error),
             Err(e) => Err(e),
         },
         ("psetex", [key, ms, value]) => match ttl_of(ms, 1, name) {
-            Ok(ttl) => {
-                node.put(key.clone(), value.clone(), Some(ttl), q, None).await.map(|()| Reply::ok()).map_err(kv_error)
-            }
+            Ok(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await.map(|()| Reply::ok()).map_err(kv_error),
             Err(e) => Err(e),
         },
         ("del" | "unlink", keys @ [_, ..]) => {
             let mut deleted = 0;
             for key in keys {
-                match node.delete(key.clone(), q, None).await {
+                match node.delete(key.clone()).await {
                     Ok(removed) => deleted += i64::from(removed),
                     Err(e) => return Some(Err(kv_error(e))),
                 }
@@ -428,14 +443,14 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
         ("exists", keys @ [_, ..]) => {
             let mut found = 0;
             for key in keys {
-                match node.exists(key.clone(), q).await {
+                match node.exists(key.clone()).await {
                     Ok(present) => found += i64::from(present),
                     Err(e) => return Some(Err(kv_error(e))),
                 }
             }
             Ok(Reply::Integer(found))
         }
-        ("ttl" | "pttl", [key]) => node.ttl(key.clone(), q).await.map_err(kv_error).map(|ttl| {
+        ("ttl" | "pttl", [key]) => node.ttl(key.clone()).await.map_err(kv_error).map(|ttl| {
             Reply::Integer(match ttl {
                 KeyTtl::Missing => -2,
                 KeyTtl::Persistent => -1,
@@ -448,12 +463,10 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
             let unit = if name == "expire" { 1_000 } else { 1 };
             match integer(amount) {
                 // Redis deletes a key given an expiry in the past.
-                Ok(n) if n <= 0 => {
-                    node.delete(key.clone(), q, None).await.map(|d| Reply::Integer(d.into())).map_err(kv_error)
-                }
+                Ok(n) if n <= 0 => node.delete(key.clone()).await.map(|d| Reply::Integer(d.into())).map_err(kv_error),
                 Ok(n) => match n.checked_mul(unit) {
                     Some(ms) => node
-                        .set_expiry(key.clone(), Some(Duration::from_millis(ms as u64)), q, None)
+                        .expire(key.clone(), Duration::from_millis(ms as u64))
                         .await
                         .map(|set| Reply::Integer(set.into()))
                         .map_err(kv_error),
@@ -467,12 +480,11 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
             let unit = if name == "expireat" { 1_000 } else { 1 };
             match integer(at).map(|at| at.checked_mul(unit)) {
                 Ok(Some(at)) => {
-                    let now = node.inner.now_ms() as i64;
+                    let now = node.now_ms() as i64;
                     if at <= now {
-                        node.delete(key.clone(), q, None).await.map(|d| Reply::Integer(d.into())).map_err(kv_error)
+                        node.delete(key.clone()).await.map(|d| Reply::Integer(d.into())).map_err(kv_error)
                     } else {
-                        let ttl = Some(Duration::from_millis((at - now) as u64));
-                        node.set_expiry(key.clone(), ttl, q, None)
+                        node.expire(key.clone(), Duration::from_millis((at - now) as u64))
                             .await
                             .map(|s| Reply::Integer(s.into()))
                             .map_err(kv_error)
@@ -484,7 +496,7 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
         }
         ("expireat" | "pexpireat", [_, _, option, ..]) => Err(unsupported(name, option)),
         ("mget", keys @ [_, ..]) => {
-            let reads = keys.iter().map(|key| node.get(key.clone(), q));
+            let reads = keys.iter().map(|key| node.get(key.clone()));
             let values = futures_util::future::join_all(reads).await;
             values
                 .into_iter()
@@ -494,29 +506,27 @@ async fn data(node: &Node, name: &str, args: &[Bytes]) -> Option<Result<Reply, R
                 .map_err(kv_error)
         }
         ("mset", pairs @ [_, _, ..]) if pairs.len() % 2 == 0 => {
-            let writes = pairs.chunks(2).map(|kv| node.put(kv[0].clone(), kv[1].clone(), None, q, None));
+            let writes = pairs.chunks(2).map(|kv| node.put(kv[0].clone(), kv[1].clone()));
             let written = futures_util::future::join_all(writes).await;
             written.into_iter().collect::<Result<Vec<()>, _>>().map(|_| Reply::ok()).map_err(kv_error)
         }
         ("strlen", [key]) => {
-            node.get(key.clone(), q).await.map(|v| Reply::Integer(v.map_or(0, |v| v.len() as i64))).map_err(kv_error)
+            node.get(key.clone()).await.map(|v| Reply::Integer(v.map_or(0, |v| v.len() as i64))).map_err(kv_error)
         }
         ("getrange", [key, start, end]) => match (integer(start), integer(end)) {
             (Ok(start), Ok(end)) => node
-                .get(key.clone(), q)
+                .get(key.clone())
                 .await
                 .map(|v| Reply::Bulk(v.map_or_else(Bytes::new, |v| range(&v, start, end))))
                 .map_err(kv_error),
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
         ("type", [key]) => node
-            .exists(key.clone(), q)
+            .exists(key.clone())
             .await
             .map(|found| Reply::Status(if found { "string" } else { "none" }.into()))
             .map_err(kv_error),
-        ("persist", [key]) => {
-            node.set_expiry(key.clone(), None, q, None).await.map(|p| Reply::Integer(p.into())).map_err(kv_error)
-        }
+        ("persist", [key]) => node.persist(key.clone()).await.map(|p| Reply::Integer(p.into())).map_err(kv_error),
         ("flushall" | "flushdb", []) => node.clear().await.map(|()| Reply::ok()).map_err(kv_error),
         ("flushall" | "flushdb", [mode]) if matches!(mode.to_ascii_lowercase().as_slice(), b"sync" | b"async") => {
             node.clear().await.map(|()| Reply::ok()).map_err(kv_error)
