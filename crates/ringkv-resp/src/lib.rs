@@ -78,6 +78,10 @@ pub enum ProtocolError {
     /// query buffer passes `client-query-buffer-limit`.
     #[error("Protocol error: command larger than {max} bytes")]
     CommandTooBig { max: usize },
+    /// An inline command with more than [`Limits::max_args`] arguments (an
+    /// array says how many it has, and gets `InvalidMultibulkLength`).
+    #[error("Protocol error: more than {max} arguments")]
+    TooManyArguments { max: usize },
 }
 
 impl ProtocolError {
@@ -143,6 +147,9 @@ impl Decoder {
                         let bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD).sum();
                         if bytes > self.limits.max_command {
                             return Err(ProtocolError::CommandTooBig { max: self.limits.max_command });
+                        }
+                        if args.len() > self.limits.max_args {
+                            return Err(ProtocolError::TooManyArguments { max: self.limits.max_args });
                         }
                         if args.is_empty() {
                             continue;
@@ -458,6 +465,7 @@ mod tests {
         assert_eq!(refused(b"*2\r\n$1001\r\n"), ProtocolError::InvalidBulkLength, "before a byte of it came");
         assert_eq!(refused(b"*1\r\n$-1\r\n"), ProtocolError::InvalidBulkLength);
         assert_eq!(refused(b"*5\r\n"), ProtocolError::InvalidMultibulkLength);
+        assert_eq!(refused(b"a b c d e\r\n"), ProtocolError::TooManyArguments { max: 4 }, "inline commands too");
         assert_eq!(refused(b"*x\r\n"), ProtocolError::InvalidMultibulkLength);
         assert_eq!(refused(b"*01\r\n"), ProtocolError::InvalidMultibulkLength, "no leading zeros");
         assert_eq!(refused(b"*99999999999999999999\r\n"), ProtocolError::InvalidMultibulkLength);
