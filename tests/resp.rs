@@ -117,6 +117,13 @@ fn the_stores_operations_under_their_redis_names() {
     let until_2100 =
         4_102_444_800 - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!((ttl - until_2100).abs() <= 2, "TTL {ttl}, {until_2100} s to go");
+    c.expect(&cmd(&["SET", "x", "v", "EXAT", "4102444800"]), b"+OK\r\n");
+    let ttl: i64 = c.line(&cmd(&["TTL", "x"])).trim_start_matches(':').trim_end().parse().unwrap();
+    assert!((ttl - until_2100).abs() <= 2, "SET EXAT: TTL {ttl}, {until_2100} s to go");
+    c.expect(&cmd(&["SET", "x", "v", "PXAT", "1"]), b"+OK\r\n");
+    c.expect(&cmd(&["GET", "x"]), b"$-1\r\n");
+    c.expect(&cmd(&["SET", "d", "v"]), b"+OK\r\n");
+    c.expect(&cmd(&["DEL", "d", "d"]), b":1\r\n");
     assert_eq!(c.line(&cmd(&["TIME"])), "*2\r\n");
     let mut next = || c.line(b"").trim_end().to_string();
     let (_, seconds, _, micros) = (next(), next(), next(), next());

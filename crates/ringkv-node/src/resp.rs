@@ -412,44 +412,28 @@ async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Rep
     }
     let reply = match (name, args) {
         ("get", [key]) => node.get(key.clone()).await.map(|v| v.map_or(Reply::Null, Reply::Bulk)).map_err(kv_error),
-        ("set", [key, value, options @ ..]) => match set_ttl(options) {
+        ("set", [key, value, options @ ..]) => match set_ttl(options, node.now_ms()) {
             Ok(ttl) => {
                 let written = match ttl {
-                    Some(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await,
-                    None => node.put(key.clone(), value.clone()).await,
+                    Lifetime::Forever => node.put(key.clone(), value.clone()).await,
+                    Lifetime::For(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await,
+                    // Redis writes the value and expires it at once.
+                    Lifetime::Over => node.delete(key.clone()).await.map(|_| ()),
                 };
                 written.map(|()| Reply::ok()).map_err(kv_error)
             }
             Err(e) => Err(e),
         },
-        ("setex", [key, seconds, value]) => match ttl_of(seconds, 1_000, name) {
-            Ok(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await.map(|()| Reply::ok()).map_err(kv_error),
-            Err(e) => Err(e),
-        },
-        ("psetex", [key, ms, value]) => match ttl_of(ms, 1, name) {
-            Ok(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await.map(|()| Reply::ok()).map_err(kv_error),
-            Err(e) => Err(e),
-        },
-        ("del" | "unlink", keys @ [_, ..]) => {
-            let mut deleted = 0;
-            for key in keys {
-                match node.delete(key.clone()).await {
-                    Ok(removed) => deleted += i64::from(removed),
-                    Err(e) => return Some(Err(kv_error(e))),
+        ("setex" | "psetex", [key, amount, value]) => {
+            match ttl_of(amount, if name == "setex" { 1_000 } else { 1 }, name) {
+                Ok(ttl) => {
+                    node.put_with_ttl(key.clone(), value.clone(), ttl).await.map(|()| Reply::ok()).map_err(kv_error)
                 }
+                Err(e) => Err(e),
             }
-            Ok(Reply::Integer(deleted))
         }
-        ("exists", keys @ [_, ..]) => {
-            let mut found = 0;
-            for key in keys {
-                match node.exists(key.clone()).await {
-                    Ok(present) => found += i64::from(present),
-                    Err(e) => return Some(Err(kv_error(e))),
-                }
-            }
-            Ok(Reply::Integer(found))
-        }
+        ("del" | "unlink", keys @ [_, ..]) => count(keys, |key| node.delete(key)).await,
+        ("exists", keys @ [_, ..]) => count(keys, |key| node.exists(key)).await,
         ("ttl" | "pttl", [key]) => node.ttl(key.clone()).await.map_err(kv_error).map(|ttl| {
             Reply::Integer(match ttl {
                 KeyTtl::Missing => -2,
@@ -537,6 +521,19 @@ async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Rep
     Some(reply)
 }
 
+/// How many of `keys` `op` answers true for, one key after another (so
+/// that `DEL k k` counts `k` once, as in Redis).
+async fn count<F>(keys: &[Bytes], op: impl Fn(Bytes) -> F) -> Result<Reply, Reply>
+where
+    F: std::future::Future<Output = Result<bool, KvError>>,
+{
+    let mut n = 0;
+    for key in keys {
+        n += i64::from(op(key.clone()).await.map_err(kv_error)?);
+    }
+    Ok(Reply::Integer(n))
+}
+
 /// `GETRANGE`'s slice: `start` and `end` inclusive, negative ones counted
 /// from the end, clamped to the value, empty if they cross.
 fn range(value: &Bytes, start: i64, end: i64) -> Bytes {
@@ -550,21 +547,26 @@ fn range(value: &Bytes, start: i64, end: i64) -> Bytes {
 }
 
 /// `SET`'s options: a time to live (`EX`, `PX`, `EXAT`, `PXAT`) or none.
-fn set_ttl(options: &[Bytes]) -> Result<Option<Duration>, Reply> {
+/// How long a value `SET` writes lives.
+enum Lifetime {
+    Forever,
+    For(Duration),
+    /// An `EXAT`/`PXAT` instant already past.
+    Over,
+}
+
+fn set_ttl(options: &[Bytes], now_ms: u64) -> Result<Lifetime, Reply> {
     match options {
-        [] => Ok(None),
+        [] => Ok(Lifetime::Forever),
         [unit, amount] => match unit.to_ascii_lowercase().as_slice() {
-            b"ex" => ttl_of(amount, 1_000, "set").map(Some),
-            b"px" => ttl_of(amount, 1, "set").map(Some),
+            b"ex" => ttl_of(amount, 1_000, "set").map(Lifetime::For),
+            b"px" => ttl_of(amount, 1, "set").map(Lifetime::For),
             b"exat" | b"pxat" => {
                 let scale = if unit.eq_ignore_ascii_case(b"exat") { 1_000 } else { 1 };
                 let at =
                     integer(amount)?.checked_mul(scale).filter(|at| *at > 0).ok_or_else(|| invalid_expire("set"))?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                // An instant already past: Redis stores nothing visible.
-                Ok(Some(Duration::from_millis(at.saturating_sub(now).max(1) as u64)))
+                let left = at - now_ms as i64;
+                Ok(if left > 0 { Lifetime::For(Duration::from_millis(left as u64)) } else { Lifetime::Over })
             }
             b"nx" | b"xx" | b"get" | b"keepttl" => Err(unsupported("set", unit)),
             _ => Err(error("ERR syntax error")),

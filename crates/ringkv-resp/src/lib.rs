@@ -293,10 +293,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
                         });
                     }
                     b'"' => {
-                        if line.get(i + 1).is_some_and(|n| !is_space(*n)) {
-                            return Err(ProtocolError::UnbalancedQuotes);
-                        }
-                        i += 1;
+                        i = after_closing_quote(line, i)?;
                         break;
                     }
                     other => arg.push(other),
@@ -308,10 +305,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
                         arg.push(b'\'');
                     }
                     b'\'' => {
-                        if line.get(i + 1).is_some_and(|n| !is_space(*n)) {
-                            return Err(ProtocolError::UnbalancedQuotes);
-                        }
-                        i += 1;
+                        i = after_closing_quote(line, i)?;
                         break;
                     }
                     other => arg.push(other),
@@ -327,6 +321,15 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
             i += 1;
         }
         args.push(Bytes::from(arg));
+    }
+}
+
+/// Where the next argument may start after the closing quote at `at`,
+/// which must be followed by white space or the end.
+fn after_closing_quote(line: &[u8], at: usize) -> Result<usize, ProtocolError> {
+    match line.get(at + 1) {
+        Some(next) if !is_space(*next) => Err(ProtocolError::UnbalancedQuotes),
+        _ => Ok(at + 1),
     }
 }
 
