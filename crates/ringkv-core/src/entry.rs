@@ -47,7 +47,7 @@ impl Entry {
     }
 
     pub fn is_expired(&self, now_ms: u64) -> bool {
-        matches!(self.expires_at, Some(at) if at <= now_ms)
+        self.view().is_expired(now_ms)
     }
 
     pub fn liveness(&self, now_ms: u64, epoch: Epoch) -> Liveness {
@@ -98,9 +98,16 @@ pub struct EntryRef<'a> {
 }
 
 impl EntryRef<'_> {
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        matches!(self.expires_at, Some(at) if at <= now_ms)
+    }
+
     pub fn liveness(&self, now_ms: u64, epoch: Epoch) -> Liveness {
-        let expired = matches!(self.expires_at, Some(at) if at <= now_ms);
-        if self.value.is_none() || expired || epoch.covers(self.version) { Liveness::Dead } else { Liveness::Live }
+        if self.value.is_none() || self.is_expired(now_ms) || epoch.covers(self.version) {
+            Liveness::Dead
+        } else {
+            Liveness::Live
+        }
     }
 
     /// See [`Entry::supersedes`].
