@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local cluster of N nodes (default 3) on loopback, in the foreground:
 # node i serves QUIC on 127.0.0.1:740i, gossips on 127.0.0.1:750i and speaks
-# RESP (Redis clients) on 127.0.0.1:638i, with
+# RESP (Redis clients) on 127.0.0.1:638i and serves Prometheus metrics on
+# http://127.0.0.1:940i/metrics, with
 # data in .cluster/n<i> and certificates in .cluster/certs. Logs are
 # prefixed by node. Ctrl-C stops every node cleanly.
 set -euo pipefail
@@ -41,7 +42,7 @@ for i in $(seq "$N"); do
     addrs+=("$quic")
     "$BIN" serve --config config/cluster.toml --node-id "n$i" --listen "$quic" \
         --gossip "127.0.0.1:$((7500 + i))" --seeds 127.0.0.1:7501 --resp "127.0.0.1:$((6380 + i))" \
-        --data-dir "$DIR/n$i" --certs "$CERTS" > >(sed -u "s/^/[n$i] /") 2>&1 &
+        --metrics "127.0.0.1:$((9400 + i))" --data-dir "$DIR/n$i" --certs "$CERTS" > >(sed -u "s/^/[n$i] /") 2>&1 &
     pids+=($!)
 done
 addr_list=$(IFS=,; echo "${addrs[*]}")
@@ -56,5 +57,7 @@ echo "ringkv cluster of $N nodes is up. Point the CLI at it with:"
 echo "  export RINGKV_ADDR=$addr_list RINGKV_CERTS=$PWD/$CERTS"
 echo "or with any Redis client, through any node (RESP, first part: README):"
 echo "  redis-cli -p 6381"
+echo "Prometheus metrics:"
+for i in $(seq "$N"); do echo "  http://127.0.0.1:$((9400 + i))/metrics"; done
 echo
 wait

@@ -8,14 +8,18 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Certs, NodeProcess, NodeSpec};
+use common::{Certs, Cluster, NodeProcess, NodeSpec};
 
 /// A raw RESP connection.
 struct Conn(TcpStream);
 
 impl Conn {
     fn open(node: &NodeProcess) -> Conn {
-        let stream = TcpStream::connect(node.resp.expect("the node serves RESP")).unwrap();
+        Conn::to(node.resp.expect("the node serves RESP"))
+    }
+
+    fn to(addr: std::net::SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Conn(stream)
     }
@@ -146,7 +150,6 @@ fn the_stores_operations_under_their_redis_names() {
     c.expect(&cmd(&["SET", "k", "v", "EX", "0"]), b"-ERR invalid expire time in 'set' command\r\n");
     c.expect(&cmd(&["SET", "k", "v", "EX", "x"]), b"-ERR value is not an integer or out of range\r\n");
     c.expect(&cmd(&["SET", "k", "v", "BOGUS"]), b"-ERR syntax error\r\n");
-    c.expect(&cmd(&["SET", "k", "v", "NX"]), b"-ERR SET NX is not supported by ringkv yet\r\n");
     c.expect(&cmd(&["SELECT", "1"]), b"-ERR DB index is out of range\r\n");
     c.expect(&cmd(&["SELECT", "0"]), b"+OK\r\n");
 
@@ -168,6 +171,87 @@ fn the_stores_operations_under_their_redis_names() {
     c.expect(&cmd(&["CLIENT", "GETNAME"]), b"$2\r\nme\r\n");
     c.expect(&cmd(&["QUIT"]), b"+OK\r\n");
     assert!(c.closed(), "QUIT closes the connection");
+}
+
+#[test]
+fn read_modify_writes_answer_as_redis_does() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let mut c = Conn::open(&node);
+    // Counters.
+    c.expect(&cmd(&["INCR", "n"]), b":1\r\n");
+    c.expect(&cmd(&["INCRBY", "n", "41"]), b":42\r\n");
+    c.expect(&cmd(&["DECR", "n"]), b":41\r\n");
+    c.expect(&cmd(&["DECRBY", "n", "-9"]), b":50\r\n");
+    c.expect(&cmd(&["GET", "n"]), b"$2\r\n50\r\n");
+    c.expect(&cmd(&["SET", "big", "9223372036854775807"]), b"+OK\r\n");
+    c.expect(&cmd(&["INCR", "big"]), b"-ERR increment or decrement would overflow\r\n");
+    c.expect(&cmd(&["GET", "big"]), b"$19\r\n9223372036854775807\r\n");
+    c.expect(&cmd(&["DECRBY", "n", "-9223372036854775808"]), b"-ERR decrement would overflow\r\n");
+    c.expect(&cmd(&["SET", "text", "abc"]), b"+OK\r\n");
+    c.expect(&cmd(&["INCR", "text"]), b"-ERR value is not an integer or out of range\r\n");
+    c.expect(&cmd(&["SET", "spaced", " 1"]), b"+OK\r\n");
+    c.expect(&cmd(&["INCR", "spaced"]), b"-ERR value is not an integer or out of range\r\n");
+    c.expect(&cmd(&["INCRBY", "n", "1.5"]), b"-ERR value is not an integer or out of range\r\n");
+    c.expect(&cmd(&["INCR"]), b"-ERR wrong number of arguments for 'incr' command\r\n");
+    c.expect(&cmd(&["SET", "f", "10.50"]), b"+OK\r\n");
+    c.expect(&cmd(&["INCRBYFLOAT", "f", "0.1"]), b"$4\r\n10.6\r\n");
+    c.expect(&cmd(&["INCRBYFLOAT", "f", "-5.6"]), b"$1\r\n5\r\n");
+    c.expect(&cmd(&["INCRBYFLOAT", "f", "x"]), b"-ERR value is not a valid float\r\n");
+    c.expect(&cmd(&["INCRBYFLOAT", "text", "1"]), b"-ERR value is not a valid float\r\n");
+    c.expect(&cmd(&["SET", "huge", "1.7e308"]), b"+OK\r\n");
+    c.expect(&cmd(&["INCRBYFLOAT", "huge", "1.7e308"]), b"-ERR increment would produce NaN or Infinity\r\n");
+    // INCR keeps the key's expiry, as APPEND and SETRANGE do.
+    c.expect(&cmd(&["SET", "t", "1", "EX", "100"]), b"+OK\r\n");
+    c.expect(&cmd(&["INCR", "t"]), b":2\r\n");
+    c.expect(&cmd(&["TTL", "t"]), b":100\r\n");
+
+    // Strings.
+    c.expect(&cmd(&["APPEND", "s", "Hello"]), b":5\r\n");
+    c.expect(&cmd(&["APPEND", "s", " World"]), b":11\r\n");
+    c.expect(&cmd(&["SETRANGE", "s", "6", "Redis"]), b":11\r\n");
+    c.expect(&cmd(&["GET", "s"]), b"$11\r\nHello Redis\r\n");
+    c.expect(&cmd(&["SETRANGE", "pad", "3", "x"]), b":4\r\n");
+    c.expect(&cmd(&["GET", "pad"]), b"$4\r\n\0\0\0x\r\n");
+    c.expect(&cmd(&["SETRANGE", "none", "3", ""]), b":0\r\n");
+    c.expect(&cmd(&["EXISTS", "none"]), b":0\r\n");
+    c.expect(&cmd(&["SETRANGE", "s", "-1", "x"]), b"-ERR offset is out of range\r\n");
+    c.expect(&cmd(&["SETRANGE", "s", "16777216", "x"]), b"-ERR string exceeds maximum allowed size\r\n");
+
+    // SET's conditions, SETNX, GETSET, GETDEL, GETEX.
+    c.expect(&cmd(&["SET", "k", "v1", "NX"]), b"+OK\r\n");
+    c.expect(&cmd(&["SET", "k", "v2", "NX"]), b"$-1\r\n");
+    c.expect(&cmd(&["SET", "k", "v3", "XX", "GET"]), b"$2\r\nv1\r\n");
+    c.expect(&cmd(&["SET", "absent", "v", "XX"]), b"$-1\r\n");
+    c.expect(&cmd(&["SET", "absent", "v", "GET"]), b"$-1\r\n");
+    c.expect(&cmd(&["GET", "absent"]), b"$1\r\nv\r\n");
+    c.expect(&cmd(&["SET", "k", "v", "NX", "XX"]), b"-ERR syntax error\r\n");
+    c.expect(&cmd(&["SET", "k", "v", "EX", "10", "KEEPTTL"]), b"-ERR syntax error\r\n");
+    c.expect(&cmd(&["SET", "k", "v4", "EX", "100"]), b"+OK\r\n");
+    c.expect(&cmd(&["SET", "k", "v5", "KEEPTTL"]), b"+OK\r\n");
+    c.expect(&cmd(&["TTL", "k"]), b":100\r\n");
+    c.expect(&cmd(&["SET", "k", "v6", "XX"]), b"+OK\r\n");
+    c.expect(&cmd(&["TTL", "k"]), b":-1\r\n");
+    c.expect(&cmd(&["SETNX", "k", "v"]), b":0\r\n");
+    c.expect(&cmd(&["SETNX", "fresh", "v"]), b":1\r\n");
+    c.expect(&cmd(&["GETSET", "fresh", "w"]), b"$1\r\nv\r\n");
+    c.expect(&cmd(&["GETSET", "other", "w"]), b"$-1\r\n");
+    c.expect(&cmd(&["GETDEL", "fresh"]), b"$1\r\nw\r\n");
+    c.expect(&cmd(&["GETDEL", "fresh"]), b"$-1\r\n");
+    c.expect(&cmd(&["GETEX", "other", "EX", "100"]), b"$1\r\nw\r\n");
+    c.expect(&cmd(&["TTL", "other"]), b":100\r\n");
+    c.expect(&cmd(&["GETEX", "other", "PERSIST"]), b"$1\r\nw\r\n");
+    c.expect(&cmd(&["TTL", "other"]), b":-1\r\n");
+    c.expect(&cmd(&["GETEX", "other", "EX", "0"]), b"-ERR invalid expire time in 'getex' command\r\n");
+    c.expect(&cmd(&["GETEX", "other", "BOGUS"]), b"-ERR syntax error\r\n");
+    c.expect(&cmd(&["GETEX", "other", "PXAT", "1"]), b"$1\r\nw\r\n");
+    c.expect(&cmd(&["GET", "other"]), b"$-1\r\n");
+    c.expect(&cmd(&["GETEX", "missing"]), b"$-1\r\n");
+
+    // Pipelined increments are applied one after another.
+    let pipeline: Vec<u8> = (0..100).flat_map(|_| cmd(&["INCR", "p"])).collect();
+    let replies: String = (1..=100).map(|i| format!(":{i}\r\n")).collect();
+    c.expect(&pipeline, replies.as_bytes());
 }
 
 #[test]
@@ -250,4 +334,56 @@ fn with_a_password_nothing_is_served_before_auth_and_other_addresses_are_allowed
     );
     h.expect(&cmd(&["HELLO", "2", "AUTH", "default", "s3cret"]), hello.as_bytes());
     h.expect(&cmd(&["DEL", "k"]), b":1\r\n");
+}
+
+/// Increments of one key sent to all three nodes of a cluster at once:
+/// every node forwards them to the key's leading replica, which applies
+/// them one after another, so each increment sees the last one's result
+/// and no two get the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_through_every_node_are_serialized_at_the_leader() {
+    let cluster = Cluster::start(3, &["resp_listen = \"127.0.0.1:0\""]);
+    for i in 0..3 {
+        cluster.wait_serving(i, 3, Duration::from_secs(30)).await;
+    }
+    const EACH: usize = 200;
+    let answers: Vec<Vec<i64>> = std::thread::scope(|s| {
+        let workers: Vec<_> = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                let addr = node.resp.expect("the node serves RESP");
+                s.spawn(move || {
+                    let mut c = Conn::to(addr);
+                    // In pipelined rounds of 20, so many are in flight at once.
+                    let mut got = Vec::new();
+                    for _ in 0..EACH / 20 {
+                        let round: Vec<u8> = (0..20).flat_map(|_| cmd(&["INCR", "counter"])).collect();
+                        c.0.write_all(&round).unwrap();
+                        for _ in 0..20 {
+                            let line = c.line(b"");
+                            let n = line.strip_prefix(':').unwrap_or_else(|| panic!("INCR answered {line:?}"));
+                            got.push(n.trim_end().parse().unwrap());
+                        }
+                    }
+                    let appended: Vec<u8> = (0..20).flat_map(|_| cmd(&["APPEND", "log", "ab"])).collect();
+                    c.0.write_all(&appended).unwrap();
+                    for _ in 0..20 {
+                        assert!(c.line(b"").starts_with(':'));
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut all: Vec<i64> = answers.concat();
+    all.sort_unstable();
+    let expected: Vec<i64> = (1..=(3 * EACH) as i64).collect();
+    assert_eq!(all, expected, "every increment applied once, each to the one before");
+    for node in &cluster.nodes {
+        let mut c = Conn::open(node);
+        c.expect(&cmd(&["GET", "counter"]), format!("$3\r\n{}\r\n", 3 * EACH).as_bytes());
+        c.expect(&cmd(&["STRLEN", "log"]), b":120\r\n");
+    }
 }

@@ -180,6 +180,7 @@ impl NodeSpec {
             child: Some(child),
             addr: self.listen,
             resp: None,
+            metrics: None,
             spec: self.clone(),
             stderr: err_rx,
             log: Vec::new(),
@@ -196,6 +197,7 @@ impl NodeSpec {
                     process.spec.listen = addr;
                     process.spec.gossip = after("gossip").or(process.spec.gossip);
                     process.resp = after("resp");
+                    process.metrics = after("metrics");
                     return Ok(process);
                 }
             }
@@ -243,6 +245,8 @@ pub struct NodeProcess {
     pub addr: SocketAddr,
     /// The RESP port, if the node serves one (`--resp`).
     pub resp: Option<SocketAddr>,
+    /// The metrics port, if the node serves one (`--metrics`).
+    pub metrics: Option<SocketAddr>,
     pub spec: NodeSpec,
     stderr: mpsc::Receiver<String>,
     log: Vec<String>,

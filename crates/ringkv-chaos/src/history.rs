@@ -225,6 +225,7 @@ pub fn classify(error: &KvError) -> Outcome {
         | KvError::DeadlineExpired { .. }
         | KvError::Forbidden { .. }
         | KvError::OutOfMemory { .. }
+        | KvError::Update(_)
         | KvError::ShuttingDown => Outcome::Fail,
         KvError::Busy { .. }
         | KvError::Timeout { .. }

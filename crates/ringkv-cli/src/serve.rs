@@ -41,6 +41,9 @@ pub(crate) struct ServeArgs {
     /// TCP address (loopback) of a RESP port for Redis clients.
     #[arg(long)]
     resp: Option<SocketAddr>,
+    /// TCP address where `GET /metrics` serves Prometheus metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Gossip addresses of nodes to join through, comma separated.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<String>,
@@ -118,6 +121,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.resp {
         config.resp_listen = Some(v);
     }
+    if let Some(v) = args.metrics {
+        config.metrics_listen = Some(v);
+    }
     if !args.seeds.is_empty() {
         config.seeds = args.seeds;
     }
@@ -134,7 +140,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // One line on stdout that scripts and tests wait for.
     let gossip = node.gossip_addr().map(|a| format!(" gossip {a}")).unwrap_or_default();
     let resp = node.resp_addr().map(|a| format!(" resp {a}")).unwrap_or_default();
-    println!("ringkv node {} serving on {addr}{gossip}{resp}", node.node_id());
+    let metrics = node.metrics_addr().map(|a| format!(" metrics {a}")).unwrap_or_default();
+    println!("ringkv node {} serving on {addr}{gossip}{resp}{metrics}", node.node_id());
     // SIGINT stops the node where it stands (it keeps its place in the ring
     // and catches up when restarted); SIGTERM, like `ringkv leave`, hands
     // its partitions off first and removes it from the ring.

@@ -72,6 +72,10 @@ pub enum KvError {
          could not make room; the write was refused"
     )]
     OutOfMemory { used: u64, needed: u64, limit: u64, policy: String },
+    /// A read-modify-write found a value it cannot apply to (`INCR` on
+    /// text, an overflow, a value grown past the limit); nothing changed.
+    #[error("{0}")]
+    Update(#[from] crate::update::UpdateError),
 }
 
 fn fmt_failures(failed: &[ReplicaFailure]) -> String {

@@ -18,6 +18,7 @@ pub mod ring;
 mod rng;
 mod size;
 mod time;
+pub mod update;
 
 pub use api::{Consistency, KeyTtl, KvStore, expiry_from_ttl};
 pub use entry::{Entry, EntryRef, Epoch, Liveness};

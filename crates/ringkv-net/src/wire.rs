@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use ringkv_core::update::{Answer, Update};
 use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, Limits, Timestamp, Version, encoded_len};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -31,8 +32,9 @@ use crate::NetError;
 /// paged after a cursor. 6: the gossip keyring and refused datagrams in
 /// the status. 7: `KvError::Forbidden`, the refusal naming the role a
 /// request needs. 8: the memory bound in the status, and
-/// `KvError::OutOfMemory`.
-pub const PROTOCOL_VERSION: u16 = 8;
+/// `KvError::OutOfMemory`. 9: read-modify-writes at the leading replica
+/// (`ReplicaRequest::Update`, `KvError::Update`).
+pub const PROTOCOL_VERSION: u16 = 9;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -207,6 +209,15 @@ pub enum ReplicaRequest {
     /// epoch after every member's answer, so after every write any of them
     /// stamped or acknowledged before.
     Clock,
+    /// A read-modify-write, sent to the key's leading replica (its first
+    /// replica that is up), which runs it in the partition's actor and
+    /// replicates the result; answered with `Reply::Updated`. Run where it
+    /// lands, never forwarded again.
+    Update {
+        partition: u16,
+        key: Bytes,
+        update: Update,
+    },
 }
 
 impl Request {
@@ -249,6 +260,7 @@ impl Request {
             Request::Replica(ReplicaRequest::Stream { .. }) => "replica-stream",
             Request::Replica(ReplicaRequest::Batch(_)) => "replica-batch",
             Request::Replica(ReplicaRequest::Clock) => "replica-clock",
+            Request::Replica(ReplicaRequest::Update { .. }) => "replica-update",
             Request::Members => "members",
             Request::Status => "status",
             Request::Explain { .. } => "explain",
@@ -305,6 +317,8 @@ pub enum Reply {
     /// so that a member that is down now is still known by its last proven
     /// state).
     Claim(Vec<MemberClaim>),
+    /// The answer to `ReplicaRequest::Update`.
+    Updated(Answer),
 }
 
 /// What a clustered node gossips of itself, as it says so over mutual TLS.
@@ -703,10 +717,10 @@ mod tests {
         assert!(matches!(decode_frame::<Request>(&frame, 4), Err(NetError::FrameTooLarge { .. })));
 
         let mut future = frame.clone();
-        future[4..6].copy_from_slice(&9u16.to_be_bytes());
+        future[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
         assert!(matches!(
             decode_frame::<Request>(&future, 1024),
-            Err(NetError::UnsupportedVersion { found: 9, supported: PROTOCOL_VERSION })
+            Err(NetError::UnsupportedVersion { found, supported: PROTOCOL_VERSION }) if found == PROTOCOL_VERSION + 1
         ));
 
         let mut garbage = frame.clone();

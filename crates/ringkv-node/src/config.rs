@@ -101,6 +101,10 @@ pub struct NodeConfig {
     /// before anything else, as Redis's `requirepass`. It travels in clear
     /// text, as the data does: the port has no TLS yet.
     pub resp_password: Option<Password>,
+    /// TCP address where `GET /metrics` serves Prometheus metrics; off
+    /// unless set, and then the node counts nothing. The metrics name no
+    /// keys or values, only counts and timings, so any address is allowed.
+    pub metrics_listen: Option<SocketAddr>,
     /// UDP address for gossip. Without it the node runs alone: no
     /// membership, every partition held locally, N = 1.
     pub gossip: Option<SocketAddr>,
@@ -325,6 +329,7 @@ impl Default for NodeConfig {
             cluster_id: default_cluster_id(),
             resp_listen: None,
             resp_password: None,
+            metrics_listen: None,
             gossip: None,
             seeds: Vec::new(),
             replication: default_replication(),

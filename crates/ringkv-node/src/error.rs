@@ -16,6 +16,8 @@ pub enum NodeError {
     Identity { path: std::path::PathBuf, node_id: String, reason: String },
     #[error("cannot listen for RESP clients on {addr}: {source}")]
     Resp { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot join the cluster: {0}")]
     Join(String),
     #[error("cannot start actor {name}: {reason}")]

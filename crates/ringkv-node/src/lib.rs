@@ -12,6 +12,7 @@ mod hints;
 mod mailbox;
 mod membership;
 mod memory;
+mod metrics;
 mod node;
 mod ops;
 mod partition;

@@ -175,6 +175,16 @@ impl Memory {
         Version::new(self.hlc.now(now_ms), self.tag)
     }
 
+    /// A stamp for a read-modify-write that replaces the entry of version
+    /// `replaced`: ordered after it unless that is further ahead than
+    /// `max_clock_drift`.
+    pub(crate) fn stamp_after(&self, now_ms: u64, replaced: Option<Version>) -> Version {
+        if let Some(replaced) = replaced {
+            let _ = self.hlc.observe(replaced.newest_ts(), now_ms);
+        }
+        self.stamp(now_ms)
+    }
+
     pub(crate) fn evicted(&self, key: Bytes, entry: ringkv_core::Entry) {
         self.evictions.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: "ringkv::eviction", key = %String::from_utf8_lossy(&key), version = ?entry.version, "evicted");

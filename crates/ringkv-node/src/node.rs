@@ -26,6 +26,7 @@ use crate::hints::{HintsActor, HintsMailbox, HintsMsg, HintsState};
 use crate::mailbox::Mailbox;
 use crate::membership::{ClaimSource, Membership, MembershipConfig, Standing};
 use crate::memory::{EVICTION_QUEUE, Evicted, Memory};
+use crate::metrics::Metrics;
 use crate::partition::{PartitionActor, PartitionArgs, PartitionMailbox, PartitionMsg};
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
 use crate::proofs::{PROBE_TIMEOUT, Prover};
@@ -81,6 +82,8 @@ pub(crate) struct Inner {
     supervisor: Supervisor,
     pub(crate) peers: Arc<dyn PeerTransport>,
     pub(crate) batch_stats: Arc<BatchStats>,
+    /// Present when `metrics_listen` is set; nothing is counted otherwise.
+    pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) membership: tokio::sync::Mutex<Option<Membership>>,
     /// A clustered node's gossip keyring and counters (see `gossip.rs`).
     pub(crate) gossip_keys: Option<Arc<GossipKeys>>,
@@ -107,6 +110,7 @@ pub(crate) struct Inner {
     local_addr: Option<SocketAddr>,
     gossip_addr: Option<SocketAddr>,
     resp_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// A peer transport for a node that has no endpoint: it has no peers.
@@ -262,7 +266,11 @@ impl Node {
             .map(|(e, _)| e.local_addr())
             .transpose()
             .map_err(|e| NodeError::Config(format!("cannot read the bound address: {e}")))?;
-        let batch_stats = Arc::new(BatchStats::default());
+        let metrics = config.metrics_listen.is_some().then(Metrics::new);
+        if let (Some(metrics), Some(wal)) = (&metrics, &state.wal) {
+            wal.observe_fsync(metrics.fsync());
+        }
+        let batch_stats = Arc::new(BatchStats::new(metrics.clone()));
         // Peers answer with whatever they hold, however this node's own
         // limits were set.
         let connector = endpoint.as_ref().map(|(endpoint, check)| {
@@ -353,6 +361,11 @@ impl Node {
             None => None,
         };
         let resp_addr = resp.as_ref().and_then(|listener| listener.local_addr().ok());
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Metrics { addr, source })?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|listener| listener.local_addr().ok());
         let standing = membership.as_ref().map(Membership::standing);
         let (shutdown, _) = watch::channel(false);
         let node = Node {
@@ -368,6 +381,7 @@ impl Node {
                 supervisor,
                 peers,
                 batch_stats,
+                metrics,
                 membership: tokio::sync::Mutex::new(None),
                 gossip_keys,
                 standing,
@@ -387,6 +401,7 @@ impl Node {
                 local_addr,
                 gossip_addr,
                 resp_addr,
+                metrics_addr,
                 config,
             }),
         };
@@ -468,6 +483,9 @@ impl Node {
         if let Some(listener) = resp {
             node.spawn(crate::resp::serve(node.clone(), listener));
         }
+        if let Some(listener) = metrics_listener {
+            node.spawn(crate::metrics::serve(node.clone(), listener));
+        }
         tracing::info!(node = %node.inner.config.node_id, addr = ?local_addr, "node started");
         Ok(node)
     }
@@ -507,6 +525,11 @@ impl Node {
     /// Where Redis clients reach this node, if it serves them.
     pub fn resp_addr(&self) -> Option<SocketAddr> {
         self.inner.resp_addr
+    }
+
+    /// Where `GET /metrics` is served, if `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr
     }
 
     /// Takes a snapshot now and drops the log segments it covers.
@@ -1090,6 +1113,9 @@ impl Node {
                 }
             }
             delivered_total += delivered.len();
+            if let Some(metrics) = &inner.metrics {
+                metrics.hints_delivered(delivered.len());
+            }
             inner.hints.call(|reply| HintsMsg::Delivered { target: target.clone(), delivered, reply }).await??;
         }
         if delivered_total > 0 {

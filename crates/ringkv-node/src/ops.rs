@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
+use ringkv_core::update::{Answer, Update};
 use ringkv_core::{
     Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, KvStore, Limits, PartitionId, ReplicaFailure, Version,
     expiry_from_ttl, fitting,
@@ -21,6 +22,7 @@ use ringkv_storage::settle;
 
 use crate::access;
 use crate::hints::HintsMsg;
+use crate::metrics::{Metrics, Op, Outcome, Protocol};
 use crate::node::Node;
 use crate::partition::{Applied, PartitionMsg};
 use crate::topology::Topology;
@@ -32,6 +34,8 @@ const RMW_ATTEMPTS: usize = 8;
 fn storage(e: ringkv_storage::StorageError) -> KvError {
     KvError::Storage(e.to_string())
 }
+
+type BoxedUpdate<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, KvError>> + Send + 'a>>;
 
 enum Written {
     Done {
@@ -89,6 +93,11 @@ impl Node {
                 Ok(Reply::Done)
             }
             ReplicaRequest::Clock => Ok(Reply::Clock(inner.hlc.now(inner.now_ms()))),
+            ReplicaRequest::Update { partition, key, update } => {
+                self.check_placement(partition, &key)?;
+                let answer = self.lead_update(PartitionId(partition), key, update).await?;
+                Ok(Reply::Updated(answer))
+            }
             ReplicaRequest::Digest { partition, branches, root } => {
                 let mailbox = self.partition(partition)?;
                 let words = mailbox.call(|reply| PartitionMsg::Digest { branches, reply }).await?;
@@ -537,6 +546,63 @@ impl Node {
         Err(KvError::Unavailable(format!("key kept changing during {RMW_ATTEMPTS} attempts to update its expiry")))
     }
 
+    /// A read-modify-write, run at the key's leading replica (its first
+    /// replica that is up): here if this node leads, else there. Updates of
+    /// one key are serialized while one replica leads; when the lead moves
+    /// (the leader is down, or seen down), the new leader starts from what
+    /// a quorum read finds, so an update acknowledged by a write quorum is
+    /// never lost, but two updates racing across the change may both apply
+    /// to the same value, and an update whose answer was lost may have been
+    /// applied.
+    pub(crate) async fn update(&self, key: Bytes, update: Update) -> Result<Answer, KvError> {
+        let inner = &self.inner;
+        inner.limits.check_key(&key)?;
+        if let Update::Set { value, .. } = &update {
+            inner.limits.check_value(value)?;
+        }
+        let topo = inner.topology();
+        let partition = inner.partitioner.partition_of(&key);
+        let leader = topo.replicas(partition).iter().find(|n| topo.is_up(n)).cloned();
+        let Some(leader) = leader else { return Err(self.unavailable("update", &topo, partition, 1)) };
+        if topo.is_self(&leader) {
+            return self.lead_update(partition, key, update).await;
+        }
+        let addr = topo.addr(&leader).ok_or_else(|| KvError::Unavailable(format!("no address for {leader}")))?;
+        // The leader reads a quorum and then writes one, each waiting up
+        // to a replica timeout.
+        let request = ReplicaRequest::Update { partition: partition.0, key, update };
+        match inner.peers.call(addr, request, inner.config.replica_timeout * 3).await? {
+            Reply::Updated(answer) => Ok(answer),
+            other => Err(KvError::Protocol(format!("unexpected reply to an update: {other:?}"))),
+        }
+    }
+
+    /// Runs an update as the key's leader: reads a quorum (this replica may
+    /// have missed the newest write), applies the update in the partition's
+    /// actor, and writes the result to a quorum.
+    ///
+    /// Boxed behind a named type: it replicates, and replicating can call
+    /// `local_replica`, which calls it back for a forwarded update.
+    pub(crate) fn lead_update(&self, partition: PartitionId, key: Bytes, update: Update) -> BoxedUpdate<'_> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let seen = self.read_entry(&key, Consistency::Quorum).await?;
+            let max_value = inner.limits.max_value_bytes;
+            let mailbox = &inner.partitions[partition.0 as usize];
+            let updated = mailbox
+                .call(|reply| PartitionMsg::Update { key: key.clone(), update, seen, max_value, reply })
+                .await??;
+            if let Some((entry, _)) = updated.written {
+                // Applied here again, the identical entry waits for the first
+                // one's durability, and counts towards the quorum.
+                if let Written::Conflict = self.replicate("update", key, entry, None, Consistency::Quorum).await? {
+                    return Err(KvError::Internal("an unconditional write reported a conflict".into()));
+                }
+            }
+            Ok(updated.answer)
+        })
+    }
+
     /// Raises the truncate epoch everywhere it can reach now; gossip carries
     /// it to the rest, and a node that was down learns it before serving.
     /// Clears the cluster: a truncate epoch ordered after every write any
@@ -727,7 +793,32 @@ impl KvStore for Node {
     }
 }
 
+impl crate::metrics::Source for Node {
+    fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_deref()
+    }
+
+    fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shutdown_signal()
+    }
+
+    async fn scrape(&self) -> Result<String, KvError> {
+        let status = self.status().await?;
+        let members = self.inner.topology().to_wire();
+        let metrics = self.inner.metrics.as_ref().ok_or(KvError::Unavailable("metrics are off".into()))?;
+        Ok(metrics.render(&status, &members))
+    }
+}
+
 impl crate::resp::Host for Node {
+    fn metrics(&self) -> Option<&Metrics> {
+        self.inner.metrics.as_deref()
+    }
+
+    async fn update(&self, key: Bytes, update: Update) -> Result<Answer, KvError> {
+        Node::update(self, key, update).await
+    }
+
     fn config(&self) -> &crate::config::NodeConfig {
         &self.inner.config
     }
@@ -751,6 +842,17 @@ impl crate::resp::Host for Node {
 
 impl Handler for Node {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
+        let Some(metrics) = &self.inner.metrics else { return self.serve(request, peer).await };
+        let op = Op::of_request(&request);
+        let started = std::time::Instant::now();
+        let response = self.serve(request, peer).await;
+        metrics.request(op, Protocol::Quic, Outcome::of(&response), started.elapsed());
+        response
+    }
+}
+
+impl Node {
+    async fn serve(&self, request: Request, peer: Peer) -> Response {
         let Request::Session { seen, deadline, request } = request else {
             return self.dispatch(request, peer, None).await;
         };

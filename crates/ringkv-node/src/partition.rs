@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ringkv_core::update::{Answer, Change, Update};
 use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
 use ringkv_storage::{Durable, Horizon, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
 
@@ -27,6 +28,17 @@ pub(crate) enum PartitionMsg {
         condition: Option<Version>,
         admit: bool,
         reply: RpcReplyPort<Result<Applied, KvError>>,
+    },
+    /// Run a read-modify-write on the stored value (as the key's leading
+    /// replica) and store the result: updates of one key here are applied
+    /// one after another. `seen` is the newest entry a quorum read found,
+    /// merged first, since this replica may have missed it.
+    Update {
+        key: Bytes,
+        update: Update,
+        seen: Option<Entry>,
+        max_value: usize,
+        reply: RpcReplyPort<Result<Updated, KvError>>,
     },
     /// Evict up to `max` keys (as this partition's leader), for a node over
     /// its memory bound. Answers how many went.
@@ -100,6 +112,13 @@ pub(crate) enum Applied {
     Conflict,
     /// The truncate epoch covers the entry: a clear came after it.
     Covered(Epoch),
+}
+
+/// What an update answers, and the entry it stored (to be replicated)
+/// with its durability.
+pub(crate) struct Updated {
+    pub answer: Answer,
+    pub written: Option<(Entry, Option<Durable>)>,
 }
 
 pub(crate) struct PartitionActor;
@@ -209,6 +228,42 @@ impl PartitionState {
         Ok(())
     }
 
+    async fn update(
+        &mut self,
+        key: Bytes,
+        update: Update,
+        seen: Option<Entry>,
+        max_value: usize,
+    ) -> Result<Updated, KvError> {
+        if let Some(seen) = seen {
+            self.apply(key.clone(), seen, None, false).await?;
+        }
+        let now = self.clock.now_ms();
+        let stored = self.shard.read(&key, now);
+        let live =
+            stored.as_ref().filter(|e| !e.is_expired(now)).and_then(|e| Some((e.value.as_deref()?, e.expires_at)));
+        let (change, answer) = ringkv_core::update::apply(&update, live, now, max_value)?;
+        let (value, expires_at) = match change {
+            Change::Keep => return Ok(Updated { answer, written: None }),
+            Change::Write { value, expires_at } => (Some(value), expires_at),
+            Change::Delete if live.is_none() => return Ok(Updated { answer, written: None }),
+            Change::Delete => (None, None),
+        };
+        let replaced = stored.map(|e| e.version);
+        let version = self.memory.stamp_after(now, replaced);
+        if replaced.is_some_and(|r| r >= version) {
+            return Err(KvError::Unavailable(
+                "the key's version is stamped further ahead of this node's clock than max_clock_drift".into(),
+            ));
+        }
+        let entry = Entry { version, value, expires_at };
+        match self.apply(key, entry.clone(), None, true).await? {
+            Applied::Done { durable, .. } => Ok(Updated { answer, written: Some((entry, durable)) }),
+            Applied::Covered(epoch) => Err(KvError::Cleared { epoch: epoch.0 }),
+            Applied::Conflict => Err(KvError::Internal("an unconditional write reported a conflict".into())),
+        }
+    }
+
     async fn apply(
         &mut self,
         key: Bytes,
@@ -287,6 +342,9 @@ impl Actor for PartitionActor {
         match envelope.msg {
             PartitionMsg::Apply { key, entry, condition, admit, reply } => {
                 let _ = reply.send(state.apply(key, entry, condition, admit).await);
+            }
+            PartitionMsg::Update { key, update, seen, max_value, reply } => {
+                let _ = reply.send(state.update(key, update, seen, max_value).await);
             }
             PartitionMsg::Evict { max, reply } => {
                 let now = state.clock.now_ms();

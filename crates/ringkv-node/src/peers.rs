@@ -16,6 +16,7 @@ use ringkv_net::wire::{ReplicaRequest, ReplicationStatus, Reply, Request, Sent};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::metrics::{Lane, Metrics};
 use crate::topology::Topology;
 
 pub type PeerFuture<'a> = Pin<Box<dyn Future<Output = Result<Reply, KvError>> + Send + 'a>>;
@@ -98,17 +99,12 @@ pub struct BatchingPeers {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Lane {
-    Writes,
-    Reads,
-}
-
-/// What `ringkv status` shows of batching.
+/// What `ringkv status` and the metrics show of batching.
 #[derive(Debug, Default)]
 pub struct BatchStats {
     writes: Counts,
     reads: Counts,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +120,14 @@ impl Counts {
 }
 
 impl BatchStats {
+    pub(crate) fn new(metrics: Option<Arc<Metrics>>) -> BatchStats {
+        BatchStats { metrics, ..BatchStats::default() }
+    }
+
     fn record(&self, lane: Lane, items: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.batch(lane, items);
+        }
         let counts = match lane {
             Lane::Writes => &self.writes,
             Lane::Reads => &self.reads,

@@ -16,9 +16,10 @@
 //! served yet; they get an error that says so.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use ringkv_core::update::{Answer, Expiry, Update, When};
 use ringkv_core::{KeyTtl, KvError, KvStore};
 use ringkv_resp::{Decoder, Limits, Protocol, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::NodeConfig;
+use crate::metrics::{Metrics, Op, Outcome};
 
 /// What the RESP port needs of a node: the store's operations, as the
 /// embedded node serves them (at consistency `quorum`, like a QUIC client's
@@ -40,6 +42,9 @@ pub(crate) trait Host: KvStore + Clone + 'static {
     /// Refused while the node cannot be trusted to serve data (starting, or
     /// just back from a pause).
     fn standing(&self) -> Result<(), KvError>;
+    fn metrics(&self) -> Option<&Metrics>;
+    /// A read-modify-write, run at the key's leading replica.
+    fn update(&self, key: Bytes, update: Update) -> impl Future<Output = Result<Answer, KvError>> + Send;
 }
 
 /// Replies are written once this many bytes of them are waiting, even if
@@ -126,7 +131,11 @@ impl Connection {
                 match decoder.decode(&mut input) {
                     Ok(Some(args)) => {
                         let was = self.authenticated;
-                        let (reply, after) = self.execute(node, args).await;
+                        let counted = node.metrics().map(|metrics| (metrics, Op::of_command(&args[0]), Instant::now()));
+                        let (reply, outcome, after) = self.execute(node, args).await;
+                        if let Some((metrics, op, started)) = counted {
+                            metrics.request(op, crate::metrics::Protocol::Resp, outcome, started.elapsed());
+                        }
                         if self.authenticated && !was {
                             decoder.set_limits(authenticated);
                         }
@@ -156,10 +165,10 @@ impl Connection {
         }
     }
 
-    async fn execute(&mut self, node: &impl Host, args: Vec<Bytes>) -> (Reply, After) {
+    async fn execute(&mut self, node: &impl Host, args: Vec<Bytes>) -> (Reply, Outcome, After) {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         let reply = match name.as_str() {
-            "quit" => return (Reply::ok(), After::Close),
+            "quit" => return (Reply::ok(), Outcome::Ok, After::Close),
             "ping" => match &args[1..] {
                 [] => Ok(Reply::Status("PONG".into())),
                 [message] => Ok(Reply::Bulk(message.clone())),
@@ -192,15 +201,21 @@ impl Connection {
             "config" => config(node, &args[1..]),
             other => match data(node, other, &args[1..]).await {
                 Some(reply) => reply,
-                None => Err(unknown(&args)),
+                None => match update(node, other, &args[1..]).await {
+                    Some(reply) => reply,
+                    None => Err(unknown(&args)),
+                },
             },
         };
-        (reply.unwrap_or_else(|e| e), After::Continue)
+        match reply {
+            Ok(reply) => (reply, Outcome::Ok, After::Continue),
+            Err(refused) => (refused.reply, refused.outcome, After::Continue),
+        }
     }
 
     /// `HELLO [protover [SETNAME name]]`: switches the protocol and
     /// describes the server, as a map.
-    fn hello(&mut self, node: &impl Host, args: &[Bytes]) -> Result<Reply, Reply> {
+    fn hello(&mut self, node: &impl Host, args: &[Bytes]) -> Result<Reply, Refused> {
         let mut protocol = self.protocol;
         let mut rest = args;
         if let [version, more @ ..] = args {
@@ -256,7 +271,7 @@ impl Connection {
 
     /// `AUTH [user] password`, as Redis with only its `default` user: the
     /// password is `resp_password`, or anything if there is none.
-    fn auth(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+    fn auth(&mut self, args: &[Bytes]) -> Result<Reply, Refused> {
         let wrong = || error("WRONGPASS invalid username-password pair or user is disabled.");
         let given = match args {
             [password] => password,
@@ -281,7 +296,7 @@ impl Connection {
     }
 
     /// `CLIENT SETNAME | GETNAME | ID | SETINFO`.
-    fn client(&mut self, args: &[Bytes]) -> Result<Reply, Reply> {
+    fn client(&mut self, args: &[Bytes]) -> Result<Reply, Refused> {
         let Some(sub) = args.first() else { return Err(arity("client")) };
         match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
             (b"setname", [name]) => {
@@ -307,7 +322,7 @@ impl Connection {
 /// (`redis-benchmark` asks for `save` and `appendonly` before it starts), as
 /// Redis names them, matched case-insensitively with Redis's glob rules.
 /// Nothing can be set through this port yet.
-fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Reply> {
+fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Refused> {
     let Some(sub) = args.first() else { return Err(arity("config")) };
     match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
         (b"get", patterns @ [_, ..]) => {
@@ -380,7 +395,7 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 
 /// The commands that read or change data, or `None` for a name this port
 /// does not know.
-async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Reply, Reply>> {
+async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Reply, Refused>> {
     if !matches!(
         name,
         "get"
@@ -412,15 +427,23 @@ async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Rep
     }
     let reply = match (name, args) {
         ("get", [key]) => node.get(key.clone()).await.map(|v| v.map_or(Reply::Null, Reply::Bulk)).map_err(kv_error),
-        ("set", [key, value, options @ ..]) => match set_ttl(options, node.now_ms()) {
-            Ok(ttl) => {
-                let written = match ttl {
-                    Lifetime::Forever => node.put(key.clone(), value.clone()).await,
-                    Lifetime::For(ttl) => node.put_with_ttl(key.clone(), value.clone(), ttl).await,
+        ("set", [key, value, options @ ..]) => match set_options(options, node.now_ms()) {
+            // A plain SET replaces whatever is there: a write, no read.
+            Ok(SetOptions { expiry, when: When::Always, get: false }) if expiry != Expiry::Keep => {
+                let now = node.now_ms();
+                let written = match expiry {
+                    Expiry::At(at) if at > now => {
+                        node.put_with_ttl(key.clone(), value.clone(), Duration::from_millis(at - now)).await
+                    }
                     // Redis writes the value and expires it at once.
-                    Lifetime::Over => node.delete(key.clone()).await.map(|_| ()),
+                    Expiry::At(_) => node.delete(key.clone()).await.map(|_| ()),
+                    _ => node.put(key.clone(), value.clone()).await,
                 };
                 written.map(|()| Reply::ok()).map_err(kv_error)
+            }
+            Ok(SetOptions { expiry, when, get }) => {
+                let update = Update::Set { value: value.clone(), expiry, when, get };
+                node.update(key.clone(), update).await.map(answer).map_err(kv_error)
             }
             Err(e) => Err(e),
         },
@@ -523,7 +546,7 @@ async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Rep
 
 /// How many of `keys` `op` answers true for, one key after another (so
 /// that `DEL k k` counts `k` once, as in Redis).
-async fn count<F>(keys: &[Bytes], op: impl Fn(Bytes) -> F) -> Result<Reply, Reply>
+async fn count<F>(keys: &[Bytes], op: impl Fn(Bytes) -> F) -> Result<Reply, Refused>
 where
     F: std::future::Future<Output = Result<bool, KvError>>,
 {
@@ -546,40 +569,128 @@ fn range(value: &Bytes, start: i64, end: i64) -> Bytes {
     value.slice(start as usize..=end as usize)
 }
 
-/// `SET`'s options: a time to live (`EX`, `PX`, `EXAT`, `PXAT`) or none.
-/// How long a value `SET` writes lives.
-enum Lifetime {
-    Forever,
-    For(Duration),
-    /// An `EXAT`/`PXAT` instant already past.
-    Over,
+/// `SET`'s options, in any order, as Redis takes them: at most one of
+/// `NX` and `XX`, at most one of `EX`, `PX`, `EXAT`, `PXAT` and `KEEPTTL`.
+struct SetOptions {
+    expiry: Expiry,
+    when: When,
+    get: bool,
 }
 
-fn set_ttl(options: &[Bytes], now_ms: u64) -> Result<Lifetime, Reply> {
-    match options {
-        [] => Ok(Lifetime::Forever),
-        [unit, amount] => match unit.to_ascii_lowercase().as_slice() {
-            b"ex" => ttl_of(amount, 1_000, "set").map(Lifetime::For),
-            b"px" => ttl_of(amount, 1, "set").map(Lifetime::For),
-            b"exat" | b"pxat" => {
-                let scale = if unit.eq_ignore_ascii_case(b"exat") { 1_000 } else { 1 };
-                let at =
-                    integer(amount)?.checked_mul(scale).filter(|at| *at > 0).ok_or_else(|| invalid_expire("set"))?;
-                let left = at - now_ms as i64;
-                Ok(if left > 0 { Lifetime::For(Duration::from_millis(left as u64)) } else { Lifetime::Over })
+fn set_options(options: &[Bytes], now_ms: u64) -> Result<SetOptions, Refused> {
+    let mut set = SetOptions { expiry: Expiry::Clear, when: When::Always, get: false };
+    let mut timed = false;
+    let mut rest = options;
+    while let [option, more @ ..] = rest {
+        rest = more;
+        match option.to_ascii_lowercase().as_slice() {
+            b"nx" if set.when != When::Present => set.when = When::Missing,
+            b"xx" if set.when != When::Missing => set.when = When::Present,
+            b"get" => set.get = true,
+            b"keepttl" if !timed => (set.expiry, timed) = (Expiry::Keep, true),
+            unit @ (b"ex" | b"px" | b"exat" | b"pxat") if !timed => {
+                let [amount, more @ ..] = rest else { return Err(error("ERR syntax error")) };
+                rest = more;
+                set.expiry = Expiry::At(expiry_at(unit, amount, now_ms, "set")?);
+                timed = true;
             }
-            b"nx" | b"xx" | b"get" | b"keepttl" => Err(unsupported("set", unit)),
+            _ => return Err(error("ERR syntax error")),
+        }
+    }
+    Ok(set)
+}
+
+/// The instant, in wall-clock milliseconds, that `EX`/`PX` (from now) or
+/// `EXAT`/`PXAT` (absolute) `amount` names; Redis refuses amounts that are
+/// not positive or overflow.
+fn expiry_at(unit: &[u8], amount: &Bytes, now_ms: u64, command: &str) -> Result<u64, Refused> {
+    let n = integer(amount)?;
+    let at = match unit {
+        b"ex" => n.checked_mul(1_000).and_then(|ms| ms.checked_add(now_ms as i64)),
+        b"px" => n.checked_add(now_ms as i64),
+        b"exat" => n.checked_mul(1_000),
+        _ => Some(n),
+    };
+    match at {
+        Some(at) if n > 0 => Ok(at as u64),
+        _ => Err(invalid_expire(command)),
+    }
+}
+
+/// `GETEX`'s options: none, `PERSIST`, or one of `EX`, `PX`, `EXAT`, `PXAT`.
+fn getex_expiry(options: &[Bytes], now_ms: u64) -> Result<Expiry, Refused> {
+    match options {
+        [] => Ok(Expiry::Keep),
+        [option] if option.eq_ignore_ascii_case(b"persist") => Ok(Expiry::Clear),
+        [unit, amount] => match unit.to_ascii_lowercase().as_slice() {
+            unit @ (b"ex" | b"px" | b"exat" | b"pxat") => Ok(Expiry::At(expiry_at(unit, amount, now_ms, "getex")?)),
             _ => Err(error("ERR syntax error")),
         },
-        [option, ..] => match option.to_ascii_lowercase().as_slice() {
-            b"nx" | b"xx" | b"get" | b"keepttl" => Err(unsupported("set", option)),
-            _ => Err(error("ERR syntax error")),
+        _ => Err(error("ERR syntax error")),
+    }
+}
+
+/// The commands that read and then write, run at the key's leading replica
+/// (`Host::update`); `None` for any other command.
+async fn update(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Reply, Refused>> {
+    let update = match (name, args) {
+        ("incr" | "decr", [_]) => Ok(Update::IncrBy(if name == "incr" { 1 } else { -1 })),
+        ("incrby", [_, by]) => integer(by).map(Update::IncrBy),
+        ("decrby", [_, by]) => integer(by)
+            .and_then(|by| by.checked_neg().ok_or_else(|| error("ERR decrement would overflow")))
+            .map(Update::IncrBy),
+        ("incrbyfloat", [_, by]) => match ringkv_core::update::parse_f64(by) {
+            Some(_) => Ok(Update::IncrByFloat(by.clone())),
+            None => Err(error("ERR value is not a valid float")),
         },
+        ("append", [_, tail]) => Ok(Update::Append(tail.clone())),
+        ("setrange", [_, offset, value]) => match integer(offset) {
+            Ok(offset) if offset >= 0 => Ok(Update::SetRange { offset: offset as u64, value: value.clone() }),
+            Ok(_) => Err(error("ERR offset is out of range")),
+            Err(e) => Err(e),
+        },
+        ("setnx", [_, value]) => {
+            Ok(Update::Set { value: value.clone(), expiry: Expiry::Clear, when: When::Missing, get: false })
+        }
+        ("getset", [_, value]) => {
+            Ok(Update::Set { value: value.clone(), expiry: Expiry::Clear, when: When::Always, get: true })
+        }
+        ("getdel", [_]) => Ok(Update::GetDel),
+        ("getex", [_, options @ ..]) => getex_expiry(options, node.now_ms()).map(|expiry| Update::GetEx { expiry }),
+        (
+            "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "setrange" | "setnx" | "getset"
+            | "getdel" | "getex",
+            _,
+        ) => Err(arity(name)),
+        _ => return None,
+    };
+    let update = match update {
+        Ok(update) => update,
+        Err(e) => return Some(Err(e)),
+    };
+    if let Err(e) = node.standing() {
+        return Some(Err(kv_error(e)));
+    }
+    let answered = node.update(args[0].clone(), update).await.map_err(kv_error);
+    Some(answered.map(|a| match (name, a) {
+        // SETNX answers whether it set, where SET … NX answers OK or nil.
+        ("setnx", Answer::Done) => Reply::Integer(1),
+        ("setnx", _) => Reply::Integer(0),
+        (_, a) => answer(a),
+    }))
+}
+
+fn answer(answer: Answer) -> Reply {
+    match answer {
+        Answer::Integer(n) => Reply::Integer(n),
+        Answer::Value(v) => v.map_or(Reply::Null, Reply::Bulk),
+        Answer::Done => Reply::ok(),
+        Answer::NotSet => Reply::Null,
     }
 }
 
 /// A positive time to live of `amount` units of `unit_ms`.
-fn ttl_of(amount: &Bytes, unit_ms: i64, command: &str) -> Result<Duration, Reply> {
+fn ttl_of(amount: &Bytes, unit_ms: i64, command: &str) -> Result<Duration, Refused> {
     let n = integer(amount)?;
     match n.checked_mul(unit_ms) {
         Some(ms) if ms > 0 => Ok(Duration::from_millis(ms as u64)),
@@ -587,7 +698,7 @@ fn ttl_of(amount: &Bytes, unit_ms: i64, command: &str) -> Result<Duration, Reply
     }
 }
 
-fn integer(arg: &Bytes) -> Result<i64, Reply> {
+fn integer(arg: &Bytes) -> Result<i64, Refused> {
     ringkv_resp::parse_int(arg).ok_or_else(|| error("ERR value is not an integer or out of range"))
 }
 
@@ -600,40 +711,47 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.as_ref().iter().zip(b.as_ref()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn error(text: &str) -> Reply {
-    Reply::Error(text.to_string())
+fn error(text: &str) -> Refused {
+    Refused { reply: Reply::Error(text.to_string()), outcome: Outcome::Invalid }
 }
 
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn arity(name: &str) -> Reply {
+fn arity(name: &str) -> Refused {
     error(&format!("ERR wrong number of arguments for '{name}' command"))
 }
 
-fn invalid_expire(name: &str) -> Reply {
+fn invalid_expire(name: &str) -> Refused {
     error(&format!("ERR invalid expire time in '{name}' command"))
 }
 
-fn unsupported(name: &str, option: &[u8]) -> Reply {
+fn unsupported(name: &str, option: &[u8]) -> Refused {
     error(&format!("ERR {} {} is not supported by ringkv yet", name.to_uppercase(), lossy(option).to_uppercase()))
 }
 
 /// Redis's reply to a command it does not know, quoting the first
 /// arguments as Redis does.
-fn unknown(args: &[Bytes]) -> Reply {
+fn unknown(args: &[Bytes]) -> Refused {
     let quoted: String = args[1..].iter().take(20).map(|a| format!("'{}' ", lossy(&a[..a.len().min(128)]))).collect();
     error(&format!("ERR unknown command '{}', with args beginning with: {quoted}", lossy(&args[0])))
 }
 
 /// A store error as a Redis client expects it: `OOM` for the memory
 /// bound, as Redis words it, and `ERR` with ringkv's message otherwise.
-fn kv_error(e: KvError) -> Reply {
-    match e {
-        KvError::OutOfMemory { .. } => error(&format!("OOM command not allowed when used memory > 'maxmemory': {e}")),
-        other => error(&format!("ERR {other}")),
-    }
+fn kv_error(e: KvError) -> Refused {
+    let text = match e {
+        KvError::OutOfMemory { .. } => format!("OOM command not allowed when used memory > 'maxmemory': {e}"),
+        ref other => format!("ERR {other}"),
+    };
+    Refused { reply: Reply::Error(text), outcome: Outcome::of_error(&e) }
+}
+
+/// An error reply, and what it says of the command for the metrics.
+struct Refused {
+    reply: Reply,
+    outcome: Outcome,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -179,6 +179,8 @@ pub struct WalStats {
     pub appended_bytes: AtomicU64,
     pub syncs: AtomicU64,
     pub segment: AtomicU64,
+    /// Where each fsync's duration goes, once the node exports metrics.
+    fsync_seconds: OnceLock<metrics::Histogram>,
 }
 
 /// Resolves when an append is as durable as the policy promises.
@@ -228,6 +230,11 @@ impl Wal {
 
     pub fn stats(&self) -> &WalStats {
         &self.stats
+    }
+
+    /// Records each later fsync's duration, in seconds, in `histogram`.
+    pub fn observe_fsync(&self, histogram: metrics::Histogram) {
+        let _ = self.stats.fsync_seconds.set(histogram);
     }
 
     /// Queues framed records (from [`WalRecord::encode`], possibly several
@@ -398,6 +405,7 @@ impl Writer {
         if !self.dirty {
             return Ok(());
         }
+        let started = Instant::now();
         if let Err(e) = self.file.sync() {
             return Err(
                 self.fail(format!("fsync of {} failed: {e}", self.disk.path(&segment_name(self.seq)).display()))
@@ -405,6 +413,9 @@ impl Writer {
         }
         self.dirty = false;
         self.last_sync = Instant::now();
+        if let Some(histogram) = self.stats.fsync_seconds.get() {
+            histogram.record(self.last_sync - started);
+        }
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
