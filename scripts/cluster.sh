@@ -55,7 +55,7 @@ done
 echo
 echo "ringkv cluster of $N nodes is up. Point the CLI at it with:"
 echo "  export RINGKV_ADDR=$addr_list RINGKV_CERTS=$PWD/$CERTS"
-echo "or with any Redis client, through any node (RESP, first part: README):"
+echo "or with any Redis client, through any node (RESP: README):"
 echo "  redis-cli -p 6381"
 echo "Prometheus metrics:"
 for i in $(seq "$N"); do echo "  http://127.0.0.1:$((9400 + i))/metrics"; done

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringkv_core::update::{Answer, Expiry, Update, UpdateError, When};
 use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, NodeTag, Partitioner, Timestamp, Version};
 use ringkv_net::wire::{self, MemberInfo, MemberStatus, Members, ReplicaRequest, Reply, Request, Response};
 use ringkv_storage::{Disk, FsyncPolicy, MemDisk, SnapRecord, SnapshotWriter, Wal, WalConfig, WalRecord};
@@ -74,6 +75,11 @@ fn requests() -> Vec<Request> {
             ReplicaRequest::Stream { partition: 0, after: None, limit: 100 },
             ReplicaRequest::Clock,
         ])),
+        Request::Replica(ReplicaRequest::Update {
+            partition: 3,
+            key: key(),
+            update: Update::Set { value: key(), expiry: Expiry::At(NOW_MS), when: When::Missing, get: true },
+        }),
     ]
 }
 
@@ -106,6 +112,8 @@ fn responses() -> Vec<Response> {
             ])),
         }),
         Err(KvError::Protocol("malformed frame".into())),
+        Ok(Reply::Updated(Answer::Integer(6))),
+        Err(KvError::Update(UpdateError::NotInteger)),
     ]
 }
 

@@ -819,6 +819,10 @@ impl crate::resp::Host for Node {
         Node::update(self, key, update).await
     }
 
+    async fn status(&self) -> Result<NodeStatus, KvError> {
+        Node::status(self).await
+    }
+
     fn config(&self) -> &crate::config::NodeConfig {
         &self.inner.config
     }

@@ -10,10 +10,9 @@
 //! batch of replies and nothing more. A protocol error gets Redis's reply
 //! and closes that connection only.
 //!
-//! This is the first part of issue 11: the store's own operations under
-//! their Redis names. Commands that read and then write (`SET … NX`,
-//! `INCR`, …) need to run inside the key's partition actor and are not
-//! served yet; they get an error that says so.
+//! Commands that read and then write (`INCR`, `SET … NX`, …) go to the
+//! key's leading replica through `Host::update`; the rest map onto the
+//! store's operations.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ringkv_core::update::{Answer, Expiry, Update, When};
 use ringkv_core::{KeyTtl, KvError, KvStore};
+use ringkv_net::wire::NodeStatus;
 use ringkv_resp::{Decoder, Limits, Protocol, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,6 +45,8 @@ pub(crate) trait Host: KvStore + Clone + 'static {
     fn metrics(&self) -> Option<&Metrics>;
     /// A read-modify-write, run at the key's leading replica.
     fn update(&self, key: Bytes, update: Update) -> impl Future<Output = Result<Answer, KvError>> + Send;
+    /// What `ringkv status` shows, for `INFO`.
+    fn status(&self) -> impl Future<Output = Result<NodeStatus, KvError>> + Send;
 }
 
 /// Replies are written once this many bytes of them are waiting, even if
@@ -68,10 +70,11 @@ pub(crate) async fn serve(node: impl Host, listener: TcpListener) {
                     };
                     ids += 1;
                     let node = node.clone();
+                    let clients = permits.clone();
                     connections.spawn(async move {
                         let _permit = permit;
                         let password = node.config().resp_password.as_ref().map(|p| p.0.as_bytes().to_vec());
-                        if let Err(e) = Connection::new(ids, password).run(&node, stream).await {
+                        if let Err(e) = Connection::new(ids, password, clients).run(&node, stream).await {
                             tracing::debug!(%peer, error = %e, "RESP connection ended");
                         }
                     });
@@ -98,6 +101,9 @@ struct Connection {
     /// The node's `resp_password`, if it has one.
     password: Option<Vec<u8>>,
     authenticated: bool,
+    /// The node's connection permits: those taken are the clients `INFO`
+    /// counts.
+    clients: Arc<Semaphore>,
 }
 
 /// What a command does to its connection besides its reply.
@@ -107,9 +113,9 @@ enum After {
 }
 
 impl Connection {
-    fn new(id: u64, password: Option<Vec<u8>>) -> Connection {
+    fn new(id: u64, password: Option<Vec<u8>>, clients: Arc<Semaphore>) -> Connection {
         let authenticated = password.is_none();
-        Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated }
+        Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated, clients }
     }
 
     async fn run(&mut self, node: &impl Host, mut stream: TcpStream) -> std::io::Result<()> {
@@ -199,6 +205,11 @@ impl Connection {
                 _ => Err(arity(&name)),
             },
             "config" => config(node, &args[1..]),
+            "command" => command(&args[1..]),
+            "info" => {
+                let connected = node.config().max_connections - self.clients.available_permits();
+                info(node, &args[1..], connected).await
+            }
             other => match data(node, other, &args[1..]).await {
                 Some(reply) => reply,
                 None => match update(node, other, &args[1..]).await {
@@ -316,6 +327,118 @@ impl Connection {
             _ => Err(error(&format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", lossy(sub)))),
         }
     }
+}
+
+/// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`: the table client
+/// libraries read. `COMMAND DOCS` is refused, so that `redis-cli` falls
+/// back on its own documentation of these (Redis's) commands for its hints.
+fn command(args: &[Bytes]) -> Result<Reply, Refused> {
+    use ringkv_resp::commands::{COMMANDS, find};
+    let Some(sub) = args.first() else { return Ok(Reply::Array(COMMANDS.iter().map(|c| c.reply()).collect())) };
+    match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
+        (b"count", []) => Ok(Reply::Integer(COMMANDS.len() as i64)),
+        (b"info", []) => Ok(Reply::Array(COMMANDS.iter().map(|c| c.reply()).collect())),
+        (b"info", names) => {
+            Ok(Reply::Array(names.iter().map(|n| find(n).map_or(Reply::Null, |c| c.reply())).collect()))
+        }
+        (b"count", _) => Err(error("ERR wrong number of arguments for 'command|count' command")),
+        _ => Err(error(&format!("ERR unknown subcommand '{}'. Try COMMAND HELP.", lossy(sub)))),
+    }
+}
+
+/// `INFO [section…]`: Redis's sections that mean something here, with
+/// ringkv's own fields beside Redis's. `redis_version` is the Redis whose
+/// commands and replies ringkv follows. The keyspace counts the live keys
+/// this node stores as a replica, not the cluster's.
+async fn info(node: &impl Host, args: &[Bytes], connected: usize) -> Result<Reply, Refused> {
+    let status = node.status().await.map_err(kv_error)?;
+    let config = node.config();
+    let wanted = |section: &str| {
+        args.is_empty()
+            || args.iter().any(|a| {
+                a.eq_ignore_ascii_case(section.as_bytes())
+                    || [&b"all"[..], b"default", b"everything"].iter().any(|all| a.eq_ignore_ascii_case(all))
+            })
+    };
+    let mode = if node.clustered() { "cluster" } else { "standalone" };
+    // As Redis prints sizes: 0B, 867.11K, 1.00M.
+    let human = |bytes: u64| match bytes {
+        0..1024 => format!("{bytes}B"),
+        _ => {
+            let (unit, size) = [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)]
+                .into_iter()
+                .find(|(_, size)| bytes >= *size)
+                .unwrap_or(("K", 1 << 10));
+            format!("{:.2}{unit}", bytes as f64 / size as f64)
+        }
+    };
+    let mut sections: Vec<(&str, Vec<(String, String)>)> = Vec::new();
+    let field = |k: &str, v: String| (k.to_string(), v);
+    sections.push((
+        "Server",
+        vec![
+            field("redis_version", "7.2.0".into()),
+            field("ringkv_version", env!("CARGO_PKG_VERSION").into()),
+            field("redis_mode", "standalone".into()),
+            field("ringkv_mode", mode.into()),
+            field("ringkv_node_id", status.node_id.clone()),
+            field("process_id", std::process::id().to_string()),
+            field("tcp_port", config.resp_listen.map_or(0, |a| a.port()).to_string()),
+        ],
+    ));
+    sections.push((
+        "Clients",
+        vec![
+            field("connected_clients", connected.to_string()),
+            field("maxclients", config.max_connections.to_string()),
+        ],
+    ));
+    sections.push((
+        "Memory",
+        vec![
+            field("used_memory", status.memory.used.to_string()),
+            field("used_memory_human", human(status.memory.used)),
+            field("maxmemory", status.memory.limit.to_string()),
+            field("maxmemory_human", human(status.memory.limit)),
+            field("maxmemory_policy", status.memory.policy.clone()),
+        ],
+    ));
+    let appendonly = matches!(config.persistence, crate::Persistence::Wal);
+    sections.push(("Persistence", vec![field("aof_enabled", u8::from(appendonly).to_string())]));
+    sections.push((
+        "Stats",
+        vec![
+            field("evicted_keys", status.memory.evictions.to_string()),
+            field("ringkv_oom_refusals", status.memory.refused.to_string()),
+            field("ringkv_hints_held", status.hints.iter().map(|(_, n)| n).sum::<u64>().to_string()),
+            field("ringkv_hints_dropped", status.hints_dropped.to_string()),
+            field("ringkv_repair_passes", status.repair.passes.to_string()),
+        ],
+    ));
+    sections.push((
+        "Cluster",
+        vec![
+            field("cluster_enabled", "0".into()),
+            field("ringkv_member_status", status.status.as_str().into()),
+            field("ringkv_partitions_owned", status.partitions_owned.to_string()),
+        ],
+    ));
+    let keyspace = match status.values {
+        0 => Vec::new(),
+        keys => vec![field("db0", format!("keys={keys},expires=0,avg_ttl=0"))],
+    };
+    sections.push(("Keyspace", keyspace));
+    let mut text = String::new();
+    for (name, fields) in sections.into_iter().filter(|(name, _)| wanted(name)) {
+        if !text.is_empty() {
+            text.push_str("\r\n");
+        }
+        text.push_str(&format!("# {name}\r\n"));
+        for (k, v) in fields {
+            text.push_str(&format!("{k}:{v}\r\n"));
+        }
+    }
+    Ok(Reply::Bulk(Bytes::from(text)))
 }
 
 /// `CONFIG GET pattern…`: the settings Redis clients and tools ask about

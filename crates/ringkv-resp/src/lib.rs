@@ -21,6 +21,8 @@
 //! after one, the connection is closed (Redis does the same: the stream is
 //! no longer framed).
 
+pub mod commands;
+
 use std::fmt::Write as _;
 
 use bytes::{Buf, Bytes, BytesMut};
