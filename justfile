@@ -28,8 +28,13 @@ cluster n="3": build
     scripts/cluster.sh {{n}}
 
 # The whole test suite.
-test:
+test: redis-py
     cargo test --workspace --no-fail-fast
+
+# redis-py's current release in a venv (target/redis-py), for tests/resp.rs.
+redis-py:
+    [ -x target/redis-py/bin/python ] || python3 -m venv target/redis-py
+    target/redis-py/bin/python -c 'import redis' 2>/dev/null || target/redis-py/bin/pip install --quiet redis
 
 # Formatting and lints, as CI runs them.
 lint:

@@ -408,14 +408,14 @@ fn command_and_info_describe_the_server_as_clients_expect() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
     let node = node(&certs, &dir);
     let mut c = Conn::open(&node);
-    c.expect(&cmd(&["COMMAND", "COUNT"]), b":43\r\n");
+    c.expect(&cmd(&["COMMAND", "COUNT"]), b":44\r\n");
     c.expect(
         &cmd(&["COMMAND", "INFO", "get", "mset", "lpush"]),
         b"*3\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n\
           *10\r\n$4\r\nmset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:-1\r\n:2\r\n*0\r\n*0\r\n*0\r\n*0\r\n$-1\r\n",
     );
     // The rest of this long reply stays unread with its connection.
-    assert_eq!(Conn::open(&node).line(&cmd(&["COMMAND"])), "*43\r\n");
+    assert_eq!(Conn::open(&node).line(&cmd(&["COMMAND"])), "*44\r\n");
     c.expect(&cmd(&["SET", "k", "v"]), b"+OK\r\n");
     let info = bulk(&mut c, &cmd(&["INFO"]));
     for line in ["# Server\r\nredis_version:7.2.0\r\n", "connected_clients:1\r\n", "db0:keys=1,", "# Cluster\r\n"] {
@@ -424,6 +424,19 @@ fn command_and_info_describe_the_server_as_clients_expect() {
     let memory = bulk(&mut c, &cmd(&["INFO", "MEMORY"]));
     assert!(memory.starts_with("# Memory\r\nused_memory:") && !memory.contains("# Server"), "{memory}");
     c.expect(&cmd(&["COMMAND", "DOCS"]), b"-ERR unknown subcommand 'DOCS'. Try COMMAND HELP.\r\n");
+
+    // One shard, every slot, at the address the client reached.
+    let port = node.resp.unwrap().port();
+    c.expect(&cmd(&["CLUSTER", "KEYSLOT", "foo"]), b":12182\r\n");
+    c.expect(&cmd(&["CLUSTER", "KEYSLOT", "{user1}.a"]), b":8106\r\n");
+    let id = bulk(&mut c, &cmd(&["CLUSTER", "MYID"]));
+    assert!(id.len() == 40 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    let slots = format!("*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:{port}\r\n$40\r\n{id}\r\n");
+    c.expect(&cmd(&["CLUSTER", "SLOTS"]), slots.as_bytes());
+    let nodes = bulk(&mut c, &cmd(&["CLUSTER", "NODES"]));
+    assert_eq!(nodes, format!("{id} 127.0.0.1:{port}@{port} myself,master - 0 0 1 connected 0-16383\n"));
+    assert!(bulk(&mut c, &cmd(&["CLUSTER", "INFO"])).starts_with("cluster_enabled:1\r\ncluster_state:ok\r\n"));
+    c.expect(&cmd(&["CLUSTER", "FAILOVER"]), b"-ERR unknown subcommand 'FAILOVER'. Try CLUSTER HELP.\r\n");
 }
 
 /// A bulk reply's text.
@@ -547,5 +560,27 @@ async fn a_client_of_a_killed_node_reconnects_elsewhere_and_loses_nothing_acknow
     assert!(
         stored >= last && stored <= last + failures,
         "the counter holds {stored}: at least the last acknowledged {last}, at most {failures} more"
+    );
+}
+
+/// redis-py's current release (in the venv `just redis-py` makes, which
+/// `just test` runs first), with RESP3, its default, and with RESP2:
+/// `tests/clients/redis_py.py`.
+#[test]
+fn redis_py_works_with_resp3_and_resp2() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/redis-py/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(node.resp.unwrap().port().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} ({e}): `just redis-py` installs redis-py there"));
+    assert!(
+        out.status.success(),
+        "redis-py failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

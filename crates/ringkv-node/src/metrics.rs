@@ -143,7 +143,7 @@ impl Op {
             "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "setrange" | "setnx" | "getset"
             | "getdel" | "getex" => Op::Update,
             "ping" | "echo" | "hello" | "auth" | "select" | "quit" | "client" => Op::Connection,
-            "config" | "time" | "command" | "info" => Op::Admin,
+            "config" | "time" | "command" | "info" | "cluster" => Op::Admin,
             _ => Op::Unknown,
         }
     }

@@ -104,6 +104,9 @@ struct Connection {
     /// The node's connection permits: those taken are the clients `INFO`
     /// counts.
     clients: Arc<Semaphore>,
+    /// The address the client reached: what `CLUSTER SLOTS` tells it to
+    /// use for every slot.
+    local: Option<std::net::SocketAddr>,
 }
 
 /// What a command does to its connection besides its reply.
@@ -115,10 +118,11 @@ enum After {
 impl Connection {
     fn new(id: u64, password: Option<Vec<u8>>, clients: Arc<Semaphore>) -> Connection {
         let authenticated = password.is_none();
-        Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated, clients }
+        Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated, clients, local: None }
     }
 
     async fn run(&mut self, node: &impl Host, mut stream: TcpStream) -> std::io::Result<()> {
+        self.local = stream.local_addr().ok();
         let limits = node.config().limits();
         // An argument is a key or a value; a command, a key and a value
         // with room for its name and options.
@@ -206,6 +210,7 @@ impl Connection {
             },
             "config" => config(node, &args[1..]),
             "command" => command(&args[1..]),
+            "cluster" => cluster(node, &args[1..], self.local),
             "info" => {
                 let connected = node.config().max_connections - self.clients.available_permits();
                 info(node, &args[1..], connected).await
@@ -346,6 +351,63 @@ fn command(args: &[Bytes]) -> Result<Reply, Refused> {
     }
 }
 
+/// `CLUSTER INFO | SLOTS | SHARDS | NODES | KEYSLOT | MYID`: ringkv as one
+/// shard holding every slot, served by the node the client reached, since
+/// every node coordinates any key. Cluster clients (`redis-cli -c`,
+/// redis-py's `RedisCluster`) then send everything here and are never
+/// redirected.
+fn cluster(node: &impl Host, args: &[Bytes], local: Option<std::net::SocketAddr>) -> Result<Reply, Refused> {
+    let Some(sub) = args.first() else { return Err(arity("cluster")) };
+    let addr = local.or(node.config().resp_listen).unwrap_or_else(|| ([127, 0, 0, 1], 6379).into());
+    let (ip, port) = (addr.ip().to_string(), i64::from(addr.port()));
+    let id = cluster_id(&node.config().node_id);
+    let text = |s: &str| Reply::Bulk(Bytes::from(s.to_string()));
+    let last = i64::from(ringkv_resp::cluster::SLOTS - 1);
+    match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
+        (b"info", []) => Ok(text(
+            "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:16384\r\ncluster_slots_ok:16384\r\n\
+             cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\n\
+             cluster_current_epoch:1\r\ncluster_my_epoch:1\r\n",
+        )),
+        (b"slots", []) => Ok(Reply::Array(vec![Reply::Array(vec![
+            Reply::Integer(0),
+            Reply::Integer(last),
+            Reply::Array(vec![text(&ip), Reply::Integer(port), text(&id)]),
+        ])])),
+        (b"shards", []) => {
+            let node_fields = [
+                ("id", text(&id)),
+                ("port", Reply::Integer(port)),
+                ("ip", text(&ip)),
+                ("endpoint", text(&ip)),
+                ("role", text("master")),
+                ("replication-offset", Reply::Integer(0)),
+                ("health", text("online")),
+            ];
+            let map = |fields: Vec<(&str, Reply)>| Reply::Map(fields.into_iter().map(|(k, v)| (text(k), v)).collect());
+            Ok(Reply::Array(vec![map(vec![
+                ("slots", Reply::Array(vec![Reply::Integer(0), Reply::Integer(last)])),
+                ("nodes", Reply::Array(vec![map(node_fields.into())])),
+            ])]))
+        }
+        (b"nodes", []) => Ok(text(&format!("{id} {ip}:{port}@{port} myself,master - 0 0 1 connected 0-{last}\n"))),
+        (b"myid", []) => Ok(text(&id)),
+        (b"keyslot", [key]) => Ok(Reply::Integer(i64::from(ringkv_resp::cluster::key_slot(key)))),
+        (b"info" | b"slots" | b"shards" | b"nodes" | b"myid" | b"keyslot", _) => {
+            Err(error(&format!("ERR wrong number of arguments for 'cluster|{}' command", lossy(sub).to_lowercase())))
+        }
+        _ => Err(error(&format!("ERR unknown subcommand '{}'. Try CLUSTER HELP.", lossy(sub)))),
+    }
+}
+
+/// A node's cluster id as Redis writes them, 40 hex digits, derived from
+/// its node id so that it stays the same across restarts.
+fn cluster_id(node_id: &str) -> String {
+    let tag = ringkv_core::NodeTag::from_name(node_id).0;
+    let more = ringkv_core::NodeTag::from_name(&format!("{node_id}#cluster")).0;
+    format!("{tag:016x}{more:016x}{:08x}", tag >> 32)
+}
+
 /// `INFO [section…]`: Redis's sections that mean something here, with
 /// ringkv's own fields beside Redis's. `redis_version` is the Redis whose
 /// commands and replies ringkv follows. The keyspace counts the live keys
@@ -418,7 +480,7 @@ async fn info(node: &impl Host, args: &[Bytes], connected: usize) -> Result<Repl
     sections.push((
         "Cluster",
         vec![
-            field("cluster_enabled", "0".into()),
+            field("cluster_enabled", "1".into()),
             field("ringkv_member_status", status.status.as_str().into()),
             field("ringkv_partitions_owned", status.partitions_owned.to_string()),
         ],

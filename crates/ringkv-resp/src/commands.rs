@@ -37,6 +37,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("append", 3, WRITE_FAST, ONE),
     spec("auth", -2, CONNECTION, NONE),
     spec("client", -2, &["noscript", "loading", "stale"], NONE),
+    spec("cluster", -2, &["loading", "stale"], NONE),
     spec("command", -1, &["loading", "stale"], NONE),
     spec("config", -2, &["admin", "noscript", "loading", "stale"], NONE),
     spec("decr", 2, WRITE_FAST, ONE),

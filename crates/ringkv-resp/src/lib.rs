@@ -21,6 +21,7 @@
 //! after one, the connection is closed (Redis does the same: the stream is
 //! no longer framed).
 
+pub mod cluster;
 pub mod commands;
 
 use std::fmt::Write as _;
