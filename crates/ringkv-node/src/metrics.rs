@@ -371,12 +371,12 @@ impl Metrics {
 
 /// One latency histogram, kept as atomic counts and summed nanoseconds per
 /// bucket and folded into the exporter's histogram by `fold`. Recording
-/// straight into the exporter costs a sample push (an epoch pin, a clock
-/// read, a shared block) per request: 150 ns with two threads against 20 ns
-/// here (`ringkv bench`-style loop, 2 threads), which showed as 8% of RESP
-/// throughput (BENCHMARKS.md). Folding records each bucket's samples at
-/// their mean, which lies in the bucket, so bucket counts, count and sum
-/// come out as if every sample had been recorded.
+/// straight into the exporter costs a sample push per request (an epoch
+/// pin, a clock read, a block shared by every thread; 150 ns a record with
+/// two threads contending); here it is two relaxed adds. Folding records
+/// each bucket's samples at their mean, which lies in the bucket, so
+/// bucket counts, count and sum come out as if every sample had been
+/// recorded.
 struct Timings {
     /// Per bucket of `LATENCY_BUCKETS` and one for +Inf: (count, nanos).
     buckets: Vec<(AtomicU64, AtomicU64)>,

@@ -335,8 +335,8 @@ impl Connection {
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name…`: the table client
-/// libraries read. `COMMAND DOCS` is refused, so that `redis-cli` falls
-/// back on its own documentation of these (Redis's) commands for its hints.
+/// libraries read. `COMMAND DOCS` is refused: `redis-cli` then uses its
+/// own copy of Redis's documentation of these commands.
 fn command(args: &[Bytes]) -> Result<Reply, Refused> {
     use ringkv_resp::commands::{COMMANDS, find};
     let Some(sub) = args.first() else { return Ok(Reply::Array(COMMANDS.iter().map(|c| c.reply()).collect())) };
