@@ -30,6 +30,34 @@ pub enum Update {
     GetEx {
         expiry: Expiry,
     },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` with a condition on the
+    /// current expiry: set it to `at` (wall-clock milliseconds; not after
+    /// now expires the key at once).
+    Expire {
+        at: u64,
+        when: ExpireWhen,
+    },
+    /// `EXPIRETIME`/`PEXPIRETIME`: the expiry in milliseconds, -1 for none,
+    /// -2 for no key. Changes nothing; asked of the leader so that it sees
+    /// the updates serialized there.
+    ExpireTime,
+}
+
+/// `EXPIRE`'s condition on the key's current expiry; a key without one
+/// counts as expiring never, as in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireWhen {
+    Always,
+    /// `NX`: only if it has no expiry.
+    Unset,
+    /// `XX`: only if it has one.
+    Set,
+    /// `GT`: only if the new expiry is later.
+    Later,
+    /// `LT`: only if the new expiry is earlier.
+    Earlier,
+    /// `XX LT`: only if it has one and the new one is earlier.
+    SetEarlier,
 }
 
 /// What an update does to the key's expiry.
@@ -85,8 +113,17 @@ pub enum UpdateError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Keep,
-    Write { value: Bytes, expires_at: Option<u64> },
+    Write {
+        value: Bytes,
+        expires_at: Option<u64>,
+    },
     Delete,
+    /// Keep the value, change only its expiry: stored as a rewrite of the
+    /// value (a touched version, as `expire` writes), which never outranks
+    /// a write stamped after the value.
+    Retime {
+        expires_at: Option<u64>,
+    },
 }
 
 /// The live value now and its expiry, if the key exists.
@@ -184,11 +221,35 @@ pub fn apply(
             let change = match *expiry {
                 Expiry::Keep => Change::Keep,
                 Expiry::Clear if expires_at.is_none() => Change::Keep,
-                Expiry::Clear => Change::Write { value: Bytes::copy_from_slice(v), expires_at: None },
-                Expiry::At(at) if at <= now_ms => Change::Delete,
-                Expiry::At(at) => Change::Write { value: Bytes::copy_from_slice(v), expires_at: Some(at) },
+                Expiry::Clear => Change::Retime { expires_at: None },
+                Expiry::At(at) => Change::Retime { expires_at: Some(at) },
             };
             Ok((change, answer))
+        }
+        Update::Expire { at, when } => {
+            if value.is_none() {
+                return Ok((Change::Keep, Answer::Integer(0)));
+            }
+            let allowed = match when {
+                ExpireWhen::Always => true,
+                ExpireWhen::Unset => expires_at.is_none(),
+                ExpireWhen::Set => expires_at.is_some(),
+                ExpireWhen::Later => expires_at.is_some_and(|current| *at > current),
+                ExpireWhen::Earlier => expires_at.is_none_or(|current| *at < current),
+                ExpireWhen::SetEarlier => expires_at.is_some_and(|current| *at < current),
+            };
+            match allowed {
+                true => Ok((Change::Retime { expires_at: Some(*at) }, Answer::Integer(1))),
+                false => Ok((Change::Keep, Answer::Integer(0))),
+            }
+        }
+        Update::ExpireTime => {
+            let answer = match (value, expires_at) {
+                (None, _) => -2,
+                (Some(_), None) => -1,
+                (Some(_), Some(at)) => at as i64,
+            };
+            Ok((Change::Keep, Answer::Integer(answer)))
         }
     }
 }
@@ -314,6 +375,32 @@ mod tests {
     }
 
     #[test]
+    fn expire_conditions_count_no_expiry_as_never() {
+        let expire = |at, when| Update::Expire { at, when };
+        let set = |at| (Change::Retime { expires_at: Some(at) }, Answer::Integer(1));
+        let kept = (Change::Keep, Answer::Integer(0));
+        let (persistent, expiring) = (Some((&b"v"[..], None)), Some((&b"v"[..], Some(5_000))));
+        assert_eq!(run(expire(2_000, ExpireWhen::Always), None).unwrap(), kept);
+        assert_eq!(run(expire(2_000, ExpireWhen::Unset), persistent).unwrap(), set(2_000));
+        assert_eq!(run(expire(2_000, ExpireWhen::Unset), expiring).unwrap(), kept);
+        assert_eq!(run(expire(2_000, ExpireWhen::Set), persistent).unwrap(), kept);
+        assert_eq!(run(expire(2_000, ExpireWhen::Set), expiring).unwrap(), set(2_000));
+        assert_eq!(run(expire(9_000, ExpireWhen::Later), expiring).unwrap(), set(9_000));
+        assert_eq!(run(expire(2_000, ExpireWhen::Later), expiring).unwrap(), kept);
+        assert_eq!(run(expire(9_000, ExpireWhen::Later), persistent).unwrap(), kept);
+        assert_eq!(run(expire(2_000, ExpireWhen::Earlier), expiring).unwrap(), set(2_000));
+        assert_eq!(run(expire(2_000, ExpireWhen::Earlier), persistent).unwrap(), set(2_000));
+        assert_eq!(run(expire(9_000, ExpireWhen::Earlier), expiring).unwrap(), kept);
+        assert_eq!(run(expire(2_000, ExpireWhen::SetEarlier), expiring).unwrap(), set(2_000));
+        assert_eq!(run(expire(2_000, ExpireWhen::SetEarlier), persistent).unwrap(), kept);
+        // At or before now, allowed: the key expires at once.
+        assert_eq!(run(expire(500, ExpireWhen::Always), persistent).unwrap(), set(500));
+        assert_eq!(run(Update::ExpireTime, expiring).unwrap().1, Answer::Integer(5_000));
+        assert_eq!(run(Update::ExpireTime, persistent).unwrap().1, Answer::Integer(-1));
+        assert_eq!(run(Update::ExpireTime, None).unwrap().1, Answer::Integer(-2));
+    }
+
+    #[test]
     fn getdel_and_getex_answer_the_value_they_found() {
         let found = Answer::Value(Some(Bytes::from_static(b"v")));
         assert_eq!(run(Update::GetDel, Some((b"v", None))).unwrap(), (Change::Delete, found.clone()));
@@ -321,9 +408,10 @@ mod tests {
         let getex = |expiry| Update::GetEx { expiry };
         assert_eq!(run(getex(Expiry::Keep), Some((b"v", Some(5_000)))).unwrap(), (Change::Keep, found.clone()));
         assert_eq!(run(getex(Expiry::Clear), Some((b"v", None))).unwrap(), (Change::Keep, found.clone()));
-        assert_eq!(run(getex(Expiry::Clear), Some((b"v", Some(5_000)))).unwrap().0, write("v", None));
-        assert_eq!(run(getex(Expiry::At(1_000)), Some((b"v", None))).unwrap(), (Change::Delete, found.clone()));
-        assert_eq!(run(getex(Expiry::At(3_000)), Some((b"v", None))).unwrap().0, write("v", Some(3_000)));
+        let retimed = |expires_at| Change::Retime { expires_at };
+        assert_eq!(run(getex(Expiry::Clear), Some((b"v", Some(5_000)))).unwrap().0, retimed(None));
+        assert_eq!(run(getex(Expiry::At(1_000)), Some((b"v", None))).unwrap(), (retimed(Some(1_000)), found.clone()));
+        assert_eq!(run(getex(Expiry::At(3_000)), Some((b"v", None))).unwrap().0, retimed(Some(3_000)));
         assert_eq!(run(getex(Expiry::At(3_000)), None).unwrap(), (Change::Keep, Answer::Value(None)));
     }
 }

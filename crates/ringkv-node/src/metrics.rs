@@ -136,7 +136,7 @@ impl Op {
             "set" | "setex" | "psetex" | "mset" => Op::Put,
             "del" | "unlink" => Op::Delete,
             "exists" | "type" => Op::Exists,
-            "ttl" | "pttl" => Op::Ttl,
+            "ttl" | "pttl" | "expiretime" | "pexpiretime" => Op::Ttl,
             "expire" | "pexpire" | "expireat" | "pexpireat" => Op::Expire,
             "persist" => Op::Persist,
             "flushall" | "flushdb" => Op::Clear,

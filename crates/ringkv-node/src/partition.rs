@@ -243,14 +243,19 @@ impl PartitionState {
         let live =
             stored.as_ref().filter(|e| !e.is_expired(now)).and_then(|e| Some((e.value.as_deref()?, e.expires_at)));
         let (change, answer) = ringkv_core::update::apply(&update, live, now, max_value)?;
-        let (value, expires_at) = match change {
+        let replaced = stored.as_ref().map(|e| e.version);
+        let (value, expires_at, retimed) = match change {
             Change::Keep => return Ok(Updated { answer, written: None }),
-            Change::Write { value, expires_at } => (Some(value), expires_at),
+            Change::Write { value, expires_at } => (Some(value), expires_at, false),
             Change::Delete if live.is_none() => return Ok(Updated { answer, written: None }),
-            Change::Delete => (None, None),
+            Change::Delete => (None, None, false),
+            Change::Retime { expires_at } => (stored.as_ref().and_then(|e| e.value.clone()), expires_at, true),
         };
-        let replaced = stored.map(|e| e.version);
-        let version = self.memory.stamp_after(now, replaced);
+        let stamp = self.memory.stamp_after(now, replaced);
+        let version = match (retimed, replaced) {
+            (true, Some(replaced)) => replaced.touched(stamp),
+            _ => stamp,
+        };
         if replaced.is_some_and(|r| r >= version) {
             return Err(KvError::Unavailable(
                 "the key's version is stamped further ahead of this node's clock than max_clock_drift".into(),

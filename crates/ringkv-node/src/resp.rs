@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use ringkv_core::update::{Answer, Expiry, Update, When};
+use ringkv_core::update::{Answer, ExpireWhen, Expiry, Update, When};
 use ringkv_core::{KeyTtl, KvError, KvStore};
 use ringkv_net::wire::NodeStatus;
 use ringkv_resp::{Decoder, Limits, Protocol, Reply};
@@ -667,7 +667,7 @@ async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Rep
                 Err(e) => Err(e),
             }
         }
-        ("expire" | "pexpire", [_, _, option, ..]) => Err(unsupported(name, option)),
+        ("expire" | "pexpire", [key, amount, options @ ..]) => expire_if(node, name, key, amount, options).await,
         ("expireat" | "pexpireat", [key, at]) => {
             let unit = if name == "expireat" { 1_000 } else { 1 };
             match integer(at).map(|at| at.checked_mul(unit)) {
@@ -686,7 +686,7 @@ async fn data(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<Rep
                 Err(e) => Err(e),
             }
         }
-        ("expireat" | "pexpireat", [_, _, option, ..]) => Err(unsupported(name, option)),
+        ("expireat" | "pexpireat", [key, at, options @ ..]) => expire_if(node, name, key, at, options).await,
         ("mget", keys @ [_, ..]) => {
             let reads = keys.iter().map(|key| node.get(key.clone()));
             let values = futures_util::future::join_all(reads).await;
@@ -802,6 +802,52 @@ fn expiry_at(unit: &[u8], amount: &Bytes, now_ms: u64, command: &str) -> Result<
     }
 }
 
+/// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` with `NX`, `XX`, `GT` or
+/// `LT`: a read-modify-write of the expiry at the key's leader.
+async fn expire_if(
+    node: &impl Host,
+    name: &str,
+    key: &Bytes,
+    amount: &Bytes,
+    options: &[Bytes],
+) -> Result<Reply, Refused> {
+    let n = integer(amount)?;
+    let now = node.now_ms() as i64;
+    let at = match name {
+        "expire" => n.checked_mul(1_000).and_then(|ms| ms.checked_add(now)),
+        "pexpire" => n.checked_add(now),
+        "expireat" => n.checked_mul(1_000),
+        _ => Some(n),
+    };
+    let at = at.ok_or_else(|| invalid_expire(name))?;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in options {
+        match option.to_ascii_lowercase().as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"gt" => gt = true,
+            b"lt" => lt = true,
+            _ => return Err(error(&format!("ERR Unsupported option {}", lossy(option)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(error("ERR NX and XX, GT or LT options at the same time are not compatible"));
+    }
+    if gt && lt {
+        return Err(error("ERR GT and LT options at the same time are not compatible"));
+    }
+    let when = match (nx, xx, gt, lt) {
+        (true, ..) => ExpireWhen::Unset,
+        (_, _, true, _) => ExpireWhen::Later,
+        (_, true, _, true) => ExpireWhen::SetEarlier,
+        (_, _, _, true) => ExpireWhen::Earlier,
+        (_, true, _, _) => ExpireWhen::Set,
+        _ => ExpireWhen::Always,
+    };
+    let update = Update::Expire { at: at.max(0) as u64, when };
+    node.update(key.clone(), update).await.map(answer).map_err(kv_error)
+}
+
 /// `GETEX`'s options: none, `PERSIST`, or one of `EX`, `PX`, `EXAT`, `PXAT`.
 fn getex_expiry(options: &[Bytes], now_ms: u64) -> Result<Expiry, Refused> {
     match options {
@@ -842,9 +888,10 @@ async fn update(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<R
         }
         ("getdel", [_]) => Ok(Update::GetDel),
         ("getex", [_, options @ ..]) => getex_expiry(options, node.now_ms()).map(|expiry| Update::GetEx { expiry }),
+        ("expiretime" | "pexpiretime", [_]) => Ok(Update::ExpireTime),
         (
             "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "setrange" | "setnx" | "getset"
-            | "getdel" | "getex",
+            | "getdel" | "getex" | "expiretime" | "pexpiretime",
             _,
         ) => Err(arity(name)),
         _ => return None,
@@ -861,6 +908,8 @@ async fn update(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<R
         // SETNX answers whether it set, where SET … NX answers OK or nil.
         ("setnx", Answer::Done) => Reply::Integer(1),
         ("setnx", _) => Reply::Integer(0),
+        // Seconds, rounded as Redis rounds them.
+        ("expiretime", Answer::Integer(ms)) if ms >= 0 => Reply::Integer((ms + 500) / 1_000),
         (_, a) => answer(a),
     }))
 }
@@ -910,10 +959,6 @@ fn arity(name: &str) -> Refused {
 
 fn invalid_expire(name: &str) -> Refused {
     error(&format!("ERR invalid expire time in '{name}' command"))
-}
-
-fn unsupported(name: &str, option: &[u8]) -> Refused {
-    error(&format!("ERR {} {} is not supported by ringkv yet", name.to_uppercase(), lossy(option).to_uppercase()))
 }
 
 /// Redis's reply to a command it does not know, quoting the first
