@@ -390,6 +390,36 @@ fn with_a_password_nothing_is_served_before_auth_and_other_addresses_are_allowed
     );
     h.expect(&cmd(&["HELLO", "2", "AUTH", "default", "s3cret"]), hello.as_bytes());
     h.expect(&cmd(&["DEL", "k"]), b":1\r\n");
+    // RESET forgets the authentication, and the large-command allowance.
+    h.expect(&cmd(&["CLIENT", "SETNAME", "worker"]), b"+OK\r\n");
+    let info = bulk(&mut h, &cmd(&["CLIENT", "INFO"]));
+    assert!(info.starts_with("id=3 addr=127.0.0.1:") && info.ends_with(" name=worker db=0 resp=2\n"), "{info}");
+    h.expect(&cmd(&["RESET"]), b"+RESET\r\n");
+    h.expect(&cmd(&["GET", "k"]), b"-NOAUTH Authentication required.\r\n");
+    h.expect(b"*2\r\n$3\r\nGET\r\n$20000\r\n", b"-ERR Protocol error: invalid bulk length\r\n");
+    assert!(h.closed());
+}
+
+fn redis_benchmark(port: &str, tests: &str) -> std::process::Output {
+    std::process::Command::new("redis-benchmark")
+        .args(["-p", port, "-n", "2000", "-c", "10", "--csv", "-t", tests])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-benchmark ({e}): install Debian's redis-tools"))
+}
+
+/// redis-benchmark's default tests of the commands ringkv serves all run.
+fn served_benchmarks_run(port: &str) {
+    let out = redis_benchmark(port, "ping,set,get,incr,mset");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "redis-benchmark failed: {csv}{}", String::from_utf8_lossy(&out.stderr));
+    let rps = |test: &str| -> f64 {
+        let line =
+            csv.lines().find(|l| l.starts_with(&format!("\"{test}\""))).unwrap_or_else(|| panic!("{test}: {csv}"));
+        line.split(',').nth(1).unwrap().trim_matches('"').parse().unwrap()
+    };
+    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"] {
+        assert!(rps(test) > 0.0, "{test} ran: {csv}");
+    }
 }
 
 /// Increments of one key sent to all three nodes of a cluster at once:
@@ -443,6 +473,9 @@ async fn concurrent_increments_through_every_node_are_serialized_at_the_leader()
         c.expect(&cmd(&["GET", "counter"]), format!("$3\r\n{}\r\n", 3 * EACH).as_bytes());
         c.expect(&cmd(&["STRLEN", "log"]), b":120\r\n");
     }
+    // redis-benchmark through one node of the cluster: every write goes to
+    // a quorum, every INCR to its key's leader.
+    served_benchmarks_run(&cluster.nodes[1].resp.unwrap().port().to_string());
 }
 
 #[test]
@@ -450,14 +483,14 @@ fn command_and_info_describe_the_server_as_clients_expect() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
     let node = node(&certs, &dir);
     let mut c = Conn::open(&node);
-    c.expect(&cmd(&["COMMAND", "COUNT"]), b":46\r\n");
+    c.expect(&cmd(&["COMMAND", "COUNT"]), b":47\r\n");
     c.expect(
         &cmd(&["COMMAND", "INFO", "get", "mset", "lpush"]),
         b"*3\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n\
           *10\r\n$4\r\nmset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:-1\r\n:2\r\n*0\r\n*0\r\n*0\r\n*0\r\n$-1\r\n",
     );
     // The rest of this long reply stays unread with its connection.
-    assert_eq!(Conn::open(&node).line(&cmd(&["COMMAND"])), "*46\r\n");
+    assert_eq!(Conn::open(&node).line(&cmd(&["COMMAND"])), "*47\r\n");
     c.expect(&cmd(&["SET", "k", "v"]), b"+OK\r\n");
     let info = bulk(&mut c, &cmd(&["INFO"]));
     for line in ["# Server\r\nredis_version:7.2.0\r\n", "connected_clients:1\r\n", "db0:keys=1,", "# Cluster\r\n"] {
@@ -516,24 +549,9 @@ fn redis_cli_and_redis_benchmark_work_against_a_node() {
     assert!((55..=60).contains(&ttl), "TTL {ttl}");
     assert_eq!(cli(&["lpush", "list", "a"]), "ERR unknown command 'lpush', with args beginning with: 'list' 'a'");
 
-    let benchmark = |tests: &str| {
-        std::process::Command::new("redis-benchmark")
-            .args(["-p", &port, "-n", "2000", "-c", "10", "--csv", "-t", tests])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run redis-benchmark ({e}): install Debian's redis-tools"))
-    };
+    let benchmark = |tests: &str| redis_benchmark(&port, tests);
     // The default list's tests of commands ringkv serves run...
-    let out = benchmark("ping,set,get,incr,mset");
-    let csv = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "redis-benchmark failed: {csv}{}", String::from_utf8_lossy(&out.stderr));
-    let rps = |test: &str| -> f64 {
-        let line =
-            csv.lines().find(|l| l.starts_with(&format!("\"{test}\""))).unwrap_or_else(|| panic!("{test}: {csv}"));
-        line.split(',').nth(1).unwrap().trim_matches('"').parse().unwrap()
-    };
-    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET", "INCR", "MSET (10 keys)"] {
-        assert!(rps(test) > 0.0, "{test} ran: {csv}");
-    }
+    served_benchmarks_run(&port);
     // ...and the others stop at the first reply, Redis's unknown command
     // error (redis-benchmark exits on an error).
     for test in ["lpush", "rpush", "lpop", "rpop", "sadd", "hset", "spop", "zadd", "zpopmin", "lrange"] {

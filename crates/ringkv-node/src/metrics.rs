@@ -142,7 +142,7 @@ impl Op {
             "flushall" | "flushdb" => Op::Clear,
             "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "setrange" | "setnx" | "getset"
             | "getdel" | "getex" => Op::Update,
-            "ping" | "echo" | "hello" | "auth" | "select" | "quit" | "client" => Op::Connection,
+            "ping" | "echo" | "hello" | "auth" | "select" | "quit" | "client" | "reset" => Op::Connection,
             "config" | "time" | "command" | "info" | "cluster" => Op::Admin,
             _ => Op::Unknown,
         }

@@ -107,6 +107,8 @@ struct Connection {
     /// The address the client reached: what `CLUSTER SLOTS` tells it to
     /// use for every slot.
     local: Option<std::net::SocketAddr>,
+    /// The client's address, for `CLIENT INFO`.
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What a command does to its connection besides its reply.
@@ -118,11 +120,21 @@ enum After {
 impl Connection {
     fn new(id: u64, password: Option<Vec<u8>>, clients: Arc<Semaphore>) -> Connection {
         let authenticated = password.is_none();
-        Connection { id, protocol: Protocol::Resp2, name: None, password, authenticated, clients, local: None }
+        Connection {
+            id,
+            protocol: Protocol::Resp2,
+            name: None,
+            password,
+            authenticated,
+            clients,
+            local: None,
+            peer: None,
+        }
     }
 
     async fn run(&mut self, node: &impl Host, mut stream: TcpStream) -> std::io::Result<()> {
         self.local = stream.local_addr().ok();
+        self.peer = stream.peer_addr().ok();
         let limits = node.config().limits();
         // An argument is a key or a value; a command, a key and a value
         // with room for its name and options.
@@ -146,8 +158,8 @@ impl Connection {
                         if let Some((metrics, op, started)) = counted {
                             metrics.request(op, crate::metrics::Protocol::Resp, outcome, started.elapsed());
                         }
-                        if self.authenticated && !was {
-                            decoder.set_limits(authenticated);
+                        if self.authenticated != was {
+                            decoder.set_limits(if self.authenticated { authenticated } else { stranger });
                         }
                         reply.encode(self.protocol, &mut output);
                         if let After::Close = after {
@@ -179,6 +191,17 @@ impl Connection {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
         let reply = match name.as_str() {
             "quit" => return (Reply::ok(), Outcome::Ok, After::Close),
+            // Back to a new connection's state: RESP2, no name, and not
+            // authenticated if the node has a password.
+            "reset" => match &args[1..] {
+                [] => {
+                    self.protocol = Protocol::Resp2;
+                    self.name = None;
+                    self.authenticated = self.password.is_none();
+                    Ok(Reply::Status("RESET".into()))
+                }
+                _ => Err(arity(&name)),
+            },
             "ping" => match &args[1..] {
                 [] => Ok(Reply::Status("PONG".into())),
                 [message] => Ok(Reply::Bulk(message.clone())),
@@ -324,9 +347,25 @@ impl Connection {
             }
             (b"getname", []) => Ok(self.name.clone().map_or(Reply::Null, Reply::Bulk)),
             (b"id", []) => Ok(Reply::Integer(self.id as i64)),
+            // The fields of Redis's line that mean something here.
+            (b"info", []) => {
+                let addr = |a: Option<std::net::SocketAddr>| a.map_or_else(String::new, |a| a.to_string());
+                let name = self.name.as_deref().map(lossy).unwrap_or_default();
+                let resp = match self.protocol {
+                    Protocol::Resp2 => 2,
+                    Protocol::Resp3 => 3,
+                };
+                let line = format!(
+                    "id={} addr={} laddr={} name={name} db=0 resp={resp}\n",
+                    self.id,
+                    addr(self.peer),
+                    addr(self.local)
+                );
+                Ok(Reply::Bulk(Bytes::from(line)))
+            }
             // Client libraries announce themselves; nothing uses it here.
             (b"setinfo", [_, _]) => Ok(Reply::ok()),
-            (b"setname" | b"getname" | b"id" | b"setinfo", _) => {
+            (b"setname" | b"getname" | b"id" | b"setinfo" | b"info", _) => {
                 Err(error(&format!("ERR wrong number of arguments for 'client|{}' command", lossy(sub).to_lowercase())))
             }
             _ => Err(error(&format!("ERR unknown subcommand '{}'. Try CLIENT HELP.", lossy(sub)))),

@@ -70,6 +70,7 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec("psetex", 4, WRITE, ONE),
     spec("pttl", 2, READ, ONE),
     spec("quit", -1, CONNECTION, NONE),
+    spec("reset", 1, CONNECTION, NONE),
     spec("select", 2, &["loading", "stale", "fast"], NONE),
     spec("set", -3, WRITE, ONE),
     spec("setex", 4, WRITE, ONE),
