@@ -103,7 +103,10 @@ async fn a_node_counts_what_it_serves_and_prometheus_accepts_the_exposition() {
         commands.extend_from_slice(format!("SET k{i} v{i}\r\n").as_bytes());
     }
     commands.extend_from_slice(b"MGET k0 k1 k2 k3 k4 k5 k6 k7 k8 k9\r\nGET k0\r\nGET\r\nLPUSH l a\r\n");
-    let replies = resp(&node, &commands, 20 + 11 + 1 + 2);
+    // Reply lines: 20 `+OK`; MGET's header and 10 values of two lines; GET's
+    // two; the two errors' one each. All are read before scraping, so every
+    // command has been counted.
+    let replies = resp(&node, &commands, 20 + 21 + 2 + 1 + 1);
     assert!(replies.contains("-ERR unknown command 'LPUSH'"), "{replies}");
     let client = certs.client(vec![node.addr]);
     for i in 0..5 {

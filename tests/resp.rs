@@ -541,6 +541,10 @@ fn redis_cli_and_redis_benchmark_work_against_a_node() {
         String::from_utf8(out.stdout).unwrap().trim_end().to_string()
     };
     assert_eq!(cli(&["set", "greeting", "hello", "ex", "60"]), "OK");
+    // In cluster mode too: redis-cli asks for the slots, and is never
+    // redirected.
+    assert_eq!(cli(&["-c", "set", "{tagged}.key", "v"]), "OK");
+    assert_eq!(cli(&["-c", "get", "{tagged}.key"]), "v");
     assert_eq!(cli(&["get", "greeting"]), "hello");
     assert_eq!(cli(&["incr", "visits"]), "1");
     assert_eq!(cli(&["incrby", "visits", "9"]), "10");
@@ -576,13 +580,18 @@ async fn a_client_of_a_killed_node_reconnects_elsewhere_and_loses_nothing_acknow
         cluster.wait_serving(i, 3, Duration::from_secs(30)).await;
     }
     let addrs: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.resp.unwrap()).collect();
-    let mut at = 0;
+    // The victim is the counter's leading replica, and the client's node:
+    // its INCRs must move to a new leader that starts from a quorum read.
+    let explained = cluster.client().explain("counter").await.unwrap();
+    let leader = &explained.replicas[0].node_id;
+    let victim = leader.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()).expect("nodes are n1..n3") - 1;
+    let mut at = victim;
     let mut c = Conn::to(addrs[at]);
     let (mut acked, mut counts, mut failures) = (Vec::new(), Vec::new(), 0i64);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     for i in 0..300 {
         if i == 100 {
-            cluster.nodes[0].kill9();
+            cluster.nodes[victim].kill9();
         }
         for request in [cmd(&["SET", &format!("k{i}"), &format!("v{i}")]), cmd(&["INCR", "counter"])] {
             loop {
@@ -602,7 +611,10 @@ async fn a_client_of_a_killed_node_reconnects_elsewhere_and_loses_nothing_acknow
                     // reconnect would.
                     Err(_) => {
                         failures += 1;
-                        at = at % 2 + 1;
+                        at = (at + 1) % 3;
+                        if at == victim {
+                            at = (at + 1) % 3;
+                        }
                         c = Conn::to(addrs[at]);
                         continue;
                     }
@@ -613,7 +625,7 @@ async fn a_client_of_a_killed_node_reconnects_elsewhere_and_loses_nothing_acknow
     }
     assert_eq!(acked.len(), 300);
     assert!(counts.windows(2).all(|w| w[0] < w[1]), "acknowledged increments in order: {counts:?}");
-    let mut reader = Conn::to(addrs[2]);
+    let mut reader = Conn::to(addrs[(victim + 1) % 3]);
     for i in &acked {
         reader.expect(&cmd(&["GET", &format!("k{i}")]), format!("${}\r\nv{i}\r\n", format!("v{i}").len()).as_bytes());
     }

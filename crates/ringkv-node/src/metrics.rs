@@ -372,8 +372,8 @@ impl Metrics {
 /// One latency histogram, kept as atomic counts and summed nanoseconds per
 /// bucket and folded into the exporter's histogram by `fold`. Recording
 /// straight into the exporter costs a sample push per request (an epoch
-/// pin, a clock read, a block shared by every thread; 150 ns a record with
-/// two threads contending); here it is two relaxed adds. Folding records
+/// pin, a clock read, a block shared by every thread); here it is two
+/// relaxed adds. Folding records
 /// each bucket's samples at their mean, which lies in the bucket, so
 /// bucket counts, count and sum come out as if every sample had been
 /// recorded.
