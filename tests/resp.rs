@@ -310,6 +310,148 @@ fn read_modify_writes_answer_as_redis_does() {
     c.expect(&pipeline, replies.as_bytes());
 }
 
+/// Reads a whole reply, any shape, as its raw bytes.
+fn reply(c: &mut Conn, request: &[u8]) -> Vec<u8> {
+    c.0.write_all(request).unwrap();
+    let mut out = Vec::new();
+    read_reply(c, &mut out);
+    out
+}
+
+fn read_reply(c: &mut Conn, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut byte = [0];
+    while !out.ends_with(b"\r\n") || out.len() == start {
+        c.0.read_exact(&mut byte).unwrap();
+        out.push(byte[0]);
+    }
+    let header = String::from_utf8_lossy(&out[start..out.len() - 2]).into_owned();
+    let n: i64 = header[1..].parse().unwrap_or(-1);
+    match header.as_bytes()[0] {
+        b'$' if n >= 0 => {
+            let mut body = vec![0; n as usize + 2];
+            c.0.read_exact(&mut body).unwrap();
+            out.extend(body);
+        }
+        b'*' => (0..n.max(0)).for_each(|_| read_reply(c, out)),
+        _ => {}
+    }
+}
+
+/// `SCAN`'s reply: the next cursor and the keys.
+fn scan_page(c: &mut Conn, request: &[u8]) -> (String, Vec<String>) {
+    let raw = String::from_utf8(reply(c, request)).unwrap();
+    let mut lines = raw.split("\r\n");
+    assert_eq!(lines.next(), Some("*2"), "SCAN answered {raw:?}");
+    lines.next();
+    let cursor = lines.next().unwrap().to_string();
+    let n: usize = lines.next().unwrap()[1..].parse().unwrap();
+    let keys = (0..n).map(|_| lines.nth(1).unwrap().to_string()).collect();
+    (cursor, keys)
+}
+
+/// A whole `SCAN` walk through `c`, `COUNT` `count`.
+fn scan_all(c: &mut Conn, count: usize) -> Vec<String> {
+    let mut cursor = "0".to_string();
+    let mut keys = Vec::new();
+    loop {
+        let (next, page) = scan_page(c, &cmd(&["SCAN", &cursor, "COUNT", &count.to_string()]));
+        keys.extend(page);
+        if next == "0" {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+#[test]
+fn keyspace_walks_and_renames_answer_as_redis_does() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let mut c = Conn::open(&node);
+    c.expect(&cmd(&["DBSIZE"]), b":0\r\n");
+    c.expect(&cmd(&["RANDOMKEY"]), b"$-1\r\n");
+    c.expect(&cmd(&["KEYS", "*"]), b"*0\r\n");
+    c.expect(&cmd(&["SCAN", "0"]), b"*2\r\n$1\r\n0\r\n*0\r\n");
+    let mut expected: Vec<String> = (0..500).map(|i| format!("key:{i}")).collect();
+    for chunk in expected.chunks(100) {
+        let mut args = vec!["MSET"];
+        for key in chunk {
+            args.extend([key.as_str(), "v"]);
+        }
+        c.expect(&cmd(&args), b"+OK\r\n");
+    }
+    c.expect(&cmd(&["SET", "gone", "v"]), b"+OK\r\n");
+    c.expect(&cmd(&["DEL", "gone"]), b":1\r\n");
+    c.expect(&cmd(&["SET", "expired", "v", "PX", "1"]), b"+OK\r\n");
+    c.expect(&cmd(&["DBSIZE"]), b":500\r\n");
+    expected.sort();
+    for count in [1, 7, 1000] {
+        let mut walked = scan_all(&mut c, count);
+        walked.sort();
+        assert_eq!(walked, expected, "SCAN … COUNT {count}: every key once, no dead one");
+    }
+    let (_, page) = scan_page(&mut c, &cmd(&["SCAN", "0", "COUNT", "1000", "MATCH", "key:1?"]));
+    let mut page: Vec<String> = page;
+    page.sort();
+    assert_eq!(page, (10..20).map(|i| format!("key:{i}")).collect::<Vec<_>>());
+    c.expect(&cmd(&["SCAN", "0", "COUNT", "1000", "TYPE", "hash"]), b"*2\r\n$1\r\n0\r\n*0\r\n");
+    let (_, strings) = scan_page(&mut c, &cmd(&["SCAN", "0", "COUNT", "1000", "TYPE", "string"]));
+    assert_eq!(strings.len(), 500);
+    let keys = String::from_utf8(reply(&mut c, &cmd(&["KEYS", "key:4?9"]))).unwrap();
+    assert!(keys.starts_with("*10\r\n") && keys.contains("$7\r\nkey:409\r\n"), "{keys}");
+    // A pattern that would take a recursive matcher exponential time.
+    let hostile = "*a".repeat(30) + "b";
+    c.expect(&cmd(&["KEYS", &hostile]), b"*0\r\n");
+    let random = bulk(&mut c, &cmd(&["RANDOMKEY"]));
+    assert!(expected.contains(&random), "RANDOMKEY answered {random}");
+    for bad in ["-1", "abc", "18446744073709551616", &(300u64 << 48).to_string()] {
+        c.expect(&cmd(&["SCAN", bad]), b"-ERR invalid cursor\r\n");
+    }
+    c.expect(&cmd(&["SCAN", "0", "COUNT", "0"]), b"-ERR syntax error\r\n");
+    c.expect(&cmd(&["SCAN", "0", "MATCH"]), b"-ERR syntax error\r\n");
+    c.expect(&cmd(&["SCAN"]), b"-ERR wrong number of arguments for 'scan' command\r\n");
+    c.expect(&cmd(&["KEYS"]), b"-ERR wrong number of arguments for 'keys' command\r\n");
+    c.expect(&cmd(&["DBSIZE", "x"]), b"-ERR wrong number of arguments for 'dbsize' command\r\n");
+
+    // RENAME keeps the value and its expiry and removes the source.
+    c.expect(&cmd(&["RENAME", "missing", "x"]), b"-ERR no such key\r\n");
+    c.expect(&cmd(&["RENAMENX", "missing", "x"]), b"-ERR no such key\r\n");
+    c.expect(&cmd(&["SET", "src", "hello", "EX", "100"]), b"+OK\r\n");
+    c.expect(&cmd(&["RENAME", "src", "src"]), b"+OK\r\n");
+    c.expect(&cmd(&["RENAMENX", "src", "src"]), b":0\r\n");
+    c.expect(&cmd(&["RENAME", "src", "dst"]), b"+OK\r\n");
+    c.expect(&cmd(&["EXISTS", "src"]), b":0\r\n");
+    c.expect(&cmd(&["GET", "dst"]), b"$5\r\nhello\r\n");
+    let ttl = c.line(&cmd(&["TTL", "dst"]));
+    assert!(ttl == ":100\r\n" || ttl == ":99\r\n", "the expiry moves with the value: {ttl}");
+    c.expect(&cmd(&["SET", "src", "again"]), b"+OK\r\n");
+    c.expect(&cmd(&["RENAMENX", "src", "dst"]), b":0\r\n");
+    c.expect(&cmd(&["GET", "dst"]), b"$5\r\nhello\r\n");
+    c.expect(&cmd(&["RENAMENX", "src", "fresh"]), b":1\r\n");
+    c.expect(&cmd(&["GET", "fresh"]), b"$5\r\nagain\r\n");
+    c.expect(&cmd(&["RENAME", "a"]), b"-ERR wrong number of arguments for 'rename' command\r\n");
+
+    // COPY leaves the source and refuses to overwrite without REPLACE.
+    c.expect(&cmd(&["COPY", "missing", "x"]), b":0\r\n");
+    c.expect(&cmd(&["COPY", "fresh", "fresh"]), b"-ERR source and destination objects are the same\r\n");
+    c.expect(&cmd(&["COPY", "fresh", "dst"]), b":0\r\n");
+    c.expect(&cmd(&["COPY", "fresh", "dst", "REPLACE"]), b":1\r\n");
+    c.expect(&cmd(&["MGET", "fresh", "dst"]), b"*2\r\n$5\r\nagain\r\n$5\r\nagain\r\n");
+    c.expect(&cmd(&["TTL", "dst"]), b":-1\r\n");
+    c.expect(&cmd(&["COPY", "fresh", "other", "DB", "0"]), b":1\r\n");
+    c.expect(&cmd(&["COPY", "fresh", "other2", "DB", "1"]), b"-ERR DB index is out of range\r\n");
+    c.expect(&cmd(&["COPY", "fresh", "other2", "NOW"]), b"-ERR syntax error\r\n");
+
+    // MSETNX sets all or none; a key named twice takes its last value.
+    c.expect(&cmd(&["MSETNX", "n1", "a", "n2", "b"]), b":1\r\n");
+    c.expect(&cmd(&["MSETNX", "n3", "c", "n1", "x", "n4", "d"]), b":0\r\n");
+    c.expect(&cmd(&["MGET", "n1", "n3", "n4"]), b"*3\r\n$1\r\na\r\n$-1\r\n$-1\r\n");
+    c.expect(&cmd(&["MSETNX", "n5", "a", "n5", "b"]), b":1\r\n");
+    c.expect(&cmd(&["GET", "n5"]), b"$1\r\nb\r\n");
+    c.expect(&cmd(&["MSETNX", "n6", "a", "n7"]), b"-ERR wrong number of arguments for 'msetnx' command\r\n");
+}
+
 #[test]
 fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
@@ -483,14 +625,14 @@ fn command_and_info_describe_the_server_as_clients_expect() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
     let node = node(&certs, &dir);
     let mut c = Conn::open(&node);
-    c.expect(&cmd(&["COMMAND", "COUNT"]), b":47\r\n");
+    c.expect(&cmd(&["COMMAND", "COUNT"]), b":55\r\n");
     c.expect(
         &cmd(&["COMMAND", "INFO", "get", "mset", "lpush"]),
         b"*3\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n*0\r\n*0\r\n*0\r\n*0\r\n\
           *10\r\n$4\r\nmset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n:1\r\n:-1\r\n:2\r\n*0\r\n*0\r\n*0\r\n*0\r\n$-1\r\n",
     );
     // The rest of this long reply stays unread with its connection.
-    assert_eq!(Conn::open(&node).line(&cmd(&["COMMAND"])), "*47\r\n");
+    assert_eq!(Conn::open(&node).line(&cmd(&["COMMAND"])), "*55\r\n");
     c.expect(&cmd(&["SET", "k", "v"]), b"+OK\r\n");
     let info = bulk(&mut c, &cmd(&["INFO"]));
     for line in ["# Server\r\nredis_version:7.2.0\r\n", "connected_clients:1\r\n", "db0:keys=1,", "# Cluster\r\n"] {
@@ -566,6 +708,113 @@ fn redis_cli_and_redis_benchmark_work_against_a_node() {
     // After all that, the node serves as before.
     assert_eq!(cli(&["get", "greeting"]), "hello");
     assert_eq!(cli(&["incr", "visits"]), "11");
+}
+
+/// A `SCAN` walk through one node of a cluster while a fourth node joins
+/// (and partitions move to it) and then a replica is SIGKILLed, with keys
+/// written and deleted all along: every key that existed throughout is
+/// listed, exactly once, and nothing deleted before the walk began. A call
+/// refused while the cluster notices the dead node is asked again with
+/// the same cursor, as a client would. Afterwards `DBSIZE` and `KEYS`
+/// count exactly what was acknowledged, and redis-py's `RedisCluster`
+/// works through each node still up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_across_a_join_and_a_crash_lists_every_key_that_existed_throughout() {
+    let _serial = SERIAL.lock().await;
+    let settings = ["resp_listen = \"127.0.0.1:0\""];
+    let mut cluster = Cluster::start_serving(3, &settings).await;
+    let mut c = Conn::open(&cluster.nodes[0]);
+    let keys: Vec<String> = (0..1500).map(|i| format!("key:{i}")).collect();
+    for chunk in keys.chunks(100) {
+        let mut args = vec!["MSET"];
+        for key in chunk {
+            args.extend([key.as_str(), "v"]);
+        }
+        c.expect(&cmd(&args), b"+OK\r\n");
+    }
+    let deleted_before: Vec<String> = keys.iter().step_by(15).cloned().collect();
+    for key in &deleted_before {
+        c.expect(&cmd(&["DEL", key]), b":1\r\n");
+    }
+    // Until acknowledged: a refusal may or may not have been applied.
+    let until_ok = |c: &mut Conn, request: &[u8]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = c.line(request);
+            if !line.starts_with('-') {
+                return line;
+            }
+            assert!(std::time::Instant::now() < deadline, "still refused: {line}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (mut walked, mut written_during, mut deleted_during) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cursor, mut calls, mut refused) = ("0".to_string(), 0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the walk did not finish: {calls} calls, {refused} refused");
+        match calls {
+            5 if cluster.nodes.len() == 3 => {
+                cluster.add(&settings);
+            }
+            // The ring has changed under the cursor before the walk goes on.
+            15 => cluster.wait_serving(0, 4, Duration::from_secs(60)).await,
+            30 if cluster.nodes[1].try_wait().is_none() => cluster.nodes[1].kill9(),
+            _ => {}
+        }
+        let new = format!("new:{calls}:{refused}");
+        until_ok(&mut c, &cmd(&["SET", &new, "v"]));
+        written_during.push(new);
+        let victim = keys[(calls * 7 + 3) % keys.len()].clone();
+        if !deleted_before.contains(&victim) && !deleted_during.contains(&victim) {
+            until_ok(&mut c, &cmd(&["DEL", &victim]));
+            deleted_during.push(victim);
+        }
+        let raw = String::from_utf8(reply(&mut c, &cmd(&["SCAN", &cursor, "COUNT", "20"]))).unwrap();
+        if raw.starts_with('-') {
+            refused += 1;
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let mut lines = raw.split("\r\n").skip(2);
+        let next = lines.next().unwrap().to_string();
+        let n: usize = lines.next().unwrap()[1..].parse().unwrap();
+        walked.extend((0..n).map(|_| lines.nth(1).unwrap().to_string()));
+        calls += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    assert!(calls > 30, "the walk outlasted the join and the crash ({calls} calls)");
+    eprintln!("{calls} SCAN calls, {refused} refused and asked again");
+    let mut unique = walked.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), walked.len(), "no key listed twice");
+    let throughout: Vec<&String> =
+        keys.iter().filter(|k| !deleted_before.contains(k) && !deleted_during.contains(k)).collect();
+    let missed: Vec<&&String> = throughout.iter().filter(|k| unique.binary_search(k).is_err()).collect();
+    assert!(
+        missed.is_empty(),
+        "{} keys that existed throughout were not listed, e.g. {:?}",
+        missed.len(),
+        missed.first()
+    );
+    let resurrected: Vec<&String> = deleted_before.iter().filter(|k| unique.binary_search(k).is_ok()).collect();
+    assert!(resurrected.is_empty(), "deleted before the walk yet listed: {resurrected:?}");
+
+    let expected = keys.len() - deleted_before.len() - deleted_during.len() + written_during.len();
+    assert_eq!(until_ok(&mut c, &cmd(&["DBSIZE"])), format!(":{expected}\r\n"));
+    let new_keys = String::from_utf8(reply(&mut c, &cmd(&["KEYS", "new:*"]))).unwrap();
+    assert!(new_keys.starts_with(&format!("*{}\r\n", written_during.len())), "{new_keys}");
+    for key in &written_during {
+        assert!(new_keys.contains(&format!("\r\n{key}\r\n")), "KEYS lists {key}");
+    }
+
+    let mut args = vec!["cluster".to_string()];
+    args.extend([0, 2, 3].iter().map(|&i| cluster.nodes[i].resp.unwrap().port().to_string()));
+    redis_py(&args);
 }
 
 /// A client writing through one node that is killed reconnects to another
@@ -645,11 +894,16 @@ async fn a_client_of_a_killed_node_reconnects_elsewhere_and_loses_nothing_acknow
 fn redis_py_works_with_resp3_and_resp2() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
     let node = node(&certs, &dir);
+    redis_py(&[node.resp.unwrap().port().to_string()]);
+}
+
+/// Runs `tests/clients/redis_py.py` with `args` in redis-py's venv.
+fn redis_py(args: &[String]) {
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/redis-py/bin/python");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/redis_py.py");
     let out = std::process::Command::new(python)
         .arg(script)
-        .arg(node.resp.unwrap().port().to_string())
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python} ({e}): `just redis-py` installs redis-py there"));
     assert!(

@@ -2,6 +2,7 @@
 of the venv `just redis-py` makes (redis-py's current release).
 
     python redis_py.py PORT
+    python redis_py.py cluster PORT...
 """
 
 import sys
@@ -53,11 +54,25 @@ def check(port: int, protocol: int) -> None:
     for _ in range(100):
         pipe.incr("piped")
     assert pipe.execute() == list(range(1, 101))
+    assert r.mset({"s1": "1", "s2": "2", "s3": "3"}) is True
+    assert r.msetnx({"s3": "x", "s4": "4"}) is False
+    assert r.exists("s4") == 0 and r.get("s3") == "3"
+    assert r.msetnx({"s4": "4", "s5": "5"}) is True
+    assert sorted(r.keys("s*")) == ["s1", "s2", "s3", "s4", "s5"]
+    assert sorted(r.scan_iter(match="s*", count=2)) == ["s1", "s2", "s3", "s4", "s5"]
+    everything = set(r.keys("*"))
+    assert r.dbsize() == len(everything) and r.randomkey() in everything
+    assert r.rename("s1", "t1") is True
+    assert r.get("t1") == "1" and r.exists("s1") == 0
+    assert r.renamenx("s2", "t1") is False
+    assert r.copy("s2", "t2") is True and r.copy("s2", "t2") is False
+    assert r.copy("s3", "t2", replace=True) is True and r.get("t2") == "3"
     info = r.info()
     assert info["redis_version"] == "7.2.0" and info["connected_clients"] >= 1, info
     assert r.info("memory")["maxmemory_policy"] == "noeviction"
     assert r.flushall() is True
     assert r.get("greeting") is None
+    assert r.dbsize() == 0 and r.randomkey() is None
     r.close()
 
 
@@ -77,7 +92,33 @@ def check_cluster(port: int, protocol: int) -> None:
     rc.close()
 
 
+def check_real_cluster(ports: list[int]) -> None:
+    """RedisCluster started from each node of a real ringkv cluster: every
+    node answers as the shard holding every slot, and what a client of one
+    node writes, the clients of the others read."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    clients = [RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p)], decode_responses=True) for p in ports]
+    for i, rc in enumerate(clients):
+        assert rc.set(f"written-by-{i}", str(i)) is True
+    for rc in clients:
+        for i in range(len(clients)):
+            assert rc.get(f"written-by-{i}") == str(i)
+    written = {f"written-by-{i}" for i in range(len(clients))}
+    for rc in clients:
+        assert set(rc.scan_iter(match="written-by-*", count=2)) == written
+    counts = [rc.incr("shared-counter") for _ in range(10) for rc in clients]
+    assert sorted(counts) == list(range(1, 10 * len(clients) + 1)), counts
+    for rc in clients:
+        rc.close()
+
+
 def main() -> None:
+    if sys.argv[1] == "cluster":
+        ports = [int(p) for p in sys.argv[2:]]
+        check_real_cluster(ports)
+        print(f"redis-py {redis.__version__}: ok with RedisCluster through {len(ports)} nodes")
+        return
     port = int(sys.argv[1])
     for protocol in (3, 2):
         check(port, protocol)

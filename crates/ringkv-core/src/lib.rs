@@ -16,6 +16,7 @@ mod partition;
 pub mod quorum;
 pub mod ring;
 mod rng;
+pub mod scan;
 mod size;
 mod time;
 pub mod update;

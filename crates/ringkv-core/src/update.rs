@@ -41,6 +41,16 @@ pub enum Update {
     /// -2 for no key. Changes nothing; asked of the leader so that it sees
     /// the updates serialized there.
     ExpireTime,
+    /// The value and its expiry, for `RENAME` and `COPY`, which write them
+    /// under another key. Changes nothing.
+    Dump,
+    /// Deletes the key if it still holds this value and expiry: `RENAME`
+    /// removes its source only if nothing rewrote it after the copy, and
+    /// `MSETNX` takes back only its own writes.
+    DeleteIf {
+        value: Bytes,
+        expires_at: Option<u64>,
+    },
 }
 
 /// `EXPIRE`'s condition on the key's current expiry; a key without one
@@ -92,6 +102,8 @@ pub enum Answer {
     Done,
     /// `SET … NX|XX` whose condition failed: nil.
     NotSet,
+    /// `Dump`'s answer: the live value and its expiry, if the key exists.
+    Entry(Option<(Bytes, Option<u64>)>),
 }
 
 /// Why an update was refused; the texts are Redis's.
@@ -250,6 +262,13 @@ pub fn apply(
                 (Some(_), Some(at)) => at as i64,
             };
             Ok((Change::Keep, Answer::Integer(answer)))
+        }
+        Update::Dump => Ok((Change::Keep, Answer::Entry(value.map(|v| (Bytes::copy_from_slice(v), expires_at))))),
+        Update::DeleteIf { value: expected, expires_at: expected_expiry } => {
+            match value.is_some_and(|v| v == &expected[..]) && expires_at == *expected_expiry {
+                true => Ok((Change::Delete, Answer::Integer(1))),
+                false => Ok((Change::Keep, Answer::Integer(0))),
+            }
         }
     }
 }
@@ -413,5 +432,18 @@ mod tests {
         assert_eq!(run(getex(Expiry::At(1_000)), Some((b"v", None))).unwrap(), (retimed(Some(1_000)), found.clone()));
         assert_eq!(run(getex(Expiry::At(3_000)), Some((b"v", None))).unwrap().0, retimed(Some(3_000)));
         assert_eq!(run(getex(Expiry::At(3_000)), None).unwrap(), (Change::Keep, Answer::Value(None)));
+    }
+
+    #[test]
+    fn dump_reads_and_delete_if_takes_back_only_what_it_names() {
+        let entry = |v: &str, at| Answer::Entry(Some((Bytes::from(v.to_string()), at)));
+        assert_eq!(run(Update::Dump, Some((b"v", Some(5_000)))).unwrap(), (Change::Keep, entry("v", Some(5_000))));
+        assert_eq!(run(Update::Dump, None).unwrap(), (Change::Keep, Answer::Entry(None)));
+        let delete_if = |v: &str, at| Update::DeleteIf { value: Bytes::from(v.to_string()), expires_at: at };
+        assert_eq!(run(delete_if("v", None), Some((b"v", None))).unwrap(), (Change::Delete, Answer::Integer(1)));
+        assert_eq!(run(delete_if("v", None), Some((b"w", None))).unwrap(), (Change::Keep, Answer::Integer(0)));
+        assert_eq!(run(delete_if("v", None), Some((b"v", Some(9)))).unwrap(), (Change::Keep, Answer::Integer(0)));
+        assert_eq!(run(delete_if("v", Some(9)), Some((b"v", Some(9)))).unwrap().0, Change::Delete);
+        assert_eq!(run(delete_if("v", None), None).unwrap(), (Change::Keep, Answer::Integer(0)));
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use ringkv_core::scan::Listed;
 use ringkv_core::update::{Answer, Expiry, Update, UpdateError, When};
 use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, NodeTag, Partitioner, Timestamp, Version};
 use ringkv_net::wire::{self, MemberInfo, MemberStatus, Members, ReplicaRequest, Reply, Request, Response};
@@ -80,6 +81,12 @@ fn requests() -> Vec<Request> {
             key: key(),
             update: Update::Set { value: key(), expiry: Expiry::At(NOW_MS), when: When::Missing, get: true },
         }),
+        Request::Replica(ReplicaRequest::Update {
+            partition: 3,
+            key: key(),
+            update: Update::DeleteIf { value: key(), expires_at: Some(NOW_MS) },
+        }),
+        Request::Replica(ReplicaRequest::Keys { partition: 7, from: 1 << 40, limit: 10 }),
     ]
 }
 
@@ -113,6 +120,11 @@ fn responses() -> Vec<Response> {
         }),
         Err(KvError::Protocol("malformed frame".into())),
         Ok(Reply::Updated(Answer::Integer(6))),
+        Ok(Reply::Updated(Answer::Entry(Some((Bytes::from_static(b"v"), Some(NOW_MS)))))),
+        Ok(Reply::Keys {
+            keys: vec![Listed { key: Bytes::from_static(b"k"), version: version(2), live: true }],
+            full: true,
+        }),
         Err(KvError::Update(UpdateError::NotInteger)),
     ]
 }

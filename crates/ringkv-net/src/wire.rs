@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use ringkv_core::scan::Listed;
 use ringkv_core::update::{Answer, Update};
 use ringkv_core::{Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, Limits, Timestamp, Version, encoded_len};
 use serde::de::DeserializeOwned;
@@ -33,8 +34,10 @@ use crate::NetError;
 /// the status. 7: `KvError::Forbidden`, the refusal naming the role a
 /// request needs. 8: the memory bound in the status, and
 /// `KvError::OutOfMemory`. 9: read-modify-writes at the leading replica
-/// (`ReplicaRequest::Update`, `KvError::Update`).
-pub const PROTOCOL_VERSION: u16 = 9;
+/// (`ReplicaRequest::Update`, `KvError::Update`). 10: scans
+/// (`ReplicaRequest::Keys`), and the updates behind `RENAME`, `COPY` and
+/// `MSETNX`.
+pub const PROTOCOL_VERSION: u16 = 10;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -218,6 +221,15 @@ pub enum ReplicaRequest {
         key: Bytes,
         update: Update,
     },
+    /// A page of a partition's keys for a scan: up to `limit` keys whose
+    /// hash is `from` or more, in the shard's order, with their versions
+    /// and liveness (`ringkv_core::scan`); answered with `Reply::Keys`,
+    /// whose `full` says whether the page stopped at the limit.
+    Keys {
+        partition: u16,
+        from: u64,
+        limit: u32,
+    },
 }
 
 impl Request {
@@ -261,6 +273,7 @@ impl Request {
             Request::Replica(ReplicaRequest::Batch(_)) => "replica-batch",
             Request::Replica(ReplicaRequest::Clock) => "replica-clock",
             Request::Replica(ReplicaRequest::Update { .. }) => "replica-update",
+            Request::Replica(ReplicaRequest::Keys { .. }) => "replica-keys",
             Request::Members => "members",
             Request::Status => "status",
             Request::Explain { .. } => "explain",
@@ -319,6 +332,11 @@ pub enum Reply {
     Claim(Vec<MemberClaim>),
     /// The answer to `ReplicaRequest::Update`.
     Updated(Answer),
+    /// The answer to `ReplicaRequest::Keys`.
+    Keys {
+        keys: Vec<Listed>,
+        full: bool,
+    },
 }
 
 /// What a clustered node gossips of itself, as it says so over mutual TLS.

@@ -21,6 +21,7 @@ mod proofs;
 mod rebalance;
 mod repair;
 mod resp;
+mod scan;
 mod supervisor;
 mod topology;
 

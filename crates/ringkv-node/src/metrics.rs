@@ -79,6 +79,8 @@ pub(crate) enum Op {
     Clear,
     /// A read-modify-write: `INCR`, `APPEND`, `SET … NX`, `GETDEL`, ...
     Update,
+    /// A walk of the keyspace: `SCAN`, `KEYS`, `DBSIZE`, `RANDOMKEY`.
+    Scan,
     /// A peer's request to this node as a replica.
     Replica,
     /// Handshakes and pings: `HELLO`, `AUTH`, `PING`, `CLIENT`, ...
@@ -90,7 +92,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 13] = [
+    const ALL: [Op; 14] = [
         Op::Get,
         Op::Put,
         Op::Delete,
@@ -100,6 +102,7 @@ impl Op {
         Op::Persist,
         Op::Clear,
         Op::Update,
+        Op::Scan,
         Op::Replica,
         Op::Connection,
         Op::Admin,
@@ -117,6 +120,7 @@ impl Op {
             Op::Persist => "persist",
             Op::Clear => "clear",
             Op::Update => "update",
+            Op::Scan => "scan",
             Op::Replica => "replica",
             Op::Connection => "connection",
             Op::Admin => "admin",
@@ -141,7 +145,8 @@ impl Op {
             "persist" => Op::Persist,
             "flushall" | "flushdb" => Op::Clear,
             "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "setrange" | "setnx" | "getset"
-            | "getdel" | "getex" => Op::Update,
+            | "getdel" | "getex" | "rename" | "renamenx" | "copy" | "msetnx" => Op::Update,
+            "scan" | "keys" | "dbsize" | "randomkey" => Op::Scan,
             "ping" | "echo" | "hello" | "auth" | "select" | "quit" | "client" | "reset" => Op::Connection,
             "config" | "time" | "command" | "info" | "cluster" => Op::Admin,
             _ => Op::Unknown,

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
 use ringkv_core::ring::NodeName;
+use ringkv_core::scan::Cursor;
 use ringkv_core::update::{Answer, Update};
 use ringkv_core::{
     Consistency, Deadline, Entry, Epoch, KeyTtl, KvError, KvStore, Limits, PartitionId, ReplicaFailure, Version,
@@ -126,6 +127,18 @@ impl Node {
                 page.truncate(fitting(&page, inner.config.batch_bytes()));
                 Ok(Reply::Entries(page))
             }
+            ReplicaRequest::Keys { partition, from, limit } => {
+                let mailbox = self.partition(partition)?;
+                let limit = (limit as usize).clamp(1, 4096);
+                // One more than asked tells whether the partition goes on.
+                let mut keys = mailbox.call(|reply| PartitionMsg::Keys { from, limit: limit + 1, reply }).await?;
+                let mut full = keys.len() > limit;
+                keys.truncate(limit);
+                let fit = fitting(&keys, inner.config.batch_bytes());
+                full |= fit < keys.len();
+                keys.truncate(fit);
+                Ok(Reply::Keys { keys, full })
+            }
             ReplicaRequest::Deliver { entries } => {
                 let mut durables = Vec::new();
                 for (partition, key, entry) in entries {
@@ -221,7 +234,13 @@ impl Node {
         }
     }
 
-    fn unavailable(&self, operation: &str, topo: &Topology, partition: PartitionId, needed: usize) -> KvError {
+    pub(crate) fn unavailable(
+        &self,
+        operation: &str,
+        topo: &Topology,
+        partition: PartitionId,
+        needed: usize,
+    ) -> KvError {
         let replicas = topo.replicas(partition);
         KvError::Quorum {
             operation: operation.to_string(),
@@ -817,6 +836,10 @@ impl crate::resp::Host for Node {
 
     async fn update(&self, key: Bytes, update: Update) -> Result<Answer, KvError> {
         Node::update(self, key, update).await
+    }
+
+    async fn scan(&self, from: Cursor, count: usize) -> Result<(Option<Cursor>, Vec<Bytes>), KvError> {
+        Node::scan(self, from, count).await
     }
 
     async fn status(&self) -> Result<NodeStatus, KvError> {

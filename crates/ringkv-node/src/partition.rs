@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ringkv_core::scan::Listed;
 use ringkv_core::update::{Answer, Change, Update};
 use ringkv_core::{Clock, Entry, Epoch, KvError, PartitionId, Version};
 use ringkv_storage::{Durable, Horizon, Shard, ShardStats, Sweep, Wal, WalRecord, footprint};
@@ -68,6 +69,12 @@ pub(crate) enum PartitionMsg {
         after: Option<Bytes>,
         limit: usize,
         reply: RpcReplyPort<Vec<(Bytes, Entry)>>,
+    },
+    /// A page of keys for a scan (`Shard::keys_from`).
+    Keys {
+        from: u64,
+        limit: usize,
+        reply: RpcReplyPort<Vec<Listed>>,
     },
     Stats {
         reply: RpcReplyPort<ShardStats>,
@@ -388,6 +395,10 @@ impl Actor for PartitionActor {
             }
             PartitionMsg::Chunk { after, limit, reply } => {
                 let _ = reply.send(state.shard.chunk_after(after.as_deref(), limit));
+            }
+            PartitionMsg::Keys { from, limit, reply } => {
+                let now = state.clock.now_ms();
+                let _ = reply.send(state.shard.keys_from(from, limit, now));
             }
             PartitionMsg::Stats { reply } => {
                 let _ = reply.send(state.shard.stats());

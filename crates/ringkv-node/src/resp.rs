@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use ringkv_core::scan::Cursor;
 use ringkv_core::update::{Answer, ExpireWhen, Expiry, Update, When};
-use ringkv_core::{KeyTtl, KvError, KvStore};
+use ringkv_core::{KeyTtl, KvError, KvStore, PartitionId, SplitMix64};
 use ringkv_net::wire::NodeStatus;
 use ringkv_resp::{Decoder, Limits, Protocol, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +46,13 @@ pub(crate) trait Host: KvStore + Clone + 'static {
     fn metrics(&self) -> Option<&Metrics>;
     /// A read-modify-write, run at the key's leading replica.
     fn update(&self, key: Bytes, update: Update) -> impl Future<Output = Result<Answer, KvError>> + Send;
+    /// Live keys of the whole cluster from `from` on (`Node::scan`), and
+    /// where the walk resumes.
+    fn scan(
+        &self,
+        from: Cursor,
+        count: usize,
+    ) -> impl Future<Output = Result<(Option<Cursor>, Vec<Bytes>), KvError>> + Send;
     /// What `ringkv status` shows, for `INFO`.
     fn status(&self) -> impl Future<Output = Result<NodeStatus, KvError>> + Send;
 }
@@ -74,7 +82,7 @@ pub(crate) async fn serve(node: impl Host, listener: TcpListener) {
                     connections.spawn(async move {
                         let _permit = permit;
                         let password = node.config().resp_password.as_ref().map(|p| p.0.as_bytes().to_vec());
-                        if let Err(e) = Connection::new(ids, password, clients).run(&node, stream).await {
+                        if let Err(e) = Connection::new(ids, password, clients, node.now_ms()).run(&node, stream).await {
                             tracing::debug!(%peer, error = %e, "RESP connection ended");
                         }
                     });
@@ -109,6 +117,8 @@ struct Connection {
     local: Option<std::net::SocketAddr>,
     /// The client's address, for `CLIENT INFO`.
     peer: Option<std::net::SocketAddr>,
+    /// Where `RANDOMKEY` starts looking.
+    rng: SplitMix64,
 }
 
 /// What a command does to its connection besides its reply.
@@ -118,7 +128,7 @@ enum After {
 }
 
 impl Connection {
-    fn new(id: u64, password: Option<Vec<u8>>, clients: Arc<Semaphore>) -> Connection {
+    fn new(id: u64, password: Option<Vec<u8>>, clients: Arc<Semaphore>, seed: u64) -> Connection {
         let authenticated = password.is_none();
         Connection {
             id,
@@ -129,6 +139,7 @@ impl Connection {
             clients,
             local: None,
             peer: None,
+            rng: SplitMix64::new(seed ^ id.rotate_left(32)),
         }
     }
 
@@ -238,13 +249,17 @@ impl Connection {
                 let connected = node.config().max_connections - self.clients.available_permits();
                 info(node, &args[1..], connected).await
             }
-            other => match data(node, other, &args[1..]).await {
-                Some(reply) => reply,
-                None => match update(node, other, &args[1..]).await {
-                    Some(reply) => reply,
-                    None => Err(unknown(&args)),
-                },
-            },
+            other => {
+                if let Some(reply) = data(node, other, &args[1..]).await {
+                    reply
+                } else if let Some(reply) = update(node, other, &args[1..]).await {
+                    reply
+                } else if let Some(reply) = keyspace(node, other, &args[1..], self.rng.next_u64()).await {
+                    reply
+                } else {
+                    Err(unknown(&args))
+                }
+            }
         };
         match reply {
             Ok(reply) => (reply, Outcome::Ok, After::Continue),
@@ -579,41 +594,65 @@ fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Refused> {
 }
 
 /// Redis's glob (`stringmatchlen`): `*`, `?`, `[abc]`, `[^a-z]` and `\`
-/// escapes.
+/// escapes. Backtracks only to the last `*`, so a hostile pattern
+/// (`*a*a*a*…b`) costs the length of the pattern times the text's, never
+/// an exponential walk.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((b'[', rest)) => {
-            let Some((&c, tail)) = text.split_first() else { return false };
-            let (negate, mut set) = match rest.split_first() {
-                Some((b'^', set)) => (true, set),
-                _ => (false, rest),
-            };
+    let (mut p, mut t) = (0, 0);
+    // After the last `*` seen: where the pattern resumes, and the text
+    // position that `*` has swallowed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if pattern.get(p) == Some(&b'*') {
+            star = Some((p + 1, t));
+            p += 1;
+            continue;
+        }
+        if let Some(next) = glob_one(pattern, p, text[t]) {
+            (p, t) = (next, t + 1);
+            continue;
+        }
+        let Some((after, swallowed)) = star else { return false };
+        star = Some((after, swallowed + 1));
+        (p, t) = (after, swallowed + 1);
+    }
+    pattern[p.min(pattern.len())..].iter().all(|c| *c == b'*')
+}
+
+/// Whether the pattern element at `p` (not `*`) matches `c`, and if so
+/// where the next element starts.
+fn glob_one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+    match pattern.get(p)? {
+        b'?' => Some(p + 1),
+        b'[' => {
+            let mut i = p + 1;
+            let negate = pattern.get(i) == Some(&b'^');
+            if negate {
+                i += 1;
+            }
             let mut matched = false;
             loop {
-                match set {
-                    [] => return false,
-                    [b']', after @ ..] => return matched != negate && glob(after, tail),
-                    [b'\\', e, after @ ..] => {
+                match &pattern[i.min(pattern.len())..] {
+                    [] => return None,
+                    [b']', ..] => return (matched != negate).then_some(i + 1),
+                    [b'\\', e, ..] => {
                         matched |= *e == c;
-                        set = after;
+                        i += 2;
                     }
-                    [a, b'-', z, after @ ..] if *z != b']' => {
+                    [a, b'-', z, ..] if *z != b']' => {
                         let (lo, hi) = if a <= z { (*a, *z) } else { (*z, *a) };
                         matched |= (lo..=hi).contains(&c);
-                        set = after;
+                        i += 3;
                     }
-                    [e, after @ ..] => {
+                    [e, ..] => {
                         matched |= *e == c;
-                        set = after;
+                        i += 1;
                     }
                 }
             }
         }
-        Some((b'\\', [e, rest @ ..])) => text.first() == Some(e) && glob(rest, &text[1..]),
-        Some((p, rest)) => text.first() == Some(p) && glob(rest, &text[1..]),
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
+        literal => (*literal == c).then_some(p + 1),
     }
 }
 
@@ -953,12 +992,260 @@ async fn update(node: &impl Host, name: &str, args: &[Bytes]) -> Option<Result<R
     }))
 }
 
+/// The commands that walk the keyspace (`SCAN`, `KEYS`, `DBSIZE`,
+/// `RANDOMKEY`) or write one key's value under another (`RENAME`,
+/// `RENAMENX`, `COPY`, `MSETNX`); `None` for any other command. `seed`
+/// picks where `RANDOMKEY` starts.
+async fn keyspace(node: &impl Host, name: &str, args: &[Bytes], seed: u64) -> Option<Result<Reply, Refused>> {
+    if !matches!(name, "scan" | "keys" | "dbsize" | "randomkey" | "rename" | "renamenx" | "copy" | "msetnx") {
+        return None;
+    }
+    if let Err(e) = node.standing() {
+        return Some(Err(kv_error(e)));
+    }
+    Some(match (name, args) {
+        ("scan", [cursor, options @ ..]) => scan(node, cursor, options).await,
+        ("keys", [pattern]) => keys(node, pattern).await,
+        ("dbsize", []) => walk(node, |_| Ok(())).await.map(|n| Reply::Integer(n as i64)),
+        ("randomkey", []) => random_key(node, seed).await,
+        ("rename" | "renamenx", [source, destination]) => rename(node, name == "renamenx", source, destination).await,
+        ("copy", [source, destination, options @ ..]) => copy(node, source, destination, options).await,
+        ("msetnx", pairs @ [_, _, ..]) if pairs.len() % 2 == 0 => msetnx(node, pairs).await,
+        _ => Err(arity(name)),
+    })
+}
+
+/// The most keys one `SCAN` call may ask for: what it holds is bounded.
+const MAX_SCAN_COUNT: usize = 100_000;
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`. `COUNT` is how
+/// many live keys to examine before `MATCH` filters them, as in Redis; a
+/// call may return fewer (it reads at most a bounded number of partition
+/// pages) or more. Every key is a string.
+async fn scan(node: &impl Host, cursor: &Bytes, options: &[Bytes]) -> Result<Reply, Refused> {
+    let partitions = node.config().partitions;
+    let cursor = std::str::from_utf8(cursor)
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+        .and_then(|c| Cursor::decode(c, partitions))
+        .ok_or_else(|| error("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut strings) = (None, 10, true);
+    let mut rest = options;
+    while let [option, value, more @ ..] = rest {
+        match option.to_ascii_lowercase().as_slice() {
+            b"match" => pattern = Some(value),
+            b"count" => match integer(value)? {
+                n if n >= 1 => count = (n as usize).min(MAX_SCAN_COUNT),
+                _ => return Err(error("ERR syntax error")),
+            },
+            b"type" => strings = value.eq_ignore_ascii_case(b"string"),
+            _ => return Err(error("ERR syntax error")),
+        }
+        rest = more;
+    }
+    if !rest.is_empty() {
+        return Err(error("ERR syntax error"));
+    }
+    let (next, keys) = node.scan(cursor, count).await.map_err(kv_error)?;
+    let keys = keys.into_iter().filter(|k| strings && pattern.is_none_or(|p| glob(p, k))).map(Reply::Bulk).collect();
+    let next = next.map_or(0, Cursor::encode);
+    Ok(Reply::Array(vec![Reply::Bulk(Bytes::from(next.to_string())), Reply::Array(keys)]))
+}
+
+/// The most key bytes `KEYS` answers: past it, the client is told to use
+/// `SCAN`, rather than the node holding an unbounded reply.
+const MAX_KEYS_REPLY: usize = 64 << 20;
+
+/// `KEYS pattern`: a whole walk, matched against `pattern`.
+async fn keys(node: &impl Host, pattern: &Bytes) -> Result<Reply, Refused> {
+    let mut found = Vec::new();
+    let mut bytes = 0;
+    walk(node, |key| {
+        if glob(pattern, &key) {
+            bytes += key.len();
+            if bytes > MAX_KEYS_REPLY {
+                return Err(error("ERR KEYS would answer more than 64 MiB of keys; use SCAN"));
+            }
+            found.push(Reply::Bulk(key));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Reply::Array(found))
+}
+
+/// Walks every live key of the cluster once, giving each to `each`;
+/// answers how many there were.
+async fn walk(node: &impl Host, mut each: impl FnMut(Bytes) -> Result<(), Refused>) -> Result<u64, Refused> {
+    let mut seen = 0;
+    let mut cursor = Some(Cursor::START);
+    while let Some(at) = cursor {
+        let (next, keys) = node.scan(at, 4096).await.map_err(kv_error)?;
+        for key in keys {
+            seen += 1;
+            each(key)?;
+        }
+        cursor = next;
+    }
+    Ok(seen)
+}
+
+/// `RANDOMKEY`: the first live key from a random place in the walk,
+/// wrapping around once; nil if the cluster holds none. A key after a long
+/// empty stretch of hashes is likelier to be picked than its neighbours,
+/// as Redis's own pick favours keys in sparse buckets.
+async fn random_key(node: &impl Host, seed: u64) -> Result<Reply, Refused> {
+    let mut rng = SplitMix64::new(seed);
+    let partitions = node.config().partitions;
+    let start =
+        Cursor { partition: PartitionId(rng.below(u64::from(partitions)) as u16), from: rng.next_u64() & !0xffff };
+    let (mut at, mut wrapped) = (Some(start), false);
+    loop {
+        let cursor = match at {
+            Some(cursor) if wrapped && (cursor.partition, cursor.from) > (start.partition, start.from) => {
+                return Ok(Reply::Null);
+            }
+            Some(cursor) => cursor,
+            None if wrapped => return Ok(Reply::Null),
+            None => {
+                wrapped = true;
+                Cursor::START
+            }
+        };
+        let (next, keys) = node.scan(cursor, 1).await.map_err(kv_error)?;
+        if let Some(key) = keys.into_iter().next() {
+            return Ok(Reply::Bulk(key));
+        }
+        at = next;
+    }
+}
+
+/// `RENAME` and `RENAMENX`: the source's value and expiry, read at its
+/// leader, are written under the destination at its leader, and then the
+/// source is deleted at its leader if it still holds what was copied (a
+/// write to it in between wins over the rename). Two leaders, three steps:
+/// not atomic, and a failure after the copy leaves both keys (README).
+async fn rename(node: &impl Host, nx: bool, source: &Bytes, destination: &Bytes) -> Result<Reply, Refused> {
+    let Some((value, expires_at)) = dump(node, source).await? else { return Err(error("ERR no such key")) };
+    let done = if nx { Reply::Integer(1) } else { Reply::ok() };
+    if source == destination {
+        return Ok(if nx { Reply::Integer(0) } else { done });
+    }
+    if !write_copy(node, destination, &value, expires_at, nx).await? {
+        return Ok(Reply::Integer(0));
+    }
+    node.update(source.clone(), Update::DeleteIf { value, expires_at }).await.map_err(kv_error)?;
+    Ok(done)
+}
+
+/// `COPY source destination [DB 0] [REPLACE]`.
+async fn copy(node: &impl Host, source: &Bytes, destination: &Bytes, options: &[Bytes]) -> Result<Reply, Refused> {
+    let mut replace = false;
+    let mut rest = options;
+    while let [option, more @ ..] = rest {
+        rest = more;
+        match (option.to_ascii_lowercase().as_slice(), more) {
+            (b"replace", _) => replace = true,
+            (b"db", [db, more @ ..]) => {
+                if integer(db)? != 0 {
+                    return Err(error("ERR DB index is out of range"));
+                }
+                rest = more;
+            }
+            _ => return Err(error("ERR syntax error")),
+        }
+    }
+    if source == destination {
+        return Err(error("ERR source and destination objects are the same"));
+    }
+    let Some((value, expires_at)) = dump(node, source).await? else { return Ok(Reply::Integer(0)) };
+    let copied = write_copy(node, destination, &value, expires_at, !replace).await?;
+    Ok(Reply::Integer(copied.into()))
+}
+
+/// `MSETNX key value …`: sets every key if none exists. Each key is set at
+/// its own leader only if it is missing there, in turn; if one exists, the
+/// keys already set are deleted again (where they still hold this
+/// command's value) and the answer is 0. Readers may see some of the keys
+/// in between, and a failure while taking them back is reported with how
+/// many may remain (README).
+async fn msetnx(node: &impl Host, pairs: &[Bytes]) -> Result<Reply, Refused> {
+    // A key named twice is set once, to its last value, as in Redis.
+    let mut writes: Vec<(Bytes, Bytes)> = Vec::with_capacity(pairs.len() / 2);
+    let mut index = std::collections::HashMap::new();
+    for pair in pairs.chunks(2) {
+        match index.get(&pair[0]) {
+            Some(&i) => writes[i] = (pair[0].clone(), pair[1].clone()),
+            None => {
+                index.insert(pair[0].clone(), writes.len());
+                writes.push((pair[0].clone(), pair[1].clone()));
+            }
+        }
+    }
+    let mut set = 0;
+    let mut outcome = Ok(Reply::Integer(1));
+    for (key, value) in &writes {
+        match write_copy(node, key, value, None, true).await {
+            Ok(true) => set += 1,
+            Ok(false) => {
+                outcome = Ok(Reply::Integer(0));
+                break;
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    if matches!(outcome, Ok(Reply::Integer(1))) {
+        return outcome;
+    }
+    let mut left = 0;
+    for (key, value) in &writes[..set] {
+        let undo = Update::DeleteIf { value: value.clone(), expires_at: None };
+        if node.update(key.clone(), undo).await.is_err() {
+            left += 1;
+        }
+    }
+    match left {
+        0 => outcome,
+        _ => Err(error(&format!("ERR MSETNX did not complete and could not take back {left} of the keys it set"))),
+    }
+}
+
+/// A key's live value and expiry, read at its leader.
+async fn dump(node: &impl Host, key: &Bytes) -> Result<Option<(Bytes, Option<u64>)>, Refused> {
+    match node.update(key.clone(), Update::Dump).await.map_err(kv_error)? {
+        Answer::Entry(found) => Ok(found),
+        other => Err(error(&format!("ERR unexpected answer to a read at the leader: {other:?}"))),
+    }
+}
+
+/// Writes `value` under `key` at its leader with the expiry `expires_at`
+/// (only if the key is missing, for `only_new`); whether it was written.
+async fn write_copy(
+    node: &impl Host,
+    key: &Bytes,
+    value: &Bytes,
+    expires_at: Option<u64>,
+    only_new: bool,
+) -> Result<bool, Refused> {
+    let update = Update::Set {
+        value: value.clone(),
+        expiry: expires_at.map_or(Expiry::Clear, Expiry::At),
+        when: if only_new { When::Missing } else { When::Always },
+        get: false,
+    };
+    Ok(node.update(key.clone(), update).await.map_err(kv_error)? == Answer::Done)
+}
+
 fn answer(answer: Answer) -> Reply {
     match answer {
         Answer::Integer(n) => Reply::Integer(n),
         Answer::Value(v) => v.map_or(Reply::Null, Reply::Bulk),
         Answer::Done => Reply::ok(),
         Answer::NotSet => Reply::Null,
+        Answer::Entry(found) => found.map_or(Reply::Null, |(value, _)| Reply::Bulk(value)),
     }
 }
 
@@ -1039,6 +1326,17 @@ mod tests {
         for (pattern, text) in no {
             assert!(!glob(pattern.as_bytes(), text.as_bytes()), "{pattern} !~ {text}");
         }
+        assert!(glob(b"a*b*c", b"aXXbYYc") && glob(b"*", b"") && glob(b"a**", b"a") && glob(b"\\", b"\\"));
+        assert!(!glob(b"a*b*c", b"aXXbYY") && !glob(b"[ab", b"a") && !glob(b"", b"x"));
+    }
+
+    /// A pattern that makes a recursive matcher try every way of splitting
+    /// the text among its stars: this one finishes at once.
+    #[test]
+    fn hostile_globs_cost_no_more_than_pattern_times_text() {
+        let pattern = "*a".repeat(40) + "b";
+        let text = "a".repeat(10_000);
+        assert!(!glob(pattern.as_bytes(), text.as_bytes()));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use ringkv_core::memory::{self, EvictionPolicy};
+use ringkv_core::scan::Listed;
 use ringkv_core::{Entry, EntryRef, Epoch, Liveness, SplitMix64, Version, key_hash};
 
 use crate::record::{self, Record, Shape, Tags};
@@ -567,6 +568,25 @@ impl Shard {
             None => Bound::Unbounded,
         };
         self.collect(self.entries.range::<dyn Probe, _>((start, Bound::Unbounded)), limit)
+    }
+
+    /// Up to `limit` keys whose hash is `from` or more, in map order, with
+    /// their versions and whether they are live at `now_ms`: a page of a
+    /// scan. Dead entries are listed too, since a tombstone here must
+    /// outrank a live copy another replica lists. No value is copied.
+    pub fn keys_from(&self, from: u64, limit: usize, now_ms: u64) -> Vec<Listed> {
+        let start = (from, &[][..]);
+        let range = self.entries.range::<dyn Probe, _>((Bound::Included(&start as &dyn Probe), Bound::Unbounded));
+        range
+            .map(|(s, _)| (s.record.key(), s.record.entry(&self.tags)))
+            .filter(|(_, e)| !self.epoch.covers(e.version))
+            .take(limit)
+            .map(|(key, e)| Listed {
+                key: Bytes::copy_from_slice(key),
+                version: e.version,
+                live: e.liveness(now_ms, self.epoch) == Liveness::Live,
+            })
+            .collect()
     }
 
     /// Entries whose keys fall into the given digest leaves, in the shard's
@@ -1135,6 +1155,26 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, (0..100).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn scan_pages_start_at_a_hash_and_say_what_is_live() {
+        let mut s = Shard::new(16);
+        for i in 0..100u8 {
+            s.apply(&[i], val(1, "x", None), 0);
+        }
+        s.apply(&[7], Entry::tombstone(v(2)), 0);
+        s.apply(&[8], val(2, "x", Some(50)), 0);
+        let all = s.keys_from(0, usize::MAX, 100);
+        assert_eq!(all.len(), 100, "dead entries are listed too");
+        assert!(all.windows(2).all(|w| key_hash(&w[0].key) <= key_hash(&w[1].key)), "in hash order");
+        let mut dead: Vec<u8> = all.iter().filter(|l| !l.live).map(|l| l.key[0]).collect();
+        dead.sort();
+        assert_eq!(dead, vec![7, 8], "a tombstone and an expired value");
+        let middle = key_hash(&all[40].key);
+        let page = s.keys_from(middle, 10, 100);
+        assert_eq!(page, all[40..50].to_vec());
+        assert!(s.keys_from(u64::MAX, 10, 100).len() <= 1);
     }
 
     #[test]
