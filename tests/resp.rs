@@ -452,6 +452,52 @@ fn keyspace_walks_and_renames_answer_as_redis_does() {
     c.expect(&cmd(&["MSETNX", "n6", "a", "n7"]), b"-ERR wrong number of arguments for 'msetnx' command\r\n");
 }
 
+/// `CONFIG SET maxmemory` bounds a running node at once (writes past it
+/// are refused under the default `noeviction`) and lifts the bound again;
+/// settings ringkv cannot change live are refused by name, and nothing is
+/// applied from a command that has one bad pair.
+#[test]
+fn config_set_changes_maxmemory_while_the_node_runs() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let mut c = Conn::open(&node);
+    c.expect(&cmd(&["CONFIG", "GET", "maxmemory"]), b"*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n");
+    c.expect(&cmd(&["CONFIG", "SET", "maxmemory", "2mb"]), b"+OK\r\n");
+    c.expect(&cmd(&["CONFIG", "GET", "maxmemory"]), b"*2\r\n$9\r\nmaxmemory\r\n$7\r\n2097152\r\n");
+    assert!(bulk(&mut c, &cmd(&["INFO", "memory"])).contains("maxmemory:2097152\r\n"));
+    let value = "x".repeat(10_000);
+    let refused_at = (0..1_000)
+        .find(|i| {
+            let line = c.line(&cmd(&["SET", &format!("k{i}"), &value]));
+            assert!(line == "+OK\r\n" || line.starts_with("-OOM "), "SET answered {line}");
+            line != "+OK\r\n"
+        })
+        .expect("writes past 2mb are refused");
+    assert!((100..=300).contains(&refused_at), "the bound was hit after {refused_at} values of 10 kB");
+    c.expect(&cmd(&["GET", "k0"]), format!("$10000\r\n{value}\r\n").as_bytes());
+    c.expect(
+        &cmd(&["CONFIG", "SET", "maxmemory", "0", "maxmemory-policy", "allkeys-lru"]),
+        b"-ERR CONFIG SET failed (possibly related to argument 'maxmemory-policy') - ringkv cannot change it while \
+          running; set it in the config file\r\n",
+    );
+    c.expect(&cmd(&["SET", "after", &value]), b"-OOM ");
+    let _ = c.line(b"");
+    c.expect(
+        &cmd(&["CONFIG", "SET", "maxmemory", "100"]),
+        b"-ERR CONFIG SET failed (possibly related to argument 'maxmemory') - maxmemory must be 0 (no limit) or at \
+          least 1mb\r\n",
+    );
+    let garbage = c.line(&cmd(&["CONFIG", "SET", "maxmemory", "lots"]));
+    assert!(garbage.starts_with("-ERR CONFIG SET failed (possibly related to argument 'maxmemory') - "), "{garbage}");
+    c.expect(
+        &cmd(&["CONFIG", "SET", "no-such", "1"]),
+        b"-ERR Unknown option or number of arguments for CONFIG SET - 'no-such'\r\n",
+    );
+    c.expect(&cmd(&["CONFIG", "SET", "maxmemory"]), b"-ERR wrong number of arguments for 'config|set' command\r\n");
+    c.expect(&cmd(&["CONFIG", "SET", "maxmemory", "0"]), b"+OK\r\n");
+    c.expect(&cmd(&["SET", "after", &value]), b"+OK\r\n");
+}
+
 #[test]
 fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());

@@ -203,6 +203,10 @@ pub fn default_listen() -> SocketAddr {
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
+/// The smallest `maxmemory` other than 0 that a node takes, from its
+/// config file or from `CONFIG SET`.
+pub const MIN_MAXMEMORY: u64 = 1 << 20;
+
 pub fn default_partitions() -> u16 {
     256
 }
@@ -408,7 +412,7 @@ impl NodeConfig {
         if self.partitions == 0 {
             return bad("partitions must be at least 1".into());
         }
-        if self.maxmemory != 0 && self.maxmemory < 1 << 20 {
+        if self.maxmemory != 0 && self.maxmemory < MIN_MAXMEMORY {
             return bad(format!("maxmemory {} must be 0 (no limit) or at least 1mb", self.maxmemory));
         }
         if self.max_key_bytes == 0 || self.max_key_bytes > Limits::KEY_CAP {

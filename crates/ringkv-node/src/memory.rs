@@ -41,8 +41,9 @@ pub(crate) struct Evicted {
 
 /// The node-wide memory bound, shared by the partition actors.
 pub(crate) struct Memory {
-    /// `maxmemory` in bytes; 0 is no limit.
-    pub limit: usize,
+    /// `maxmemory` in bytes; 0 is no limit. `CONFIG SET maxmemory`
+    /// changes it while the node runs.
+    limit: AtomicUsize,
     pub policy: EvictionPolicy,
     /// The sum of the shards' footprints.
     used: AtomicUsize,
@@ -114,7 +115,7 @@ impl Memory {
         replicate: Option<mpsc::Sender<Evicted>>,
     ) -> Memory {
         Memory {
-            limit,
+            limit: AtomicUsize::new(limit),
             policy,
             used: AtomicUsize::new(0),
             volatile: AtomicUsize::new(0),
@@ -138,8 +139,20 @@ impl Memory {
         self.used.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new bound, taking effect with the next write; the evictor is woken
+    /// to bring a node now over it back under.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
     pub(crate) fn over(&self) -> bool {
-        self.limit > 0 && self.used() > self.limit
+        let limit = self.limit();
+        limit > 0 && self.used() > limit
     }
 
     pub(crate) fn volatile(&self) -> usize {
@@ -200,7 +213,7 @@ impl Memory {
         KvError::OutOfMemory {
             used: self.used() as u64,
             needed: growth as u64,
-            limit: self.limit as u64,
+            limit: self.limit() as u64,
             policy: self.policy.to_string(),
         }
     }
@@ -208,7 +221,7 @@ impl Memory {
     pub(crate) fn status(&self) -> MemoryStatus {
         MemoryStatus {
             used: self.used() as u64,
-            limit: self.limit as u64,
+            limit: self.limit() as u64,
             policy: self.policy.to_string(),
             evictions: self.evictions.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),

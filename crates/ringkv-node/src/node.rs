@@ -839,27 +839,25 @@ const EVICT_CHOICES: usize = 4;
 
 /// Brings a node that is over its memory bound back under it, by evicting
 /// from the partitions it leads: after a recovery into a smaller
-/// `maxmemory`, when others' writes filled its replicas, or when a write's
+/// `maxmemory` or a `CONFIG SET` lowering it, when others' writes filled
+/// its replicas, or when a write's
 /// own shard had nothing left to evict. Writes evict inline as well; this
 /// covers what they cannot.
 async fn evictor(node: Node) {
     let inner = node.inner.clone();
     let memory = inner.memory.clone();
-    if memory.limit == 0 {
-        return;
-    }
     if memory.over() {
         // Recovered (or restarted with a smaller bound) over the limit.
         match memory.policy.evicts() {
             true => tracing::warn!(
                 used = memory.used(),
-                maxmemory = memory.limit,
+                maxmemory = memory.limit(),
                 policy = %memory.policy,
                 "the recovered data is over maxmemory; evicting from the partitions this node leads"
             ),
             false => tracing::warn!(
                 used = memory.used(),
-                maxmemory = memory.limit,
+                maxmemory = memory.limit(),
                 "the recovered data is over maxmemory and the policy is noeviction; writes that add data are \
                  refused until keys are deleted"
             ),
@@ -896,7 +894,7 @@ async fn evictor(node: Node) {
             tracing::info!(
                 keys = unreported,
                 used = memory.used(),
-                maxmemory = memory.limit,
+                maxmemory = memory.limit(),
                 "evicted in the background to stay under maxmemory"
             );
             (unreported, reported_at) = (0, Some(Instant::now()));

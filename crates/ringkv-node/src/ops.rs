@@ -842,6 +842,15 @@ impl crate::resp::Host for Node {
         Node::scan(self, from, count).await
     }
 
+    fn memory_limit(&self) -> u64 {
+        self.inner.memory.limit() as u64
+    }
+
+    fn set_memory_limit(&self, bytes: u64) {
+        tracing::info!(maxmemory = bytes, "maxmemory changed through CONFIG SET");
+        self.inner.memory.set_limit(bytes as usize);
+    }
+
     async fn status(&self) -> Result<NodeStatus, KvError> {
         Node::status(self).await
     }

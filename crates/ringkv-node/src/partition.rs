@@ -178,7 +178,7 @@ impl PartitionState {
     async fn admit(&mut self, key: &[u8], growth: usize, now: u64) -> Result<(), KvError> {
         let memory = self.memory.clone();
         let leads = memory.leads(self.id);
-        let headroom = with_headroom(memory.limit);
+        let headroom = with_headroom(memory.limit());
         let (start, mut evicted, mut exhausted) = (self.accounted.0, 0, false);
         loop {
             let freed = start.saturating_sub(self.accounted.0);
@@ -187,7 +187,7 @@ impl PartitionState {
                 || evicted >= MAX_VICTIMS_PER_WRITE
                 || (freed >= growth && used.saturating_add(growth) <= headroom);
             let candidates = !memory.policy.volatile_only() || memory.volatile() > 0;
-            match admission(used, growth, memory.limit, memory.policy, leads, done, candidates) {
+            match admission(used, growth, memory.limit(), memory.policy, leads, done, candidates) {
                 Admission::Admit => return Ok(()),
                 Admission::AdmitOver => {
                     memory.wake.notify_one();
@@ -287,11 +287,11 @@ impl PartitionState {
         if self.shard.epoch().covers(entry.version) {
             return Ok(Applied::Covered(self.shard.epoch()));
         }
-        if admit && self.memory.limit > 0 && entry.value.is_some() {
+        if admit && self.memory.limit() > 0 && entry.value.is_some() {
             let size = footprint(key.len(), &entry);
             // What an overwrite replaces is looked up only when the write
             // might not fit without it.
-            if self.memory.used().saturating_add(size) > self.memory.limit {
+            if self.memory.used().saturating_add(size) > self.memory.limit() {
                 let stored = self.shard.footprint(&key);
                 self.admit(&key, size.saturating_sub(stored), now).await?;
             }

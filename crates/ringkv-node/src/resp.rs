@@ -53,6 +53,11 @@ pub(crate) trait Host: KvStore + Clone + 'static {
         from: Cursor,
         count: usize,
     ) -> impl Future<Output = Result<(Option<Cursor>, Vec<Bytes>), KvError>> + Send;
+    /// `maxmemory` now, in bytes (0: no bound).
+    fn memory_limit(&self) -> u64;
+    /// `CONFIG SET maxmemory`: this node's bound from now on, until it
+    /// restarts (the config file is not rewritten).
+    fn set_memory_limit(&self, bytes: u64);
     /// What `ringkv status` shows, for `INFO`.
     fn status(&self) -> impl Future<Output = Result<NodeStatus, KvError>> + Send;
 }
@@ -560,7 +565,8 @@ async fn info(node: &impl Host, args: &[Bytes], connected: usize) -> Result<Repl
 /// `CONFIG GET pattern…`: the settings Redis clients and tools ask about
 /// (`redis-benchmark` asks for `save` and `appendonly` before it starts), as
 /// Redis names them, matched case-insensitively with Redis's glob rules.
-/// Nothing can be set through this port yet.
+/// `CONFIG SET` changes what ringkv can change while running: `maxmemory`,
+/// on this node, until it restarts.
 fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Refused> {
     let Some(sub) = args.first() else { return Err(arity("config")) };
     match (sub.to_ascii_lowercase().as_slice(), &args[1..]) {
@@ -571,7 +577,7 @@ fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Refused> {
                 crate::Persistence::None => "no",
             };
             let settings = [
-                ("maxmemory", config.maxmemory.to_string()),
+                ("maxmemory", node.memory_limit().to_string()),
                 ("maxmemory-policy", config.maxmemory_policy.to_string()),
                 ("appendonly", appendonly.to_string()),
                 ("appendfsync", config.fsync.to_string()),
@@ -587,8 +593,42 @@ fn config(node: &impl Host, args: &[Bytes]) -> Result<Reply, Refused> {
                 .collect();
             Ok(Reply::Map(pairs))
         }
-        (b"get", []) => Err(error("ERR wrong number of arguments for 'config|get' command")),
-        (b"set", _) => Err(error("ERR CONFIG SET is not supported by ringkv yet")),
+        (b"set", pairs @ [_, _, ..]) if pairs.len() % 2 == 0 => {
+            // All checked before any is applied, as Redis does.
+            let mut limit = None;
+            for pair in pairs.chunks(2) {
+                let name = pair[0].to_ascii_lowercase();
+                let failed = |why: &str| {
+                    error(&format!("ERR CONFIG SET failed (possibly related to argument '{}') - {why}", lossy(&name)))
+                };
+                match name.as_slice() {
+                    b"maxmemory" => {
+                        let text = std::str::from_utf8(&pair[1]).unwrap_or("");
+                        let bytes = ringkv_core::parse_size(text).map_err(|e| failed(&e))?;
+                        if bytes != 0 && bytes < crate::config::MIN_MAXMEMORY {
+                            return Err(failed("maxmemory must be 0 (no limit) or at least 1mb"));
+                        }
+                        limit = Some(bytes);
+                    }
+                    b"maxmemory-policy" | b"appendonly" | b"appendfsync" | b"save" | b"databases" => {
+                        return Err(failed("ringkv cannot change it while running; set it in the config file"));
+                    }
+                    _ => {
+                        return Err(error(&format!(
+                            "ERR Unknown option or number of arguments for CONFIG SET - '{}'",
+                            lossy(&pair[0])
+                        )));
+                    }
+                }
+            }
+            if let Some(bytes) = limit {
+                node.set_memory_limit(bytes);
+            }
+            Ok(Reply::ok())
+        }
+        (b"get" | b"set", _) => {
+            Err(error(&format!("ERR wrong number of arguments for 'config|{}' command", lossy(sub).to_lowercase())))
+        }
         _ => Err(error(&format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", lossy(sub)))),
     }
 }
