@@ -17,15 +17,20 @@ source scripts/lib.sh
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 serve_single --persistence none --resp "127.0.0.1:$port" --metrics 127.0.0.1:0
-perf record -F 2999 -g -o "$tmp/perf.data" -p "$PID" 2>/dev/null &
+perf record -F 999 --call-graph dwarf,8192 -o "$tmp/perf.data" -p "$PID" 2>/dev/null &
 perf_pid=$!
 sleep 0.5
-redis-benchmark -p "$port" -t "$OP" -d 100 -r 1000000 -n "$N" -c 50 -P "$PIPELINE" -q
+redis-benchmark -p "$port" -t "$OP" -d 100 -r 1000000 -n "$N" -c 50 -P "$PIPELINE" -q | tr "\r" "\n" | tail -1
 kill -INT "$perf_pid"
 wait "$perf_pid" || true
-perf report -i "$tmp/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
-    grep -E '^ +[0-9.]+%' | head -40 > "$tmp/top"
+perf report -i "$tmp/perf.data" --no-children --sort symbol --stdio -g none > "$tmp/report" 2>"$tmp/report.err" ||
+    { cat "$tmp/report.err"; exit 1; }
+# Who calls the hottest symbol, memmove: the callers' chains, folded.
+perf report -i "$tmp/perf.data" --no-children --stdio --symbols=__memmove_avx_unaligned_erms -g caller,0.5,callee \
+    --percent-limit 1 2>/dev/null | grep -E '[0-9.]+%|--' | head -30 | cut -c1-160 > "$tmp/memmove" || true
 echo "hottest symbols (self time), $OP at -P $PIPELINE:"
-cut -c1-150 "$tmp/top"
-perf report -i "$tmp/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9.]+%' |
+awk '/^ +[0-9.]+%/ && n++ < 40' "$tmp/report" | cut -c1-150
+grep -E '^ +[0-9.]+%' "$tmp/report" |
     awk '/metrics|Metrics|Timings|prometheus/ {s += $1} END {printf "samples in metrics code: %.2f%%\n", s}'
+echo "callers of memmove:"
+cat "$tmp/memmove"

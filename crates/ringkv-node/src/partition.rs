@@ -350,13 +350,17 @@ impl Actor for PartitionActor {
         envelope: Envelope<PartitionMsg>,
         state: &mut PartitionState,
     ) -> Result<(), ActorProcessingErr> {
-        // A dropped reply port only means the caller gave up waiting.
+        // A dropped reply port only means the caller gave up waiting. The
+        // arms that wait (on the log, on evictions) run boxed: ractor moves
+        // this future for every message, and unboxed they made it as large
+        // as their deepest await, a copy that took 8% of a node's CPU under
+        // GETs (BENCHMARKS.md, *Where the time goes*).
         match envelope.msg {
             PartitionMsg::Apply { key, entry, condition, admit, reply } => {
-                let _ = reply.send(state.apply(key, entry, condition, admit).await);
+                let _ = reply.send(Box::pin(state.apply(key, entry, condition, admit)).await);
             }
             PartitionMsg::Update { key, update, seen, max_value, reply } => {
-                let _ = reply.send(state.update(key, update, seen, max_value).await);
+                let _ = reply.send(Box::pin(state.update(key, update, seen, max_value)).await);
             }
             PartitionMsg::Evict { max, reply } => {
                 let now = state.clock.now_ms();
@@ -364,7 +368,7 @@ impl Actor for PartitionActor {
                 let mut result = Ok(());
                 while evicted < max && state.memory.over() && state.memory.leads(state.id) {
                     let Some(victim) = state.shard.victim(now, None) else { break };
-                    result = state.evict(victim, now).await;
+                    result = Box::pin(state.evict(victim, now)).await;
                     if result.is_err() {
                         break;
                     }
@@ -383,7 +387,7 @@ impl Actor for PartitionActor {
             PartitionMsg::Truncate { epoch, reply } => {
                 let result = if epoch > state.shard.epoch() {
                     state.shard.truncate(epoch);
-                    state.log(WalRecord::Truncate { epoch }).await
+                    Box::pin(state.log(WalRecord::Truncate { epoch })).await
                 } else {
                     Ok(None)
                 };
@@ -423,9 +427,9 @@ impl Actor for PartitionActor {
                 // dropping it costs no log record.
                 let result = match state.shard.drop_all() {
                     0 => Ok((0, None)),
-                    dropped => {
-                        state.log(WalRecord::DropPartition { partition: state.id.0 }).await.map(|d| (dropped, d))
-                    }
+                    dropped => Box::pin(state.log(WalRecord::DropPartition { partition: state.id.0 }))
+                        .await
+                        .map(|d| (dropped, d)),
                 };
                 let _ = reply.send(result);
             }
