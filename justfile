@@ -49,6 +49,13 @@ bench: build
     scripts/bench-node.sh
     scripts/bench-cluster.sh
 
+# ringkv beside redis-server, both loaded by redis-benchmark (SET and GET
+# at -c 50 -P 1, -c 50 -P 16 and -c 1; persistence matched; a 3-node
+# cluster too). Needs redis-server and redis-tools. BENCHMARKS.md has the
+# table.
+bench-redis rounds="5" requests="100000":
+    scripts/bench-redis.sh {{rounds}} {{requests}}
+
 # The chaos suite: a 5-node cluster under a seeded fault schedule (kill,
 # pause, partition, add and remove a node, clear) while clients write and
 # read; checks the history. Output in target/chaos/seed-N.
