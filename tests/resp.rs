@@ -498,6 +498,45 @@ fn config_set_changes_maxmemory_while_the_node_runs() {
     c.expect(&cmd(&["SET", "after", &value]), b"+OK\r\n");
 }
 
+/// `resp_tls`: `redis-cli --tls` with the cluster CA and the client
+/// certificate is served, on an address that is not loopback; a client
+/// without a certificate, or speaking clear text, is served nothing, and
+/// the node goes on serving the others.
+#[test]
+fn tls_on_the_resp_port_admits_only_clients_with_a_certificate_of_the_cluster() {
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = NodeSpec::new("n1", &dir.path().join("n1"), certs.path())
+        .arg("--persistence")
+        .arg("none")
+        .arg("--resp")
+        .arg("0.0.0.0:0")
+        .arg("--resp-tls")
+        .start();
+    let port = node.resp.expect("the node serves RESP").port().to_string();
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    let tls = ["--tls", "--cacert", &path("ca.crt"), "--cert", &path("client.crt"), "--key", &path("client.key")];
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian's redis-tools) runs");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    assert_eq!(cli(&[&tls[..], &["SET", "k", "over tls"]].concat()), "OK\n");
+    assert_eq!(cli(&[&tls[..], &["GET", "k"]].concat()), "over tls\n");
+    let anonymous = cli(&["--tls", "--cacert", &path("ca.crt"), "GET", "k"]);
+    assert!(!anonymous.contains("over tls"), "a client without a certificate was served: {anonymous}");
+    let clear = cli(&["GET", "k"]);
+    assert!(!clear.contains("over tls"), "a clear-text client was served: {clear}");
+    let mut raw = Conn::to(([127, 0, 0, 1], node.resp.unwrap().port()).into());
+    raw.0.write_all(&cmd(&["GET", "k"])).unwrap();
+    let mut got = Vec::new();
+    let _ = raw.0.read_to_end(&mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("over tls"), "clear text answered: {got:?}");
+    assert_eq!(cli(&[&tls[..], &["GET", "k"]].concat()), "over tls\n", "the node still serves");
+}
+
 #[test]
 fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
@@ -529,12 +568,12 @@ fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
 }
 
 #[test]
-fn a_resp_port_off_loopback_without_a_password_is_refused_with_the_reason() {
+fn a_resp_port_off_loopback_without_tls_or_a_password_is_refused_with_the_reason() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
     let spec = NodeSpec::new("n1", &dir.path().join("n1"), certs.path()).arg("--resp").arg("0.0.0.0:0");
     let err =
         spec.try_start().err().expect("a node with a RESP port on every interface and no password must not start");
-    assert!(err.contains("is not a loopback address and resp_password is not set"), "{err}");
+    assert!(err.contains("is not a loopback address and neither resp_tls nor resp_password is set"), "{err}");
 }
 
 #[test]

@@ -38,9 +38,13 @@ pub(crate) struct ServeArgs {
     /// UDP address for gossip; required to form a cluster.
     #[arg(long)]
     gossip: Option<SocketAddr>,
-    /// TCP address (loopback) of a RESP port for Redis clients.
+    /// TCP address of a RESP port for Redis clients (loopback unless
+    /// --resp-tls or resp_password).
     #[arg(long)]
     resp: Option<SocketAddr>,
+    /// TLS on the RESP port, with client certificates from the cluster CA.
+    #[arg(long)]
+    resp_tls: bool,
     /// TCP address where `GET /metrics` serves Prometheus metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -120,6 +124,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.resp {
         config.resp_listen = Some(v);
+    }
+    if args.resp_tls {
+        config.resp_tls = true;
     }
     if let Some(v) = args.metrics {
         config.metrics_listen = Some(v);

@@ -270,6 +270,23 @@ fn server_config(identity: &Identity, settings: &TransportSettings) -> Result<qu
     Ok(config)
 }
 
+/// TLS for the RESP port (`redis-cli --tls`): the node's certificate, and
+/// a client certificate signed by the cluster CA required of every client,
+/// as on the QUIC port. TLS 1.3 only, as on the QUIC port.
+pub fn resp_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, NetError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(identity.roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|e| NetError::Tls(format!("node certificate: {e}")))?;
+    Ok(Arc::new(tls))
+}
+
 pub fn client_config(identity: &Identity, settings: &TransportSettings) -> Result<quinn::ClientConfig, NetError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -95,12 +95,17 @@ pub struct NodeConfig {
     pub cluster_id: String,
     /// TCP address of the RESP port, where Redis clients (`redis-cli`,
     /// redis-py, any language's client) reach the node; off unless set.
-    /// Loopback only unless `resp_password` is set.
+    /// Loopback only unless `resp_tls` or `resp_password` is set.
     pub resp_listen: Option<SocketAddr>,
     /// The password RESP clients must give (`AUTH`, or `HELLO … AUTH`)
-    /// before anything else, as Redis's `requirepass`. It travels in clear
-    /// text, as the data does: the port has no TLS yet.
+    /// before anything else, as Redis's `requirepass`. Without `resp_tls`
+    /// it travels in clear text, as the data does.
     pub resp_password: Option<Password>,
+    /// TLS on the RESP port with the node's certificate, and a client
+    /// certificate signed by the cluster CA required of every client
+    /// (`redis-cli --tls --cacert ca.crt --cert client.crt --key
+    /// client.key`), as the QUIC port requires one.
+    pub resp_tls: bool,
     /// TCP address where `GET /metrics` serves Prometheus metrics; off
     /// unless set, and then the node counts nothing. The metrics name no
     /// keys or values, only counts and timings, so any address is allowed.
@@ -333,6 +338,7 @@ impl Default for NodeConfig {
             cluster_id: default_cluster_id(),
             resp_listen: None,
             resp_password: None,
+            resp_tls: false,
             metrics_listen: None,
             gossip: None,
             seeds: Vec::new(),
@@ -400,10 +406,11 @@ impl NodeConfig {
         if let Some(addr) = self.resp_listen
             && !addr.ip().is_loopback()
             && self.resp_password.is_none()
+            && !self.resp_tls
         {
             return bad(format!(
-                "resp_listen {addr} is not a loopback address and resp_password is not set: anyone who can reach \
-                 the port could read and change every key (the RESP port has no TLS yet)"
+                "resp_listen {addr} is not a loopback address and neither resp_tls nor resp_password is set: anyone \
+                 who can reach the port could read and change every key"
             ));
         }
         if self.resp_password.as_ref().is_some_and(|p| p.0.is_empty()) {

@@ -361,6 +361,18 @@ impl Node {
             None => None,
         };
         let resp_addr = resp.as_ref().and_then(|listener| listener.local_addr().ok());
+        let resp_tls = match (config.resp_tls, tls_paths(&config)) {
+            (false, _) => None,
+            (true, Some(paths)) => {
+                let tls = ringkv_net::tls::resp_server_config(&Identity::load(&paths)?)?;
+                Some(tokio_rustls::TlsAcceptor::from(tls))
+            }
+            (true, None) => {
+                return Err(NodeError::Config(
+                    "resp_tls needs the node's certificate: set certs_dir, or tls ca, cert and key".into(),
+                ));
+            }
+        };
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| NodeError::Metrics { addr, source })?),
             None => None,
@@ -481,7 +493,7 @@ impl Node {
             node.spawn(fence_follower(node.clone()));
         }
         if let Some(listener) = resp {
-            node.spawn(crate::resp::serve(node.clone(), listener));
+            node.spawn(crate::resp::serve(node.clone(), listener, resp_tls));
         }
         if let Some(listener) = metrics_listener {
             node.spawn(crate::metrics::serve(node.clone(), listener));

@@ -23,10 +23,11 @@ use ringkv_core::update::{Answer, ExpireWhen, Expiry, Update, When};
 use ringkv_core::{KeyTtl, KvError, KvStore, PartitionId, SplitMix64};
 use ringkv_net::wire::NodeStatus;
 use ringkv_resp::{Decoder, Limits, Protocol, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::NodeConfig;
 use crate::metrics::{Metrics, Op, Outcome};
@@ -66,8 +67,12 @@ pub(crate) trait Host: KvStore + Clone + 'static {
 /// more commands are in the buffer.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until the node shuts down, then closes them all.
-pub(crate) async fn serve(node: impl Host, listener: TcpListener) {
+/// With `tls`, every connection is a TLS session first (`resp_tls`).
+pub(crate) async fn serve(node: impl Host, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let mut shutdown = node.shutdown_signal();
     let permits = Arc::new(Semaphore::new(node.config().max_connections));
     let mut connections = JoinSet::new();
@@ -78,16 +83,29 @@ pub(crate) async fn serve(node: impl Host, listener: TcpListener) {
                 Ok((mut stream, peer)) => {
                     while connections.try_join_next().is_some() {}
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        // Said in clear text even on a TLS port: the client
+                        // is turned away either way.
                         let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                         continue;
                     };
                     ids += 1;
-                    let node = node.clone();
+                    let (node, tls) = (node.clone(), tls.clone());
                     let clients = permits.clone();
                     connections.spawn(async move {
                         let _permit = permit;
                         let password = node.config().resp_password.as_ref().map(|p| p.0.as_bytes().to_vec());
-                        if let Err(e) = Connection::new(ids, password, clients, node.now_ms()).run(&node, stream).await {
+                        let mut connection = Connection::new(ids, password, clients, node.now_ms());
+                        connection.local = stream.local_addr().ok();
+                        connection.peer = Some(peer);
+                        let ended = match tls {
+                            None => connection.run(&node, stream).await,
+                            Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => connection.run(&node, stream).await,
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+                            },
+                        };
+                        if let Err(e) = ended {
                             tracing::debug!(%peer, error = %e, "RESP connection ended");
                         }
                     });
@@ -148,9 +166,9 @@ impl Connection {
         }
     }
 
-    async fn run(&mut self, node: &impl Host, mut stream: TcpStream) -> std::io::Result<()> {
-        self.local = stream.local_addr().ok();
-        self.peer = stream.peer_addr().ok();
+    /// Serves the connection until the client leaves; `stream` is the TCP
+    /// connection, or a TLS session over it.
+    async fn run(&mut self, node: &impl Host, mut stream: impl AsyncRead + AsyncWrite + Unpin) -> std::io::Result<()> {
         let limits = node.config().limits();
         // An argument is a key or a value; a command, a key and a value
         // with room for its name and options.
@@ -179,23 +197,21 @@ impl Connection {
                         }
                         reply.encode(self.protocol, &mut output);
                         if let After::Close = after {
-                            return stream.write_all(&output).await;
+                            return send(&mut stream, &mut output).await;
                         }
                         if output.len() >= WRITE_BATCH {
-                            stream.write_all(&output).await?;
-                            output.clear();
+                            send(&mut stream, &mut output).await?;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         e.reply().encode(self.protocol, &mut output);
-                        return stream.write_all(&output).await;
+                        return send(&mut stream, &mut output).await;
                     }
                 }
             }
             if !output.is_empty() {
-                stream.write_all(&output).await?;
-                output.clear();
+                send(&mut stream, &mut output).await?;
             }
             if stream.read_buf(&mut input).await? == 0 {
                 return Ok(());
@@ -694,6 +710,15 @@ fn glob_one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
         b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
         literal => (*literal == c).then_some(p + 1),
     }
+}
+
+/// Writes the replies waiting in `output` and empties it. Flushed, since a
+/// TLS session holds what it has not yet sealed into records.
+async fn send(stream: &mut (impl AsyncWrite + Unpin), output: &mut BytesMut) -> std::io::Result<()> {
+    stream.write_all(output).await?;
+    stream.flush().await?;
+    output.clear();
+    Ok(())
 }
 
 /// The commands that read or change data, or `None` for a name this port
