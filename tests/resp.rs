@@ -902,6 +902,73 @@ async fn a_scan_across_a_join_and_a_crash_lists_every_key_that_existed_throughou
     redis_py(&args);
 }
 
+/// A child process killed with the test, on every path.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// redis-cli's interactive hints, on a pseudo-terminal from util-linux's
+/// `script`: typing `set greeting ` shows Redis's hint for the rest of
+/// `SET`'s arguments (redis-cli uses its own copy of the command docs,
+/// since `COMMAND DOCS` is refused), and the command then runs.
+#[test]
+fn redis_cli_shows_its_interactive_hints() {
+    use std::sync::{Arc, Mutex};
+    let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
+    let node = node(&certs, &dir);
+    let port = node.resp.unwrap().port();
+    let mut child = KillOnDrop(
+        std::process::Command::new("script")
+            .args(["-q", "-c", &format!("stty cols 200 rows 50; redis-cli -p {port}"), "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("util-linux's script runs"),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let mut stdout = child.0.stdout.take().unwrap();
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let screen = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    // Waits until the terminal has shown `text` (after `from`), and
+    // answers where it ends.
+    let shown = |text: &str, from: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = String::from_utf8_lossy(&screen.lock().unwrap()[from..]).into_owned();
+            if let Some(at) = seen.find(text) {
+                return from + at + text.len();
+            }
+            assert!(std::time::Instant::now() < deadline, "the terminal never showed {text:?}; it shows {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let prompt = format!("127.0.0.1:{port}> ");
+    let at = shown(&prompt, 0);
+    stdin.write_all(b"set greeting ").unwrap();
+    let at = shown("value [NX|XX] [GET] [EX seconds|PX milliseconds", at);
+    stdin.write_all(b"hello\r").unwrap();
+    let at = shown("OK", at);
+    stdin.write_all(b"get greeting\r").unwrap();
+    shown("\"hello\"", at);
+    stdin.write_all(b"quit\r").unwrap();
+    drop(child);
+    reader.join().unwrap();
+}
+
 /// A client writing through one node that is killed reconnects to another
 /// and goes on; nothing it was told had succeeded is lost, and its
 /// acknowledged increments stay in order (the next leader reads what the
