@@ -17,7 +17,6 @@ command -v redis-benchmark >/dev/null || { echo "needs redis-benchmark (Debian's
 BIN=$A
 source scripts/lib.sh
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_a=$(free_port)
 serve_single --persistence none --resp "127.0.0.1:$port_a"
 BIN=$B

@@ -32,7 +32,7 @@ base=$(rss_kb "$node")
 ringkv_per_key=$(( ($(rss_kb "$node") - base) * 1024 / KEYS ))
 kill "$node"
 
-redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
 redis=$!
 pids+=("$redis")

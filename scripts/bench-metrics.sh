@@ -16,7 +16,6 @@ N=1000000
 command -v redis-benchmark >/dev/null || { echo "needs redis-benchmark (Debian's redis-tools)" >&2; exit 2; }
 source scripts/lib.sh
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 plain_port=$(free_port)
 serve_single --persistence none --resp "127.0.0.1:$plain_port"
 plain_pid=$PID

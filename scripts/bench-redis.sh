@@ -19,7 +19,6 @@ command -v redis-benchmark >/dev/null || { echo "needs redis-benchmark (Debian's
 command -v redis-server >/dev/null || { echo "needs redis-server (Debian's redis-server)" >&2; exit 2; }
 source scripts/lib.sh
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do redis-cli -p "$1" ping >/dev/null 2>&1 && return; sleep 0.05; done; exit 1; }
 
 declare -A port

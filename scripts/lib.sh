@@ -42,6 +42,9 @@ serve_single() {
     export RINGKV_ADDR=$ADDR
 }
 
+# free_port: a TCP port on loopback that is free now.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 # median: the median of the numbers on stdin, one per line.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # field OP NAME: NAME of OP's section in `ringkv bench --json` output.

@@ -15,7 +15,7 @@ command -v perf >/dev/null || { echo "needs perf (Debian's linux-perf)" >&2; exi
 command -v redis-benchmark >/dev/null || { echo "needs redis-benchmark (Debian's redis-tools)" >&2; exit 2; }
 source scripts/lib.sh
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 serve_single --persistence none --resp "127.0.0.1:$port" --metrics 127.0.0.1:0
 perf record -F 999 --call-graph dwarf,8192 -o "$tmp/perf.data" -p "$PID" 2>/dev/null &
 perf_pid=$!

@@ -400,24 +400,14 @@ impl Node {
                     }
                 })
                 .collect();
-        let mut tracker = QuorumTracker::new("read", needed, up.len());
-        let mut answers: Vec<(String, Option<Entry>)> = Vec::with_capacity(up.len());
-        while let Some((i, result)) = calls.next().await {
-            let progress = match result {
-                Ok(Reply::Entry(entry)) => {
-                    answers.push((up[i].to_string(), entry));
-                    tracker.ok(i)
-                }
-                Ok(other) => tracker.fail(i, format!("unexpected reply {other:?}")),
-                Err(e) => tracker.fail(i, e.to_string()),
-            };
-            if progress != Progress::Pending {
-                break;
-            }
-        }
-        if tracker.progress() != Progress::Succeeded {
-            return Err(tracker.error(&up, "no answer"));
-        }
+        let tracker = QuorumTracker::new("read", needed, up.len());
+        let entries = gather(&mut calls, tracker, &up, |reply| match reply {
+            Reply::Entry(entry) => Ok(entry),
+            other => Err(other),
+        })
+        .await?;
+        let mut answers: Vec<(String, Option<Entry>)> =
+            entries.into_iter().map(|(i, entry)| (up[i].to_string(), entry)).collect();
         let resolution = resolve_read(&answers);
         if let Some(entry) = &resolution.newest {
             // What this node answers with, its clock now covers: a client's
@@ -437,7 +427,39 @@ impl Node {
         }
         Ok(resolution.newest)
     }
+}
 
+/// Collects replica answers from `calls` until `tracker` decides: `accept`
+/// takes a reply that answers the request, or hands back one that does not
+/// (a failure, like an error). The answers, each with its replica's index
+/// in `up`; calls still running stay in `calls` for the caller.
+pub(crate) async fn gather<T>(
+    calls: &mut (impl futures_util::Stream<Item = (usize, Result<Reply, KvError>)> + Unpin),
+    mut tracker: QuorumTracker,
+    up: &[NodeName],
+    mut accept: impl FnMut(Reply) -> Result<T, Reply>,
+) -> Result<Vec<(usize, T)>, KvError> {
+    let mut answers = Vec::with_capacity(up.len());
+    while let Some((i, result)) = calls.next().await {
+        let progress = match result.map(&mut accept) {
+            Ok(Ok(answer)) => {
+                answers.push((i, answer));
+                tracker.ok(i)
+            }
+            Ok(Err(other)) => tracker.fail(i, format!("unexpected reply {other:?}")),
+            Err(e) => tracker.fail(i, e.to_string()),
+        };
+        if progress != Progress::Pending {
+            break;
+        }
+    }
+    match tracker.progress() {
+        Progress::Succeeded => Ok(answers),
+        _ => Err(tracker.error(up, "no answer")),
+    }
+}
+
+impl Node {
     async fn read_repair(
         &self,
         topo: &Topology,

@@ -4,15 +4,15 @@
 //! and why it survives membership changes.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use ringkv_core::quorum::{Progress, QuorumTracker};
+use ringkv_core::quorum::QuorumTracker;
 use ringkv_core::ring::NodeName;
 use ringkv_core::scan::{Cursor, Merged, Page, merge};
 use ringkv_core::{Consistency, KvError, PartitionId};
 use ringkv_net::wire::{ReplicaRequest, Reply};
 
 use crate::node::Node;
+use crate::ops::gather;
 
 /// The most partition pages one call reads, so that a call over an empty
 /// or sparse stretch of partitions answers in bounded time (with fewer
@@ -67,24 +67,12 @@ impl Node {
                 async move { (i, self.on_replica(topo, name, request).await) }
             })
             .collect();
-        let mut tracker = QuorumTracker::new("scan", needed, up.len());
-        let mut pages = Vec::with_capacity(needed);
-        while let Some((i, result)) = calls.next().await {
-            let progress = match result {
-                Ok(Reply::Keys { keys, full }) => {
-                    pages.push(Page { keys, full });
-                    tracker.ok(i)
-                }
-                Ok(other) => tracker.fail(i, format!("unexpected reply {other:?}")),
-                Err(e) => tracker.fail(i, e.to_string()),
-            };
-            if progress != Progress::Pending {
-                break;
-            }
-        }
-        if tracker.progress() != Progress::Succeeded {
-            return Err(tracker.error(&up, "no answer"));
-        }
-        Ok(merge(pages))
+        let tracker = QuorumTracker::new("scan", needed, up.len());
+        let pages = gather(&mut calls, tracker, &up, |reply| match reply {
+            Reply::Keys { keys, full } => Ok(Page { keys, full }),
+            other => Err(other),
+        })
+        .await?;
+        Ok(merge(pages.into_iter().map(|(_, page)| page).collect()))
     }
 }
