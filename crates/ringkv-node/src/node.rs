@@ -212,10 +212,15 @@ impl Node {
         };
         // Also before touching the data directory: a node must serve under
         // the node id its certificate names.
-        if let Some(paths) = tls_paths(&config) {
-            let named = Identity::load(&paths)?.named(&paths)?;
-            check_identity(named, &config.node_id, config.gossip.is_some(), &paths)?;
-        }
+        // Loaded once: the QUIC endpoint and the RESP port's TLS use it too.
+        let identity = match tls_paths(&config) {
+            Some(paths) => {
+                let identity = Identity::load(&paths)?;
+                check_identity(identity.named(&paths)?, &config.node_id, config.gossip.is_some(), &paths)?;
+                Some(identity)
+            }
+            None => None,
+        };
         let faults = Arc::new(Faults::default());
         let clock: Arc<dyn Clock> = match config.fault_injection {
             true => Arc::new(SkewedClock { inner: env.clock, faults: faults.clone() }),
@@ -260,7 +265,7 @@ impl Node {
             Mailbox::spawn("the hint store".into(), HintsActor, hints_state, config.mailbox_capacity, &supervisor)
                 .await?;
 
-        let endpoint = bind_endpoint(&config)?;
+        let endpoint = bind_endpoint(&config, identity.as_ref())?;
         let local_addr = endpoint
             .as_ref()
             .map(|(e, _)| e.local_addr())
@@ -361,11 +366,10 @@ impl Node {
             None => None,
         };
         let resp_addr = resp.as_ref().and_then(|listener| listener.local_addr().ok());
-        let resp_tls = match (config.resp_tls, tls_paths(&config)) {
+        let resp_tls = match (config.resp_tls, &identity) {
             (false, _) => None,
-            (true, Some(paths)) => {
-                let tls = ringkv_net::tls::resp_server_config(&Identity::load(&paths)?)?;
-                Some(tokio_rustls::TlsAcceptor::from(tls))
+            (true, Some(identity)) => {
+                Some(tokio_rustls::TlsAcceptor::from(ringkv_net::tls::resp_server_config(identity)?))
             }
             (true, None) => {
                 return Err(NodeError::Config(
@@ -701,12 +705,11 @@ fn quic_prover(connector: Arc<Connector>, check: NodeCheck) -> Prover {
     })
 }
 
-fn bind_endpoint(config: &NodeConfig) -> Result<Option<(Endpoint, NodeCheck)>, NodeError> {
-    let Some(paths) = tls_paths(config) else { return Ok(None) };
-    let identity = Identity::load(&paths)?;
+fn bind_endpoint(config: &NodeConfig, identity: Option<&Identity>) -> Result<Option<(Endpoint, NodeCheck)>, NodeError> {
+    let Some(identity) = identity else { return Ok(None) };
     let settings = TransportSettings { max_streams: config.max_streams_per_connection, ..TransportSettings::default() };
-    let server = ringkv_net::tls::listener(&identity, &settings)?;
-    let client = ringkv_net::tls::client_config(&identity, &settings)?;
+    let server = ringkv_net::tls::listener(identity, &settings)?;
+    let client = ringkv_net::tls::client_config(identity, &settings)?;
     let seed = (config.seed != 0).then(|| {
         let mut bytes = [0u8; 32];
         let mut rng = ringkv_core::SplitMix64::new(config.seed);
@@ -716,7 +719,7 @@ fn bind_endpoint(config: &NodeConfig) -> Result<Option<(Endpoint, NodeCheck)>, N
         bytes
     });
     let endpoint = bind(config.listen, Some(server), client, seed)?;
-    Ok(Some((endpoint, NodeCheck::new(&identity)?)))
+    Ok(Some((endpoint, NodeCheck::new(identity)?)))
 }
 
 impl Inner {

@@ -21,8 +21,8 @@ use crate::ops::gather;
 /// one call, as Redis walks a small dict.
 const MAX_PAGES_PER_CALL: usize = 256;
 
-/// The most keys one replica lists per page.
-const MAX_PAGE_KEYS: usize = 4096;
+/// The most keys one replica lists per page (it clamps what it is asked).
+pub(crate) const MAX_PAGE_KEYS: usize = 4096;
 
 impl Node {
     /// Live keys from `from` on, at least `count` of them unless the walk
