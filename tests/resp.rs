@@ -384,6 +384,11 @@ fn keyspace_walks_and_renames_answer_as_redis_does() {
     c.expect(&cmd(&["SET", "gone", "v"]), b"+OK\r\n");
     c.expect(&cmd(&["DEL", "gone"]), b":1\r\n");
     c.expect(&cmd(&["SET", "expired", "v", "PX", "1"]), b"+OK\r\n");
+    // Walked only once it has expired, however fast the walk.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.line(&cmd(&["PTTL", "expired"])) != ":-2\r\n" {
+        assert!(std::time::Instant::now() < deadline, "a 1 ms expiry did not pass in 10 s");
+    }
     c.expect(&cmd(&["DBSIZE"]), b":500\r\n");
     expected.sort();
     for count in [1, 7, 1000] {
