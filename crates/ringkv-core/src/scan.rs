@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::{PartitionId, Version, key_hash};
 
 /// The hash bits a cursor keeps; the other 16 carry the partition.
+/// The most keys one replica lists per page: it clamps what it is asked,
+/// and coordinators ask for no more.
+pub const MAX_PAGE_KEYS: usize = 4096;
+
 const POSITION_BITS: u32 = 48;
 const DROPPED_BITS: u32 = 64 - POSITION_BITS;
 

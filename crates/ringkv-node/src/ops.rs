@@ -129,7 +129,7 @@ impl Node {
             }
             ReplicaRequest::Keys { partition, from, limit } => {
                 let mailbox = self.partition(partition)?;
-                let limit = (limit as usize).clamp(1, crate::scan::MAX_PAGE_KEYS);
+                let limit = (limit as usize).clamp(1, ringkv_core::scan::MAX_PAGE_KEYS);
                 // One more than asked tells whether the partition goes on.
                 let mut keys = mailbox.call(|reply| PartitionMsg::Keys { from, limit: limit + 1, reply }).await?;
                 let mut full = keys.len() > limit;

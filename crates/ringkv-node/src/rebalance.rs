@@ -21,8 +21,7 @@
 //! its partitions were re-replicated and tombstones purged without it, so
 //! it discards its data and joins as a new node.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,10 +31,9 @@ use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, TransferStatus};
 use ringkv_storage::settle;
 use tokio::time::Instant;
 
-use crate::membership::Life;
-use crate::node::Node;
+use crate::node::{Node, every};
 use crate::partition::PartitionMsg;
-use crate::repair::{Budget, entries_bytes};
+use crate::progress::entries_bytes;
 use crate::topology::Topology;
 
 /// Entries per page of a partition transfer, at most; a page is also cut
@@ -44,83 +42,6 @@ use crate::topology::Topology;
 const PAGE: usize = 512;
 /// Failed pages in a row before a transfer moves on to another source.
 const PAGE_ATTEMPTS: usize = 5;
-
-pub(crate) struct Transfers {
-    status: Mutex<TransferStatus>,
-    budget: Budget,
-}
-
-impl Transfers {
-    pub(crate) fn new(bytes_per_sec: u64) -> Transfers {
-        Transfers { status: Mutex::new(TransferStatus::default()), budget: Budget::new(bytes_per_sec) }
-    }
-
-    pub(crate) fn status(&self) -> TransferStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn record(&self, update: impl FnOnce(&mut TransferStatus)) {
-        update(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-}
-
-/// The file that says this data directory belongs to a ring member, and
-/// when that member was last alive (wall-clock ms).
-pub(crate) struct MemberFile {
-    path: PathBuf,
-}
-
-impl MemberFile {
-    pub(crate) fn new(data_dir: &Path) -> MemberFile {
-        MemberFile { path: data_dir.join("member") }
-    }
-
-    pub(crate) fn last_alive(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        let value = text.lines().find_map(|l| l.strip_prefix("last_alive_ms="));
-        match value.and_then(|v| v.trim().parse().ok()) {
-            Some(ms) => Some(ms),
-            None => {
-                tracing::warn!(file = %self.path.display(), "unreadable member file; joining as a new member");
-                None
-            }
-        }
-    }
-
-    pub(crate) fn touch(&self, now_ms: u64) {
-        let tmp = self.path.with_extension("tmp");
-        let written = std::fs::write(&tmp, format!("ringkv member file v1\nlast_alive_ms={now_ms}\n"))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            tracing::warn!(file = %self.path.display(), error = %e, "cannot update the member file");
-        }
-    }
-
-    pub(crate) fn remove(&self) {
-        if let Err(e) = std::fs::remove_file(&self.path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(file = %self.path.display(), error = %e, "cannot remove the member file");
-        }
-    }
-}
-
-/// Whether a member that was last alive at `last_alive_ms` must discard its
-/// data: it was gone longer than the grace period while some other member
-/// lived on for longer than that, so placement may have moved on without it
-/// (partitions re-replicated, tombstones purged). The other member either
-/// serves now and has been up that long, or it restarted too but had been
-/// alive until well after this one died (a whole-cluster restart after this
-/// member had long been gone). After a restart of the whole cluster at
-/// once, nobody has, and the data is kept.
-pub(crate) fn replaced(last_alive_ms: u64, now_ms: u64, grace: Duration, others: &[Life]) -> bool {
-    let grace = grace.as_millis() as u64;
-    let outlived = |other: &Life| {
-        other.serving_since.is_some_and(|since| now_ms.saturating_sub(since) > grace)
-            || other.alive_before > last_alive_ms.saturating_add(grace)
-    };
-    now_ms.saturating_sub(last_alive_ms) > grace && others.iter().any(outlived)
-}
 
 /// Replicas a gaining node must pull a partition from to hold every
 /// acknowledged write: any `replicas - W + 1` of them include one that
@@ -418,6 +339,119 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Hands this node's partitions to the other members and leaves the
+    /// ring; returns once done (the node should then be shut down).
+    pub async fn leave(&self) -> Result<(), KvError> {
+        self.begin_leave().await?;
+        self.wait_left().await;
+        Ok(())
+    }
+
+    /// Returns once the node has left the ring, whoever asked it to.
+    pub async fn wait_left(&self) {
+        let mut left = self.inner.left.subscribe();
+        let _ = left.wait_for(|left| *left).await;
+    }
+
+    /// Forgets this node's data and membership and joins as a new member:
+    /// whatever it held predates the current membership and may include
+    /// keys deleted and purged meanwhile. Returns the entries dropped.
+    pub(crate) async fn join_as_new(&self) -> Result<usize, KvError> {
+        if let Some(file) = &self.inner.member_file {
+            file.remove();
+        }
+        let dropped = self.drop_all_partitions().await?;
+        self.set_status(MemberStatus::Joining).await;
+        self.spawn(self.clone().join());
+        Ok(dropped)
+    }
+}
+
+/// Keeps the member file's last-alive time fresh while this node holds its
+/// place in the ring, and writes it a last time when the node stops in
+/// place (SIGINT, not a leave), so that a member stopped soon after it
+/// joined still comes back as itself.
+pub(crate) async fn member_keeper(node: Node) {
+    let inner = node.inner.clone();
+    let Some(file) = &inner.member_file else { return };
+    let in_ring = || {
+        let topo = inner.topology();
+        topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring())
+    };
+    // Precise enough to compare with the grace period, without a file write
+    // every second.
+    let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    every(&node, period, || async {
+        if in_ring() {
+            file.touch(inner.now_ms());
+        }
+    })
+    .await;
+    if in_ring() {
+        file.touch(inner.now_ms());
+    }
+}
+
+/// Discards this node's data and joins anew whenever a member says it
+/// removed this node from the ring (see `membership.rs`): what it holds may
+/// include keys whose tombstones the others purged meanwhile.
+pub(crate) async fn fence_follower(node: Node) {
+    let Some(standing) = node.inner.standing.clone() else { return };
+    let mut fenced = standing.fenced();
+    let mut shutdown = node.inner.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            changed = fenced.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        if !*fenced.borrow_and_update() {
+            continue;
+        }
+        let topo = node.inner.topology();
+        if topo.members.get(&topo.self_name).is_none_or(|m| !m.status.in_current_ring()) {
+            continue;
+        }
+        match node.join_as_new().await {
+            Ok(dropped) => {
+                tracing::warn!(dropped, "removed from the ring while out: discarded this node's data; joining anew")
+            }
+            Err(e) => {
+                // Fail-stop: serving on with data that may resurrect deleted
+                // keys is worse than a restart, whose recovery rules discard it.
+                tracing::error!(error = %e, "cannot discard the data of a removed member; stopping");
+                node.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Drops partitions that moved to other nodes: within a second of a
+/// placement change, and every ten seconds in case a coordinator that had
+/// not yet seen the change wrote to a dropped partition meanwhile. Both far
+/// below any sensible `tombstone_grace`, which is what keeps an old copy
+/// from outliving the tombstones it misses (see `drop_moved_partitions`).
+pub(crate) async fn mover(node: Node) {
+    let mut checked: Option<(Arc<Topology>, tokio::time::Instant)> = None;
+    every(&node, Duration::from_secs(1), || {
+        let topo = node.inner.topology();
+        let due = checked.as_ref().is_none_or(|(seen, at)| !Arc::ptr_eq(seen, &topo) || at.elapsed() >= MOVER_RECHECK);
+        if due {
+            checked = Some((topo, tokio::time::Instant::now()));
+        }
+        let node = node.clone();
+        async move {
+            if due {
+                node.drop_moved_partitions().await;
+            }
+        }
+    })
+    .await;
+}
+
+const MOVER_RECHECK: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,41 +463,5 @@ mod tests {
         assert_eq!(sources_needed(3, 3), 1);
         assert_eq!(sources_needed(1, 2), 1, "W is clamped to the replicas there are");
         assert_eq!(sources_needed(0, 2), 1);
-    }
-
-    #[test]
-    fn a_member_is_replaced_only_if_others_served_through_its_absence() {
-        let grace = Duration::from_secs(60);
-        let now = 1_000_000;
-        let serving = |since: u64| Life { serving_since: Some(since), alive_before: 0 };
-        // Back within the grace period: keeps its data.
-        assert!(!replaced(now - 30_000, now, grace, &[serving(0)]));
-        // Gone for long while another member served throughout.
-        assert!(replaced(now - 600_000, now, grace, &[serving(now - 900_000)]));
-        // Or while the others restarted and served long enough without it.
-        assert!(replaced(now - 600_000, now, grace, &[serving(now - 300_000)]));
-        // Gone for long, but everybody has just restarted: a whole-cluster
-        // restart.
-        assert!(!replaced(now - 600_000, now, grace, &[serving(now - 10_000), serving(now - 5_000)]));
-        assert!(!replaced(now - 600_000, now, grace, &[]));
-        // Everybody has just restarted, but another member had been alive
-        // long after this one died: the cluster had moved on without it.
-        let recovering = |alive_before: u64| Life { serving_since: None, alive_before };
-        assert!(replaced(now - 600_000, now, grace, &[recovering(now - 20_000)]));
-        // Both died at about the same time: kept.
-        assert!(!replaced(now - 600_000, now, grace, &[recovering(now - 590_000)]));
-    }
-
-    #[test]
-    fn the_member_file_round_trips() {
-        let dir = std::env::temp_dir().join(format!("ringkv-member-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = MemberFile::new(&dir);
-        assert_eq!(file.last_alive(), None);
-        file.touch(1234);
-        assert_eq!(file.last_alive(), Some(1234));
-        file.remove();
-        assert_eq!(file.last_alive(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

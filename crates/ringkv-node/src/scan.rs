@@ -21,9 +21,6 @@ use crate::ops::gather;
 /// one call, as Redis walks a small dict.
 const MAX_PAGES_PER_CALL: usize = 256;
 
-/// The most keys one replica lists per page (it clamps what it is asked).
-pub(crate) const MAX_PAGE_KEYS: usize = 4096;
-
 impl Node {
     /// Live keys from `from` on, at least `count` of them unless the walk
     /// ends or a call's page budget runs out first, and where the next call
@@ -37,7 +34,7 @@ impl Node {
         let mut next = Some(from);
         for _ in 0..MAX_PAGES_PER_CALL {
             let Some(at) = next.filter(|_| keys.len() < count) else { break };
-            let limit = (count - keys.len()).clamp(8, MAX_PAGE_KEYS);
+            let limit = (count - keys.len()).clamp(8, ringkv_core::scan::MAX_PAGE_KEYS);
             let Merged { live, resume } = self.scan_page(at.partition, at.from, limit).await?;
             keys.extend(live);
             next = match resume {

@@ -1,0 +1,127 @@
+//! The memory bound in the background: which partitions this node leads,
+//! evicting from them while over the bound, and sending a leader's
+//! evictions to the other replicas.
+
+use std::time::{Duration, Instant};
+
+use ringkv_core::{PartitionId, SplitMix64};
+
+use crate::memory::Evicted;
+use crate::node::Node;
+use crate::partition::PartitionMsg;
+
+/// Keeps the memory bound's view of which partitions this node leads (is
+/// the first live replica of) in step with the topology.
+pub(crate) async fn leadership(node: Node) {
+    let inner = node.inner.clone();
+    let mut topology = inner.topology_watch();
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let topo = topology.borrow_and_update().clone();
+        inner.memory.follow(&topo);
+        tokio::select! {
+            changed = topology.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Partitions whose best victims the background evictor compares for each
+/// key it evicts.
+const EVICT_CHOICES: usize = 4;
+
+/// Brings a node that is over its memory bound back under it, by evicting
+/// from the partitions it leads: after a recovery into a smaller
+/// `maxmemory` or a `CONFIG SET` lowering it, when others' writes filled
+/// its replicas, or when a write's
+/// own shard had nothing left to evict. Writes evict inline as well; this
+/// covers what they cannot.
+pub(crate) async fn evictor(node: Node) {
+    let inner = node.inner.clone();
+    let memory = inner.memory.clone();
+    if memory.over() {
+        // Recovered (or restarted with a smaller bound) over the limit.
+        match memory.policy.evicts() {
+            true => tracing::warn!(
+                used = memory.used(),
+                maxmemory = memory.limit(),
+                policy = %memory.policy,
+                "the recovered data is over maxmemory; evicting from the partitions this node leads"
+            ),
+            false => tracing::warn!(
+                used = memory.used(),
+                maxmemory = memory.limit(),
+                "the recovered data is over maxmemory and the policy is noeviction; writes that add data are \
+                 refused until keys are deleted"
+            ),
+        }
+    }
+    let mut shutdown = inner.shutdown.subscribe();
+    let (mut unreported, mut reported_at) = (0usize, None::<Instant>);
+    let mut rng = SplitMix64::new(inner.now_ms());
+    loop {
+        if memory.over() && memory.policy.evicts() {
+            let led: Vec<usize> =
+                (0..inner.partitions.len()).filter(|i| memory.leads(PartitionId(*i as u16))).collect();
+            while memory.over() && !led.is_empty() && !inner.stopping() {
+                // The best victim of a few partitions at random, so that a
+                // key goes only if it ranks low beyond its own shard.
+                let mut best: Option<(u64, usize)> = None;
+                for _ in 0..EVICT_CHOICES.min(led.len()) {
+                    let i = led[rng.below(led.len() as u64) as usize];
+                    let partition = &inner.partitions[i];
+                    if let Ok(Some(score)) = partition.call(|reply| PartitionMsg::VictimScore { reply }).await
+                        && best.is_none_or(|(s, _)| score > s)
+                    {
+                        best = Some((score, i));
+                    }
+                }
+                let Some((_, i)) = best else { break };
+                match inner.partitions[i].call(|reply| PartitionMsg::Evict { max: 1, reply }).await {
+                    Ok(Ok(n)) => unreported += n,
+                    _ => break,
+                }
+            }
+        }
+        if unreported > 0 && reported_at.is_none_or(|at| at.elapsed() >= EVICTION_REPORT) {
+            tracing::info!(
+                keys = unreported,
+                used = memory.used(),
+                maxmemory = memory.limit(),
+                "evicted in the background to stay under maxmemory"
+            );
+            (unreported, reported_at) = (0, Some(Instant::now()));
+        }
+        tokio::select! {
+            _ = memory.wake.notified() => {}
+            _ = tokio::time::sleep(inner.config.sweep_interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// At most one log line per this period about background evictions.
+const EVICTION_REPORT: Duration = Duration::from_secs(60);
+
+/// Sends a clustered leader's evictions to the partitions' other replicas,
+/// as the deletes they are (with hints for replicas that are down).
+pub(crate) async fn eviction_sender(node: Node, evicted: tokio::sync::mpsc::Receiver<Evicted>) {
+    use futures_util::StreamExt;
+    let mut shutdown = node.inner.shutdown.subscribe();
+    let stream = futures_util::stream::unfold(evicted, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let sending = stream.for_each_concurrent(EVICTIONS_IN_FLIGHT, |Evicted { key, entry }| {
+        let node = node.clone();
+        async move {
+            if let Err(e) = node.write_entry(key, entry).await {
+                tracing::debug!(error = %e, "an eviction did not reach the other replicas; anti-entropy will");
+            }
+        }
+    });
+    tokio::select! {
+        _ = sending => {}
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+}
+
+/// Evictions being sent to other replicas at once.
+const EVICTIONS_IN_FLIGHT: usize = 32;
