@@ -47,7 +47,13 @@ pub struct RunClock {
 impl RunClock {
     pub fn new() -> RunClock {
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        RunClock { start: Instant::now(), start_wall_ms: wall.as_millis() as u64 }
+        RunClock::starting_at(wall.as_millis() as u64)
+    }
+
+    /// A run starting now on tokio's clock (the simulated one in
+    /// `ringkv-sim`), at `start_wall_ms` on the nodes' wall clock.
+    pub fn starting_at(start_wall_ms: u64) -> RunClock {
+        RunClock { start: Instant::now(), start_wall_ms }
     }
 
     pub fn ms(&self) -> u64 {

@@ -156,7 +156,13 @@ impl Client {
             "0.0.0.0:0".parse().expect("valid")
         };
         let endpoint = bind(bind_addr, None, tls, None)?;
-        Ok(Client {
+        Ok(Client::with_endpoint(config, endpoint))
+    }
+
+    /// A client on an endpoint made elsewhere (over a simulated network in
+    /// `ringkv-sim`), with its client TLS configuration already set.
+    pub fn with_endpoint(config: ClientConfig, endpoint: ringkv_net::Endpoint) -> Client {
+        Client {
             connector: Arc::new(Connector::new(endpoint, config.max_frame_bytes)),
             seeds: config.nodes.into(),
             view: Arc::new(RwLock::new(None)),
@@ -166,7 +172,7 @@ impl Client {
             refresh: config.refresh,
             consistency: config.consistency,
             session: Arc::new(AtomicU64::new(0)),
-        })
+        }
     }
 
     /// The session clock: at or above the version of everything this client

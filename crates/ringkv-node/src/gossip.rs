@@ -59,6 +59,7 @@ use ringkv_net::wire::GossipStatus;
 use tokio::time::Instant;
 
 use crate::NodeError;
+use crate::env::GossipTransport;
 use crate::fault::Faults;
 
 /// How often the keyring file is read again.
@@ -219,8 +220,10 @@ impl SealedTransport {
         };
         Ok(SealedTransport { socket: Mutex::new(Some(socket)) })
     }
+}
 
-    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+impl GossipTransport for SealedTransport {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         let guard = self.socket.lock().unwrap_or_else(|e| e.into_inner());
         let socket = guard.as_ref().ok_or_else(|| std::io::Error::other("the gossip socket was handed over"))?;
         socket.socket.local_addr()

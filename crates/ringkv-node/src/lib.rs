@@ -5,6 +5,7 @@
 mod access;
 mod clock;
 pub mod config;
+mod env;
 mod error;
 mod evictor;
 mod fault;
@@ -34,5 +35,6 @@ mod topology;
 
 pub use clock::SystemClock;
 pub use config::{NodeConfig, Password, Persistence, TlsConfig};
+pub use env::{Env, GossipTransport, Network, OsNetwork};
 pub use error::NodeError;
-pub use node::{Env, Node};
+pub use node::Node;

@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::NodeError;
+use crate::env::{GossipTransport, Network};
 use crate::fault::Faults;
 use crate::gossip::{GossipKeys, SealedTransport, SocketShared};
 use crate::proofs::{MAX_PROBES, PROBE_TIMEOUT, Proofs, Prover};
@@ -89,6 +90,7 @@ pub(crate) struct MembershipConfig {
     /// returning with its data.
     pub alive_before: Option<u64>,
     pub faults: Arc<Faults>,
+    pub network: Arc<dyn Network>,
     /// The keyring every gossip datagram is sealed and opened with.
     pub keys: Arc<GossipKeys>,
     /// Proves gossiped members over mutual TLS.
@@ -225,9 +227,14 @@ impl Membership {
             faults: config.faults.clone(),
             tap: None,
         };
-        let transport = SealedTransport::bind(config.gossip, shared)
-            .await
-            .map_err(|e| NodeError::Config(format!("cannot bind gossip address {}: {e}", config.gossip)))?;
+        let bind_error = |e: String| NodeError::Config(format!("cannot bind gossip address {}: {e}", config.gossip));
+        let transport: Box<dyn GossipTransport> =
+            match config.network.gossip_transport(config.gossip).await.map_err(|e| bind_error(e.to_string()))? {
+                Some(transport) => transport,
+                None => {
+                    Box::new(SealedTransport::bind(config.gossip, shared).await.map_err(|e| bind_error(e.to_string()))?)
+                }
+            };
         let gossip_addr = transport.local_addr().map_err(|e| NodeError::Config(e.to_string()))?;
         let keyring_watch = tokio::spawn(crate::gossip::watch_keyring(config.keys.clone()));
         let chitchat_config = ChitchatConfig {
@@ -257,7 +264,7 @@ impl Membership {
             (KEY_EPOCH.to_string(), config.epoch.0.0.to_string()),
             (KEY_ALIVE_BEFORE.to_string(), config.alive_before.unwrap_or(0).to_string()),
         ];
-        let handle = match spawn_chitchat(chitchat_config, initial, &transport).await {
+        let handle = match spawn_chitchat(chitchat_config, initial, &*transport).await {
             Ok(handle) => handle,
             Err(e) => {
                 keyring_watch.abort();

@@ -13,7 +13,6 @@ use ringkv_storage::{Disk, ShardStats, Wal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::SystemClock;
 use crate::config::NodeConfig;
 use crate::fault::Faults;
 use crate::gossip::GossipKeys;
@@ -27,23 +26,6 @@ use crate::peers::{BatchStats, PeerTransport};
 use crate::progress::{Repair, Transfers};
 use crate::supervisor::Supervisor;
 use crate::topology::Topology;
-
-/// What a node takes from its environment instead of reaching for globals,
-/// so that tests and a simulator can substitute each part.
-pub struct Env {
-    pub clock: Arc<dyn Clock>,
-    /// The data directory's disk; `None` opens `config.data_dir`.
-    pub disk: Option<Arc<dyn Disk>>,
-    /// How to reach other nodes' replicas; `None` uses the node's QUIC
-    /// endpoint.
-    pub peers: Option<Arc<dyn PeerTransport>>,
-}
-
-impl Default for Env {
-    fn default() -> Env {
-        Env { clock: Arc::new(SystemClock), disk: None, peers: None }
-    }
-}
 
 /// A running node. Cheap to clone; all clones are the same node. It
 /// implements [`ringkv_core::KvStore`], so it can be used embedded in a

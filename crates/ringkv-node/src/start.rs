@@ -10,13 +10,14 @@ use ringkv_core::ring::NodeName;
 use ringkv_core::{Clock, Epoch, Hlc, KvError, NodeTag, PartitionId, Partitioner};
 use ringkv_net::tls::{Identity, Named, NodeCheck, Role, TlsPaths, TransportSettings};
 use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, Request, Response};
-use ringkv_net::{Connector, Endpoint, Handler, Peer, ServeOptions, bind, serve};
+use ringkv_net::{Connector, Endpoint, Handler, Peer, ServeOptions, serve};
 use ringkv_storage::{Disk, FsDisk, Hints, RecoveryConfig, Shard, Wal, WalConfig, recover};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::NodeError;
 use crate::config::{NodeConfig, Persistence};
+use crate::env::{Env, Network};
 use crate::evictor::{eviction_sender, evictor, leadership};
 use crate::fault::{Faults, FaultyPeers, SkewedClock};
 use crate::gossip::GossipKeys;
@@ -27,7 +28,7 @@ use crate::member_file::{MemberFile, replaced};
 use crate::membership::{ClaimSource, Membership, MembershipConfig};
 use crate::memory::{EVICTION_QUEUE, Memory};
 use crate::metrics::Metrics;
-use crate::node::{Env, Inner, Node};
+use crate::node::{Inner, Node};
 use crate::partition::{PartitionActor, PartitionArgs};
 use crate::peers::{BatchStats, BatchingPeers, PeerTransport, QuicPeers};
 use crate::progress::{Repair, Transfers};
@@ -206,7 +207,7 @@ impl Node {
             Mailbox::spawn("the hint store".into(), HintsActor, hints_state, config.mailbox_capacity, &supervisor)
                 .await?;
 
-        let endpoint = bind_endpoint(&config, identity.as_ref())?;
+        let endpoint = bind_endpoint(&config, identity.as_ref(), &*env.network).await?;
         let local_addr = endpoint
             .as_ref()
             .map(|(e, _)| e.local_addr())
@@ -288,6 +289,7 @@ impl Node {
                     status: if last_alive.is_some() { MemberStatus::Recovering } else { MemberStatus::Joining },
                     alive_before: last_alive,
                     faults: faults.clone(),
+                    network: env.network.clone(),
                     keys: keys.clone(),
                     prover: quic_prover(connector.clone(), check.clone()),
                     claims: claims.clone(),
@@ -505,7 +507,11 @@ fn quic_prover(connector: Arc<Connector>, check: NodeCheck) -> Prover {
     })
 }
 
-fn bind_endpoint(config: &NodeConfig, identity: Option<&Identity>) -> Result<Option<(Endpoint, NodeCheck)>, NodeError> {
+async fn bind_endpoint(
+    config: &NodeConfig,
+    identity: Option<&Identity>,
+    network: &dyn Network,
+) -> Result<Option<(Endpoint, NodeCheck)>, NodeError> {
     let Some(identity) = identity else { return Ok(None) };
     let settings = TransportSettings { max_streams: config.max_streams_per_connection, ..TransportSettings::default() };
     let server = ringkv_net::tls::listener(identity, &settings)?;
@@ -518,7 +524,10 @@ fn bind_endpoint(config: &NodeConfig, identity: Option<&Identity>) -> Result<Opt
         }
         bytes
     });
-    let endpoint = bind(config.listen, Some(server), client, seed)?;
+    let addr = config.listen;
+    let bind_error = |e: std::io::Error| ringkv_net::NetError::Bind { addr, reason: e.to_string() };
+    let (socket, runtime) = network.quic_socket(addr).await.map_err(bind_error)?;
+    let endpoint = ringkv_net::from_socket(socket, runtime, Some(server), client, seed).map_err(bind_error)?;
     Ok(Some((endpoint, NodeCheck::new(identity)?)))
 }
 
@@ -613,7 +622,7 @@ mod tests {
         let settings = TransportSettings::default();
         let server = ringkv_net::tls::listener(&identity, &settings).unwrap();
         let client = ringkv_net::tls::client_config(&identity, &settings).unwrap();
-        let endpoint = bind("127.0.0.1:0".parse().unwrap(), Some(server), client, None).unwrap();
+        let endpoint = ringkv_net::bind("127.0.0.1:0".parse().unwrap(), Some(server), client, None).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let options = ServeOptions {
             max_frame_bytes: 1 << 20,
@@ -633,7 +642,7 @@ mod tests {
         let identity = Identity::load(&TlsPaths::node_in(dir.path(), "n1")).unwrap();
         let settings = TransportSettings::default();
         let client = ringkv_net::tls::client_config(&identity, &settings).unwrap();
-        let endpoint = bind("127.0.0.1:0".parse().unwrap(), None, client, None).unwrap();
+        let endpoint = ringkv_net::bind("127.0.0.1:0".parse().unwrap(), None, client, None).unwrap();
         let connector = Arc::new(Connector::new(endpoint, 1 << 20));
         let prover = quic_prover(connector, NodeCheck::new(&identity).unwrap());
 

@@ -20,7 +20,7 @@ fn config(dir: &std::path::Path, persistence: Persistence) -> NodeConfig {
 }
 
 async fn start(dir: &std::path::Path, persistence: Persistence, clock: &Arc<ManualClock>) -> Node {
-    Node::start_with(config(dir, persistence), Env { clock: clock.clone(), disk: None, peers: None }).await.unwrap()
+    Node::start_with(config(dir, persistence), Env { clock: clock.clone(), ..Env::default() }).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
