@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ringkv_core::ring::{NodeName, PartitionTable};
-use ringkv_core::{Consistency, Deadline, KeyTtl, KvError, KvStore, Partitioner, Timestamp};
+use ringkv_core::{Clock, Consistency, Deadline, KeyTtl, KvError, KvStore, Partitioner, Timestamp};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_net::wire::{Explanation, Members, NodeStatus, Reply, Request};
 use ringkv_net::{Connector, NetError, bind};
@@ -134,6 +134,9 @@ pub struct Client {
     /// whichever node coordinates orders its writes after everything the
     /// client has written or read, even if that node's clock is slow.
     session: Arc<AtomicU64>,
+    /// The wall clock deadlines are set by: the system's, or the
+    /// simulator's.
+    clock: Arc<dyn Clock>,
 }
 
 /// How many nodes one request tries before giving up.
@@ -172,6 +175,7 @@ impl Client {
             refresh: config.refresh,
             consistency: config.consistency,
             session: Arc::new(AtomicU64::new(0)),
+            clock: Arc::new(WallClock),
         }
     }
 
@@ -192,6 +196,12 @@ impl Client {
     }
 
     /// A handle to the same connections with another per-attempt timeout.
+    /// The same client setting deadlines by another wall clock (the
+    /// simulator's).
+    pub fn with_clock(&self, clock: Arc<dyn Clock>) -> Client {
+        Client { clock, ..self.clone() }
+    }
+
     pub fn with_timeout(&self, timeout: Duration) -> Client {
         Client { timeout, ..self.clone() }
     }
@@ -369,7 +379,7 @@ impl Client {
         let request = Box::new(request);
         let mut last = KvError::Unavailable("no node to send the request to".into());
         for addr in route.into_iter().take(MAX_ATTEMPTS) {
-            let deadline = Deadline::after(wall_ms(), self.timeout);
+            let deadline = Deadline::after(self.clock.now_ms(), self.timeout);
             let request = Request::Session { seen: self.session(), deadline: Some(deadline), request: request.clone() };
             match self.connector.call(addr, &request, self.timeout).await {
                 Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
@@ -421,8 +431,12 @@ impl Client {
 /// This machine's wall clock, in milliseconds since the Unix epoch, for
 /// deadlines. A clock before 1970 reads as 0, which only makes deadlines
 /// early: requests are refused, never applied late.
-fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 fn unexpected(reply: Reply) -> KvError {

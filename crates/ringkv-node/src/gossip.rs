@@ -179,9 +179,11 @@ pub(crate) async fn watch_keyring(keys: Arc<GossipKeys>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let keys = keys.clone();
-        // A blocking file read; tiny, but not on the runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || keys.reload()).await;
+        // A blocking read of a file of a few hundred bytes, on the
+        // runtime's thread: handed to another thread, its completion would
+        // reorder this runtime's tasks by the OS scheduler's whim, which the
+        // simulator (ringkv-sim) cannot replay.
+        keys.reload();
     }
 }
 

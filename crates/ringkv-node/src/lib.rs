@@ -5,7 +5,7 @@
 mod access;
 mod clock;
 pub mod config;
-mod env;
+pub mod env;
 mod error;
 mod evictor;
 mod fault;

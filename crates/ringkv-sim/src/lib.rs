@@ -1,0 +1,298 @@
+//! Deterministic simulation: a whole ringkv cluster in one process.
+//!
+//! Each node is a turmoil host running the real `Node` (actors,
+//! coordinator, repair, rebalancing, hints, chitchat, QUIC with TLS) on the
+//! host's own tokio runtime, whose clock turmoil drives; the nodes' QUIC
+//! and gossip sockets are turmoil's (see `net.rs`), and so is every
+//! datagram's fate: latency, loss, partitions. One more host runs the chaos
+//! suite's clients, and the same checker judges their history. The fault
+//! schedule (`schedule.rs`) comes from the seed, as does turmoil's own
+//! randomness, so a seed names one run.
+//!
+//! What is not simulated yet (ARCHITECTURE.md, "The simulator"): disks
+//! (nodes keep their data in memory, so a crash loses a node's data and it
+//! rejoins as a new member), and randomness outside turmoil and quinn
+//! (chitchat's, the standard library's hash maps, tokio's `select!`),
+//! which is why [`run`] reports the history's hash: two runs of a seed are
+//! compared, not assumed equal.
+
+pub mod entropy;
+mod net;
+pub mod schedule;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ringkv_chaos::checker::{CheckOptions, Violation, check};
+use ringkv_chaos::history::{OpKind, Outcome, Record};
+use ringkv_chaos::workload::{RunClock, WorkloadConfig, run_client};
+use ringkv_client::{Client, ClientConfig};
+use ringkv_core::{Clock, SplitMix64};
+use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
+use ringkv_node::{Env, Node, NodeConfig, Persistence};
+
+use crate::net::{Envelopes, SimNetwork};
+use crate::schedule::{Fault, Schedule};
+
+/// The wall clock's reading when a run starts: fixed, so that a seed's run
+/// does not depend on the day it runs.
+const EPOCH_MS: u64 = 1_800_000_000_000;
+const QUIC_PORT: u16 = 7400;
+const GOSSIP_PORT: u16 = 7946;
+/// Simulated time after the clients stop, with every fault healed, for
+/// hints, repair and rejoins to finish before the final reads.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub seed: u64,
+    /// Simulated time the clients run, under the fault schedule.
+    pub duration: Duration,
+    pub nodes: usize,
+    pub clients: usize,
+}
+
+impl SimOptions {
+    pub fn new(seed: u64, duration: Duration) -> SimOptions {
+        SimOptions { seed, duration, nodes: 3, clients: 4 }
+    }
+
+    /// The command that runs this seed again, with logs.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "RUST_LOG=info cargo run --release -p ringkv-sim -- --seed {} --duration {}s --nodes {} --clients {}",
+            self.seed,
+            self.duration.as_secs(),
+            self.nodes,
+            self.clients
+        )
+    }
+}
+
+/// What one run saw.
+#[derive(Debug)]
+pub struct SimReport {
+    pub seed: u64,
+    pub operations: usize,
+    /// Operations that completed with an answer (the others failed or
+    /// timed out, which the checker allows).
+    pub succeeded: usize,
+    /// xxh3 of the history's JSON lines, in order: equal for two runs of a
+    /// seed if the simulation is deterministic.
+    pub history_hash: u64,
+    pub faults: Vec<String>,
+    pub violations: Vec<Violation>,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+}
+
+/// A node's wall clock: the run's fixed epoch, plus simulated time, plus
+/// the skew the schedule gives it.
+struct SimClock {
+    skew_ms: Arc<AtomicI64>,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        let elapsed = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        (EPOCH_MS + elapsed).saturating_add_signed(self.skew_ms.load(Ordering::Relaxed))
+    }
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConfig {
+    let name = node_name(i);
+    let ip = turmoil::lookup(name.as_str());
+    let mut config = NodeConfig::default();
+    config.node_id = name;
+    config.cluster_id = format!("sim-{}", opts.seed);
+    config.listen = SocketAddr::new(ip, QUIC_PORT);
+    config.gossip = Some(SocketAddr::new(ip, GOSSIP_PORT));
+    config.seeds = vec![SocketAddr::new(turmoil::lookup(node_name(0).as_str()), GOSSIP_PORT).to_string()];
+    config.persistence = Persistence::None;
+    config.partitions = 32;
+    config.vnodes = 16;
+    config.replication = 3;
+    config.write_quorum = 2;
+    config.read_quorum = 2;
+    config.gossip_interval = Duration::from_millis(500);
+    config.phi_threshold = 10.0;
+    // The chaos suite's graces (ringkv-chaos `node_config`): short, so
+    // that faults outlast them.
+    config.dead_node_grace = Duration::from_secs(8);
+    config.tombstone_grace = Duration::from_secs(12);
+    config.replica_timeout = Duration::from_secs(2);
+    config.repair_interval = Duration::from_secs(5);
+    config.seed = opts.seed.wrapping_mul(31).wrapping_add(i as u64 + 1);
+    config.tls.certs_dir = Some(certs.to_path_buf());
+    config
+}
+
+/// Runs one seed.
+pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
+    entropy::seed(opts.seed);
+    let certs = tempfile::tempdir().context("certificate directory")?;
+    let names: Vec<String> = (0..opts.nodes).map(node_name).collect();
+    ringkv_net::certs::init(certs.path(), &names, &[]).context("create certificates")?;
+    let schedule = Schedule::generate(opts.seed, opts.nodes, opts.duration);
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(opts.seed)
+        .simulation_duration(opts.duration + SETTLE + Duration::from_secs(300))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(10))
+        .udp_capacity(4096)
+        .build();
+
+    let envelopes = Envelopes::default();
+    let skews: Vec<Arc<AtomicI64>> = (0..opts.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect();
+    for (i, name) in names.iter().enumerate() {
+        let (opts, certs, envelopes, skew) =
+            (opts.clone(), certs.path().to_path_buf(), envelopes.clone(), skews[i].clone());
+        sim.host(name.as_str(), move || {
+            let config = node_config(&opts, i, &certs);
+            let env = Env {
+                clock: Arc::new(SimClock { skew_ms: skew.clone() }),
+                network: Arc::new(SimNetwork { envelopes: envelopes.clone() }),
+                ..Env::default()
+            };
+            async move {
+                let node = Node::start_with(config, env).await?;
+                let reason = node.failed().await;
+                Err(format!("node failed: {reason}").into())
+            }
+        });
+    }
+
+    let history: Arc<Mutex<Option<Vec<Record>>>> = Arc::default();
+    let out = history.clone();
+    let client_opts = opts.clone();
+    let client_certs = certs.path().to_path_buf();
+    sim.client("client", async move {
+        let records = workload(&client_opts, &client_certs).await?;
+        *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(records);
+        Ok(())
+    });
+
+    let mut faults = Vec::new();
+    let mut pending = schedule.faults.iter().peekable();
+    loop {
+        while let Some(planned) = pending.next_if(|f| f.at <= sim.elapsed()) {
+            faults.push(format!("{:>7.1}s {}", planned.at.as_secs_f64(), planned.fault));
+            apply(&mut sim, &planned.fault, &names, &skews);
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return Err(anyhow::anyhow!("seed {}: the simulation failed: {e}", opts.seed)),
+        }
+    }
+    let simulated = sim.elapsed();
+    let history = history.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+    let max_skew = schedule.max_skew_ms();
+    let violations = check(&history, &CheckOptions::with_clock_skew(max_skew));
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for record in &history {
+        hasher.update(record.to_json().as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(SimReport {
+        seed: opts.seed,
+        operations: history.len(),
+        succeeded: history.iter().filter(|r| r.outcome == Outcome::Ok).count(),
+        history_hash: hasher.digest(),
+        faults,
+        violations,
+        simulated,
+    })
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[Arc<AtomicI64>]) {
+    let name = |i: &usize| names[*i].as_str();
+    match fault {
+        Fault::Crash(i) => sim.crash(name(i)),
+        Fault::Restart(i) => sim.bounce(name(i)),
+        Fault::Partition(a, b) => {
+            for x in a {
+                for y in b {
+                    sim.partition(name(x), name(y));
+                }
+            }
+        }
+        Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
+        Fault::Heal => {
+            for x in names {
+                for y in names {
+                    if x != y {
+                        sim.repair_oneway(x.as_str(), y.as_str());
+                    }
+                }
+            }
+        }
+        Fault::Skew(i, ms) => skews[*i].store(*ms, Ordering::Relaxed),
+    }
+}
+
+/// The client host: the chaos suite's clients for the run's duration,
+/// then (all faults healed) a settling time and a read of every key
+/// written at consistency ALL.
+async fn workload(opts: &SimOptions, certs: &std::path::Path) -> anyhow::Result<Vec<Record>> {
+    let addrs: Vec<SocketAddr> =
+        (0..opts.nodes).map(|i| SocketAddr::new(turmoil::lookup(node_name(i).as_str()), QUIC_PORT)).collect();
+    let tls = TlsPaths::client_in(certs);
+    let identity = Identity::load(&tls)?;
+    let client_tls = client_config(&identity, &TransportSettings::default())?;
+    let clock = RunClock::starting_at(EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64);
+    let mut seeds = SplitMix64::new(opts.seed);
+    let endpoint = Endpoints { addrs, tls, client_tls };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for id in 0..opts.clients as u32 {
+        let client = endpoint.client(seeds.next_u64()).await?;
+        tasks.push(tokio::spawn(run_client(id, opts.seed, client, WorkloadConfig::default(), clock, stop.clone())));
+    }
+    tokio::time::sleep(opts.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut history = Vec::new();
+    for task in tasks {
+        history.extend(task.await?);
+    }
+    tokio::time::sleep(SETTLE).await;
+    let mut keys: Vec<String> =
+        history.iter().filter(|r| r.op.is_mutation() && r.op != OpKind::Clear).filter_map(|r| r.key.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let reader = endpoint.client(seeds.next_u64()).await?.with_consistency(ringkv_core::Consistency::All);
+    history.extend(ringkv_chaos::observe::final_reads(&reader, &keys, clock, Duration::from_secs(120)).await);
+    Ok(history)
+}
+
+/// Makes the client host's clients, each on a socket of its own.
+struct Endpoints {
+    addrs: Vec<SocketAddr>,
+    tls: TlsPaths,
+    client_tls: quinn::ClientConfig,
+}
+
+impl Endpoints {
+    async fn client(&self, seed: u64) -> anyhow::Result<Client> {
+        let mut bytes = [0u8; 32];
+        let mut rng = SplitMix64::new(seed);
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        let (socket, runtime) = net::quic_socket("0.0.0.0:0".parse().expect("valid")).await?;
+        let endpoint = ringkv_net::from_socket(socket, runtime, None, self.client_tls.clone(), Some(bytes))?;
+        let mut config = ClientConfig::new(self.addrs.clone(), self.tls.clone());
+        config.timeout = Duration::from_secs(5);
+        let clock = Arc::new(SimClock { skew_ms: Arc::new(AtomicI64::new(0)) });
+        Ok(Client::with_endpoint(config, endpoint).with_clock(clock))
+    }
+}
