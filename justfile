@@ -71,6 +71,14 @@ chaos-cache seed="1" duration="120s" maxmemory="4mb":
     cargo build --release -p ringkv -p ringkv-chaos
     "${CARGO_TARGET_DIR:-target}/release/ringkv-chaos" --seed {{seed}} --duration {{duration}} --maxmemory {{maxmemory}}
 
+# Deterministic simulation: SEEDS seeds from FIRST on, each a 3-node
+# cluster in one process on a simulated network and clock, SIM_DURATION of
+# simulated time under the seed's faults, checked like the chaos suite. A
+# failing seed prints the command that replays it.
+sim seeds="100" sim_duration="60s" first="1":
+    cargo build --release -p ringkv-sim
+    "${CARGO_TARGET_DIR:-target}/release/ringkv-sim" --seed {{first}} --seeds {{seeds}} --duration {{sim_duration}} --jobs "$(nproc)"
+
 # Every fuzz target for SECONDS each, one after the other (nightly;
 # installs cargo-fuzz if missing). Findings land in fuzz/artifacts/.
 # `cargo test -p ringkv-fuzz` replays the checked-in corpus on stable.

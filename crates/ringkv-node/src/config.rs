@@ -371,6 +371,7 @@ impl NodeConfig {
         Ok(config)
     }
 
+    #[allow(clippy::disallowed_methods, reason = "the configuration file, read by `ringkv serve` before a node exists")]
     pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| NodeError::Config(format!("cannot read {}: {e}", path.display())))?;
@@ -532,6 +533,7 @@ mod duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "tests use real files and sockets")]
 mod tests {
     use super::*;
 

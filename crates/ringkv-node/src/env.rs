@@ -59,6 +59,7 @@ pub trait Network: Send + Sync + 'static {
 /// Sockets of the operating system.
 pub struct OsNetwork;
 
+#[allow(clippy::disallowed_methods, reason = "the production network: sockets of the OS")]
 impl Network for OsNetwork {
     fn quic_socket(&self, addr: SocketAddr) -> NetFuture<'_, QuicSocket> {
         Box::pin(async move {

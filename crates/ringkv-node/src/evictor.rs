@@ -2,7 +2,7 @@
 //! evicting from them while over the bound, and sending a leader's
 //! evictions to the other replicas.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringkv_core::{PartitionId, SplitMix64};
 
@@ -57,7 +57,7 @@ pub(crate) async fn evictor(node: Node) {
         }
     }
     let mut shutdown = inner.shutdown.subscribe();
-    let (mut unreported, mut reported_at) = (0usize, None::<Instant>);
+    let (mut unreported, mut reported_at) = (0usize, None::<tokio::time::Instant>);
     let mut rng = SplitMix64::new(inner.now_ms());
     loop {
         if memory.over() && memory.policy.evicts() {
@@ -90,7 +90,7 @@ pub(crate) async fn evictor(node: Node) {
                 maxmemory = memory.limit(),
                 "evicted in the background to stay under maxmemory"
             );
-            (unreported, reported_at) = (0, Some(Instant::now()));
+            (unreported, reported_at) = (0, Some(tokio::time::Instant::now()));
         }
         tokio::select! {
             _ = memory.wake.notified() => {}

@@ -902,7 +902,7 @@ impl Handler for Node {
     async fn handle(&self, request: Request, peer: Peer) -> Response {
         let Some(metrics) = &self.inner.metrics else { return self.serve(request, peer).await };
         let op = Op::of_request(&request);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let response = self.serve(request, peer).await;
         metrics.request(op, Protocol::Quic, Outcome::of(&response), started.elapsed());
         response

@@ -85,7 +85,10 @@ impl Repair {
     /// Which dead entries may be purged from the partition: those whose key
     /// was written before the grace (no hint of an older copy is left) and
     /// that died before every other replica was in sync with us, and
-    /// before [`MARKER_SETTLE`].
+    /// before [`MARKER_SETTLE`]. Every other replica includes those gaining
+    /// the partition in a join or leave: a gainer that pulled a key and
+    /// then missed its delete (writes to gainers keep no hint) would bring
+    /// the key back once the tombstone was gone here (simulator seed 28).
     pub(crate) fn purge_horizon(&self, topo: &Topology, partition: PartitionId, now_ms: u64, grace_ms: u64) -> Horizon {
         let written_before = now_ms.saturating_sub(grace_ms);
         if !topo.table.is_replica(partition, &topo.self_name) {
@@ -93,9 +96,11 @@ impl Repair {
         }
         let settled = now_ms.saturating_sub(grace_ms.min(MARKER_SETTLE.as_millis() as u64));
         let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let gaining = topo.pending.as_ref().map_or(&[][..], |pending| pending.replicas(partition));
         let died_before = topo
             .replicas(partition)
             .iter()
+            .chain(gaining)
             .filter(|peer| !topo.is_self(peer))
             .map(|peer| synced.get(&(partition.0, peer.clone())).copied().unwrap_or(0))
             .fold(settled, u64::min);
@@ -167,6 +172,37 @@ mod tests {
         sync("c", 999_000);
         assert_eq!(horizon(grace).died_before, 970_000, "30 s after death at least");
         assert_eq!(horizon(5_000), Horizon { written_before: 995_000, died_before: 990_000 }, "a shorter grace");
+    }
+
+    #[test]
+    fn markers_wait_for_a_replica_gaining_the_partition_too() {
+        use crate::topology::{Gossiped, build};
+        use ringkv_net::wire::MemberStatus;
+        let member = |port: u16, status| Gossiped {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            status,
+            live: true,
+            dead_for: None,
+            epoch: ringkv_core::Epoch::NONE,
+            fenced: false,
+        };
+        let serving = MemberStatus::Serving;
+        let gossiped = [("a", 1, serving), ("b", 2, serving), ("c", 3, serving), ("d", 4, MemberStatus::Joining)]
+            .map(|(n, port, status)| (NodeName::from(n), member(port, status)));
+        let topo = build(&NodeName::from("a"), "test", gossiped.into(), 16, 3, 8, Duration::from_secs(60));
+        let pending = topo.pending.as_ref().expect("d joins");
+        let p = (0..16)
+            .map(PartitionId)
+            .find(|p| topo.table.is_replica(*p, "a") && pending.is_replica(*p, "d") && !topo.table.is_replica(*p, "d"))
+            .expect("a partition of a's that d gains");
+        let repair = Repair::new(1 << 20);
+        let (now, grace) = (1_000_000, 600_000);
+        for peer in topo.replicas(p).iter().filter(|peer| !topo.is_self(peer)) {
+            repair.synced(p, peer, 990_000);
+        }
+        assert_eq!(repair.purge_horizon(&topo, p, now, grace).died_before, 0, "d has not synced");
+        repair.synced(p, &NodeName::from("d"), 990_000);
+        assert_eq!(repair.purge_horizon(&topo, p, now, grace).died_before, 970_000);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@
 //! store's operations.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ringkv_core::scan::Cursor;
@@ -187,7 +187,9 @@ impl Connection {
                 match decoder.decode(&mut input) {
                     Ok(Some(args)) => {
                         let was = self.authenticated;
-                        let counted = node.metrics().map(|metrics| (metrics, Op::of_command(&args[0]), Instant::now()));
+                        let counted = node
+                            .metrics()
+                            .map(|metrics| (metrics, Op::of_command(&args[0]), tokio::time::Instant::now()));
                         let (reply, outcome, after) = self.execute(node, args).await;
                         if let Some((metrics, op, started)) = counted {
                             metrics.request(op, crate::metrics::Protocol::Resp, outcome, started.elapsed());

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringkv_core::ring::NodeName;
 use ringkv_core::{Clock, Epoch, Hlc, KvError, NodeTag, PartitionId, Partitioner};
@@ -87,7 +87,7 @@ fn recover_state(
     };
     let recovery =
         RecoveryConfig { node_id: config.node_id.clone(), partitions: config.partitions, digest_leaves: DIGEST_LEAVES };
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let recovered = recover(&*disk, &recovery, now_ms)?;
     let entries: usize = recovered.shards.iter().map(|s| s.stats().entries).sum();
     tracing::info!(

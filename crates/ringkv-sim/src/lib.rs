@@ -46,6 +46,20 @@ const GOSSIP_PORT: u16 = 7946;
 /// hints, repair and rejoins to finish before the final reads.
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// turmoil's step: the resolution of simulated time.
+const TICK: Duration = Duration::from_millis(1);
+/// How long every node must have served before a crash. Nodes keep their
+/// data in memory only, so a crash is the loss of a disk; a second one
+/// before the first node has pulled its partitions back could lose the
+/// only copies of acknowledged writes, which no replicated store promises
+/// to survive. Two repair intervals: the rejoined node has pulled, and
+/// repair has run over what it missed meanwhile.
+const CRASH_AFTER_HEALTHY: Duration = Duration::from_secs(10);
+
+fn healthy_for(healthy: &Mutex<Option<Duration>>, now: Duration, stretch: Duration) -> bool {
+    healthy.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|since| now >= since + stretch)
+}
+
 /// What one run does.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -85,6 +99,8 @@ pub struct SimReport {
     /// seed if the simulation is deterministic.
     pub history_hash: u64,
     pub faults: Vec<String>,
+    /// What the checker found: those [`Violation::is_promised`] fail the
+    /// run, the others (session order of reads) are reported.
     pub violations: Vec<Violation>,
     /// Simulated time the run took.
     pub simulated: Duration,
@@ -110,29 +126,30 @@ fn node_name(i: usize) -> String {
 fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConfig {
     let name = node_name(i);
     let ip = turmoil::lookup(name.as_str());
-    let mut config = NodeConfig::default();
-    config.node_id = name;
-    config.cluster_id = format!("sim-{}", opts.seed);
-    config.listen = SocketAddr::new(ip, QUIC_PORT);
-    config.gossip = Some(SocketAddr::new(ip, GOSSIP_PORT));
-    config.seeds = vec![SocketAddr::new(turmoil::lookup(node_name(0).as_str()), GOSSIP_PORT).to_string()];
-    config.persistence = Persistence::None;
-    config.partitions = 32;
-    config.vnodes = 16;
-    config.replication = 3;
-    config.write_quorum = 2;
-    config.read_quorum = 2;
-    config.gossip_interval = Duration::from_millis(500);
-    config.phi_threshold = 10.0;
-    // The chaos suite's graces (ringkv-chaos `node_config`): short, so
-    // that faults outlast them.
-    config.dead_node_grace = Duration::from_secs(8);
-    config.tombstone_grace = Duration::from_secs(12);
-    config.replica_timeout = Duration::from_secs(2);
-    config.repair_interval = Duration::from_secs(5);
-    config.seed = opts.seed.wrapping_mul(31).wrapping_add(i as u64 + 1);
-    config.tls.certs_dir = Some(certs.to_path_buf());
-    config
+    NodeConfig {
+        node_id: name,
+        cluster_id: format!("sim-{}", opts.seed),
+        listen: SocketAddr::new(ip, QUIC_PORT),
+        gossip: Some(SocketAddr::new(ip, GOSSIP_PORT)),
+        seeds: vec![SocketAddr::new(turmoil::lookup(node_name(0).as_str()), GOSSIP_PORT).to_string()],
+        persistence: Persistence::None,
+        partitions: 32,
+        vnodes: 16,
+        replication: 3,
+        write_quorum: 2,
+        read_quorum: 2,
+        gossip_interval: Duration::from_millis(500),
+        phi_threshold: 10.0,
+        // The chaos suite's graces (ringkv-chaos `node_config`): short, so
+        // that faults outlast them.
+        dead_node_grace: Duration::from_secs(8),
+        tombstone_grace: Duration::from_secs(12),
+        replica_timeout: Duration::from_secs(2),
+        repair_interval: Duration::from_secs(5),
+        seed: opts.seed.wrapping_mul(31).wrapping_add(i as u64 + 1),
+        tls: ringkv_node::TlsConfig { certs_dir: Some(certs.to_path_buf()), ..Default::default() },
+        ..NodeConfig::default()
+    }
 }
 
 /// Runs one seed.
@@ -141,6 +158,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let certs = tempfile::tempdir().context("certificate directory")?;
     let names: Vec<String> = (0..opts.nodes).map(node_name).collect();
     ringkv_net::certs::init(certs.path(), &names, &[]).context("create certificates")?;
+    ringkv_net::certs::issue_operator_cert(certs.path(), "sim").context("create the operator certificate")?;
     let schedule = Schedule::generate(opts.seed, opts.nodes, opts.duration);
 
     let mut sim = turmoil::Builder::new()
@@ -149,6 +167,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(10))
         .udp_capacity(4096)
+        .tick_duration(TICK)
         .build();
 
     let envelopes = Envelopes::default();
@@ -173,20 +192,56 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
 
     let history: Arc<Mutex<Option<Vec<Record>>>> = Arc::default();
     let out = history.clone();
+    // Set by the client host once every node serves; the schedule's times
+    // count from then.
+    let formed: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let formed_at = formed.clone();
+    // Since when every node has served, as the client host last saw; a
+    // crash waits for a stretch of it (see `apply_when_due`).
+    let healthy: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let healthy_seen = healthy.clone();
     let client_opts = opts.clone();
     let client_certs = certs.path().to_path_buf();
     sim.client("client", async move {
-        let records = workload(&client_opts, &client_certs).await?;
+        let records = workload(&client_opts, &client_certs, &formed_at, &healthy_seen).await?;
         *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(records);
         Ok(())
     });
 
     let mut faults = Vec::new();
     let mut pending = schedule.faults.iter().peekable();
+    // Time the schedule has been held back, waiting for a healthy cluster
+    // before a crash.
+    let mut held = Duration::ZERO;
     loop {
-        while let Some(planned) = pending.next_if(|f| f.at <= sim.elapsed()) {
-            faults.push(format!("{:>7.1}s {}", planned.at.as_secs_f64(), planned.fault));
-            apply(&mut sim, &planned.fault, &names, &skews);
+        let start = *formed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(start) = start {
+            let now = sim.elapsed();
+            if now >= start + opts.duration && pending.peek().is_some() {
+                // The clients stop now: what the hold pushed past the end
+                // is dropped, and everything heals for the final reads.
+                let down: Vec<usize> = (0..opts.nodes).filter(|i| !sim.is_host_running(names[*i].as_str())).collect();
+                let mut ending: Vec<Fault> = down.into_iter().map(Fault::Restart).collect();
+                ending.push(Fault::Heal);
+                ending.extend((0..opts.nodes).map(|i| Fault::Skew(i, 0)));
+                for fault in ending {
+                    faults.push(format!("{:>7.1}s {fault} (end of the run)", (now - start).as_secs_f64()));
+                    apply(&mut sim, &fault, &names, &skews);
+                }
+                pending.by_ref().for_each(drop);
+            }
+            while let Some(planned) = pending.peek() {
+                if start + held + planned.at > now {
+                    break;
+                }
+                if matches!(planned.fault, Fault::Crash(_)) && !healthy_for(&healthy, now, CRASH_AFTER_HEALTHY) {
+                    held += TICK;
+                    break;
+                }
+                faults.push(format!("{:>7.1}s {}", (now - start).as_secs_f64(), planned.fault));
+                apply(&mut sim, &planned.fault, &names, &skews);
+                pending.next();
+            }
         }
         match sim.step() {
             Ok(true) => break,
@@ -243,15 +298,22 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[A
 /// The client host: the chaos suite's clients for the run's duration,
 /// then (all faults healed) a settling time and a read of every key
 /// written at consistency ALL.
-async fn workload(opts: &SimOptions, certs: &std::path::Path) -> anyhow::Result<Vec<Record>> {
+async fn workload(
+    opts: &SimOptions,
+    certs: &std::path::Path,
+    formed: &Mutex<Option<Duration>>,
+    healthy: &Arc<Mutex<Option<Duration>>>,
+) -> anyhow::Result<Vec<Record>> {
     let addrs: Vec<SocketAddr> =
         (0..opts.nodes).map(|i| SocketAddr::new(turmoil::lookup(node_name(i).as_str()), QUIC_PORT)).collect();
     let tls = TlsPaths::client_in(certs);
-    let identity = Identity::load(&tls)?;
-    let client_tls = client_config(&identity, &TransportSettings::default())?;
     let clock = RunClock::starting_at(EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64);
     let mut seeds = SplitMix64::new(opts.seed);
-    let endpoint = Endpoints { addrs, tls, client_tls };
+    let endpoint = Endpoints { addrs, tls };
+    let operator = endpoint.client_as(&TlsPaths::operator_in(certs), seeds.next_u64()).await?;
+    wait_formed(&operator, &endpoint.addrs).await?;
+    *formed.lock().unwrap_or_else(|e| e.into_inner()) = Some(turmoil::sim_elapsed().unwrap_or_default());
+    let watcher = tokio::spawn(watch_health(operator, endpoint.addrs.clone(), healthy.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..opts.clients as u32 {
@@ -264,6 +326,7 @@ async fn workload(opts: &SimOptions, certs: &std::path::Path) -> anyhow::Result<
     for task in tasks {
         history.extend(task.await?);
     }
+    watcher.abort();
     tokio::time::sleep(SETTLE).await;
     let mut keys: Vec<String> =
         history.iter().filter(|r| r.op.is_mutation() && r.op != OpKind::Clear).filter_map(|r| r.key.clone()).collect();
@@ -278,21 +341,75 @@ async fn workload(opts: &SimOptions, certs: &std::path::Path) -> anyhow::Result<
 struct Endpoints {
     addrs: Vec<SocketAddr>,
     tls: TlsPaths,
-    client_tls: quinn::ClientConfig,
 }
 
 impl Endpoints {
     async fn client(&self, seed: u64) -> anyhow::Result<Client> {
+        self.client_as(&self.tls, seed).await
+    }
+
+    async fn client_as(&self, tls: &TlsPaths, seed: u64) -> anyhow::Result<Client> {
         let mut bytes = [0u8; 32];
         let mut rng = SplitMix64::new(seed);
         for chunk in bytes.chunks_mut(8) {
             chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
         }
         let (socket, runtime) = net::quic_socket("0.0.0.0:0".parse().expect("valid")).await?;
-        let endpoint = ringkv_net::from_socket(socket, runtime, None, self.client_tls.clone(), Some(bytes))?;
-        let mut config = ClientConfig::new(self.addrs.clone(), self.tls.clone());
+        let client_tls = client_config(&Identity::load(tls)?, &TransportSettings::default())?;
+        let endpoint = ringkv_net::from_socket(socket, runtime, None, client_tls, Some(bytes))?;
+        let mut config = ClientConfig::new(self.addrs.clone(), tls.clone());
         config.timeout = Duration::from_secs(5);
         let clock = Arc::new(SimClock { skew_ms: Arc::new(AtomicI64::new(0)) });
         Ok(Client::with_endpoint(config, endpoint).with_clock(clock))
+    }
+}
+
+/// Keeps `healthy` at the simulated time since which every node has listed
+/// every node as serving and live (`None` while some does not).
+async fn watch_health(operator: Client, addrs: Vec<SocketAddr>, healthy: Arc<Mutex<Option<Duration>>>) {
+    let operator = operator.with_timeout(Duration::from_secs(1));
+    loop {
+        let mut all = true;
+        for addr in &addrs {
+            all &= serving(&operator, *addr).await == addrs.len();
+        }
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        {
+            let mut since = healthy.lock().unwrap_or_else(|e| e.into_inner());
+            *since = if all { Some(since.unwrap_or(now)) } else { None };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// How many members `addr` lists as serving and live.
+async fn serving(operator: &Client, addr: SocketAddr) -> usize {
+    match operator.members_of(addr).await {
+        Ok(members) => {
+            members.members.iter().filter(|m| m.live && m.status == ringkv_net::wire::MemberStatus::Serving).count()
+        }
+        Err(_) => 0,
+    }
+}
+
+/// How long a cluster may take to form before the run counts as failed.
+const FORMATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until every node lists every node as serving and live.
+async fn wait_formed(operator: &Client, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + FORMATION_TIMEOUT;
+    loop {
+        let mut formed = true;
+        for addr in addrs {
+            formed &= serving(operator, *addr).await == addrs.len();
+        }
+        if formed {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster did not form within {FORMATION_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -9,6 +9,8 @@
 //! times `recover` reading it back, once from the log alone and once from a
 //! snapshot.
 
+#![allow(clippy::disallowed_methods, reason = "a measuring tool run by hand, not node code")]
+
 use std::sync::Arc;
 use std::time::Instant;
 

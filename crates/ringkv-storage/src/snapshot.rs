@@ -118,6 +118,10 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     /// `covers` is the last log segment whose records the snapshot includes
     /// (the value [`crate::Wal::rotate`] returned).
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the snapshot writer is a thread until it becomes a task the simulator schedules (ringkv-sim runs nodes without persistence meanwhile)"
+    )]
     pub fn start(disk: Arc<dyn Disk>, covers: u64) -> Result<SnapshotWriter, StorageError> {
         let tmp = format!("snap-{covers:020}.tmp");
         let mut file = disk.create(&tmp).map_err(|e| StorageError::io(disk.path(&tmp), e))?;

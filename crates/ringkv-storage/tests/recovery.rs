@@ -1,6 +1,8 @@
 //! Recovery against real files: torn tails, corruption, foreign data
 //! directories.
 
+#![allow(clippy::disallowed_methods, reason = "tests damage real files on purpose")]
+
 use std::sync::Arc;
 
 use bytes::Bytes;
