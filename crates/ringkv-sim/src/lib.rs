@@ -104,6 +104,10 @@ pub struct SimReport {
     pub violations: Vec<Violation>,
     /// Simulated time the run took.
     pub simulated: Duration,
+    /// Simulated time from the start until every node listed every node
+    /// as serving and live: membership and placement converged, every
+    /// join's partitions pulled.
+    pub formed_after: Option<Duration>,
 }
 
 /// A node's wall clock: the run's fixed epoch, plus simulated time, plus
@@ -250,6 +254,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         }
     }
     let simulated = sim.elapsed();
+    let formed_after = *formed.lock().unwrap_or_else(|e| e.into_inner());
     let history = history.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     let max_skew = schedule.max_skew_ms();
     let violations = check(&history, &CheckOptions::with_clock_skew(max_skew));
@@ -266,6 +271,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         faults,
         violations,
         simulated,
+        formed_after,
     })
 }
 
@@ -393,7 +399,7 @@ async fn serving(operator: &Client, addr: SocketAddr) -> usize {
 }
 
 /// How long a cluster may take to form before the run counts as failed.
-const FORMATION_TIMEOUT: Duration = Duration::from_secs(60);
+const FORMATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Waits until every node lists every node as serving and live.
 async fn wait_formed(operator: &Client, addrs: &[SocketAddr]) -> anyhow::Result<()> {
