@@ -42,6 +42,29 @@ struct Names {
     uri: Option<String>,
 }
 
+/// The key type of the certificates made here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyAlgorithm {
+    /// ECDSA P-256: what every TLS stack accepts.
+    #[default]
+    EcdsaP256,
+    /// Ed25519: signatures of one fixed length, so that the simulator's TLS
+    /// handshakes are the same size in every run (an ECDSA signature's DER
+    /// length varies with its random nonce).
+    Ed25519,
+}
+
+impl KeyAlgorithm {
+    fn generate(self) -> Result<KeyPair, NetError> {
+        match self {
+            KeyAlgorithm::EcdsaP256 => KeyPair::generate(),
+            KeyAlgorithm::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        }
+        .map_err(gen_err)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn issue(
     dir: &Path,
     stem: &str,
@@ -49,6 +72,7 @@ fn issue(
     names: Names,
     usage: Vec<ExtendedKeyUsagePurpose>,
     issuer: &Issuer<'_, KeyPair>,
+    algorithm: KeyAlgorithm,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), NetError> {
     let mut params = CertificateParams::new(names.sans).map_err(gen_err)?;
@@ -58,7 +82,7 @@ fn issue(
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.extended_key_usages = usage;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let key = KeyPair::generate().map_err(gen_err)?;
+    let key = algorithm.generate()?;
     let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
     write(dir.join(format!("{stem}.crt")), &cert.pem(), written)?;
     write(dir.join(format!("{stem}.key")), &key.serialize_pem(), written)
@@ -80,6 +104,16 @@ fn node_sans(name: &str, extra: &[String]) -> Vec<String> {
 /// gossip key (mode 0600). Refuses to overwrite an existing CA. The
 /// operator certificate is issued separately ([`issue_operator_cert`]).
 pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<PathBuf>, NetError> {
+    init_with(dir, nodes, extra_sans, KeyAlgorithm::default())
+}
+
+/// [`init`] with keys of `algorithm`.
+pub fn init_with(
+    dir: &Path,
+    nodes: &[String],
+    extra_sans: &[String],
+    algorithm: KeyAlgorithm,
+) -> Result<Vec<PathBuf>, NetError> {
     std::fs::create_dir_all(dir).map_err(|e| NetError::File { path: dir.into(), reason: e.to_string() })?;
     if dir.join("ca.key").exists() {
         return Err(NetError::CertGen(format!(
@@ -88,7 +122,7 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
         )));
     }
     let mut written = Vec::new();
-    let ca_key = KeyPair::generate().map_err(gen_err)?;
+    let ca_key = algorithm.generate()?;
     let ca_cert = ca_params().self_signed(&ca_key).map_err(gen_err)?;
     write(dir.join("ca.crt"), &ca_cert.pem(), &mut written)?;
     write(dir.join("ca.key"), &ca_key.serialize_pem(), &mut written)?;
@@ -105,14 +139,16 @@ pub fn init(dir: &Path, nodes: &[String], extra_sans: &[String]) -> Result<Vec<P
         Names { sans: node_sans("node", extra_sans), uri: None },
         usage,
         &issuer,
+        algorithm,
         &mut written,
     )?;
     restrict(&dir.join("node.key"))?;
     for name in nodes {
-        issue_node(dir, name, extra_sans, &issuer, &mut written)?;
+        issue_node(dir, name, extra_sans, &issuer, algorithm, &mut written)?;
     }
     let client_usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    issue(dir, "client", "ringkv client", Names { sans: vec![], uri: None }, client_usage, &issuer, &mut written)?;
+    let names = Names { sans: vec![], uri: None };
+    issue(dir, "client", "ringkv client", names, client_usage, &issuer, algorithm, &mut written)?;
     let keyring_path = dir.join(KEYRING_FILE);
     let keyring = Keyring::generate().map_err(|e| NetError::CertGen(e.to_string()))?;
     keyring.save(&keyring_path).map_err(|e| NetError::CertGen(e.to_string()))?;
@@ -135,7 +171,7 @@ pub fn issue_node_cert(dir: &Path, name: &str, extra_sans: &[String]) -> Result<
     check_node_name(name)?;
     let issuer = load_issuer(dir)?;
     let mut written = Vec::new();
-    issue_node(dir, name, extra_sans, &issuer, &mut written)?;
+    issue_node(dir, name, extra_sans, &issuer, KeyAlgorithm::default(), &mut written)?;
     Ok(written)
 }
 
@@ -144,6 +180,11 @@ pub fn issue_node_cert(dir: &Path, name: &str, extra_sans: &[String]) -> Result<
 /// what a client may do, it may make a node leave and, where enabled,
 /// inject faults. Refuses to overwrite an existing one.
 pub fn issue_operator_cert(dir: &Path, name: &str) -> Result<Vec<PathBuf>, NetError> {
+    issue_operator_cert_with(dir, name, KeyAlgorithm::default())
+}
+
+/// [`issue_operator_cert`] with a key of `algorithm`.
+pub fn issue_operator_cert_with(dir: &Path, name: &str, algorithm: KeyAlgorithm) -> Result<Vec<PathBuf>, NetError> {
     if !valid_name(name) {
         return Err(NetError::CertGen(format!("'{name}' is not a usable operator name (letters, digits, - _ .)")));
     }
@@ -157,7 +198,7 @@ pub fn issue_operator_cert(dir: &Path, name: &str) -> Result<Vec<PathBuf>, NetEr
     let mut written = Vec::new();
     let usage = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let names = Names { sans: vec![], uri: Some(format!("{OPERATOR_URI}{name}")) };
-    issue(dir, "operator", &format!("ringkv operator {name}"), names, usage, &issuer, &mut written)?;
+    issue(dir, "operator", &format!("ringkv operator {name}"), names, usage, &issuer, algorithm, &mut written)?;
     restrict(&dir.join("operator.key"))?;
     Ok(written)
 }
@@ -177,11 +218,12 @@ fn issue_node(
     name: &str,
     extra_sans: &[String],
     issuer: &Issuer<'_, KeyPair>,
+    algorithm: KeyAlgorithm,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), NetError> {
     let usage = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let names = Names { sans: node_sans(name, extra_sans), uri: Some(format!("{NODE_URI}{name}")) };
-    issue(dir, name, &format!("ringkv node {name}"), names, usage, issuer, written)?;
+    issue(dir, name, &format!("ringkv node {name}"), names, usage, issuer, algorithm, written)?;
     restrict(&dir.join(format!("{name}.key")))
 }
 

@@ -6,8 +6,11 @@
 //! binaries; the node never sees it.
 //!
 //! What it cannot reach: ring's `SystemRandom` calls the getrandom system
-//! call directly, so TLS key shares and nonces stay random. They change
-//! bytes, not lengths, hence not the simulation's course.
+//! call directly, so keys, TLS key shares and nonces stay random. They
+//! change bytes, not lengths, hence not the simulation's course, as long as
+//! signatures have one length: the simulator's certificates are Ed25519
+//! (an ECDSA signature's DER encoding is 70 to 72 bytes, by its random
+//! nonce, which made about one run in a hundred differ from its replay).
 
 use std::sync::Mutex;
 

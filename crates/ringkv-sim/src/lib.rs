@@ -161,8 +161,11 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     entropy::seed(opts.seed);
     let certs = tempfile::tempdir().context("certificate directory")?;
     let names: Vec<String> = (0..opts.nodes).map(node_name).collect();
-    ringkv_net::certs::init(certs.path(), &names, &[]).context("create certificates")?;
-    ringkv_net::certs::issue_operator_cert(certs.path(), "sim").context("create the operator certificate")?;
+    // Ed25519: TLS handshakes of the same size in every run.
+    let algorithm = ringkv_net::certs::KeyAlgorithm::Ed25519;
+    ringkv_net::certs::init_with(certs.path(), &names, &[], algorithm).context("create certificates")?;
+    ringkv_net::certs::issue_operator_cert_with(certs.path(), "sim", algorithm)
+        .context("create the operator certificate")?;
     let schedule = Schedule::generate(opts.seed, opts.nodes, opts.duration);
 
     let mut sim = turmoil::Builder::new()

@@ -23,7 +23,10 @@ fn seeds_pass_the_checker() {
     assert!(out.contains("8 seeds of 60 s simulated: 0 failed"), "{out}");
 }
 
-/// Seeds that found bugs, each run as it found it.
+/// Seeds that found bugs. They found them with ECDSA certificates, whose
+/// random signature lengths made a few runs differ from their replays; the
+/// simulator uses Ed25519 since, and these seeds now run other histories
+/// through the same kinds of faults.
 ///
 /// 25, 28, 77, 94, 98: deleted keys came back. A node joining (here, one
 /// that rejoined as new after a crash) pulled a key, then missed its delete
@@ -55,9 +58,9 @@ fn seeds_that_found_bugs_pass() {
 
 #[test]
 fn a_seed_gives_the_same_history_in_another_process() {
-    let (ok, out) = sim(&["--seed", "7", "--seeds", "2", "--duration", "20s", "--twice", "--jobs", "2"]);
+    let (ok, out) = sim(&["--seed", "7", "--seeds", "4", "--duration", "20s", "--twice", "--jobs", "2"]);
     assert!(ok, "{out}");
-    assert!(out.contains("2 seeds of 20 s simulated, each run twice: 0 failed"), "{out}");
+    assert!(out.contains("4 seeds of 20 s simulated, each run twice: 0 failed"), "{out}");
     // One run's report, to show what is compared.
     let (ok, once) = sim(&["--seed", "7", "--duration", "20s"]);
     assert!(ok, "{once}");
