@@ -71,10 +71,6 @@ pub struct SimOptions {
 }
 
 impl SimOptions {
-    pub fn new(seed: u64, duration: Duration) -> SimOptions {
-        SimOptions { seed, duration, nodes: 3, clients: 4 }
-    }
-
     /// The command that runs this seed again, with logs.
     pub fn replay_command(&self) -> String {
         format!(
