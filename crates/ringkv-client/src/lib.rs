@@ -370,6 +370,13 @@ impl Client {
     /// (it was stopped, or overloaded) refuses it, so an attempt given up on
     /// here can never be applied after the next attempt, or the next
     /// request, succeeded elsewhere.
+    ///
+    /// An attempt lost after it was sent may still have been applied. A
+    /// delete, expire or persist retried after one, and answered false,
+    /// may have found only what the lost attempt left (the key deleted, or
+    /// expired under the TTL it set), so that answer would be a lie: the
+    /// lost attempt's error is returned instead, and the outcome stays
+    /// unknown to the caller, as it is.
     pub async fn call(&self, key: Option<&[u8]>, request: Request) -> Result<Reply, KvError> {
         let mut route = self.route(key).await;
         if route.is_empty() {
@@ -378,10 +385,11 @@ impl Client {
         let route = self.deprioritize(route);
         let request = Box::new(request);
         let mut last = KvError::Unavailable("no node to send the request to".into());
+        let mut lost: Option<KvError> = None;
         for addr in route.into_iter().take(MAX_ATTEMPTS) {
             let deadline = Deadline::after(self.clock.now_ms(), self.timeout);
-            let request = Request::Session { seen: self.session(), deadline: Some(deadline), request: request.clone() };
-            match self.connector.call(addr, &request, self.timeout).await {
+            let session = Request::Session { seen: self.session(), deadline: Some(deadline), request: request.clone() };
+            match self.connector.call(addr, &session, self.timeout).await {
                 Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
                 // Refused before anything was stamped: that node's clock
                 // reads past a deadline ours has not reached (it runs
@@ -404,6 +412,11 @@ impl Client {
                 Ok(Ok(Reply::Session { clock, reply })) => {
                     self.suspect(addr, false);
                     self.session.fetch_max(clock.0, Ordering::AcqRel);
+                    if let Some(lost) = lost
+                        && may_echo_an_earlier_attempt(&request, &reply)
+                    {
+                        return Err(lost);
+                    }
                     return Ok(*reply);
                 }
                 Ok(response) => {
@@ -413,7 +426,11 @@ impl Client {
                 Err(e) => {
                     tracing::debug!(node = %addr, error = %e, "request failed, trying another node");
                     self.distrust(addr);
+                    let sent = !matches!(e, NetError::Connect { .. });
                     last = e.into();
+                    if sent {
+                        lost = Some(last.clone());
+                    }
                 }
             }
         }
@@ -437,6 +454,14 @@ impl Clock for WallClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
+}
+
+/// Whether `reply` to `request` may describe what an earlier, lost attempt
+/// of the same request left rather than the state before the request: a
+/// delete, expire or persist answers false when it finds nothing to change.
+fn may_echo_an_earlier_attempt(request: &Request, reply: &Reply) -> bool {
+    matches!(request, Request::Delete { .. } | Request::Expire { .. } | Request::Persist { .. })
+        && *reply == Reply::Flag(false)
 }
 
 fn unexpected(reply: Reply) -> KvError {
@@ -506,5 +531,74 @@ impl KvStore for Client {
 
     async fn clear(&self) -> Result<(), KvError> {
         self.call(None, Request::Clear).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringkv_net::tls::NodeCheck;
+    use ringkv_net::wire::Response;
+    use ringkv_net::{Handler, Peer, ServeOptions, serve};
+    use tokio::sync::watch;
+
+    /// A node that answers every expire with `flag`, or with nothing at
+    /// all (`None`: it applied the request and died before answering, as
+    /// far as a client can tell), and has no membership to give.
+    struct Fake {
+        flag: Option<bool>,
+    }
+
+    impl Handler for Fake {
+        async fn handle(&self, request: Request, _peer: Peer) -> Response {
+            match (request, self.flag) {
+                (Request::Session { request, .. }, Some(flag)) if matches!(*request, Request::Expire { .. }) => {
+                    Ok(Reply::Session { clock: Timestamp(1), reply: Box::new(Reply::Flag(flag)) })
+                }
+                (Request::Session { .. }, None) => std::future::pending().await,
+                _ => Err(KvError::Unavailable("a fake node".into())),
+            }
+        }
+    }
+
+    async fn fake(dir: &std::path::Path, flag: Option<bool>) -> (SocketAddr, watch::Sender<bool>) {
+        let identity = Identity::load(&TlsPaths::node_in(dir, "n1")).unwrap();
+        let settings = TransportSettings::default();
+        let server = ringkv_net::tls::listener(&identity, &settings).unwrap();
+        let client = client_config(&identity, &settings).unwrap();
+        let endpoint = bind("127.0.0.1:0".parse().unwrap(), Some(server), client, None).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let options = ServeOptions {
+            max_frame_bytes: 1 << 20,
+            max_connections: 16,
+            read_timeout: Duration::from_secs(5),
+            node_check: NodeCheck::new(&identity).unwrap(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(endpoint, Arc::new(Fake { flag }), options, stopped));
+        (addr, stop)
+    }
+
+    /// Simulator seed 329: an expire reached a node that applied it and
+    /// crashed; the retry elsewhere found the key expired under the TTL the
+    /// first attempt set, and the client reported "not applied".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_cannot_answer_for_an_attempt_that_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        ringkv_net::certs::init(dir.path(), &["n1".into()], &[]).unwrap();
+        let (lost, _a) = fake(dir.path(), None).await;
+        let (no, _b) = fake(dir.path(), Some(false)).await;
+        let (yes, _c) = fake(dir.path(), Some(true)).await;
+        let client = |nodes| {
+            let mut config = ClientConfig::new(nodes, TlsPaths::client_in(dir.path()));
+            config.timeout = Duration::from_millis(500);
+            Client::new(config).unwrap()
+        };
+        let expire = |client: Client| async move { client.expire("k", Duration::from_secs(1)).await };
+
+        let err = expire(client(vec![lost, no])).await.unwrap_err();
+        assert!(matches!(err, KvError::Timeout { .. }), "the lost attempt's fate stays unknown: {err}");
+        assert_eq!(expire(client(vec![lost, yes])).await, Ok(true), "a retry that applied answers for itself");
+        assert_eq!(expire(client(vec![no])).await, Ok(false), "with no attempt lost, false is the answer");
     }
 }

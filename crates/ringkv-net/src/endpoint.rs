@@ -318,10 +318,20 @@ impl Connector {
         let timed_out = || NetError::Timeout { addr, ms: timeout.as_millis() as u64 };
         // A cached connection may have died since its last use (peer
         // restarted, idle timeout); one retry on a fresh connection covers
-        // that without hiding real failures.
+        // that without hiding real failures. The frame may have reached the
+        // peer on the connection that died, so a failure to reconnect is
+        // then a lost connection (the request's fate unknown), not a
+        // failure to connect (the request never sent).
+        let mut lost: Option<String> = None;
         for attempt in 0..2 {
-            let connection =
-                tokio::time::timeout_at(deadline, self.connection(addr)).await.map_err(|_| timed_out())??;
+            let connection = match tokio::time::timeout_at(deadline, self.connection(addr)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(connection)) => connection,
+                Ok(Err(e)) => match lost {
+                    Some(reason) => return Err(NetError::Connection { addr, reason: format!("{reason}; then {e}") }),
+                    None => return Err(e),
+                },
+            };
             if let (Some(accept), Some(check)) = (accept, &self.node_check) {
                 match self.role_of(addr, &connection, check) {
                     Role::Node(id) if accept(&id) => {}
@@ -344,6 +354,7 @@ impl Connector {
                 Ok(Err(Exchange::Connection(reason))) if attempt == 0 => {
                     tracing::debug!(%addr, %reason, "connection failed, reconnecting");
                     self.forget(addr, &connection).await;
+                    lost = Some(reason);
                 }
                 Ok(Err(Exchange::Connection(reason))) => {
                     self.forget(addr, &connection).await;

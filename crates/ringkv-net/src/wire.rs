@@ -36,8 +36,8 @@ use crate::NetError;
 /// `KvError::OutOfMemory`. 9: read-modify-writes at the leading replica
 /// (`ReplicaRequest::Update`, `KvError::Update`). 10: scans
 /// (`ReplicaRequest::Keys`), and the updates behind `RENAME`, `COPY` and
-/// `MSETNX`.
-pub const PROTOCOL_VERSION: u16 = 10;
+/// `MSETNX`. 11: the join a member claims (`MemberClaim::join`).
+pub const PROTOCOL_VERSION: u16 = 11;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -354,6 +354,9 @@ pub struct MemberClaim {
     pub fences: Vec<String>,
     /// Wall-clock ms it was last alive before this start (0: none).
     pub alive_before: u64,
+    /// Which join of this node id it is in (0: none since it started): a
+    /// member fenced while joining stays fenced until it begins a new join.
+    pub join: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

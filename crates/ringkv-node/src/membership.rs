@@ -1,10 +1,11 @@
 //! Membership: chitchat gossip in, [`Topology`] out.
 //!
-//! Each node gossips four small keys: its QUIC address, its partition count,
-//! its status (joining, serving, leaving) and its truncate epoch. A task
-//! turns chitchat's view into a `Topology` on every change (and on a tick,
-//! because the dead-node grace period expires without any gossip event) and
-//! publishes it through a watch channel when it differs from the last one.
+//! Each node gossips a few small keys: its QUIC address, its partition
+//! count, its status (joining, serving, leaving), its truncate epoch, the
+//! join it is in and the members it fences. A task turns chitchat's view
+//! into a `Topology` on every change (and on a tick, because the dead-node
+//! grace period expires without any gossip event) and publishes it through
+//! a watch channel when it differs from the last one.
 //!
 //! A member that the others removed from the ring (dead for longer than
 //! `dead_node_grace`, as seen by a majority) may come back without
@@ -14,7 +15,10 @@
 //! `fenced`, keeps them out of its rings and refuses their replica
 //! requests, until they come back as `joining` (or `left`). A fenced member
 //! that sees its own name in a live member's list discards its data and
-//! joins anew. Until it has heard from the cluster after a gap in its own
+//! joins anew. A joining member is fenced the same way once it drops out of
+//! the next ring (the purge horizon stops waiting for it then), under its
+//! name and the id of its join (`name@join`): what that join pulled may
+//! miss deletes, so the fence holds until it begins a new join. Until it has heard from the cluster after a gap in its own
 //! execution longer than half the grace period (a pause, or a starved
 //! process), a node does not act on its data at all ([`Standing`]), so it
 //! cannot serve or repair stale data before it learns it was fenced.
@@ -60,6 +64,8 @@ const KEY_EPOCH: &str = "epoch";
 const KEY_FENCED: &str = "fenced";
 /// When the member was last alive before this start (from its member file).
 const KEY_ALIVE_BEFORE: &str = "alive_before";
+/// Which join the member is in: a fence on a joining member names the join.
+const KEY_JOIN: &str = "join";
 
 /// Fenced members a node remembers; beyond this the longest-fenced is
 /// forgotten, which keeps the gossiped list within one datagram.
@@ -202,9 +208,21 @@ struct Seen {
     status: MemberStatus,
     epoch: Epoch,
     live: bool,
-    /// The members it fences.
-    fences: Vec<NodeName>,
+    /// The members it fences, as gossiped: `name` for a member fenced out
+    /// of the current ring, `name@join` for one fenced while joining.
+    fences: Vec<String>,
     alive_before: u64,
+    join: u64,
+}
+
+/// A member this node fenced.
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    since: Instant,
+    /// The join it was in, if it was fenced while joining: only a new join
+    /// lifts the fence, since the one it was in pulled data that may miss
+    /// deletes whose tombstones were purged without it.
+    join: Option<u64>,
 }
 
 impl Membership {
@@ -402,6 +420,16 @@ impl Membership {
         self.handle.chitchat().lock().await.self_node_state().set(KEY_STATUS, status.as_str());
     }
 
+    /// Gossips that this node begins join `join`, which must differ from
+    /// every earlier join of this node id.
+    pub(crate) async fn begin_join(&self, join: u64) {
+        let chitchat = self.handle.chitchat();
+        let mut guard = chitchat.lock().await;
+        let state = guard.self_node_state();
+        state.set(KEY_JOIN, join);
+        state.set(KEY_STATUS, MemberStatus::Joining.as_str());
+    }
+
     pub(crate) async fn set_epoch(&self, epoch: Epoch) {
         self.handle.chitchat().lock().await.self_node_state().set(KEY_EPOCH, epoch.0.0);
     }
@@ -423,7 +451,7 @@ fn compute(
     config: &MembershipConfig,
     seen: &BTreeMap<NodeName, Seen>,
     dead_since: &mut HashMap<NodeName, Instant>,
-    fenced: &BTreeMap<NodeName, Instant>,
+    fenced: &BTreeMap<NodeName, Fence>,
 ) -> Topology {
     let now = Instant::now();
     let mut gossiped = BTreeMap::new();
@@ -471,7 +499,7 @@ async fn maintain(
     let mut dead_since = HashMap::new();
     let mut warned: HashSet<NodeName> = HashSet::new();
     // Members this node removed from the ring, and since when.
-    let mut fenced: BTreeMap<NodeName, Instant> = BTreeMap::new();
+    let mut fenced: BTreeMap<NodeName, Fence> = BTreeMap::new();
     let mut contact_since: Option<Instant> = None;
     let me = NodeName::from(config.node_id.as_str());
     loop {
@@ -528,7 +556,10 @@ async fn maintain(
             *current = current.merge(max_epoch);
             raised
         });
-        let fenced_by = seen.iter().find(|(n, s)| **n != me && s.live && s.fences.contains(&me)).map(|(n, _)| n);
+        let fenced_by = seen.get(&me).and_then(|own| {
+            let mine = |entry: &String| fences_this(entry, &me, own);
+            seen.iter().find(|(n, s)| **n != me && s.live && s.fences.iter().any(mine)).map(|(n, _)| n)
+        });
         standing.fenced.send_if_modified(|current| {
             let changed = *current != fenced_by.is_some();
             if changed && let Some(by) = fenced_by {
@@ -539,7 +570,13 @@ async fn maintain(
         });
         let mut next = compute(&config, &seen, &mut dead_since, &fenced);
         if update_fences(&mut fenced, &seen, &next, now) {
-            let list: Vec<&str> = fenced.keys().map(|n| &**n).collect();
+            let list: Vec<String> = fenced
+                .iter()
+                .map(|(name, fence)| match fence.join {
+                    Some(join) => format!("{name}@{join}"),
+                    None => name.to_string(),
+                })
+                .collect();
             tracing::info!(fenced = ?list, "fenced members changed");
             chitchat.lock().await.self_node_state().set(KEY_FENCED, list.join(","));
             next = compute(&config, &seen, &mut dead_since, &fenced);
@@ -568,29 +605,45 @@ async fn maintain(
     }
 }
 
-/// Fences the members the ring rules removed for being dead too long, and
-/// lifts the fence of members that came back as new (`joining`) or left.
-/// Returns whether the set changed.
+/// Fences the members the ring rules removed for being dead too long
+/// (from the current ring, or from the next one while joining), and lifts
+/// the fence of members that left or began a new join. Returns whether the
+/// set changed.
 fn update_fences(
-    fenced: &mut BTreeMap<NodeName, Instant>,
+    fenced: &mut BTreeMap<NodeName, Fence>,
     seen: &BTreeMap<NodeName, Seen>,
     topology: &Topology,
     now: Instant,
 ) -> bool {
     let mut changed = false;
-    fenced.retain(|name, _| {
-        let back = seen.get(name).is_some_and(|s| matches!(s.status, MemberStatus::Joining | MemberStatus::Left));
+    fenced.retain(|name, fence| {
+        let back = seen.get(name).is_some_and(|s| match s.status {
+            MemberStatus::Left => true,
+            MemberStatus::Joining => fence.join != Some(s.join),
+            _ => false,
+        });
         changed |= back;
         !back
     });
     for (name, member) in &topology.members {
-        if !member.live && !member.in_ring && !member.fenced && member.status.in_current_ring() {
-            fenced.insert(name.clone(), now);
-            changed = true;
+        if member.live || member.fenced {
+            continue;
         }
+        let join = match member.status {
+            status if status.in_current_ring() && !member.in_ring => None,
+            // A join that has not begun (join 0: a node just started) has
+            // pulled nothing, and its fence would only delay it.
+            MemberStatus::Joining if !member.in_next => match seen.get(name).map(|s| s.join) {
+                Some(join) if join != 0 => Some(join),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        fenced.insert(name.clone(), Fence { since: now, join });
+        changed = true;
     }
     while fenced.len() > MAX_FENCED {
-        let oldest = fenced.iter().min_by_key(|(_, since)| **since).map(|(n, _)| n.clone());
+        let oldest = fenced.iter().min_by_key(|(_, fence)| fence.since).map(|(n, _)| n.clone());
         if let Some(oldest) = oldest {
             fenced.remove(&oldest);
         }
@@ -618,10 +671,21 @@ fn parse_state(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> Seen
         epoch: Epoch(Timestamp(state.get(KEY_EPOCH).and_then(|e| e.parse().ok()).unwrap_or(0))),
         live,
         alive_before: state.get(KEY_ALIVE_BEFORE).and_then(|t| t.parse().ok()).unwrap_or(0),
+        join: state.get(KEY_JOIN).and_then(|t| t.parse().ok()).unwrap_or(0),
         fences: state
             .get(KEY_FENCED)
-            .map(|list| list.split(',').filter(|n| !n.is_empty()).map(NodeName::from).collect())
+            .map(|list| list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
             .unwrap_or_default(),
+    }
+}
+
+/// Whether a gossiped fence entry applies to this node as it is now: a
+/// fence of its place in the current ring while it holds one, or a fence
+/// of the join it is in. Fences of an earlier membership or join are stale.
+fn fences_this(entry: &str, me: &NodeName, own: &Seen) -> bool {
+    match entry.split_once('@') {
+        Some((name, join)) => name == &**me && join.parse() == Ok(own.join),
+        None => entry == &**me && own.status.in_current_ring(),
     }
 }
 
@@ -675,8 +739,9 @@ fn claim_of(name: &NodeName, s: &Seen) -> Option<MemberClaim> {
         partitions: s.partitions?,
         status: s.status,
         epoch: s.epoch,
-        fences: s.fences.iter().map(|f| f.to_string()).collect(),
+        fences: s.fences.clone(),
         alive_before: s.alive_before,
+        join: s.join,
     })
 }
 
@@ -688,8 +753,9 @@ fn from_claim(claim: &MemberClaim, live: bool) -> Seen {
         status: claim.status,
         epoch: claim.epoch,
         live,
-        fences: claim.fences.iter().map(|f| NodeName::from(f.as_str())).collect(),
+        fences: claim.fences.clone(),
         alive_before: claim.alive_before,
+        join: claim.join,
     }
 }
 
@@ -708,4 +774,114 @@ fn publish_proven(claims: &ClaimSource, proofs: &Mutex<Proofs>) {
 
 fn lock(proofs: &Mutex<Proofs>) -> std::sync::MutexGuard<'_, Proofs> {
     proofs.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Gossiped;
+
+    fn seen(status: MemberStatus, join: u64, live: bool) -> Seen {
+        Seen {
+            generation: 1,
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            partitions: Some(16),
+            status,
+            epoch: Epoch::NONE,
+            live,
+            fences: Vec::new(),
+            alive_before: 0,
+            join,
+        }
+    }
+
+    /// `a` and `b` serve; `d` is in its join 7. What `a` makes of it with
+    /// `d` dead for `dead_for`.
+    fn view(d: &Seen, dead_for: Duration, fenced: &BTreeMap<NodeName, Fence>) -> Topology {
+        let mut gossiped = BTreeMap::new();
+        for (name, port) in [("a", 1), ("b", 2)] {
+            let g = Gossiped {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                status: MemberStatus::Serving,
+                live: true,
+                dead_for: None,
+                epoch: Epoch::NONE,
+                fenced: false,
+            };
+            gossiped.insert(NodeName::from(name), g);
+        }
+        let g = Gossiped {
+            addr: SocketAddr::from(([127, 0, 0, 1], 4)),
+            status: d.status,
+            live: d.live,
+            dead_for: (!d.live).then_some(dead_for),
+            epoch: Epoch::NONE,
+            fenced: fenced.contains_key("d"),
+        };
+        gossiped.insert(NodeName::from("d"), g);
+        topology::build(&"a".into(), "x", gossiped, 16, 3, 8, Duration::from_secs(10))
+    }
+
+    #[test]
+    fn a_joiner_cut_off_past_the_grace_is_fenced_until_it_begins_a_new_join() {
+        let now = Instant::now();
+        let mut fenced = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        let d = seen(MemberStatus::Joining, 7, false);
+        all.insert(NodeName::from("d"), d.clone());
+
+        let within = view(&d, Duration::from_secs(9), &fenced);
+        assert!(!update_fences(&mut fenced, &all, &within, now), "within the grace nothing is fenced");
+
+        let past = view(&d, Duration::from_secs(11), &fenced);
+        assert!(update_fences(&mut fenced, &all, &past, now));
+        assert_eq!(fenced["d"].join, Some(7));
+
+        // Back, still in the same join (or done with it and serving): the
+        // fence holds.
+        for status in [MemberStatus::Joining, MemberStatus::Serving] {
+            all.insert(NodeName::from("d"), seen(status, 7, true));
+            let back = view(&all["d"], Duration::ZERO, &fenced);
+            assert!(!update_fences(&mut fenced, &all, &back, now));
+            assert!(fenced.contains_key("d"));
+        }
+
+        all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 8, true));
+        let anew = view(&all["d"], Duration::ZERO, &fenced);
+        assert!(update_fences(&mut fenced, &all, &anew, now), "a new join lifts the fence");
+        assert!(fenced.is_empty());
+    }
+
+    #[test]
+    fn a_member_fenced_out_of_the_current_ring_is_lifted_by_any_join() {
+        let now = Instant::now();
+        let mut fenced = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 7, false));
+        let past = view(&all["d"], Duration::from_secs(11), &fenced);
+        assert!(update_fences(&mut fenced, &all, &past, now));
+        assert_eq!(fenced["d"].join, None);
+
+        all.insert(NodeName::from("d"), seen(MemberStatus::Recovering, 7, true));
+        let back = view(&all["d"], Duration::ZERO, &fenced);
+        assert!(!update_fences(&mut fenced, &all, &back, now), "restarting with its data lifts nothing");
+
+        all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 7, true));
+        let anew = view(&all["d"], Duration::ZERO, &fenced);
+        assert!(update_fences(&mut fenced, &all, &anew, now));
+        assert!(fenced.is_empty());
+    }
+
+    #[test]
+    fn a_node_heeds_only_the_fences_of_what_it_is_now() {
+        let me = NodeName::from("d");
+        let joining = seen(MemberStatus::Joining, 7, true);
+        let serving = seen(MemberStatus::Serving, 7, true);
+        assert!(fences_this("d@7", &me, &joining));
+        assert!(fences_this("d@7", &me, &serving), "a fenced join that went on to serve is still fenced");
+        assert!(!fences_this("d@6", &me, &joining), "a fence of an earlier join is stale");
+        assert!(fences_this("d", &me, &serving));
+        assert!(!fences_this("d", &me, &joining), "a fence of its old place is stale once it joins anew");
+        assert!(!fences_this("dd", &me, &serving) && !fences_this("dd@7", &me, &joining));
+    }
 }

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     /// only once the first has finished.
     pub(crate) stopped: tokio::sync::Mutex<bool>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The join in progress, which a new join stops before it discards
+    /// what this one pulled.
+    pub(crate) joining: Mutex<Option<JoinHandle<()>>>,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) gossip_addr: Option<SocketAddr>,
     pub(crate) resp_addr: Option<SocketAddr>,
@@ -148,8 +151,9 @@ impl Node {
         if let Some(membership) = self.inner.membership.lock().await.take() {
             membership.shutdown().await;
         }
-        let tasks: Vec<JoinHandle<()>> =
+        let mut tasks: Vec<JoinHandle<()>> =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        tasks.extend(self.inner.joining.lock().unwrap_or_else(|e| e.into_inner()).take());
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }

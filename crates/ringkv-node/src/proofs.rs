@@ -188,6 +188,7 @@ mod tests {
             epoch: Epoch(Timestamp(epoch)),
             fences: Vec::new(),
             alive_before: 0,
+            join: 0,
         }
     }
 

@@ -357,6 +357,7 @@ impl Node {
                 shutdown,
                 stopped: tokio::sync::Mutex::new(false),
                 tasks: Mutex::new(Vec::new()),
+                joining: Mutex::new(None),
                 local_addr,
                 gossip_addr,
                 resp_addr,
@@ -608,6 +609,7 @@ mod tests {
                 epoch: Epoch::NONE,
                 fences: Vec::new(),
                 alive_before: 0,
+                join: 0,
             }]))
         }
     }

@@ -17,6 +17,8 @@ pub(crate) struct MemberView {
     pub status: MemberStatus,
     pub live: bool,
     pub in_ring: bool,
+    /// In the ring once rebalancing is done (the `pending` table's members).
+    pub in_next: bool,
     pub epoch: Epoch,
     /// Removed from the ring by this node while it was out, and not yet
     /// back as a new member: it may hold keys whose tombstones were purged
@@ -64,7 +66,9 @@ pub(crate) struct Gossiped {
 /// partition heals. A fenced member is out of both rings and never up. Of
 /// the rest, the current ring holds the members that serve or recover, and
 /// leaving ones until they are done; the next ring swaps leaving members
-/// for joining ones.
+/// for joining ones. A joining member stays in the next ring through the
+/// same grace as the others: the purge horizon waits for it while it is
+/// there, and once it drops out it is fenced (`membership.rs`).
 pub(crate) fn build(
     self_name: &NodeName,
     cluster_id: &str,
@@ -82,17 +86,21 @@ pub(crate) fn build(
         .map(|(name, g)| {
             let around = g.live || g.dead_for.is_some_and(|d| d < dead_node_grace) || !majority;
             let in_ring = around && !g.fenced && g.status.in_current_ring();
-            let view =
-                MemberView { addr: g.addr, status: g.status, live: g.live, in_ring, epoch: g.epoch, fenced: g.fenced };
+            let in_next = around && !g.fenced && g.status.in_next_ring();
+            let view = MemberView {
+                addr: g.addr,
+                status: g.status,
+                live: g.live,
+                in_ring,
+                in_next,
+                epoch: g.epoch,
+                fenced: g.fenced,
+            };
             (name, view)
         })
         .collect();
     let ring: Vec<NodeName> = members.iter().filter(|(_, m)| m.in_ring).map(|(n, _)| n.clone()).collect();
-    let next: Vec<NodeName> = members
-        .iter()
-        .filter(|(_, m)| (m.in_ring || m.live) && !m.fenced && m.status.in_next_ring())
-        .map(|(n, _)| n.clone())
-        .collect();
+    let next: Vec<NodeName> = members.iter().filter(|(_, m)| m.in_next).map(|(n, _)| n.clone()).collect();
     let table = PartitionTable::build(&ring, partitions, replication, vnodes);
     let pending =
         (next != ring && !next.is_empty()).then(|| PartitionTable::build(&next, partitions, replication, vnodes));
@@ -250,6 +258,34 @@ mod tests {
         let pending = t.pending.as_ref().expect("a join is pending");
         assert_eq!(pending.members().len(), 2);
         assert!((0..64).all(|p| t.gaining(PartitionId(p)) == [NodeName::from("b")]));
+    }
+
+    #[test]
+    fn a_dead_joiner_stays_in_the_next_ring_through_the_grace_only() {
+        let grace = Duration::from_secs(60);
+        let joiner = |dead_for: u64| Gossiped { status: MemberStatus::Joining, ..member(4, false, Some(dead_for)) };
+        let mut gossiped = BTreeMap::new();
+        for (name, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            gossiped.insert(NodeName::from(name), member(port, true, None));
+        }
+        gossiped.insert(NodeName::from("d"), joiner(59));
+        let t = build(&"a".into(), "x", gossiped.clone(), 64, 3, 8, grace);
+        assert!(t.members["d"].in_next && !t.takes_writes("d"));
+        let pending = t.pending.as_ref().expect("the purge horizon still waits for the joiner");
+        assert!(pending.members().contains(&NodeName::from("d")));
+
+        gossiped.insert(NodeName::from("d"), joiner(61));
+        let t = build(&"a".into(), "x", gossiped.clone(), 64, 3, 8, grace);
+        assert!(!t.members["d"].in_next);
+        assert!(t.pending.is_none(), "past the grace the join is dropped (and fenced by membership)");
+
+        // Cut off with a minority, a node keeps the joiner as it keeps
+        // every other member.
+        for name in ["b", "c"] {
+            gossiped.insert(NodeName::from(name), member(2, false, Some(61)));
+        }
+        let t = build(&"a".into(), "x", gossiped, 64, 3, 8, grace);
+        assert!(t.members["d"].in_next);
     }
 
     #[test]

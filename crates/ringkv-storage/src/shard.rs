@@ -264,7 +264,9 @@ impl Shard {
 
     /// Applies `incoming` only if nothing newer than `expected` is stored,
     /// so a read-modify-write (expire, persist) cannot silently undo a write
-    /// that raced with it. Returns the stored version on conflict.
+    /// that raced with it. Returns the stored version on conflict. Finding
+    /// `incoming` itself stored is no conflict: repair or a hint can carry
+    /// the write here from another replica before its own request arrives.
     pub fn apply_if_not_newer(
         &mut self,
         key: &[u8],
@@ -273,7 +275,7 @@ impl Shard {
         now_ms: u64,
     ) -> Result<Applied, Version> {
         match self.version(key) {
-            Some(stored) if stored > expected => Err(stored),
+            Some(stored) if stored > expected && stored != incoming.version => Err(stored),
             _ => Ok(self.apply(key, incoming, now_ms)),
         }
     }
@@ -941,6 +943,9 @@ mod tests {
         s.apply(b"k", val(5, "x", None), 0);
         assert_eq!(s.apply_if_not_newer(b"k", val(6, "x", Some(10)), v(4), 0), Err(v(5)));
         assert!(s.apply_if_not_newer(b"k", val(6, "x", Some(10)), v(5), 0).unwrap().changed);
+        // The same write again, as when repair brought it first (simulator
+        // seed 220): applied, changing nothing.
+        assert_eq!(s.apply_if_not_newer(b"k", val(6, "x", Some(10)), v(5), 0).map(|a| a.changed), Ok(false));
     }
 
     #[test]
