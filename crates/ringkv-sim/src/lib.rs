@@ -74,11 +74,13 @@ impl SimOptions {
     /// The command that runs this seed again, with logs.
     pub fn replay_command(&self) -> String {
         format!(
-            "RUST_LOG=info cargo run --release -p ringkv-sim -- --seed {} --duration {}s --nodes {} --clients {}",
+            "RUST_LOG=info cargo run --release -p ringkv-sim -- --seed {} --duration {}s --nodes {} --clients {} \
+             --history seed-{}.jsonl",
             self.seed,
             self.duration.as_secs(),
             self.nodes,
-            self.clients
+            self.clients,
+            self.seed
         )
     }
 }
@@ -104,6 +106,8 @@ pub struct SimReport {
     /// as serving and live: membership and placement converged, every
     /// join's partitions pulled.
     pub formed_after: Option<Duration>,
+    /// Every operation the clients ran, in the order the hash covers.
+    pub history: Vec<Record>,
 }
 
 /// A node's wall clock: the run's fixed epoch, plus simulated time, plus
@@ -271,6 +275,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         violations,
         simulated,
         formed_after,
+        history,
     })
 }
 

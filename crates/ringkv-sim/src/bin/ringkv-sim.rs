@@ -40,6 +40,11 @@ struct Args {
     /// Seeds run at once (each in its own process).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Write the history of a single seed to this file, one JSON line per
+    /// operation (the chaos suite's format), to follow a key through a
+    /// failure.
+    #[arg(long, conflicts_with_all = ["seeds", "twice"])]
+    history: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +83,13 @@ fn one(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &args.history {
+        let lines: String = report.history.iter().map(|r| r.to_json() + "\n").collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            println!("seed {}: cannot write the history to {}: {e}", opts.seed, path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     println!(
         "seed {}: history {:016x}, {} operations ({} acknowledged), {} faults, {:.0} s simulated, formed after {:.1} s",
         report.seed,
