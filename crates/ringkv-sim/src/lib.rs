@@ -295,9 +295,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[A
             }
         }
         Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
-        Fault::Degrade(i, permille, ms) => {
+        Fault::Slow(i, ms) => {
             for other in names.iter().filter(|n| n.as_str() != name(i)) {
-                sim.set_link_fail_rate(name(i), other.as_str(), *permille as f64 / 1000.0);
                 sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
             }
         }
@@ -306,7 +305,6 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[A
                 for y in names {
                     if x != y {
                         sim.repair_oneway(x.as_str(), y.as_str());
-                        sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
                         sim.set_link_max_message_latency(x.as_str(), y.as_str(), MAX_LATENCY);
                     }
                 }

@@ -19,13 +19,11 @@ pub enum Fault {
     /// Datagrams from the first node to the second are lost; the other
     /// way works.
     OneWay(usize, usize),
-    /// The node's links to the others turn lossy and slow: of every
-    /// thousand datagrams sent on one, this many are lost, each with every
-    /// datagram then in flight on that link, either way (turmoil's random
-    /// partition, healed by the next datagram: bursts of loss); and each
-    /// datagram takes up to this many ms, drawn per datagram, so that they
-    /// also arrive out of order.
-    Degrade(usize, u32, u64),
+    /// The node's links to the others turn slow: each datagram takes up
+    /// to this many ms, drawn per datagram, so that they also arrive out
+    /// of order. (Random loss is not scheduled: with turmoil's link
+    /// failures some seeds did not replay exactly; see ARCHITECTURE.md.)
+    Slow(usize, u64),
     /// Every link works again, without loss or extra delay.
     Heal,
     /// The node's wall clock runs this many ms off (0: back in step).
@@ -41,9 +39,7 @@ impl fmt::Display for Fault {
             Fault::Restart(i) => write!(f, "restart {}", n(i)),
             Fault::Partition(a, b) => write!(f, "partition {} | {}", group(a), group(b)),
             Fault::OneWay(a, b) => write!(f, "one-way {} -> {} lost", n(a), n(b)),
-            Fault::Degrade(i, permille, ms) => {
-                write!(f, "degrade {}: {:.1}% loss, up to {ms} ms delay", n(i), *permille as f64 / 10.0)
-            }
+            Fault::Slow(i, ms) => write!(f, "slow {}: up to {ms} ms per datagram", n(i)),
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
         }
@@ -115,9 +111,8 @@ impl Schedule {
                     push(until, Fault::Skew(a, 0));
                 }
                 4 => {
-                    let permille = 10 + rng.below(191) as u32;
-                    let ms = 10 + rng.below(291);
-                    push(at, Fault::Degrade(a, permille, ms));
+                    let ms = 20 + rng.below(481);
+                    push(at, Fault::Slow(a, ms));
                     push(until, Fault::Heal);
                 }
                 _ => {
@@ -180,7 +175,7 @@ mod tests {
                 Fault::Restart(_) => "restart",
                 Fault::Partition(..) => "partition",
                 Fault::OneWay(..) => "one-way",
-                Fault::Degrade(..) => "degrade",
+                Fault::Slow(..) => "slow",
                 Fault::Heal => "heal",
                 Fault::Skew(..) => "skew",
             })
