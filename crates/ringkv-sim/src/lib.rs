@@ -48,9 +48,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// turmoil's step: the resolution of simulated time.
 const TICK: Duration = Duration::from_millis(1);
-/// The most a datagram takes on a healthy link (drawn per datagram, from
-/// 1 ms up).
-const MAX_LATENCY: Duration = Duration::from_millis(10);
 /// How long every node must have served before a crash. Nodes keep their
 /// data in memory only, so a crash is the loss of a disk; a second one
 /// before the first node has pulled its partitions back could lose the
@@ -175,7 +172,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         .rng_seed(opts.seed)
         .simulation_duration(opts.duration + SETTLE + Duration::from_secs(300))
         .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(MAX_LATENCY)
+        .max_message_latency(Duration::from_millis(10))
         .udp_capacity(4096)
         .tick_duration(TICK)
         .build();
@@ -295,17 +292,11 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[A
             }
         }
         Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
-        Fault::Slow(i, ms) => {
-            for other in names.iter().filter(|n| n.as_str() != name(i)) {
-                sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
-            }
-        }
         Fault::Heal => {
             for x in names {
                 for y in names {
                     if x != y {
                         sim.repair_oneway(x.as_str(), y.as_str());
-                        sim.set_link_max_message_latency(x.as_str(), y.as_str(), MAX_LATENCY);
                     }
                 }
             }

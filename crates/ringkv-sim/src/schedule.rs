@@ -19,12 +19,7 @@ pub enum Fault {
     /// Datagrams from the first node to the second are lost; the other
     /// way works.
     OneWay(usize, usize),
-    /// The node's links to the others turn slow: each datagram takes up
-    /// to this many ms, drawn per datagram, so that they also arrive out
-    /// of order. (Random loss is not scheduled: with turmoil's link
-    /// failures some seeds did not replay exactly; see ARCHITECTURE.md.)
-    Slow(usize, u64),
-    /// Every link works again, without loss or extra delay.
+    /// Every link works again.
     Heal,
     /// The node's wall clock runs this many ms off (0: back in step).
     Skew(usize, i64),
@@ -39,7 +34,6 @@ impl fmt::Display for Fault {
             Fault::Restart(i) => write!(f, "restart {}", n(i)),
             Fault::Partition(a, b) => write!(f, "partition {} | {}", group(a), group(b)),
             Fault::OneWay(a, b) => write!(f, "one-way {} -> {} lost", n(a), n(b)),
-            Fault::Slow(i, ms) => write!(f, "slow {}: up to {ms} ms per datagram", n(i)),
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
         }
@@ -82,7 +76,7 @@ impl Schedule {
             let until = (at + length).min(end);
             let a = rng.below(nodes as u64) as usize;
             let b = (a + 1 + rng.below(nodes as u64 - 1) as usize) % nodes;
-            match rng.below(6) {
+            match rng.below(5) {
                 0 => {
                     push(at, Fault::Crash(a));
                     if rng.chance(0.5) {
@@ -109,11 +103,6 @@ impl Schedule {
                     let ms = rng.below(2 * MAX_SKEW_MS + 1) as i64 - MAX_SKEW_MS as i64;
                     push(at, Fault::Skew(a, ms));
                     push(until, Fault::Skew(a, 0));
-                }
-                4 => {
-                    let ms = 20 + rng.below(481);
-                    push(at, Fault::Slow(a, ms));
-                    push(until, Fault::Heal);
                 }
                 _ => {
                     push(at, Fault::Crash(a));
@@ -164,22 +153,5 @@ mod tests {
             assert!(down.is_empty(), "seed {seed}: every crashed node restarts");
             assert!(schedule.max_skew_ms() <= MAX_SKEW_MS);
         }
-    }
-
-    #[test]
-    fn the_seeds_of_a_test_run_bring_every_kind_of_fault() {
-        let kinds: std::collections::BTreeSet<&str> = (1000..1008)
-            .flat_map(|seed| Schedule::generate(seed, 3, Duration::from_secs(60)).faults)
-            .map(|planned| match planned.fault {
-                Fault::Crash(_) => "crash",
-                Fault::Restart(_) => "restart",
-                Fault::Partition(..) => "partition",
-                Fault::OneWay(..) => "one-way",
-                Fault::Slow(..) => "slow",
-                Fault::Heal => "heal",
-                Fault::Skew(..) => "skew",
-            })
-            .collect();
-        assert_eq!(kinds.len(), 7, "{kinds:?}");
     }
 }
