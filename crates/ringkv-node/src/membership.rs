@@ -18,10 +18,11 @@
 //! joins anew. A joining member is fenced the same way once it drops out of
 //! the next ring (the purge horizon stops waiting for it then), under its
 //! name and the id of its join (`name@join`): what that join pulled may
-//! miss deletes, so the fence holds until it begins a new join. Until it has heard from the cluster after a gap in its own
-//! execution longer than half the grace period (a pause, or a starved
-//! process), a node does not act on its data at all ([`Standing`]), so it
-//! cannot serve or repair stale data before it learns it was fenced.
+//! miss deletes, so the fence holds until it begins a new join. Until it
+//! has heard from the cluster after a gap in its own execution longer than
+//! half the grace period (a pause, or a starved process), a node does not
+//! act on its data at all ([`Standing`]), so it cannot serve or repair
+//! stale data before it learns it was fenced.
 //!
 //! chitchat leaves three things to us. It authenticates nothing, so every
 //! datagram is sealed with the cluster's gossip key (`crate::gossip`). A

@@ -460,8 +460,8 @@ pub(crate) async fn fence_follower(node: Node) {
             continue;
         }
         let topo = node.inner.topology();
-        let member = |m: &crate::topology::MemberView| m.status.in_current_ring() || m.status == MemberStatus::Joining;
-        if !topo.members.get(&topo.self_name).is_some_and(member) {
+        let status = topo.members.get(&topo.self_name).map(|m| m.status);
+        if !status.is_some_and(|s| s.in_current_ring() || s == MemberStatus::Joining) {
             continue;
         }
         match node.join_as_new().await {
