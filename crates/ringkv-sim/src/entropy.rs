@@ -1,18 +1,21 @@
 //! The process's randomness, from the seed: this module defines the C
-//! library's `getrandom` and `getentropy`, so every caller in the process
-//! (the standard library's hash-map keys, hence tokio's `select!`; rand's
-//! thread rng, hence chitchat's gossip targets and quinn's connection ids)
-//! draws from a generator the run seeds. Linked only into the simulator's
-//! binaries; the node never sees it.
+//! library's `getrandom`, `getentropy` and `syscall`, so every caller in the
+//! process draws from a generator the run seeds: the standard library's
+//! hash-map keys (hence tokio's `select!`), rand's thread rng (hence
+//! chitchat's gossip targets and quinn's connection ids), and ring, which
+//! reaches the kernel through `syscall(SYS_getrandom, ..)` (the getrandom
+//! crate's 0.2 line) for every private key, TLS key share and nonce. Linked
+//! only into the simulator's binaries; the node never sees it.
 //!
-//! What it cannot reach: ring's `SystemRandom` calls the getrandom system
-//! call directly, so keys, TLS key shares and nonces stay random. They
-//! change bytes, not lengths, hence not the simulation's course, as long as
-//! signatures have one length: the simulator's certificates are Ed25519
-//! (an ECDSA signature's DER encoding is 70 to 72 bytes, by its random
-//! nonce, which made about one run in a hundred differ from its replay).
+//! ring's randomness matters even though it changes only bytes: packet keys
+//! decide how a node reads a stray datagram (a stateless reset, a packet of
+//! a connection it closed), and the connection-id and reset keys are derived
+//! from the node's private key. With the kernel's randomness there, runs
+//! with random loss or slow links went apart from their replays.
 
+use std::ffi::c_long;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ringkv_core::SplitMix64;
 
@@ -66,4 +69,51 @@ pub unsafe extern "C" fn getentropy(buf: *mut u8, buflen: usize) -> i32 {
         -1 => -1,
         _ => 0,
     }
+}
+
+/// syscall(2), as glibc exports it: `SYS_getrandom` is answered from the
+/// seeded stream, every other call goes on to glibc's `syscall`.
+///
+/// Defined with six fixed arguments: on the System V (x86-64) and AAPCS64
+/// (Linux aarch64) ABIs a variadic call passes integer arguments exactly as
+/// a fixed one does, and the kernel takes at most six.
+///
+/// # Safety
+/// As the C contract of the system call named by `num`.
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub unsafe extern "C" fn syscall(
+    num: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    if num == libc::SYS_getrandom {
+        // SAFETY: getrandom(2)'s arguments are the buffer and its length.
+        return unsafe { getrandom(a1 as *mut u8, a2 as usize, a3 as u32) } as c_long;
+    }
+    // SAFETY: forwarded unchanged to the C library's own `syscall`.
+    unsafe { glibc_syscall()(num, a1, a2, a3, a4, a5, a6) }
+}
+
+/// glibc's `syscall`, found once. No lock: the standard library's locks
+/// wait on futexes through `syscall` itself, and two threads that race
+/// here store the same address.
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn glibc_syscall() -> unsafe extern "C" fn(c_long, ...) -> c_long {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut address = NEXT.load(Ordering::Relaxed);
+    if address == 0 {
+        // SAFETY: a NUL-terminated name; RTLD_NEXT searches the libraries
+        // loaded after this executable, where glibc's definition is.
+        address = unsafe { libc::dlsym(libc::RTLD_NEXT, c"syscall".as_ptr()) } as usize;
+        assert!(address != 0, "the C library exports syscall");
+        NEXT.store(address, Ordering::Relaxed);
+    }
+    // SAFETY: the address of glibc's `long syscall(long, ...)`.
+    unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(c_long, ...) -> c_long>(address) }
 }

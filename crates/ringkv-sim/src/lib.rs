@@ -11,10 +11,10 @@
 //!
 //! What is not simulated yet (ARCHITECTURE.md, "The simulator"): disks
 //! (nodes keep their data in memory, so a crash loses a node's data and it
-//! rejoins as a new member), and randomness outside turmoil and quinn
-//! (chitchat's, the standard library's hash maps, tokio's `select!`),
-//! which is why [`run`] reports the history's hash: two runs of a seed are
-//! compared, not assumed equal.
+//! rejoins as a new member). Every random byte the process draws comes
+//! from the seed (`entropy.rs`); [`run`] still reports the history's hash,
+//! because determinism is checked, not assumed: two runs of a seed are
+//! compared.
 
 pub mod entropy;
 mod net;
@@ -27,12 +27,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ringkv_chaos::checker::{CheckOptions, Violation, check};
-use ringkv_chaos::history::{OpKind, Outcome, Record};
+use ringkv_chaos::history::{CONTROLLER, OpKind, Outcome, Phase, Record};
 use ringkv_chaos::workload::{RunClock, WorkloadConfig, run_client};
 use ringkv_client::{Client, ClientConfig};
-use ringkv_core::{Clock, SplitMix64};
+use ringkv_core::{Clock, KvStore as _, SplitMix64};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_node::{Env, Node, NodeConfig, Persistence};
+use tokio::sync::{Notify, oneshot};
 
 use crate::net::{Envelopes, SimNetwork};
 use crate::schedule::{Fault, Schedule};
@@ -48,6 +49,9 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// turmoil's step: the resolution of simulated time.
 const TICK: Duration = Duration::from_millis(1);
+/// The most a datagram takes on a healthy link (drawn per datagram, from
+/// 1 ms up).
+const MAX_LATENCY: Duration = Duration::from_millis(10);
 /// How long every node must have served before a crash. Nodes keep their
 /// data in memory only, so a crash is the loss of a disk; a second one
 /// before the first node has pulled its partitions back could lose the
@@ -106,6 +110,10 @@ pub struct SimReport {
     /// as serving and live: membership and placement converged, every
     /// join's partitions pulled.
     pub formed_after: Option<Duration>,
+    /// Simulated time from the start until every node listed every node
+    /// as live, whatever its status: membership converged (gossip), before
+    /// placement did.
+    pub members_after: Option<Duration>,
     /// Every operation the clients ran, in the order the hash covers.
     pub history: Vec<Record>,
 }
@@ -172,7 +180,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         .rng_seed(opts.seed)
         .simulation_duration(opts.duration + SETTLE + Duration::from_secs(300))
         .min_message_latency(Duration::from_millis(1))
-        .max_message_latency(Duration::from_millis(10))
+        .max_message_latency(MAX_LATENCY)
         .udp_capacity(4096)
         .tick_duration(TICK)
         .build();
@@ -207,10 +215,17 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     // crash waits for a stretch of it (see `apply_when_due`).
     let healthy: Arc<Mutex<Option<Duration>>> = Arc::default();
     let healthy_seen = healthy.clone();
+    // The driver's signal to the client host that a clear is due.
+    let clear_due = Arc::new(Notify::new());
+    let clears = clear_due.clone();
+    // When every node first listed every node as live, for as long as
+    // that held until the cluster formed.
+    let members_known: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let members_seen = members_known.clone();
     let client_opts = opts.clone();
     let client_certs = certs.path().to_path_buf();
     sim.client("client", async move {
-        let records = workload(&client_opts, &client_certs, &formed_at, &healthy_seen).await?;
+        let records = workload(&client_opts, &client_certs, &formed_at, &healthy_seen, &members_seen, clears).await?;
         *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(records);
         Ok(())
     });
@@ -233,7 +248,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 ending.extend((0..opts.nodes).map(|i| Fault::Skew(i, 0)));
                 for fault in ending {
                     faults.push(format!("{:>7.1}s {fault} (end of the run)", (now - start).as_secs_f64()));
-                    apply(&mut sim, &fault, &names, &skews);
+                    apply(&mut sim, &fault, &names, &skews, &clear_due);
                 }
                 pending.by_ref().for_each(drop);
             }
@@ -246,7 +261,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     break;
                 }
                 faults.push(format!("{:>7.1}s {}", (now - start).as_secs_f64(), planned.fault));
-                apply(&mut sim, &planned.fault, &names, &skews);
+                apply(&mut sim, &planned.fault, &names, &skews, &clear_due);
                 pending.next();
             }
         }
@@ -258,6 +273,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     }
     let simulated = sim.elapsed();
     let formed_after = *formed.lock().unwrap_or_else(|e| e.into_inner());
+    let members_after = *members_known.lock().unwrap_or_else(|e| e.into_inner());
     let history = history.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
     let max_skew = schedule.max_skew_ms();
     let violations = check(&history, &CheckOptions::with_clock_skew(max_skew));
@@ -275,11 +291,12 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         violations,
         simulated,
         formed_after,
+        members_after,
         history,
     })
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[Arc<AtomicI64>]) {
+fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[Arc<AtomicI64>], clear_due: &Notify) {
     let name = |i: &usize| names[*i].as_str();
     match fault {
         Fault::Crash(i) => sim.crash(name(i)),
@@ -292,16 +309,25 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[A
             }
         }
         Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
+        Fault::Degrade(i, permille, ms) => {
+            for other in names.iter().filter(|n| n.as_str() != name(i)) {
+                sim.set_link_fail_rate(name(i), other.as_str(), *permille as f64 / 1000.0);
+                sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
+            }
+        }
         Fault::Heal => {
             for x in names {
                 for y in names {
                     if x != y {
                         sim.repair_oneway(x.as_str(), y.as_str());
+                        sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
+                        sim.set_link_max_message_latency(x.as_str(), y.as_str(), MAX_LATENCY);
                     }
                 }
             }
         }
         Fault::Skew(i, ms) => skews[*i].store(*ms, Ordering::Relaxed),
+        Fault::Clear => clear_due.notify_one(),
     }
 }
 
@@ -313,6 +339,8 @@ async fn workload(
     certs: &std::path::Path,
     formed: &Mutex<Option<Duration>>,
     healthy: &Arc<Mutex<Option<Duration>>>,
+    members_known: &Mutex<Option<Duration>>,
+    clear_due: Arc<Notify>,
 ) -> anyhow::Result<Vec<Record>> {
     let addrs: Vec<SocketAddr> =
         (0..opts.nodes).map(|i| SocketAddr::new(turmoil::lookup(node_name(i).as_str()), QUIC_PORT)).collect();
@@ -321,8 +349,11 @@ async fn workload(
     let mut seeds = SplitMix64::new(opts.seed);
     let endpoint = Endpoints { addrs, tls };
     let operator = endpoint.client_as(&TlsPaths::operator_in(certs), seeds.next_u64()).await?;
-    wait_formed(&operator, &endpoint.addrs).await?;
+    let known = wait_formed(&operator, &endpoint.addrs).await?;
     *formed.lock().unwrap_or_else(|e| e.into_inner()) = Some(turmoil::sim_elapsed().unwrap_or_default());
+    *members_known.lock().unwrap_or_else(|e| e.into_inner()) = Some(known);
+    let (stop_clearing, clearing_stopped) = oneshot::channel();
+    let clearer = tokio::spawn(run_clears(operator.clone(), clear_due, clearing_stopped, clock));
     let watcher = tokio::spawn(watch_health(operator, endpoint.addrs.clone(), healthy.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -336,6 +367,9 @@ async fn workload(
     for task in tasks {
         history.extend(task.await?);
     }
+    // A clear under way finishes (within its timeout) before this is seen.
+    let _ = stop_clearing.send(());
+    history.extend(clearer.await?);
     watcher.abort();
     tokio::time::sleep(SETTLE).await;
     let mut keys: Vec<String> =
@@ -345,6 +379,32 @@ async fn workload(
     let reader = endpoint.client(seeds.next_u64()).await?.with_consistency(ringkv_core::Consistency::All);
     history.extend(ringkv_chaos::observe::final_reads(&reader, &keys, clock, Duration::from_secs(120)).await);
     Ok(history)
+}
+
+/// How long an operator's clear may take, as in the chaos suite.
+const CLEAR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a clear each time the driver says one is due, until `stop`.
+async fn run_clears(
+    operator: Client,
+    due: Arc<Notify>,
+    mut stop: oneshot::Receiver<()>,
+    clock: RunClock,
+) -> Vec<Record> {
+    let operator = operator.with_timeout(CLEAR_TIMEOUT);
+    let mut records = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return records,
+            () = due.notified() => {
+                let mut record = Record::invoke(CONTROLLER, Phase::Run, OpKind::Clear, None, clock.ms());
+                let result = operator.clear().await;
+                record.finish(clock.ms(), &result);
+                records.push(record);
+            }
+        }
+    }
 }
 
 /// Makes the client host's clients, each on a socket of its own.
@@ -392,29 +452,43 @@ async fn watch_health(operator: Client, addrs: Vec<SocketAddr>, healthy: Arc<Mut
     }
 }
 
-/// How many members `addr` lists as serving and live.
-async fn serving(operator: &Client, addr: SocketAddr) -> usize {
+/// How many members `addr` lists as live, and how many of those as serving.
+async fn listed(operator: &Client, addr: SocketAddr) -> (usize, usize) {
     match operator.members_of(addr).await {
         Ok(members) => {
-            members.members.iter().filter(|m| m.live && m.status == ringkv_net::wire::MemberStatus::Serving).count()
+            let live = members.members.iter().filter(|m| m.live);
+            let serving = live.clone().filter(|m| m.status == ringkv_net::wire::MemberStatus::Serving).count();
+            (live.count(), serving)
         }
-        Err(_) => 0,
+        Err(_) => (0, 0),
     }
+}
+
+/// How many members `addr` lists as serving and live.
+async fn serving(operator: &Client, addr: SocketAddr) -> usize {
+    listed(operator, addr).await.1
 }
 
 /// How long a cluster may take to form before the run counts as failed.
 const FORMATION_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Waits until every node lists every node as serving and live.
-async fn wait_formed(operator: &Client, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+/// Waits until every node lists every node as serving and live, and
+/// returns the simulated time since which every node has listed every
+/// node as live (gossip's part of forming, before the joins finish).
+async fn wait_formed(operator: &Client, addrs: &[SocketAddr]) -> anyhow::Result<Duration> {
     let deadline = tokio::time::Instant::now() + FORMATION_TIMEOUT;
+    let mut known = None;
     loop {
-        let mut formed = true;
+        let (mut all_live, mut formed) = (true, true);
         for addr in addrs {
-            formed &= serving(operator, *addr).await == addrs.len();
+            let (live, serving) = listed(operator, *addr).await;
+            all_live &= live == addrs.len();
+            formed &= serving == addrs.len();
         }
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        known = if all_live { Some(known.unwrap_or(now)) } else { None };
         if formed {
-            return Ok(());
+            return Ok(known.unwrap_or(now));
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,

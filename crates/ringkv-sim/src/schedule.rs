@@ -19,10 +19,21 @@ pub enum Fault {
     /// Datagrams from the first node to the second are lost; the other
     /// way works.
     OneWay(usize, usize),
-    /// Every link works again.
+    /// The node's links to the others turn lossy and slow: of every
+    /// thousand datagrams sent on one, this many are lost, each with every
+    /// datagram then in flight on that link, either way (turmoil's random
+    /// partition, healed by the next datagram: bursts of loss); and each
+    /// datagram takes up to this many ms, drawn per datagram, so that they
+    /// also arrive out of order.
+    Degrade(usize, u32, u64),
+    /// Every link works again, without loss or extra delay.
     Heal,
     /// The node's wall clock runs this many ms off (0: back in step).
     Skew(usize, i64),
+    /// An operator's `clear()`, from the clients' host: not a fault but a
+    /// checked operation, and unlike the chaos suite's it may meet any
+    /// fault (README promises a clear through a partition or a crash).
+    Clear,
 }
 
 impl fmt::Display for Fault {
@@ -34,8 +45,12 @@ impl fmt::Display for Fault {
             Fault::Restart(i) => write!(f, "restart {}", n(i)),
             Fault::Partition(a, b) => write!(f, "partition {} | {}", group(a), group(b)),
             Fault::OneWay(a, b) => write!(f, "one-way {} -> {} lost", n(a), n(b)),
+            Fault::Degrade(i, permille, ms) => {
+                write!(f, "degrade {}: {:.1}% loss, up to {ms} ms delay", n(i), *permille as f64 / 10.0)
+            }
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
+            Fault::Clear => write!(f, "clear"),
         }
     }
 }
@@ -76,7 +91,7 @@ impl Schedule {
             let until = (at + length).min(end);
             let a = rng.below(nodes as u64) as usize;
             let b = (a + 1 + rng.below(nodes as u64 - 1) as usize) % nodes;
-            match rng.below(5) {
+            match rng.below(6) {
                 0 => {
                     push(at, Fault::Crash(a));
                     if rng.chance(0.5) {
@@ -104,6 +119,12 @@ impl Schedule {
                     push(at, Fault::Skew(a, ms));
                     push(until, Fault::Skew(a, 0));
                 }
+                4 => {
+                    let permille = 10 + rng.below(191) as u32;
+                    let ms = 10 + rng.below(291);
+                    push(at, Fault::Degrade(a, permille, ms));
+                    push(until, Fault::Heal);
+                }
                 _ => {
                     push(at, Fault::Crash(a));
                     push(until, Fault::Restart(a));
@@ -112,6 +133,11 @@ impl Schedule {
                 }
             }
             at = until + Duration::from_millis(rng.below(3_000));
+        }
+        // Drawn after the episodes, so that it leaves them as they were.
+        if end > QUIET_START && rng.chance(0.5) {
+            let span = (end - QUIET_START).as_millis() as u64;
+            push(QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
         }
         faults.sort_by_key(|p| p.at);
         Schedule { faults }
@@ -153,5 +179,23 @@ mod tests {
             assert!(down.is_empty(), "seed {seed}: every crashed node restarts");
             assert!(schedule.max_skew_ms() <= MAX_SKEW_MS);
         }
+    }
+
+    #[test]
+    fn the_seeds_of_a_test_run_bring_every_kind_of_fault() {
+        let kinds: std::collections::BTreeSet<&str> = (1000..1008)
+            .flat_map(|seed| Schedule::generate(seed, 3, Duration::from_secs(60)).faults)
+            .map(|planned| match planned.fault {
+                Fault::Crash(_) => "crash",
+                Fault::Restart(_) => "restart",
+                Fault::Partition(..) => "partition",
+                Fault::OneWay(..) => "one-way",
+                Fault::Degrade(..) => "degrade",
+                Fault::Heal => "heal",
+                Fault::Skew(..) => "skew",
+                Fault::Clear => "clear",
+            })
+            .collect();
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
     }
 }

@@ -91,13 +91,15 @@ fn one(args: &Args) -> ExitCode {
         }
     }
     println!(
-        "seed {}: history {:016x}, {} operations ({} acknowledged), {} faults, {:.0} s simulated, formed after {:.1} s",
+        "seed {}: history {:016x}, {} operations ({} acknowledged), {} faults, {:.0} s simulated, \
+         members live after {:.1} s, formed after {:.1} s",
         report.seed,
         report.history_hash,
         report.operations,
         report.succeeded,
         report.faults.len(),
         report.simulated.as_secs_f64(),
+        report.members_after.map_or(f64::NAN, |t| t.as_secs_f64()),
         report.formed_after.map_or(f64::NAN, |t| t.as_secs_f64()),
     );
     let promised = report.violations.iter().filter(|v| v.is_promised()).count();
