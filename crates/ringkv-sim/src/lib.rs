@@ -168,7 +168,8 @@ fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConf
 pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     entropy::seed(opts.seed);
     let certs = tempfile::tempdir().context("certificate directory")?;
-    let names: Vec<String> = (0..opts.nodes).map(node_name).collect();
+    // The members, and a spare that may join later.
+    let names: Vec<String> = (0..=opts.nodes).map(node_name).collect();
     // Ed25519: TLS handshakes of the same size in every run.
     let algorithm = ringkv_net::certs::KeyAlgorithm::Ed25519;
     ringkv_net::certs::init_with(certs.path(), &names, &[], algorithm).context("create certificates")?;
@@ -186,10 +187,17 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         .build();
 
     let envelopes = Envelopes::default();
-    let skews: Vec<Arc<AtomicI64>> = (0..opts.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect();
-    for (i, name) in names.iter().enumerate() {
-        let (opts, certs, envelopes, skew) =
-            (opts.clone(), certs.path().to_path_buf(), envelopes.clone(), skews[i].clone());
+    let world = World {
+        names,
+        skews: (0..=opts.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect(),
+        joins: (0..=opts.nodes).map(|i| Arc::new(Signal::new(i < opts.nodes))).collect(),
+        leaves: (0..=opts.nodes).map(|_| Arc::new(Notify::new())).collect(),
+        members: Arc::new(Mutex::new((0..opts.nodes).collect())),
+        clear_due: Arc::new(Notify::new()),
+    };
+    for (i, name) in world.names.iter().enumerate() {
+        let (opts, certs, envelopes) = (opts.clone(), certs.path().to_path_buf(), envelopes.clone());
+        let (skew, join, leave) = (world.skews[i].clone(), world.joins[i].clone(), world.leaves[i].clone());
         sim.host(name.as_str(), move || {
             let config = node_config(&opts, i, &certs);
             let env = Env {
@@ -197,11 +205,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 network: Arc::new(SimNetwork { envelopes: envelopes.clone() }),
                 ..Env::default()
             };
-            async move {
-                let node = Node::start_with(config, env).await?;
-                let reason = node.failed().await;
-                Err(format!("node failed: {reason}").into())
-            }
+            node_host(config, env, join.clone(), leave.clone())
         });
     }
 
@@ -215,9 +219,8 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     // crash waits for a stretch of it (see `apply_when_due`).
     let healthy: Arc<Mutex<Option<Duration>>> = Arc::default();
     let healthy_seen = healthy.clone();
-    // The driver's signal to the client host that a clear is due.
-    let clear_due = Arc::new(Notify::new());
-    let clears = clear_due.clone();
+    let clears = world.clear_due.clone();
+    let members = world.members.clone();
     // When every node first listed every node as live, for as long as
     // that held until the cluster formed.
     let members_known: Arc<Mutex<Option<Duration>>> = Arc::default();
@@ -225,7 +228,8 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let client_opts = opts.clone();
     let client_certs = certs.path().to_path_buf();
     sim.client("client", async move {
-        let records = workload(&client_opts, &client_certs, &formed_at, &healthy_seen, &members_seen, clears).await?;
+        let records =
+            workload(&client_opts, &client_certs, &formed_at, &healthy_seen, &members_seen, clears, members).await?;
         *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(records);
         Ok(())
     });
@@ -242,13 +246,15 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
             if now >= start + opts.duration && pending.peek().is_some() {
                 // The clients stop now: what the hold pushed past the end
                 // is dropped, and everything heals for the final reads.
-                let down: Vec<usize> = (0..opts.nodes).filter(|i| !sim.is_host_running(names[*i].as_str())).collect();
+                let members = world.members();
+                let down: Vec<usize> =
+                    members.into_iter().filter(|i| !sim.is_host_running(world.names[*i].as_str())).collect();
                 let mut ending: Vec<Fault> = down.into_iter().map(Fault::Restart).collect();
                 ending.push(Fault::Heal);
-                ending.extend((0..opts.nodes).map(|i| Fault::Skew(i, 0)));
+                ending.extend((0..=opts.nodes).map(|i| Fault::Skew(i, 0)));
                 for fault in ending {
                     faults.push(format!("{:>7.1}s {fault} (end of the run)", (now - start).as_secs_f64()));
-                    apply(&mut sim, &fault, &names, &skews, &clear_due);
+                    world.apply(&mut sim, &fault);
                 }
                 pending.by_ref().for_each(drop);
             }
@@ -261,7 +267,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     break;
                 }
                 faults.push(format!("{:>7.1}s {}", (now - start).as_secs_f64(), planned.fault));
-                apply(&mut sim, &planned.fault, &names, &skews, &clear_due);
+                world.apply(&mut sim, &planned.fault);
                 pending.next();
             }
         }
@@ -296,38 +302,120 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     })
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, names: &[String], skews: &[Arc<AtomicI64>], clear_due: &Notify) {
-    let name = |i: &usize| names[*i].as_str();
-    match fault {
-        Fault::Crash(i) => sim.crash(name(i)),
-        Fault::Restart(i) => sim.bounce(name(i)),
-        Fault::Partition(a, b) => {
-            for x in a {
-                for y in b {
-                    sim.partition(name(x), name(y));
-                }
-            }
-        }
-        Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
-        Fault::Degrade(i, permille, ms) => {
-            for other in names.iter().filter(|n| n.as_str() != name(i)) {
-                sim.set_link_fail_rate(name(i), other.as_str(), *permille as f64 / 1000.0);
-                sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
-            }
-        }
-        Fault::Heal => {
-            for x in names {
-                for y in names {
-                    if x != y {
-                        sim.repair_oneway(x.as_str(), y.as_str());
-                        sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
-                        sim.set_link_max_message_latency(x.as_str(), y.as_str(), MAX_LATENCY);
+/// What the driver reaches in the simulated world, besides turmoil's
+/// network: each host's clock skew, the signals that start the spare and
+/// take a member out, who the members are, and the clear signal.
+struct World {
+    names: Vec<String>,
+    skews: Vec<Arc<AtomicI64>>,
+    /// Set for the first members; the spare's host waits for its own.
+    joins: Vec<Arc<Signal>>,
+    leaves: Vec<Arc<Notify>>,
+    /// Indices of the nodes that are members (joined and not left), shared
+    /// with the client host, which watches their health.
+    members: Arc<Mutex<Vec<usize>>>,
+    clear_due: Arc<Notify>,
+}
+
+impl World {
+    fn members(&self) -> Vec<usize> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn apply(&self, sim: &mut turmoil::Sim<'_>, fault: &Fault) {
+        let names = &self.names;
+        let name = |i: &usize| names[*i].as_str();
+        match fault {
+            Fault::Crash(i) => sim.crash(name(i)),
+            Fault::Restart(i) => sim.bounce(name(i)),
+            Fault::Partition(a, b) => {
+                for x in a {
+                    for y in b {
+                        sim.partition(name(x), name(y));
                     }
                 }
             }
+            Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
+            Fault::Degrade(i, permille, ms) => {
+                for other in names.iter().filter(|n| n.as_str() != name(i)) {
+                    sim.set_link_fail_rate(name(i), other.as_str(), *permille as f64 / 1000.0);
+                    sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
+                }
+            }
+            Fault::Heal => {
+                for x in names {
+                    for y in names {
+                        if x != y {
+                            sim.repair_oneway(x.as_str(), y.as_str());
+                            sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
+                            sim.set_link_max_message_latency(x.as_str(), y.as_str(), MAX_LATENCY);
+                        }
+                    }
+                }
+            }
+            Fault::Skew(i, ms) => self.skews[*i].store(*ms, Ordering::Relaxed),
+            Fault::Join(i) => {
+                self.joins[*i].set();
+                self.members.lock().unwrap_or_else(|e| e.into_inner()).push(*i);
+            }
+            Fault::Leave(i) => {
+                self.leaves[*i].notify_one();
+                self.members.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| x != i);
+            }
+            Fault::Clear => self.clear_due.notify_one(),
         }
-        Fault::Skew(i, ms) => skews[*i].store(*ms, Ordering::Relaxed),
-        Fault::Clear => clear_due.notify_one(),
+    }
+}
+
+/// A flag a task can wait for, set once and for good: the spare's host,
+/// restarted after a crash, must not wait for its join a second time.
+struct Signal {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    fn new(set: bool) -> Signal {
+        Signal { set: AtomicBool::new(set), notify: Notify::new() }
+    }
+
+    fn set(&self) {
+        self.set.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.set.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// How long a leaving member may take to hand its partitions off before
+/// it stops anyway, as an operator would stop it.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One node's host: it waits until it is a member (the spare until it
+/// joins), runs the node until the node fails or is told to leave, and
+/// after a leave stops for good.
+async fn node_host(config: NodeConfig, env: Env, join: Arc<Signal>, leave: Arc<Notify>) -> turmoil::Result {
+    join.wait().await;
+    let node = Node::start_with(config, env).await?;
+    tokio::select! {
+        reason = node.failed() => Err(format!("node failed: {reason}").into()),
+        () = leave.notified() => {
+            match tokio::time::timeout(LEAVE_TIMEOUT, node.leave()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot leave the ring; stopping anyway"),
+                Err(_) => tracing::warn!("the leave did not finish within {LEAVE_TIMEOUT:?}; stopping anyway"),
+            }
+            node.shutdown().await;
+            Ok(())
+        }
     }
 }
 
@@ -341,9 +429,9 @@ async fn workload(
     healthy: &Arc<Mutex<Option<Duration>>>,
     members_known: &Mutex<Option<Duration>>,
     clear_due: Arc<Notify>,
+    members: Arc<Mutex<Vec<usize>>>,
 ) -> anyhow::Result<Vec<Record>> {
-    let addrs: Vec<SocketAddr> =
-        (0..opts.nodes).map(|i| SocketAddr::new(turmoil::lookup(node_name(i).as_str()), QUIC_PORT)).collect();
+    let addrs: Vec<SocketAddr> = (0..opts.nodes).map(quic_addr).collect();
     let tls = TlsPaths::client_in(certs);
     let clock = RunClock::starting_at(EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64);
     let mut seeds = SplitMix64::new(opts.seed);
@@ -354,7 +442,7 @@ async fn workload(
     *members_known.lock().unwrap_or_else(|e| e.into_inner()) = Some(known);
     let (stop_clearing, clearing_stopped) = oneshot::channel();
     let clearer = tokio::spawn(run_clears(operator.clone(), clear_due, clearing_stopped, clock));
-    let watcher = tokio::spawn(watch_health(operator, endpoint.addrs.clone(), healthy.clone()));
+    let watcher = tokio::spawn(watch_health(operator, members, healthy.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..opts.clients as u32 {
@@ -434,11 +522,17 @@ impl Endpoints {
     }
 }
 
-/// Keeps `healthy` at the simulated time since which every node has listed
-/// every node as serving and live (`None` while some does not).
-async fn watch_health(operator: Client, addrs: Vec<SocketAddr>, healthy: Arc<Mutex<Option<Duration>>>) {
+fn quic_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(turmoil::lookup(node_name(i).as_str()), QUIC_PORT)
+}
+
+/// Keeps `healthy` at the simulated time since which every member has
+/// listed every member as serving and live (`None` while some does not).
+async fn watch_health(operator: Client, members: Arc<Mutex<Vec<usize>>>, healthy: Arc<Mutex<Option<Duration>>>) {
     let operator = operator.with_timeout(Duration::from_secs(1));
     loop {
+        let addrs: Vec<SocketAddr> =
+            members.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|i| quic_addr(*i)).collect();
         let mut all = true;
         for addr in &addrs {
             all &= serving(&operator, *addr).await == addrs.len();

@@ -30,6 +30,10 @@ pub enum Fault {
     Heal,
     /// The node's wall clock runs this many ms off (0: back in step).
     Skew(usize, i64),
+    /// The spare host's node starts and joins the ring as a new member.
+    Join(usize),
+    /// The node hands its partitions off and leaves the ring for good.
+    Leave(usize),
     /// An operator's `clear()`, from the clients' host: not a fault but a
     /// checked operation, and unlike the chaos suite's it may meet any
     /// fault (README promises a clear through a partition or a crash).
@@ -50,6 +54,8 @@ impl fmt::Display for Fault {
             }
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
+            Fault::Join(i) => write!(f, "{} joins", n(i)),
+            Fault::Leave(i) => write!(f, "{} leaves", n(i)),
             Fault::Clear => write!(f, "clear"),
         }
     }
@@ -79,24 +85,30 @@ impl Schedule {
     /// may overlap a network fault on another node. At most one node is
     /// down at a time: nodes keep data in memory only, so a second crash
     /// before the first node has caught up could lose acknowledged writes
-    /// for want of copies, which is not a bug.
+    /// for want of copies, which is not a bug. One episode may start the
+    /// spare (node `nodes`, a new member), then or later one member leaves
+    /// for good (never the first node, every node's seed; maybe the
+    /// joiner); faults pick among the members of their time.
     pub fn generate(seed: u64, nodes: usize, duration: Duration) -> Schedule {
         let mut rng = SplitMix64::new(seed ^ 0x5151_5151);
         let mut faults = Vec::new();
         let mut at = QUIET_START;
         let end = duration.saturating_sub(Duration::from_secs(1));
         let mut push = |at: Duration, fault: Fault| faults.push(Planned { at, fault });
+        let mut members: Vec<usize> = (0..nodes).collect();
+        let (mut joined, mut left) = (false, false);
         while at < end {
             let length = Duration::from_millis(1_000 + rng.below(19_000));
             let until = (at + length).min(end);
-            let a = rng.below(nodes as u64) as usize;
-            let b = (a + 1 + rng.below(nodes as u64 - 1) as usize) % nodes;
-            match rng.below(6) {
+            let a = members[rng.below(members.len() as u64) as usize];
+            let others: Vec<usize> = members.iter().copied().filter(|x| *x != a).collect();
+            let b = others[rng.below(others.len() as u64) as usize];
+            match rng.below(7) {
                 0 => {
                     push(at, Fault::Crash(a));
                     if rng.chance(0.5) {
-                        let others: Vec<usize> = (0..nodes).filter(|x| *x != a && *x != b).collect();
-                        push(at + (until - at) / 3, Fault::Partition(vec![b], others));
+                        let rest: Vec<usize> = members.iter().copied().filter(|x| *x != a && *x != b).collect();
+                        push(at + (until - at) / 3, Fault::Partition(vec![b], rest));
                         push(until, Fault::Heal);
                     }
                     push(until, Fault::Restart(a));
@@ -106,7 +118,6 @@ impl Schedule {
                     continue;
                 }
                 1 => {
-                    let others: Vec<usize> = (0..nodes).filter(|x| *x != a).collect();
                     push(at, Fault::Partition(vec![a], others));
                     push(until, Fault::Heal);
                 }
@@ -124,6 +135,28 @@ impl Schedule {
                     let ms = 10 + rng.below(291);
                     push(at, Fault::Degrade(a, permille, ms));
                     push(until, Fault::Heal);
+                }
+                5 if !left => {
+                    // The next episode waits as after a crash: a member
+                    // change is over once the partitions have moved.
+                    let leave_at = if joined {
+                        Some(at)
+                    } else {
+                        push(at, Fault::Join(nodes));
+                        members.push(nodes);
+                        joined = true;
+                        at += Duration::from_secs(15);
+                        rng.chance(0.6).then_some(at)
+                    };
+                    if let Some(leave_at) = leave_at {
+                        // Any member but the first, the joiner included.
+                        let leaver = members[1 + rng.below(members.len() as u64 - 1) as usize];
+                        push(leave_at, Fault::Leave(leaver));
+                        members.retain(|x| *x != leaver);
+                        left = true;
+                        at = leave_at + Duration::from_secs(15);
+                    }
+                    continue;
                 }
                 _ => {
                     push(at, Fault::Crash(a));
@@ -166,14 +199,43 @@ mod tests {
             let schedule = Schedule::generate(seed, 3, Duration::from_secs(60));
             assert_eq!(schedule, Schedule::generate(seed, 3, Duration::from_secs(60)));
             let mut down: Vec<usize> = Vec::new();
+            let mut members = vec![0, 1, 2];
             for planned in &schedule.faults {
-                match planned.fault {
+                let touched: Vec<usize> = match &planned.fault {
                     Fault::Crash(i) => {
                         assert!(down.is_empty(), "seed {seed}: n{} crashes while {down:?} are down", i + 1);
-                        down.push(i);
+                        down.push(*i);
+                        vec![*i]
                     }
-                    Fault::Restart(i) => down.retain(|x| *x != i),
-                    _ => {}
+                    Fault::Restart(i) => {
+                        down.retain(|x| x != i);
+                        vec![*i]
+                    }
+                    Fault::Join(i) => {
+                        assert_eq!(*i, 3, "seed {seed}: only the spare joins");
+                        assert!(!members.contains(i), "seed {seed}: the spare joins once");
+                        members.push(*i);
+                        vec![]
+                    }
+                    Fault::Leave(i) => {
+                        assert!(down.is_empty(), "seed {seed}: a member leaves while {down:?} are down");
+                        assert_ne!(*i, 0, "seed {seed}: the first node is every node's seed");
+                        members.retain(|x| x != i);
+                        vec![]
+                    }
+                    Fault::Partition(a, b) => a.iter().chain(b).copied().collect(),
+                    Fault::OneWay(a, b) => vec![*a, *b],
+                    Fault::Degrade(i, ..) | Fault::Skew(i, _) => vec![*i],
+                    Fault::Heal | Fault::Clear => vec![],
+                };
+                for i in touched {
+                    let back_in_step = matches!(planned.fault, Fault::Skew(_, 0));
+                    assert!(
+                        members.contains(&i) || back_in_step,
+                        "seed {seed}: {} touches n{}, not a member then",
+                        planned.fault,
+                        i + 1
+                    );
                 }
             }
             assert!(down.is_empty(), "seed {seed}: every crashed node restarts");
@@ -193,9 +255,11 @@ mod tests {
                 Fault::Degrade(..) => "degrade",
                 Fault::Heal => "heal",
                 Fault::Skew(..) => "skew",
+                Fault::Join(_) => "join",
+                Fault::Leave(_) => "leave",
                 Fault::Clear => "clear",
             })
             .collect();
-        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert_eq!(kinds.len(), 10, "{kinds:?}");
     }
 }

@@ -8,6 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringkv_sim::schedule::{Fault, Schedule};
+
 /// Far beyond any run here (the slowest takes about a minute in a debug
 /// build on two cores): a hung simulator fails the test instead of
 /// hanging it.
@@ -112,6 +114,12 @@ fn seeds_that_found_bugs_pass() {
 
 #[test]
 fn a_seed_gives_the_same_history_in_another_process() {
+    // The seeds compared bring lossy and slow links and a clear, the
+    // paths where runs once went apart (see `entropy.rs`).
+    let faults: Vec<Fault> =
+        (7..11).flat_map(|seed| Schedule::generate(seed, 3, Duration::from_secs(20)).faults).map(|p| p.fault).collect();
+    assert!(faults.iter().any(|f| matches!(f, Fault::Degrade(..))), "{faults:?}");
+    assert!(faults.iter().any(|f| matches!(f, Fault::Clear)), "{faults:?}");
     let (ok, out) = sim(&["--seed", "7", "--seeds", "4", "--duration", "20s", "--twice", "--jobs", "2"]);
     assert!(ok, "{out}");
     assert!(out.contains("4 seeds of 20 s simulated, each run twice: 0 failed"), "{out}");

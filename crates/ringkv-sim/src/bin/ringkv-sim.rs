@@ -45,6 +45,10 @@ struct Args {
     /// failure.
     #[arg(long, conflicts_with_all = ["seeds", "twice"])]
     history: Option<std::path::PathBuf>,
+    /// Print the faults of a single seed as they were applied, passing or
+    /// not.
+    #[arg(long, conflicts_with_all = ["seeds", "twice"])]
+    faults: bool,
 }
 
 fn main() -> ExitCode {
@@ -108,12 +112,14 @@ fn one(args: &Args) -> ExitCode {
         println!("  {unpromised} session-order reads (counted, not promised; see the chaos suite's checker)");
     }
     if promised == 0 {
+        if args.faults {
+            println!("  the faults:");
+            report.faults.iter().for_each(|fault| println!("    {fault}"));
+        }
         return ExitCode::SUCCESS;
     }
     println!("  {promised} violations; the faults:");
-    for fault in &report.faults {
-        println!("    {fault}");
-    }
+    report.faults.iter().for_each(|fault| println!("    {fault}"));
     for violation in report.violations.iter().filter(|v| v.is_promised()).take(20) {
         println!("  {violation}");
     }
