@@ -67,7 +67,7 @@ async fn only_members_replicate_and_only_the_operator_makes_a_node_leave() {
     assert!(text.contains("this connection presented a client certificate"), "{text}");
     let transfer = Request::Replica(ReplicaRequest::Stream { partition: 0, after: None, limit: 100 });
     refused(&as_client, n1, &transfer, member).await;
-    let hints = Request::Replica(ReplicaRequest::Deliver { entries: Vec::new() });
+    let hints = Request::Replica(ReplicaRequest::Deliver { entries: Vec::new(), hinted: true });
     refused(&as_client, n2, &hints, member).await;
     let fault = Request::Fault { blocked: vec![n2, n3] };
     let either = "the node certificate of a current member or the operator certificate";

@@ -70,7 +70,7 @@ fn requests() -> Vec<Request> {
         }),
         Request::Replica(ReplicaRequest::Batch(vec![
             ReplicaRequest::Read { partition: 1, key: key() },
-            ReplicaRequest::Deliver { entries: vec![(0, key(), Entry::tombstone(version(4)))] },
+            ReplicaRequest::Deliver { entries: vec![(0, key(), Entry::tombstone(version(4)))], hinted: false },
             ReplicaRequest::Digest { partition: 2, branches: Some(vec![1, 5]), root: Some(99) },
             ReplicaRequest::Versions { partition: 2, leaves: vec![0, 3], after: Some(key()) },
             ReplicaRequest::Stream { partition: 0, after: None, limit: 100 },

@@ -36,8 +36,9 @@ use crate::NetError;
 /// `KvError::OutOfMemory`. 9: read-modify-writes at the leading replica
 /// (`ReplicaRequest::Update`, `KvError::Update`). 10: scans
 /// (`ReplicaRequest::Keys`), and the updates behind `RENAME`, `COPY` and
-/// `MSETNX`. 11: the join a member claims (`MemberClaim::join`).
-pub const PROTOCOL_VERSION: u16 = 11;
+/// `MSETNX`. 11: the join a member claims (`MemberClaim::join`). 12: hints
+/// marked as such in `ReplicaRequest::Deliver`.
+pub const PROTOCOL_VERSION: u16 = 12;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -165,9 +166,13 @@ pub enum ReplicaRequest {
         epoch: Epoch,
     },
     /// Entries merged in one batch: hints handed back to their owner,
-    /// repair, and partition transfers.
+    /// repair, and partition transfers. `hinted` marks hints: the owner
+    /// drops those older than its tombstone grace, since it may have purged
+    /// the tombstone that overruled them after the holder last checked
+    /// their age (simulator seed 265, third search).
     Deliver {
         entries: Vec<(u16, Bytes, Entry)>,
+        hinted: bool,
     },
     /// A partition's repair digest: with `branches` unset, the hash of each
     /// group of leaves; otherwise the leaves of those groups, in order. If
@@ -795,7 +800,7 @@ mod tests {
         let entry = |len: usize| Entry::value(Version::ZERO, Bytes::from(vec![1u8; len]), Some(u64::MAX));
         let alone = vec![(u16::MAX, Bytes::from(vec![b'k'; max_key]), entry(max_value))];
         assert_eq!(ringkv_core::fitting(&alone, batch_budget(max_frame)), 1);
-        let frame = encode(&Request::Replica(ReplicaRequest::Deliver { entries: alone })).unwrap();
+        let frame = encode(&Request::Replica(ReplicaRequest::Deliver { entries: alone, hinted: false })).unwrap();
         assert!(frame.len() - 4 <= max_frame, "{} bytes over {max_frame}", frame.len() - 4);
 
         let many: Vec<(Bytes, Entry)> = (0..100).map(|i| (Bytes::from(format!("key-{i}")), entry(3_000))).collect();

@@ -111,7 +111,7 @@ mod tests {
             Request::Claim,
             Request::Replica(ReplicaRequest::Read { partition: 0, key: key.clone() }),
             Request::Replica(ReplicaRequest::Stream { partition: 0, after: None, limit: 10 }),
-            Request::Replica(ReplicaRequest::Deliver { entries: Vec::new() }),
+            Request::Replica(ReplicaRequest::Deliver { entries: Vec::new(), hinted: false }),
             Request::Replica(ReplicaRequest::Clock),
             Request::Fault { blocked: Vec::new() },
             Request::Skew { offset_ms: 1 },

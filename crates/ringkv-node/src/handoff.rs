@@ -5,7 +5,7 @@ use ringkv_core::ring::NodeName;
 use ringkv_core::{KvError, Version};
 use ringkv_net::wire::ReplicaRequest;
 
-use crate::hints::HintsMsg;
+use crate::hints::{HintsMsg, hint_horizon};
 use crate::node::{Node, every};
 
 /// Hints per delivery, at most; a delivery is also cut to a batch's bytes.
@@ -17,7 +17,7 @@ const HINT_BATCH: usize = 512;
 pub(crate) async fn handoff(node: Node) {
     let inner = node.inner.clone();
     every(&node, inner.config.hint_replay_interval, || async {
-        let horizon = inner.now_ms().saturating_sub(inner.config.tombstone_grace.as_millis() as u64);
+        let horizon = hint_horizon(inner.now_ms(), inner.config.tombstone_grace);
         let epoch = inner.epoch();
         if let Err(e) = inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: horizon, reply }).await {
             tracing::debug!(error = %e, "hint pruning skipped");
@@ -59,7 +59,7 @@ impl Node {
                 batch.iter().map(|(p, k, e)| (*p, k.clone(), e.version)).collect();
             match (in_ring, addr) {
                 (true, Some(addr)) => {
-                    let request = ReplicaRequest::Deliver { entries: batch };
+                    let request = ReplicaRequest::Deliver { entries: batch, hinted: true };
                     inner.peers.call(addr, request, inner.config.replica_timeout * 4).await?;
                 }
                 _ => {

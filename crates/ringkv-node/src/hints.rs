@@ -22,6 +22,23 @@ use ringkv_storage::{Durable, Hints, Wal, WalRecord, merge_hint, remove_hint};
 
 use crate::mailbox::{Envelope, Mailbox};
 
+/// The line a hint's value must not be older than, `tombstone_grace` before
+/// `now_ms`: the sweep purges tombstones written before the same line, so a
+/// tombstone that overruled an older hinted value may be gone.
+pub(crate) fn hint_horizon(now_ms: u64, grace: std::time::Duration) -> u64 {
+    now_ms.saturating_sub(grace.as_millis() as u64)
+}
+
+/// Whether a hinted entry is too old to apply anywhere (see
+/// [`hint_horizon`]). The holder drops such hints unsent, and the owner drops
+/// them on arrival: by then, by its own clock, its sweep may have purged the
+/// tombstone, whatever the holder's check said when it sent them. The
+/// value's age counts, not a rewrite's: what may have been purged is a
+/// tombstone newer than the value.
+pub(crate) fn outlived(entry: &Entry, horizon_ms: u64) -> bool {
+    entry.version.ts.wall_ms() < horizon_ms
+}
+
 pub(crate) type Hint = (u16, Bytes, Entry);
 
 pub(crate) enum HintsMsg {
@@ -182,9 +199,7 @@ impl Actor for HintsActor {
                 let mut gone = Vec::new();
                 for (target, held) in &state.hints {
                     for ((p, k), e) in held {
-                        // The value's age, not a rewrite's: what may have
-                        // been purged is a tombstone newer than the value.
-                        if epoch.covers(e.version) || e.version.ts.wall_ms() < older_than_ms {
+                        if epoch.covers(e.version) || outlived(e, older_than_ms) {
                             gone.push((target.clone(), *p, k.clone(), e.version));
                         }
                     }
@@ -221,6 +236,21 @@ mod tests {
 
     fn hint(ts: u64) -> Entry {
         Entry::value(Version::new(Timestamp::new(ts, 0), NodeTag(1)), Bytes::from(vec![1u8; 1000]), None)
+    }
+
+    /// The owner's own sweep purges a tombstone written before
+    /// `hint_horizon(now)`; a hinted value older than that tombstone is then
+    /// older than the line too, whenever the hint arrives after the purge.
+    #[test]
+    fn a_hint_older_than_the_grace_is_outlived_wherever_it_is_checked() {
+        let grace = std::time::Duration::from_secs(12);
+        let (value_written, tombstone_written, purged_at) = (51_000, 54_440, 66_467);
+        assert!(tombstone_written < hint_horizon(purged_at, grace), "the sweep purges the tombstone");
+        let value = hint(value_written);
+        assert!(!outlived(&value, hint_horizon(60_000, grace)), "still fresh when the holder checked");
+        assert!(outlived(&value, hint_horizon(purged_at, grace)), "outlived once the tombstone may be gone");
+        assert!(outlived(&value, hint_horizon(66_984, grace)), "outlived when it arrives");
+        assert!(!outlived(&hint(63_000), hint_horizon(66_984, grace)));
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use ringkv_net::{Handler, Peer};
 use ringkv_storage::settle;
 
 use crate::access;
-use crate::hints::HintsMsg;
+use crate::hints::{HintsMsg, hint_horizon, outlived};
 use crate::metrics::{Metrics, Op, Outcome, Protocol};
 use crate::node::Node;
 use crate::partition::{Applied, PartitionMsg};
@@ -139,10 +139,14 @@ impl Node {
                 keys.truncate(fit);
                 Ok(Reply::Keys { keys, full })
             }
-            ReplicaRequest::Deliver { entries } => {
+            ReplicaRequest::Deliver { entries, hinted } => {
+                let horizon = hint_horizon(inner.now_ms(), inner.config.tombstone_grace);
                 let mut durables = Vec::new();
                 for (partition, key, entry) in entries {
                     self.check_placement(partition, &key)?;
+                    if hinted && outlived(&entry, horizon) {
+                        continue;
+                    }
                     let mailbox = &inner.partitions[partition as usize];
                     if let Applied::Done { durable: Some(d), .. } = mailbox
                         .call(|reply| PartitionMsg::Apply { key, entry, condition: None, admit: false, reply })

@@ -244,7 +244,7 @@ impl Node {
             let (keys, bytes) = (page.len() as u64, entries_bytes(&page));
             transfers.budget.throttle(bytes).await;
             let entries = page.into_iter().map(|(k, e)| (partition.0, k, e)).collect();
-            self.local_replica(ReplicaRequest::Deliver { entries }).await?;
+            self.local_replica(ReplicaRequest::Deliver { entries, hinted: false }).await?;
             transfers.record(|s| {
                 s.keys_moved += keys;
                 s.bytes_moved += bytes as u64;
@@ -338,7 +338,11 @@ impl Node {
             inner.transfers.budget.throttle(bytes).await;
             let entries: Vec<(u16, Bytes, Entry)> = page.into_iter().map(|(k, e)| (partition.0, k, e)).collect();
             for entries in batches(entries, inner.config.batch_bytes()) {
-                self.call_retrying(topo, gainer, || ReplicaRequest::Deliver { entries: entries.clone() }).await?;
+                self.call_retrying(topo, gainer, || ReplicaRequest::Deliver {
+                    entries: entries.clone(),
+                    hinted: false,
+                })
+                .await?;
             }
             inner.transfers.record(|s| {
                 s.keys_moved += keys;

@@ -134,7 +134,7 @@ impl Node {
         entries: Vec<(u16, Bytes, Entry)>,
     ) -> Result<(), KvError> {
         for entries in batches(entries, self.inner.config.batch_bytes()) {
-            self.on_replica(topo, node, ReplicaRequest::Deliver { entries }).await?;
+            self.on_replica(topo, node, ReplicaRequest::Deliver { entries, hinted: false }).await?;
         }
         Ok(())
     }

@@ -96,6 +96,13 @@ fn seeds_pass_the_checker() {
 /// counted as a conflict (fixed: finding its own entry is no conflict).
 /// 220 also found a founder restarted without its data serving empty,
 /// before anyone had gossiped with it (fixed: `FOUNDER_ROUNDS`).
+///
+/// 265 again, with lossy links, clears, joins and leaves in the schedule:
+/// deleted keys came back. A one-way cut held a put's hint at its holder;
+/// the delete reached every replica and was purged after
+/// `tombstone_grace`, and the hint, still young when its holder checked,
+/// arrived just after the purge. Fixed: the owner drops hints older than
+/// its tombstone grace on arrival (`hints::outlived`).
 #[test]
 fn seeds_that_found_bugs_pass() {
     let seeds = ["25", "28", "77", "82", "94", "98", "220", "265", "329"];
