@@ -33,7 +33,7 @@ use ringkv_client::{Client, ClientConfig};
 use ringkv_core::{Clock, KvStore as _, SplitMix64};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_node::{Env, Node, NodeConfig, Persistence};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::net::{Envelopes, SimNetwork};
 use crate::schedule::{Fault, Schedule};
@@ -190,14 +190,14 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let world = World {
         names,
         skews: (0..=opts.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect(),
-        joins: (0..=opts.nodes).map(|i| Arc::new(Signal::new(i < opts.nodes))).collect(),
+        joins: (0..=opts.nodes).map(|i| watch::channel(i < opts.nodes).0).collect(),
         leaves: (0..=opts.nodes).map(|_| Arc::new(Notify::new())).collect(),
         members: Arc::new(Mutex::new((0..opts.nodes).collect())),
         clear_due: Arc::new(Notify::new()),
     };
     for (i, name) in world.names.iter().enumerate() {
         let (opts, certs, envelopes) = (opts.clone(), certs.path().to_path_buf(), envelopes.clone());
-        let (skew, join, leave) = (world.skews[i].clone(), world.joins[i].clone(), world.leaves[i].clone());
+        let (skew, join, leave) = (world.skews[i].clone(), world.joins[i].subscribe(), world.leaves[i].clone());
         sim.host(name.as_str(), move || {
             let config = node_config(&opts, i, &certs);
             let env = Env {
@@ -308,8 +308,9 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
 struct World {
     names: Vec<String>,
     skews: Vec<Arc<AtomicI64>>,
-    /// Set for the first members; the spare's host waits for its own.
-    joins: Vec<Arc<Signal>>,
+    /// True for the first members; the spare's host waits for its own,
+    /// which stays true, so a restart after a crash does not wait again.
+    joins: Vec<watch::Sender<bool>>,
     leaves: Vec<Arc<Notify>>,
     /// Indices of the nodes that are members (joined and not left), shared
     /// with the client host, which watches their health.
@@ -355,7 +356,7 @@ impl World {
             }
             Fault::Skew(i, ms) => self.skews[*i].store(*ms, Ordering::Relaxed),
             Fault::Join(i) => {
-                self.joins[*i].set();
+                self.joins[*i].send_replace(true);
                 self.members.lock().unwrap_or_else(|e| e.into_inner()).push(*i);
             }
             Fault::Leave(i) => {
@@ -367,34 +368,6 @@ impl World {
     }
 }
 
-/// A flag a task can wait for, set once and for good: the spare's host,
-/// restarted after a crash, must not wait for its join a second time.
-struct Signal {
-    set: AtomicBool,
-    notify: Notify,
-}
-
-impl Signal {
-    fn new(set: bool) -> Signal {
-        Signal { set: AtomicBool::new(set), notify: Notify::new() }
-    }
-
-    fn set(&self) {
-        self.set.store(true, Ordering::Relaxed);
-        self.notify.notify_waiters();
-    }
-
-    async fn wait(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.set.load(Ordering::Relaxed) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 /// How long a leaving member may take to hand its partitions off before
 /// it stops anyway, as an operator would stop it.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -402,8 +375,13 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One node's host: it waits until it is a member (the spare until it
 /// joins), runs the node until the node fails or is told to leave, and
 /// after a leave stops for good.
-async fn node_host(config: NodeConfig, env: Env, join: Arc<Signal>, leave: Arc<Notify>) -> turmoil::Result {
-    join.wait().await;
+async fn node_host(
+    config: NodeConfig,
+    env: Env,
+    mut join: watch::Receiver<bool>,
+    leave: Arc<Notify>,
+) -> turmoil::Result {
+    join.wait_for(|joined| *joined).await?;
     let node = Node::start_with(config, env).await?;
     tokio::select! {
         reason = node.failed() => Err(format!("node failed: {reason}").into()),
