@@ -139,23 +139,21 @@ impl Schedule {
                 5 if !left => {
                     // The next episode waits as after a crash: a member
                     // change is over once the partitions have moved.
-                    let leave_at = if joined {
-                        Some(at)
-                    } else {
+                    if !joined {
                         push(at, Fault::Join(nodes));
                         members.push(nodes);
                         joined = true;
                         at += Duration::from_secs(15);
-                        rng.chance(0.6).then_some(at)
-                    };
-                    if let Some(leave_at) = leave_at {
-                        // Any member but the first, the joiner included.
-                        let leaver = members[1 + rng.below(members.len() as u64 - 1) as usize];
-                        push(leave_at, Fault::Leave(leaver));
-                        members.retain(|x| *x != leaver);
-                        left = true;
-                        at = leave_at + Duration::from_secs(15);
+                        if !rng.chance(0.6) {
+                            continue;
+                        }
                     }
+                    // Any member but the first, the joiner included.
+                    let leaver = members[1 + rng.below(members.len() as u64 - 1) as usize];
+                    push(at, Fault::Leave(leaver));
+                    members.retain(|x| *x != leaver);
+                    left = true;
+                    at += Duration::from_secs(15);
                     continue;
                 }
                 _ => {
