@@ -42,8 +42,9 @@
 //!   identical) with deadlines; missing one is reported, not ignored.
 //!
 //! **The cache profile** ([`Options::maxmemory_bytes`], `--maxmemory`,
-//! `just chaos-cache`) runs the same schedule and workload with every node
-//! bound to that much memory under `allkeys-lru` ([`cache_config`]), small
+//! `just chaos-cache`) runs the same schedule and workload, with values of
+//! 4 KiB and up ([`WorkloadConfig::cache`]), with every node bound to that
+//! much memory under `allkeys-lru` ([`cache_config`]), small
 //! enough that the workload's keys overflow it within seconds and are
 //! evicted all run long. The nodes then log every eviction, the harness
 //! collects them from the node logs into `evictions.jsonl`
@@ -160,7 +161,7 @@ impl Options {
         config
     }
 
-    /// The clients' workload: the cache profile's writes faster.
+    /// The clients' workload: the cache profile's writes faster and larger.
     pub fn workload(&self) -> WorkloadConfig {
         if self.maxmemory_bytes > 0 { WorkloadConfig::cache() } else { WorkloadConfig::default() }
     }

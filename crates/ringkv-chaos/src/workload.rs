@@ -87,7 +87,9 @@ pub struct WorkloadConfig {
     pub ttl_ms: (u64, u64),
     /// Pause between a client's operations, milliseconds.
     pub think_ms: (u64, u64),
-    /// Largest value written, bytes; sizes are log-uniform up to it.
+    /// Smallest value written, bytes (rounded down to a power of two).
+    pub min_value_bytes: usize,
+    /// Largest value written, bytes; sizes are log-uniform between the two.
     pub max_value_bytes: usize,
 }
 
@@ -98,17 +100,22 @@ impl Default for WorkloadConfig {
             shared_keys: 16,
             ttl_ms: (1_000, 5_000),
             think_ms: (5, 25),
+            min_value_bytes: 1,
             max_value_bytes: 64 << 10,
         }
     }
 }
 
 impl WorkloadConfig {
-    /// The cache profile's workload: the same operations, keys and values,
-    /// with less pause between a client's operations, so that the nodes'
-    /// memory bound is overflowed within seconds and stays overflowed.
+    /// The cache profile's workload: the same operations and keys, with
+    /// less pause between a client's operations and values of 4 KiB and
+    /// up, so that the nodes' memory bound is overflowed within seconds and
+    /// stays overflowed. The floor makes that a matter of writes, not of
+    /// speed: a CI machine that ran a third as many operations as a
+    /// workstation wrote 0.8 MiB per node with 1-byte values in the mix,
+    /// under the 1 MiB bound, and evicted nothing.
     pub fn cache() -> WorkloadConfig {
-        WorkloadConfig { think_ms: (1, 5), ..WorkloadConfig::default() }
+        WorkloadConfig { think_ms: (1, 5), min_value_bytes: 4 << 10, ..WorkloadConfig::default() }
     }
 }
 
@@ -120,18 +127,35 @@ struct ClientState {
     next_key: u64,
     written: Vec<String>,
     known: HashSet<String>,
+    min_value_bytes: usize,
     max_value_bytes: usize,
     shared_keys: u64,
 }
 
 impl ClientState {
+    fn new(id: u32, seed: u64, config: &WorkloadConfig) -> ClientState {
+        ClientState {
+            id,
+            rng: SplitMix64::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(u64::from(id) + 1)),
+            seq: 0,
+            next_key: 0,
+            written: Vec::new(),
+            known: HashSet::new(),
+            min_value_bytes: config.min_value_bytes,
+            max_value_bytes: config.max_value_bytes,
+            shared_keys: config.shared_keys,
+        }
+    }
+
     /// A new unique tag and the value that carries it, padded to a random
-    /// size of at most `max` bytes.
-    fn value(&mut self, max: usize) -> (String, Bytes) {
+    /// power-of-two size between the smallest and largest value sizes.
+    fn value(&mut self) -> (String, Bytes) {
         self.seq += 1;
         let tag = format!("v{}.{}", self.id, self.seq);
-        let bits = usize::BITS - max.max(1).leading_zeros();
-        let size = (1usize << self.rng.below(u64::from(bits))).min(max);
+        let (min, max) = (self.min_value_bytes.max(1), self.max_value_bytes.max(1));
+        let low = usize::BITS - 1 - min.leading_zeros();
+        let bits = (usize::BITS - max.leading_zeros()).saturating_sub(low).max(1);
+        let size = (1usize << (low + self.rng.below(u64::from(bits)) as u32)).min(max);
         (tag.clone(), padded(&tag, size))
     }
 
@@ -181,16 +205,7 @@ pub async fn run_client(
     clock: RunClock,
     stop: Arc<AtomicBool>,
 ) -> Vec<Record> {
-    let mut st = ClientState {
-        id,
-        rng: SplitMix64::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(u64::from(id) + 1)),
-        seq: 0,
-        next_key: 0,
-        written: Vec::new(),
-        known: HashSet::new(),
-        max_value_bytes: config.max_value_bytes,
-        shared_keys: config.shared_keys,
-    };
+    let mut st = ClientState::new(id, seed, &config);
     let mut history = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let roll = st.rng.below(100);
@@ -277,7 +292,7 @@ pub async fn run_client(
 }
 
 async fn put(client: &Client, st: &mut ClientState, clock: &RunClock, key: String, ttl_ms: Option<u64>) -> Record {
-    let (value, bytes) = st.value(st.max_value_bytes);
+    let (value, bytes) = st.value();
     let op = if ttl_ms.is_some() { OpKind::PutTtl } else { OpKind::Put };
     st.wrote(&key);
     let mut r = Record::invoke(st.id, Phase::Run, op, Some(key.clone()), clock.ms()).with_value(value.clone(), ttl_ms);
@@ -333,5 +348,20 @@ mod tests {
         spliced[500] = b'#';
         assert!(matches!(read_of(Some(Bytes::from(spliced))), Read::Value(v) if v.starts_with("damaged")));
         assert_eq!(read_of(None), Read::Absent);
+    }
+
+    /// Values shorter than their tag are the tag: below 16 bytes the sizes
+    /// are not powers of two.
+    #[test]
+    fn value_sizes_are_every_power_of_two_between_the_bounds() {
+        for (config, sizes) in [(WorkloadConfig::default(), 0..=16), (WorkloadConfig::cache(), 12..=16)] {
+            let mut st = ClientState::new(1, 7, &config);
+            let lens: Vec<usize> = (0..2_000).map(|_| st.value().1.len()).collect();
+            assert!(lens.iter().all(|&n| n <= config.max_value_bytes), "{config:?}");
+            assert!(lens.iter().all(|&n| n >= config.min_value_bytes), "{config:?}");
+            let seen: HashSet<usize> = lens.into_iter().filter(|&n| n >= 16).collect();
+            let expected: HashSet<usize> = sizes.map(|bits| 1 << bits).filter(|&n| n >= 16).collect();
+            assert_eq!(seen, expected, "{config:?}");
+        }
     }
 }

@@ -165,22 +165,29 @@ fn lru_clock(now_ms: u64) -> u32 {
     (now_ms / LRU_TICK_MS) as u32
 }
 
-fn minutes(now_ms: u64) -> u16 {
-    (now_ms / 60_000) as u16
+/// The LFU clock in seconds, kept to 24 bits: it wraps after 194 days, and
+/// an idle time is taken modulo the wrap. Seconds, not Redis's minutes, so
+/// that a counter decays a whole period after its last hit and not at the
+/// next turn of the minute: a key read every second must never fall to a
+/// key that was never read.
+fn lfu_seconds(now_ms: u64) -> u32 {
+    ((now_ms / 1_000) as u32) & LFU_CLOCK_MASK
 }
 
-/// The top 16 bits hold the minute of the last decrement, the low 8 the
+const LFU_CLOCK_MASK: u32 = (1 << 24) - 1;
+
+/// The top 24 bits hold the second of the last update, the low 8 the
 /// counter.
 fn lfu_pack(now_ms: u64, counter: u8) -> u32 {
-    (u32::from(minutes(now_ms)) << 8) | u32::from(counter)
+    (lfu_seconds(now_ms) << 8) | u32::from(counter)
 }
 
 /// The counter after the decay due since it was last updated.
 fn lfu_decayed(access: u32, now_ms: u64) -> u8 {
     let counter = (access & 0xff) as u8;
-    let since = (access >> 8) as u16;
-    let elapsed = u64::from(minutes(now_ms).wrapping_sub(since));
-    let periods = elapsed / LFU_DECAY_MINUTES;
+    let since = access >> 8;
+    let elapsed = u64::from(lfu_seconds(now_ms).wrapping_sub(since) & LFU_CLOCK_MASK);
+    let periods = elapsed / (LFU_DECAY_MINUTES * 60);
     counter.saturating_sub(periods.min(255) as u8)
 }
 
@@ -249,10 +256,37 @@ mod tests {
         assert!((20..60).contains(&counter), "10,000 hits gave a counter of {counter}");
         // Ten idle minutes take ten off.
         assert_eq!(u32::from(lfu_decayed(access, 10 * 60_000)), counter - 10);
+        assert_eq!(u32::from(lfu_decayed(access, 10 * 60_000 + 59_999)), counter - 10);
+        assert_eq!(u32::from(lfu_decayed(access, 11 * 60_000)), counter - 11);
         let cold = touch(p, None, 0, &mut rng);
         assert!(victim_score(p, cold, None, 0) > victim_score(p, access, None, 0));
         let read_once = touch(p, Some(cold), 0, &mut rng);
         assert!(victim_score(p, cold, None, 0) > victim_score(p, read_once, None, 0));
+    }
+
+    /// A hit a moment before the minute turns must not be undone by the
+    /// turn: a key read every few seconds would otherwise fall, once a
+    /// minute, to the level of keys never read (a CI run of
+    /// `tests/cache.rs` evicted such a hot key under `allkeys-lfu`). The
+    /// clock counts whole seconds, so a period may be up to a second short.
+    #[test]
+    fn lfu_decays_a_whole_period_after_the_last_hit_and_across_the_wrap() {
+        let p = EvictionPolicy::AllkeysLfu;
+        let mut rng = SplitMix64::new(3);
+        let hit = touch(p, Some(touch(p, None, 59_900, &mut rng)), 59_900, &mut rng);
+        let new = touch(p, None, 60_100, &mut rng);
+        assert_eq!(u32::from(lfu_decayed(hit, 60_100)), u32::from(LFU_INIT) + 1);
+        assert!(victim_score(p, new, None, 60_100) > victim_score(p, hit, None, 60_100));
+        assert_eq!(u32::from(lfu_decayed(hit, 118_900)), u32::from(LFU_INIT) + 1);
+        assert_eq!(u32::from(lfu_decayed(hit, 119_900)), u32::from(LFU_INIT));
+        let wrap = u64::from(LFU_CLOCK_MASK + 1) * 1_000;
+        let before = touch(p, Some(touch(p, None, wrap - 30_000, &mut rng)), wrap - 30_000, &mut rng);
+        assert_eq!(u32::from(lfu_decayed(before, wrap + 29_000)), u32::from(LFU_INIT) + 1);
+        assert_eq!(
+            u32::from(lfu_decayed(before, wrap + 30_000)),
+            u32::from(LFU_INIT),
+            "idle time is taken modulo the wrap"
+        );
     }
 
     #[test]
