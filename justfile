@@ -79,6 +79,12 @@ sim seeds="100" sim_duration="60s" first="1":
     cargo build --release -p ringkv-sim
     "${CARGO_TARGET_DIR:-target}/release/ringkv-sim" --seed {{first}} --seeds {{seeds}} --duration {{sim_duration}} --jobs "$(nproc)"
 
+# A failing seed's schedule cut down, an episode at a time, to the episodes
+# the failure needs; prints them and the command that replays the rest.
+sim-minimize seed sim_duration="60s":
+    cargo build --release -p ringkv-sim
+    "${CARGO_TARGET_DIR:-target}/release/ringkv-sim" --seed {{seed}} --duration {{sim_duration}} --minimize
+
 # Every fuzz target for SECONDS each, one after the other (nightly;
 # installs cargo-fuzz if missing). Findings land in fuzz/artifacts/.
 # `cargo test -p ringkv-fuzz` replays the checked-in corpus on stable.

@@ -20,6 +20,7 @@ pub mod entropy;
 mod net;
 pub mod schedule;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,20 +73,43 @@ pub struct SimOptions {
     pub duration: Duration,
     pub nodes: usize,
     pub clients: usize,
+    /// Episodes of the seed's schedule left out ([`Schedule::without`]):
+    /// how a minimized failure is replayed.
+    pub without: BTreeSet<usize>,
 }
 
 impl SimOptions {
     /// The command that runs this seed again, with logs.
     pub fn replay_command(&self) -> String {
         format!(
-            "RUST_LOG=info cargo run --release -p ringkv-sim -- --seed {} --duration {}s --nodes {} --clients {} \
-             --history seed-{}.jsonl",
-            self.seed,
-            self.duration.as_secs(),
-            self.nodes,
-            self.clients,
+            "RUST_LOG=info cargo run --release -p ringkv-sim -- {} --history seed-{}.jsonl",
+            self.args().join(" "),
             self.seed
         )
+    }
+
+    /// The command-line arguments that run this seed (a child process of
+    /// `ringkv-sim`, or a replay).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--seed={}", self.seed),
+            match self.duration.as_millis() {
+                ms if ms % 1_000 == 0 => format!("--duration={}s", ms / 1_000),
+                ms => format!("--duration={ms}ms"),
+            },
+            format!("--nodes={}", self.nodes),
+            format!("--clients={}", self.clients),
+        ];
+        if !self.without.is_empty() {
+            let episodes: Vec<String> = self.without.iter().map(usize::to_string).collect();
+            args.push(format!("--without={}", episodes.join(",")));
+        }
+        args
+    }
+
+    /// The seed's fault schedule, less the episodes left out.
+    pub fn schedule(&self) -> Schedule {
+        Schedule::generate(self.seed, self.nodes, self.duration).without(&self.without)
     }
 }
 
@@ -175,7 +199,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     ringkv_net::certs::init_with(certs.path(), &names, &[], algorithm).context("create certificates")?;
     ringkv_net::certs::issue_operator_cert_with(certs.path(), "sim", algorithm)
         .context("create the operator certificate")?;
-    let schedule = Schedule::generate(opts.seed, opts.nodes, opts.duration);
+    let schedule = opts.schedule();
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(opts.seed)

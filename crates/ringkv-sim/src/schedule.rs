@@ -1,7 +1,9 @@
 //! The fault schedule: which faults a seed brings, and when. Plain data
-//! from the seed alone, so a schedule can be printed, compared and (later)
-//! minimized without running anything.
+//! from the seed alone, so a schedule can be printed, compared, cut down
+//! ([`Schedule::without`]) and minimized ([`minimize`]) without running
+//! anything but the runs the minimizer asks for.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -61,10 +63,40 @@ impl fmt::Display for Fault {
     }
 }
 
+impl fmt::Display for Planned {
+    /// Times count from the cluster's formation, as the run's fault log
+    /// does (a crash may be held back from its planned time there).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>7.1}s  episode {:>2}: {}", self.at.as_secs_f64(), self.episode, self.fault)
+    }
+}
+
+impl Fault {
+    /// The nodes the fault acts on, as opposed to the rest of a partition
+    /// (which only loses its links to them).
+    fn subjects(&self) -> Vec<usize> {
+        match self {
+            Fault::Crash(i)
+            | Fault::Restart(i)
+            | Fault::Degrade(i, ..)
+            | Fault::Skew(i, _)
+            | Fault::Join(i)
+            | Fault::Leave(i) => vec![*i],
+            Fault::Partition(a, _) => a.clone(),
+            Fault::OneWay(a, b) => vec![*a, *b],
+            Fault::Heal | Fault::Clear => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
     pub at: Duration,
     pub fault: Fault,
+    /// The faults that start and end together share an episode (a crash,
+    /// the partition inside it, the heal and the restart): the unit a
+    /// schedule is cut down by. Numbered from 1 in the order drawn.
+    pub episode: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +126,12 @@ impl Schedule {
         let mut faults = Vec::new();
         let mut at = QUIET_START;
         let end = duration.saturating_sub(Duration::from_secs(1));
-        let mut push = |at: Duration, fault: Fault| faults.push(Planned { at, fault });
+        let mut episode = 0;
+        let mut push = |episode: usize, at: Duration, fault: Fault| faults.push(Planned { at, fault, episode });
         let mut members: Vec<usize> = (0..nodes).collect();
         let (mut joined, mut left) = (false, false);
         while at < end {
+            episode += 1;
             let length = Duration::from_millis(1_000 + rng.below(19_000));
             let until = (at + length).min(end);
             let a = members[rng.below(members.len() as u64) as usize];
@@ -105,60 +139,61 @@ impl Schedule {
             let b = others[rng.below(others.len() as u64) as usize];
             match rng.below(7) {
                 0 => {
-                    push(at, Fault::Crash(a));
+                    push(episode, at, Fault::Crash(a));
                     if rng.chance(0.5) {
                         let rest: Vec<usize> = members.iter().copied().filter(|x| *x != a && *x != b).collect();
-                        push(at + (until - at) / 3, Fault::Partition(vec![b], rest));
-                        push(until, Fault::Heal);
+                        push(episode, at + (until - at) / 3, Fault::Partition(vec![b], rest));
+                        push(episode, until, Fault::Heal);
                     }
-                    push(until, Fault::Restart(a));
+                    push(episode, until, Fault::Restart(a));
                     // A restarted node needs a while to rejoin and pull its
                     // partitions before anything else goes down.
                     at = until + Duration::from_secs(10);
                     continue;
                 }
                 1 => {
-                    push(at, Fault::Partition(vec![a], others));
-                    push(until, Fault::Heal);
+                    push(episode, at, Fault::Partition(vec![a], others));
+                    push(episode, until, Fault::Heal);
                 }
                 2 => {
-                    push(at, Fault::OneWay(a, b));
-                    push(until, Fault::Heal);
+                    push(episode, at, Fault::OneWay(a, b));
+                    push(episode, until, Fault::Heal);
                 }
                 3 => {
                     let ms = rng.below(2 * MAX_SKEW_MS + 1) as i64 - MAX_SKEW_MS as i64;
-                    push(at, Fault::Skew(a, ms));
-                    push(until, Fault::Skew(a, 0));
+                    push(episode, at, Fault::Skew(a, ms));
+                    push(episode, until, Fault::Skew(a, 0));
                 }
                 4 => {
                     let permille = 10 + rng.below(191) as u32;
                     let ms = 10 + rng.below(291);
-                    push(at, Fault::Degrade(a, permille, ms));
-                    push(until, Fault::Heal);
+                    push(episode, at, Fault::Degrade(a, permille, ms));
+                    push(episode, until, Fault::Heal);
                 }
                 5 if !left => {
                     // The next episode waits as after a crash: a member
                     // change is over once the partitions have moved.
                     if !joined {
-                        push(at, Fault::Join(nodes));
+                        push(episode, at, Fault::Join(nodes));
                         members.push(nodes);
                         joined = true;
                         at += Duration::from_secs(15);
                         if !rng.chance(0.6) {
                             continue;
                         }
+                        episode += 1;
                     }
                     // Any member but the first, the joiner included.
                     let leaver = members[1 + rng.below(members.len() as u64 - 1) as usize];
-                    push(at, Fault::Leave(leaver));
+                    push(episode, at, Fault::Leave(leaver));
                     members.retain(|x| *x != leaver);
                     left = true;
                     at += Duration::from_secs(15);
                     continue;
                 }
                 _ => {
-                    push(at, Fault::Crash(a));
-                    push(until, Fault::Restart(a));
+                    push(episode, at, Fault::Crash(a));
+                    push(episode, until, Fault::Restart(a));
                     at = until + Duration::from_secs(10);
                     continue;
                 }
@@ -167,11 +202,48 @@ impl Schedule {
         }
         // Drawn after the episodes, so that it leaves them as they were.
         if end > QUIET_START && rng.chance(0.5) {
+            episode += 1;
             let span = (end - QUIET_START).as_millis() as u64;
-            push(QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
+            push(episode, QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
         }
         faults.sort_by_key(|p| p.at);
         Schedule { faults }
+    }
+
+    /// The episodes, in order.
+    pub fn episodes(&self) -> Vec<usize> {
+        let mut episodes: Vec<usize> = self.faults.iter().map(|p| p.episode).collect();
+        episodes.sort_unstable();
+        episodes.dedup();
+        episodes
+    }
+
+    /// The schedule without the `dropped` episodes, nor those that need
+    /// one of them: without the spare's join, nothing that acts on the
+    /// spare, and no partition counts it among the rest. What is left happens at the times drawn for it, so a run of
+    /// the rest differs from the whole only by what was dropped.
+    pub fn without(&self, dropped: &BTreeSet<usize>) -> Schedule {
+        let mut dropped = dropped.clone();
+        let unjoined: Vec<usize> = self
+            .faults
+            .iter()
+            .filter_map(|p| match p.fault {
+                Fault::Join(spare) if dropped.contains(&p.episode) => Some(spare),
+                _ => None,
+            })
+            .collect();
+        for spare in &unjoined {
+            dropped.extend(self.faults.iter().filter(|p| p.fault.subjects().contains(spare)).map(|p| p.episode));
+        }
+        let faults = self.faults.iter().filter(|p| !dropped.contains(&p.episode)).cloned().map(|mut p| {
+            // A partition cuts members off from the rest, and a spare that
+            // never joined is not among them.
+            if let Fault::Partition(_, rest) = &mut p.fault {
+                rest.retain(|i| !unjoined.contains(i));
+            }
+            p
+        });
+        Schedule { faults: faults.collect() }
     }
 
     /// The largest skew any node is given, for the checker.
@@ -187,6 +259,33 @@ impl Schedule {
     }
 }
 
+/// The episodes to drop from a failing schedule so that what is left
+/// still fails and no single episode more can go (one-minimal, as in
+/// Zeller's delta debugging, one episode at a time). `fails` runs the
+/// schedule without the given episodes; it is called at most
+/// `n (n + 1) / 2` times for `n` episodes, since every pass but the last
+/// drops one more. Later episodes are tried first: they are the likelier
+/// to come after the failure.
+pub fn minimize(episodes: &[usize], mut fails: impl FnMut(&BTreeSet<usize>) -> bool) -> BTreeSet<usize> {
+    let mut dropped = BTreeSet::new();
+    loop {
+        let before = dropped.len();
+        for &episode in episodes.iter().rev() {
+            if dropped.contains(&episode) {
+                continue;
+            }
+            let mut trial = dropped.clone();
+            trial.insert(episode);
+            if fails(&trial) {
+                dropped = trial;
+            }
+        }
+        if dropped.len() == before {
+            return dropped;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +295,14 @@ mod tests {
         for seed in 0..500 {
             let schedule = Schedule::generate(seed, 3, Duration::from_secs(60));
             assert_eq!(schedule, Schedule::generate(seed, 3, Duration::from_secs(60)));
+            check(seed, &schedule);
+        }
+    }
+
+    /// What every schedule, whole or cut down, must be: faults that act on
+    /// members of their time, one node down at most, every crash undone.
+    fn check(seed: u64, schedule: &Schedule) {
+        {
             let mut down: Vec<usize> = Vec::new();
             let mut members = vec![0, 1, 2];
             for planned in &schedule.faults {
@@ -239,6 +346,55 @@ mod tests {
             assert!(down.is_empty(), "seed {seed}: every crashed node restarts");
             assert!(schedule.max_skew_ms() <= MAX_SKEW_MS);
         }
+    }
+
+    #[test]
+    fn a_schedule_cut_down_keeps_whole_episodes_and_no_fault_on_a_spare_that_never_joined() {
+        let mut rng = SplitMix64::new(9);
+        let mut unjoined = 0;
+        for seed in 0..300 {
+            let schedule = Schedule::generate(seed, 3, Duration::from_secs(60));
+            let episodes = schedule.episodes();
+            assert_eq!(episodes, (1..=episodes.len()).collect::<Vec<_>>(), "seed {seed}: numbered from 1");
+            let dropped: BTreeSet<usize> = episodes.iter().copied().filter(|_| rng.chance(0.4)).collect();
+            let cut = schedule.without(&dropped);
+            check(seed, &cut);
+            let kept: BTreeSet<usize> = cut.episodes().into_iter().collect();
+            assert!(kept.is_disjoint(&dropped), "seed {seed}");
+            for e in &kept {
+                let whole = schedule.faults.iter().filter(|p| p.episode == *e).count();
+                assert_eq!(cut.faults.iter().filter(|p| p.episode == *e).count(), whole, "seed {seed}");
+            }
+            let join = schedule.faults.iter().find(|p| matches!(p.fault, Fault::Join(_))).map(|p| p.episode);
+            if let Some(join) = join.filter(|j| dropped.contains(j)) {
+                unjoined += 1;
+                let acting_on_spare =
+                    schedule.faults.iter().filter(|p| p.episode != join && p.fault.subjects().contains(&3));
+                assert!(acting_on_spare.clone().all(|p| !kept.contains(&p.episode)), "seed {seed}");
+            }
+            assert_eq!(schedule.without(&BTreeSet::new()), schedule);
+        }
+        assert!(unjoined > 20, "only {unjoined} schedules lost their join");
+    }
+
+    #[test]
+    fn minimizing_keeps_exactly_the_episodes_a_failure_needs() {
+        let episodes: Vec<usize> = (1..=12).collect();
+        let mut runs = 0;
+        // Fails while episodes 3 and 8 are both kept.
+        let dropped = minimize(&episodes, |dropped| {
+            runs += 1;
+            !dropped.contains(&3) && !dropped.contains(&8)
+        });
+        let kept: Vec<usize> = episodes.iter().copied().filter(|e| !dropped.contains(e)).collect();
+        assert_eq!(kept, vec![3, 8]);
+        assert!(runs <= 12 * 13 / 2, "{runs} runs");
+        // A failure that needs any one of two episodes keeps one of them.
+        let dropped = minimize(&episodes, |dropped| !dropped.contains(&2) || !dropped.contains(&5));
+        assert_eq!(episodes.len() - dropped.len(), 1);
+        // A failure that needs nothing drops everything; none keeps all.
+        assert_eq!(minimize(&episodes, |_| true).len(), 12);
+        assert!(minimize(&episodes, |_| false).is_empty());
     }
 
     #[test]

@@ -140,9 +140,27 @@ fn a_seed_gives_the_same_history_in_another_process() {
     assert!(ok, "{out}");
     assert!(out.contains("4 seeds of 20 s simulated, each run twice: 0 failed"), "{out}");
     // One run's report, to show what is compared.
-    let (ok, once) = sim(&["--seed", "42", "--duration", "20s"]);
+    let (ok, once) = sim(&["--seed", "42", "--duration", "20s", "--faults"]);
     assert!(ok, "{once}");
     let hash = |text: &str| text.split("history ").nth(1).map(|rest| rest[..16].to_string());
     let batch_line = out.lines().find(|l| l.starts_with("seed 42:")).expect("seed 42 reported");
     assert_eq!(hash(batch_line), hash(&once), "a replay gives the batch's history");
+
+    // A minimized failure replays with episodes left out: the run applies
+    // the rest of the schedule, and only that.
+    let schedule = Schedule::generate(42, 3, Duration::from_secs(20));
+    let applied = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("       ") && !l.contains("(end of the run)"))
+            .filter_map(|l| l.trim().split_once("s ").map(|(_, fault)| fault.to_string()))
+            .collect()
+    };
+    let planned = |s: &Schedule| -> Vec<String> { s.faults.iter().map(|p| p.fault.to_string()).collect() };
+    assert_eq!(applied(&once), planned(&schedule), "{once}");
+    let (ok, cut) = sim(&["--seed", "42", "--duration", "20s", "--faults", "--without=1"]);
+    assert!(ok, "{cut}");
+    let rest = schedule.without(&[1].into());
+    assert!(rest.faults.len() < schedule.faults.len());
+    assert_eq!(applied(&cut), planned(&rest), "{cut}");
+    assert_ne!(hash(&cut), hash(&once), "{cut}");
 }

@@ -1,5 +1,9 @@
 //! `ringkv-sim`: runs seeds of the deterministic simulation and checks each
-//! run's history; a failing seed prints the command that replays it.
+//! run's history; a failing seed prints the command that replays it, and
+//! `--minimize` cuts its schedule down to the episodes the failure needs.
+//!
+//! Exit codes: 0 every seed passed; 2 a single seed could not be run (nor,
+//! with `--minimize`, its first run); 1 any other failure.
 //!
 //! One seed runs in this process. Several seeds (or `--twice`) run each in
 //! a child process of its own, `--jobs` at a time: a run's course depends
@@ -8,14 +12,14 @@
 //! process-wide), so only a fresh process makes a seed's run the same as
 //! its replay.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::process::{Command, ExitCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringkv_core::parse_duration;
-use ringkv_sim::{SimOptions, run};
+use ringkv_sim::{SimOptions, run, schedule};
 
 #[derive(Parser)]
 #[command(about = "Run ringkv clusters in simulation, one seed after another")]
@@ -49,6 +53,27 @@ struct Args {
     /// not.
     #[arg(long, conflicts_with_all = ["seeds", "twice"])]
     faults: bool,
+    /// Leave these episodes (numbered as `--minimize` prints them) out of
+    /// the seed's schedule: a minimized failure's replay.
+    #[arg(long, value_delimiter = ',')]
+    without: Vec<usize>,
+    /// Cut a failing seed's schedule down, an episode at a time, to the
+    /// episodes without any one of which it passes; print them and the
+    /// command that replays the rest. Each try is a run in a child process.
+    #[arg(long, conflicts_with_all = ["seeds", "twice", "history"])]
+    minimize: bool,
+}
+
+impl Args {
+    fn opts(&self, seed: u64) -> SimOptions {
+        SimOptions {
+            seed,
+            duration: self.duration,
+            nodes: self.nodes,
+            clients: self.clients,
+            without: self.without.iter().copied().collect(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -59,6 +84,9 @@ fn main() -> ExitCode {
         .with_timer(SimTime)
         .init();
     let args = Args::parse();
+    if args.minimize {
+        return minimize(&args);
+    }
     if args.seeds == 1 && !args.twice {
         return one(&args);
     }
@@ -79,12 +107,12 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 
 /// Runs `--seed` here and prints its report.
 fn one(args: &Args) -> ExitCode {
-    let opts = SimOptions { seed: args.seed, duration: args.duration, nodes: args.nodes, clients: args.clients };
+    let opts = args.opts(args.seed);
     let report = match run(&opts) {
         Ok(report) => report,
         Err(e) => {
             println!("seed {}: FAILED to run: {e:#}\n  replay: {}", opts.seed, opts.replay_command());
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     if let Some(path) = &args.history {
@@ -130,30 +158,82 @@ fn one(args: &Args) -> ExitCode {
 /// What a child process printed about its seed.
 struct Child {
     ok: bool,
+    /// The run finished and its history broke a promise.
+    violated: bool,
     hash: Option<String>,
     output: String,
 }
 
-fn child(args: &Args, seed: u64) -> Child {
+fn child(opts: &SimOptions) -> Child {
     let exe = std::env::current_exe().expect("the running binary's path");
-    let output = Command::new(exe)
-        .args(["--seed", &seed.to_string(), "--duration", &format!("{}ms", args.duration.as_millis())])
-        .args(["--nodes", &args.nodes.to_string(), "--clients", &args.clients.to_string()])
-        .env_remove("RUST_LOG")
-        .output();
+    let output = Command::new(exe).args(opts.args()).env_remove("RUST_LOG").output();
     match output {
         Ok(output) => {
             let text = String::from_utf8_lossy(&output.stdout).into_owned();
             let hash = text.split("history ").nth(1).and_then(|rest| rest.split(',').next()).map(str::to_string);
-            match output.status.success() && hash.is_some() {
-                true => Child { ok: true, hash, output: text },
-                false => {
-                    Child { ok: false, hash, output: format!("{text}{}", String::from_utf8_lossy(&output.stderr)) }
-                }
-            }
+            let ok = output.status.success() && hash.is_some();
+            let violated = output.status.code() == Some(1) && hash.is_some();
+            let output = match ok {
+                true => text,
+                false => format!("{text}{}", String::from_utf8_lossy(&output.stderr)),
+            };
+            Child { ok, violated, hash, output }
         }
-        Err(e) => Child { ok: false, hash: None, output: format!("seed {seed}: cannot start a child process: {e}\n") },
+        Err(e) => Child {
+            ok: false,
+            violated: false,
+            hash: None,
+            output: format!("seed {}: cannot start a child process: {e}\n", opts.seed),
+        },
     }
+}
+
+/// Runs `--seed`, and if its history breaks a promise, leaves episodes of
+/// its schedule out while it still does (see [`schedule::minimize`]).
+fn minimize(args: &Args) -> ExitCode {
+    let started = Instant::now();
+    let opts = args.opts(args.seed);
+    let whole = child(&opts);
+    if !whole.violated {
+        print!("{}", whole.output);
+        println!(
+            "seed {}: nothing to minimize: the run {}",
+            opts.seed,
+            if whole.ok { "passes" } else { "failed to run" }
+        );
+        return if whole.ok { ExitCode::SUCCESS } else { ExitCode::from(2) };
+    }
+    let schedule = opts.schedule();
+    println!("seed {}: fails with {} episodes; leaving them out one at a time", opts.seed, schedule.episodes().len());
+    let mut runs = 0;
+    let dropped = schedule::minimize(&schedule.episodes(), |trial| {
+        let mut without = opts.without.clone();
+        without.extend(trial);
+        let tried = SimOptions { without, ..opts.clone() };
+        let run = child(&tried);
+        runs += 1;
+        let left = tried.schedule().episodes().len();
+        let verdict = match (run.violated, run.ok) {
+            (true, _) => "still fails",
+            (false, true) => "passes",
+            (false, false) => "failed to run (counted as passing)",
+        };
+        println!("  without {:?} ({left} episodes left): {verdict}", trial.iter().collect::<Vec<_>>());
+        run.violated
+    });
+    let mut without: BTreeSet<usize> = opts.without.clone();
+    without.extend(dropped);
+    let minimal = SimOptions { without, ..opts };
+    println!(
+        "seed {}: {} of {} episodes are needed to fail ({runs} runs, {:.1} s wall time):",
+        minimal.seed,
+        minimal.schedule().episodes().len(),
+        schedule.episodes().len(),
+        started.elapsed().as_secs_f64()
+    );
+    minimal.schedule().faults.iter().for_each(|planned| println!("    {planned}"));
+    println!("  replay: {}", minimal.replay_command());
+    ExitCode::FAILURE
 }
 
 fn many(args: &Args) -> ExitCode {
@@ -166,10 +246,10 @@ fn many(args: &Args) -> ExitCode {
             scope.spawn(move || {
                 loop {
                     let Some(seed) = seeds.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
-                    let first = child(args, seed);
+                    let first = child(&args.opts(seed));
                     let mut problem = (!first.ok).then(|| first.output.clone());
                     if problem.is_none() && args.twice {
-                        let second = child(args, seed);
+                        let second = child(&args.opts(seed));
                         if !second.ok {
                             problem = Some(second.output);
                         } else if second.hash != first.hash {
