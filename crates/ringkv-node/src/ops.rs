@@ -497,9 +497,9 @@ impl Node {
     }
 
     /// Writes an existing entry, version unchanged, to its key's current
-    /// replicas (hints whose owner left the ring).
+    /// replicas (an eviction's tombstone, from the leader that chose it).
     pub(crate) async fn write_entry(&self, key: Bytes, entry: Entry) -> Result<(), KvError> {
-        self.replicate("handoff", key, entry, None, Consistency::One).await.map(|_| ())
+        self.replicate("eviction", key, entry, None, Consistency::One).await.map(|_| ())
     }
 
     pub(crate) async fn put(
