@@ -367,11 +367,17 @@ impl World {
                     sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
                 }
             }
+            Fault::Hold(i) => {
+                for other in names.iter().filter(|n| n.as_str() != name(i)) {
+                    sim.hold(name(i), other.as_str());
+                }
+            }
             Fault::Heal => {
                 for x in names {
                     for y in names {
                         if x != y {
-                            sim.repair_oneway(x.as_str(), y.as_str());
+                            // Both ways, and what was held is delivered.
+                            sim.release(x.as_str(), y.as_str());
                             sim.set_link_fail_rate(x.as_str(), y.as_str(), 0.0);
                             sim.set_link_max_message_latency(x.as_str(), y.as_str(), MAX_LATENCY);
                         }

@@ -28,7 +28,14 @@ pub enum Fault {
     /// datagram takes up to this many ms, drawn per datagram, so that they
     /// also arrive out of order.
     Degrade(usize, u32, u64),
-    /// Every link works again, without loss or extra delay.
+    /// Every datagram between the node and the other nodes is held, then
+    /// all are delivered at once when the episode heals: what the others
+    /// see of a paused node's traffic (requests and answers arriving late,
+    /// in a burst), though the node itself runs on, since turmoil cannot
+    /// stop one host's runtime while the others run.
+    Hold(usize),
+    /// Every link works again, without loss or extra delay, and what was
+    /// held is delivered.
     Heal,
     /// The node's wall clock runs this many ms off (0: back in step).
     Skew(usize, i64),
@@ -54,6 +61,7 @@ impl fmt::Display for Fault {
             Fault::Degrade(i, permille, ms) => {
                 write!(f, "degrade {}: {:.1}% loss, up to {ms} ms delay", n(i), *permille as f64 / 10.0)
             }
+            Fault::Hold(i) => write!(f, "hold {}'s datagrams", n(i)),
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
             Fault::Join(i) => write!(f, "{} joins", n(i)),
@@ -79,6 +87,7 @@ impl Fault {
             Fault::Crash(i)
             | Fault::Restart(i)
             | Fault::Degrade(i, ..)
+            | Fault::Hold(i)
             | Fault::Skew(i, _)
             | Fault::Join(i)
             | Fault::Leave(i) => vec![*i],
@@ -137,7 +146,7 @@ impl Schedule {
             let a = members[rng.below(members.len() as u64) as usize];
             let others: Vec<usize> = members.iter().copied().filter(|x| *x != a).collect();
             let b = others[rng.below(others.len() as u64) as usize];
-            match rng.below(7) {
+            match rng.below(8) {
                 0 => {
                     push(episode, at, Fault::Crash(a));
                     if rng.chance(0.5) {
@@ -168,6 +177,10 @@ impl Schedule {
                     let permille = 10 + rng.below(191) as u32;
                     let ms = 10 + rng.below(291);
                     push(episode, at, Fault::Degrade(a, permille, ms));
+                    push(episode, until, Fault::Heal);
+                }
+                6 => {
+                    push(episode, at, Fault::Hold(a));
                     push(episode, until, Fault::Heal);
                 }
                 5 if !left => {
@@ -330,7 +343,7 @@ mod tests {
                     }
                     Fault::Partition(a, b) => a.iter().chain(b).copied().collect(),
                     Fault::OneWay(a, b) => vec![*a, *b],
-                    Fault::Degrade(i, ..) | Fault::Skew(i, _) => vec![*i],
+                    Fault::Degrade(i, ..) | Fault::Hold(i) | Fault::Skew(i, _) => vec![*i],
                     Fault::Heal | Fault::Clear => vec![],
                 };
                 for i in touched {
@@ -407,6 +420,7 @@ mod tests {
                 Fault::Partition(..) => "partition",
                 Fault::OneWay(..) => "one-way",
                 Fault::Degrade(..) => "degrade",
+                Fault::Hold(_) => "hold",
                 Fault::Heal => "heal",
                 Fault::Skew(..) => "skew",
                 Fault::Join(_) => "join",
@@ -414,6 +428,6 @@ mod tests {
                 Fault::Clear => "clear",
             })
             .collect();
-        assert_eq!(kinds.len(), 10, "{kinds:?}");
+        assert_eq!(kinds.len(), 11, "{kinds:?}");
     }
 }

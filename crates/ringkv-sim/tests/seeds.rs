@@ -121,11 +121,16 @@ fn seeds_that_found_bugs_pass() {
 
 #[test]
 fn a_seed_gives_the_same_history_in_another_process() {
-    // The seeds compared bring lossy and slow links, a clear, a join and a
-    // leave: the paths where runs once went apart (see `entropy.rs`), and
-    // the newest.
-    let faults: Vec<Fault> = (42..46)
-        .flat_map(|seed| Schedule::generate(seed, 3, Duration::from_secs(20)).faults)
+    const RUN: Duration = Duration::from_secs(25);
+    // The seeds compared bring lossy and slow links, a clear, a join, a
+    // leave and held datagrams: the paths where runs once went apart (see
+    // `entropy.rs`), and the newest.
+    // Faults planned for the last moments of a run may not be applied
+    // before it ends (a leave comes 15 s after its join, at the earliest
+    // 20 s in), so only those planned well before count.
+    let faults: Vec<Fault> = (11..14)
+        .flat_map(|seed| Schedule::generate(seed, 3, RUN).faults)
+        .filter(|p| p.at < RUN - Duration::from_secs(2))
         .map(|p| p.fault)
         .collect();
     for (kind, brought) in [
@@ -133,31 +138,33 @@ fn a_seed_gives_the_same_history_in_another_process() {
         ("clear", faults.iter().any(|f| matches!(f, Fault::Clear))),
         ("join", faults.iter().any(|f| matches!(f, Fault::Join(_)))),
         ("leave", faults.iter().any(|f| matches!(f, Fault::Leave(_)))),
+        ("hold", faults.iter().any(|f| matches!(f, Fault::Hold(_)))),
     ] {
         assert!(brought, "no {kind} among {faults:?}");
     }
-    let (ok, out) = sim(&["--seed", "42", "--seeds", "4", "--duration", "20s", "--twice", "--jobs", "2"]);
+    let (ok, out) = sim(&["--seed", "11", "--seeds", "3", "--duration", "25s", "--twice", "--jobs", "2"]);
     assert!(ok, "{out}");
-    assert!(out.contains("4 seeds of 20 s simulated, each run twice: 0 failed"), "{out}");
+    assert!(out.contains("3 seeds of 25 s simulated, each run twice: 0 failed"), "{out}");
     // One run's report, to show what is compared.
-    let (ok, once) = sim(&["--seed", "42", "--duration", "20s", "--faults"]);
+    let (ok, once) = sim(&["--seed", "11", "--duration", "25s", "--faults"]);
     assert!(ok, "{once}");
     let hash = |text: &str| text.split("history ").nth(1).map(|rest| rest[..16].to_string());
-    let batch_line = out.lines().find(|l| l.starts_with("seed 42:")).expect("seed 42 reported");
+    let batch_line = out.lines().find(|l| l.starts_with("seed 11:")).expect("seed 11 reported");
     assert_eq!(hash(batch_line), hash(&once), "a replay gives the batch's history");
 
     // A minimized failure replays with episodes left out: the run applies
     // the rest of the schedule, and only that.
-    let schedule = Schedule::generate(42, 3, Duration::from_secs(20));
+    let schedule = Schedule::generate(11, 3, RUN);
     let applied = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| l.starts_with("       ") && !l.contains("(end of the run)"))
             .filter_map(|l| l.trim().split_once("s ").map(|(_, fault)| fault.to_string()))
             .collect()
     };
-    let planned = |s: &Schedule| -> Vec<String> { s.faults.iter().map(|p| p.fault.to_string()).collect() };
+    let planned =
+        |s: &Schedule| -> Vec<String> { s.faults.iter().filter(|p| p.at < RUN).map(|p| p.fault.to_string()).collect() };
     assert_eq!(applied(&once), planned(&schedule), "{once}");
-    let (ok, cut) = sim(&["--seed", "42", "--duration", "20s", "--faults", "--without=1"]);
+    let (ok, cut) = sim(&["--seed", "11", "--duration", "25s", "--faults", "--without=1"]);
     assert!(ok, "{cut}");
     let rest = schedule.without(&[1].into());
     assert!(rest.faults.len() < schedule.faults.len());
