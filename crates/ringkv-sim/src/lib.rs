@@ -93,10 +93,7 @@ impl SimOptions {
     pub fn args(&self) -> Vec<String> {
         let mut args = vec![
             format!("--seed={}", self.seed),
-            match self.duration.as_millis() {
-                ms if ms % 1_000 == 0 => format!("--duration={}s", ms / 1_000),
-                ms => format!("--duration={ms}ms"),
-            },
+            format!("--duration={}", ringkv_core::format_duration(self.duration)),
             format!("--nodes={}", self.nodes),
             format!("--clients={}", self.clients),
         ];

@@ -233,8 +233,9 @@ impl Schedule {
 
     /// The schedule without the `dropped` episodes, nor those that need
     /// one of them: without the spare's join, nothing that acts on the
-    /// spare, and no partition counts it among the rest. What is left happens at the times drawn for it, so a run of
-    /// the rest differs from the whole only by what was dropped.
+    /// spare, and no partition counts it among the rest. What is left
+    /// happens at the times drawn for it, so a run of the rest differs from
+    /// the whole only by what was dropped.
     pub fn without(&self, dropped: &BTreeSet<usize>) -> Schedule {
         let mut dropped = dropped.clone();
         let unjoined: Vec<usize> = self
