@@ -389,7 +389,15 @@ impl Client {
         for addr in route.into_iter().take(MAX_ATTEMPTS) {
             let deadline = Deadline::after(self.clock.now_ms(), self.timeout);
             let session = Request::Session { seen: self.session(), deadline: Some(deadline), request: request.clone() };
-            match self.connector.call(addr, &session, self.timeout).await {
+            let answer = self.connector.call_resent(addr, &session, self.timeout).await.map(|(response, resent)| {
+                // The transport sent it again on a fresh connection: the
+                // copy on the lost one may have been applied too.
+                if let Some(reason) = resent {
+                    lost = Some(NetError::Connection { addr, reason }.into());
+                }
+                response
+            });
+            match answer {
                 Ok(Err(KvError::ShuttingDown)) => last = KvError::ShuttingDown,
                 // Refused before anything was stamped: that node's clock
                 // reads past a deadline ours has not reached (it runs

@@ -240,7 +240,7 @@ impl Connector {
         timeout: Duration,
     ) -> Result<Response, NetError> {
         let frame = wire::encode(request)?;
-        let (body, _) = self.exchange_checked(addr, Some(accept), &frame, timeout).await?;
+        let (body, ..) = self.exchange_checked(addr, Some(accept), &frame, timeout).await?;
         wire::decode_frame::<Response>(&body, self.max_frame_bytes)
     }
 
@@ -279,7 +279,7 @@ impl Connector {
     /// Sends raw frame bytes and waits at most `timeout` for the reply.
     /// Public so that tests can send what a broken or hostile client would.
     pub async fn call_frame(&self, addr: SocketAddr, frame: &[u8], timeout: Duration) -> Result<Response, NetError> {
-        let (body, _) = self.exchange_frame(addr, frame, timeout).await?;
+        let (body, ..) = self.exchange_frame(addr, frame, timeout).await?;
         wire::decode_frame::<Response>(&body, self.max_frame_bytes)
     }
 
@@ -294,8 +294,23 @@ impl Connector {
         timeout: Duration,
     ) -> Result<(Response, Option<Box<dyn std::any::Any>>), NetError> {
         let frame = wire::encode(request)?;
-        let (body, connection) = self.exchange_frame(addr, &frame, timeout).await?;
+        let (body, connection, _) = self.exchange_frame(addr, &frame, timeout).await?;
         Ok((wire::decode_frame::<Response>(&body, self.max_frame_bytes)?, connection.peer_identity()))
+    }
+
+    /// As [`Connector::call`], with why the request was sent a second time
+    /// if it was: the cached connection it went out on first was lost, so
+    /// that first copy may have been applied as well, and an answer that
+    /// could describe what it did is not the request's own.
+    pub async fn call_resent(
+        &self,
+        addr: SocketAddr,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(Response, Option<String>), NetError> {
+        let frame = wire::encode(request)?;
+        let (body, _, resent) = self.exchange_frame(addr, &frame, timeout).await?;
+        Ok((wire::decode_frame::<Response>(&body, self.max_frame_bytes)?, resent))
     }
 
     async fn exchange_frame(
@@ -303,7 +318,7 @@ impl Connector {
         addr: SocketAddr,
         frame: &[u8],
         timeout: Duration,
-    ) -> Result<(Vec<u8>, Connection), NetError> {
+    ) -> Result<(Vec<u8>, Connection, Option<String>), NetError> {
         self.exchange_checked(addr, None, frame, timeout).await
     }
 
@@ -313,7 +328,7 @@ impl Connector {
         accept: Option<NodeNames<'_>>,
         frame: &[u8],
         timeout: Duration,
-    ) -> Result<(Vec<u8>, Connection), NetError> {
+    ) -> Result<(Vec<u8>, Connection, Option<String>), NetError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || NetError::Timeout { addr, ms: timeout.as_millis() as u64 };
         // A cached connection may have died since its last use (peer
@@ -361,7 +376,7 @@ impl Connector {
                     return Err(NetError::Connection { addr, reason });
                 }
                 Ok(Err(Exchange::Frame(e))) => return Err(e),
-                Ok(Ok(body)) => return Ok((body, connection)),
+                Ok(Ok(body)) => return Ok((body, connection, lost)),
             }
         }
         unreachable!("the loop returns on its second attempt")

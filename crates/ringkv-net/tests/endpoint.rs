@@ -43,15 +43,15 @@ fn connector_with(paths: &TlsPaths, max_frame: usize) -> Connector {
 }
 
 async fn start_server(dir: &std::path::Path) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    start_server_at(dir, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_server_at(dir: &std::path::Path, addr: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let identity = Identity::load(&TlsPaths::node_in(dir, "n1")).unwrap();
     let settings = TransportSettings::default();
-    let endpoint = bind(
-        "127.0.0.1:0".parse().unwrap(),
-        Some(listener(&identity, &settings).unwrap()),
-        client_config(&identity, &settings).unwrap(),
-        None,
-    )
-    .unwrap();
+    let endpoint =
+        bind(addr, Some(listener(&identity, &settings).unwrap()), client_config(&identity, &settings).unwrap(), None)
+            .unwrap();
     let addr = endpoint.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let options = ServeOptions {
@@ -199,4 +199,33 @@ async fn a_node_sends_only_to_the_node_its_peer_certificate_names() {
 
     let (_, identity) = n2.call_identified(addr, &Request::Ping, t).await.unwrap();
     assert_eq!(check.role(identity), ringkv_net::tls::Role::Node("n1".into()));
+}
+
+/// A node that crashed and restarted on its address resets the connection
+/// a caller had cached; the caller's one resend on a fresh connection is
+/// answered, and reported, because the first copy may have been applied
+/// before the crash (simulator seed 531: a client took the restarted node's
+/// "not applied" for the answer to an expire the crashed one had applied).
+#[test]
+fn a_resend_after_the_peer_restarted_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    certs::init(dir.path(), &["n1".into()], &[]).unwrap();
+    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (crashed, main) = (runtime(), runtime());
+    let (addr, _stop) = crashed.block_on(start_server(dir.path()));
+    let client = main.block_on(async { connector(&TlsPaths::client_in(dir.path())) });
+    let t = Duration::from_secs(5);
+    let call = |key| main.block_on(client.call_resent(addr, &get(key), t)).unwrap();
+
+    let (reply, resent) = call("a");
+    assert_eq!((reply, resent), (Ok(Reply::Value(Some(Bytes::from("a")))), None));
+    // Its tasks dropped without running again: no connection is closed, as
+    // when a process is killed.
+    crashed.shutdown_timeout(Duration::from_secs(5));
+    let (_, _restarted) = main.block_on(start_server_at(dir.path(), addr));
+    let (reply, resent) = call("b");
+    assert_eq!(reply, Ok(Reply::Value(Some(Bytes::from("b")))));
+    let reason = resent.expect("the first copy went out on the dead connection");
+    assert!(reason.contains("reset"), "{reason}");
+    assert_eq!(call("c").1, None, "the fresh connection is cached");
 }

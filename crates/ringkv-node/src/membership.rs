@@ -37,7 +37,7 @@
 //! certificate naming its node id (`crate::proofs`). Until then it is
 //! listed as unproven and ignored.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -56,7 +56,7 @@ use crate::env::{GossipTransport, Network};
 use crate::fault::Faults;
 use crate::gossip::{GossipKeys, SealedTransport, SocketShared};
 use crate::proofs::{MAX_PROBES, PROBE_TIMEOUT, Proofs, Prover};
-use crate::topology::{self, Gossiped, Topology};
+use crate::topology::{self, DeadClocks, Gossiped, Topology};
 
 const KEY_ADDR: &str = "addr";
 const KEY_PARTITIONS: &str = "partitions";
@@ -370,7 +370,7 @@ impl Membership {
                 config.partitions
             )));
         }
-        let mut first = compute(&config, &seen, &mut HashMap::new(), &BTreeMap::new());
+        let mut first = compute(&config, &seen, &mut DeadClocks::default(), &BTreeMap::new());
         first.unproven = unproven(&me, &raw, &seen);
         let first = Arc::new(first);
         let (topology_tx, topology) = watch::channel(first);
@@ -451,10 +451,9 @@ fn max_epoch(seen: &BTreeMap<NodeName, Seen>) -> Epoch {
 fn compute(
     config: &MembershipConfig,
     seen: &BTreeMap<NodeName, Seen>,
-    dead_since: &mut HashMap<NodeName, Instant>,
+    clocks: &mut DeadClocks,
     fenced: &BTreeMap<NodeName, Fence>,
 ) -> Topology {
-    let now = Instant::now();
     let mut gossiped = BTreeMap::new();
     for (name, s) in seen {
         let is_self = **name == *config.node_id;
@@ -464,15 +463,11 @@ fn compute(
         }
         let Some(addr) = s.addr else { continue };
         let live = is_self || s.live;
-        let dead_for = if live {
-            dead_since.remove(name);
-            None
-        } else {
-            Some(now - *dead_since.entry(name.clone()).or_insert(now))
-        };
         let fenced = !is_self && fenced.contains_key(name);
-        gossiped.insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for, epoch: s.epoch, fenced });
+        gossiped
+            .insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for: None, epoch: s.epoch, fenced });
     }
+    clocks.stamp(&mut gossiped, Instant::now());
     topology::build(
         &NodeName::from(config.node_id.as_str()),
         &config.cluster_id,
@@ -497,7 +492,7 @@ async fn maintain(
     // sends one answer: the channel never makes a probe wait.
     let (probe_tx, mut probed) = tokio::sync::mpsc::channel(MAX_PROBES);
     let mut tick = tokio::time::interval(config.gossip_interval);
-    let mut dead_since = HashMap::new();
+    let mut clocks = DeadClocks::default();
     let mut warned: HashSet<NodeName> = HashSet::new();
     // Members this node removed from the ring, and since when.
     let mut fenced: BTreeMap<NodeName, Fence> = BTreeMap::new();
@@ -523,6 +518,7 @@ async fn maintain(
             );
             standing.suspect.store(true, Ordering::Relaxed);
             contact_since = None;
+            clocks.forget();
         }
         let raw = read_gossip(&chitchat).await;
         // Ask, off this loop, every member whose newest gossip differs from
@@ -569,7 +565,7 @@ async fn maintain(
             *current = fenced_by.is_some();
             changed
         });
-        let mut next = compute(&config, &seen, &mut dead_since, &fenced);
+        let mut next = compute(&config, &seen, &mut clocks, &fenced);
         if update_fences(&mut fenced, &seen, &next, now) {
             let list: Vec<String> = fenced
                 .iter()
@@ -580,7 +576,7 @@ async fn maintain(
                 .collect();
             tracing::info!(fenced = ?list, "fenced members changed");
             chitchat.lock().await.self_node_state().set(KEY_FENCED, list.join(","));
-            next = compute(&config, &seen, &mut dead_since, &fenced);
+            next = compute(&config, &seen, &mut clocks, &fenced);
         }
         next.unproven = unproven_now;
         if standing.suspect.load(Ordering::Relaxed) {

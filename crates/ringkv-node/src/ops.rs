@@ -491,9 +491,14 @@ impl Node {
     async fn read_live(&self, key: &Bytes, consistency: Consistency) -> Result<Option<(Entry, u64)>, KvError> {
         self.inner.limits.check_key(key)?;
         let entry = self.read_entry(key, consistency).await?;
+        Ok(self.live_now(entry))
+    }
+
+    /// The entry if it is live now, with the time it was judged at.
+    fn live_now(&self, entry: Option<Entry>) -> Option<(Entry, u64)> {
         let now = self.inner.now_ms();
         let epoch = self.inner.epoch();
-        Ok(entry.filter(|e| e.live_value(now, epoch).is_some()).map(|e| (e, now)))
+        entry.filter(|e| e.live_value(now, epoch).is_some()).map(|e| (e, now))
     }
 
     /// Writes an existing entry, version unchanged, to its key's current
@@ -564,13 +569,18 @@ impl Node {
         // A conflict on one replica does not undo the write on the others:
         // the next attempt may read back what the last one wrote, which
         // means it was applied (a persist that then found no expiry left
-        // answered "not applied" for a key it had just made persistent).
+        // answered "not applied" for a key it had just made persistent),
+        // even if that write has expired since (a short expire whose
+        // retry came later than its ttl answered "not applied" for a key
+        // it had made expire).
+        self.inner.limits.check_key(&key)?;
         let mut written: Option<Version> = None;
         for _ in 0..RMW_ATTEMPTS {
-            let Some((current, _)) = self.read_live(&key, c).await? else { return Ok(false) };
-            if written == Some(current.version) {
+            let seen = self.read_entry(&key, c).await?;
+            if written.is_some() && written == seen.as_ref().map(|e| e.version) {
                 return Ok(true);
             }
+            let Some((current, _)) = self.live_now(seen) else { return Ok(false) };
             if ttl.is_none() && current.expires_at.is_none() {
                 return Ok(false);
             }

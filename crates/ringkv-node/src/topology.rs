@@ -3,9 +3,11 @@
 //! by the membership task on every change and swapped in whole, so a request
 //! always works from one consistent view.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ringkv_core::ring::{NodeName, PartitionTable};
 use ringkv_core::{Epoch, PartitionId};
@@ -50,7 +52,8 @@ pub(crate) struct Gossiped {
     pub addr: SocketAddr,
     pub status: MemberStatus,
     pub live: bool,
-    /// How long it has been dead, as this node observed it.
+    /// How long it has been dead, as this node observed it while it saw a
+    /// live majority ([`DeadClocks`]).
     pub dead_for: Option<Duration>,
     pub epoch: Epoch,
     /// This node removed it from the ring and it has not rejoined since.
@@ -78,9 +81,7 @@ pub(crate) fn build(
     vnodes: u32,
     dead_node_grace: Duration,
 ) -> Topology {
-    let voters = gossiped.values().filter(|g| !g.fenced && g.status.in_current_ring());
-    let (voters, live_voters) = voters.fold((0, 0), |(all, live), g| (all + 1, live + usize::from(g.live)));
-    let majority = live_voters * 2 > voters;
+    let majority = live_majority(&gossiped);
     let members: BTreeMap<NodeName, MemberView> = gossiped
         .into_iter()
         .map(|(name, g)| {
@@ -112,6 +113,46 @@ pub(crate) fn build(
         table,
         pending,
         unproven: Vec::new(),
+    }
+}
+
+/// Whether the live members are a majority of the ring's voters: the
+/// members of the current ring that this node has not fenced.
+fn live_majority(gossiped: &BTreeMap<NodeName, Gossiped>) -> bool {
+    let voters = gossiped.values().filter(|g| !g.fenced && g.status.in_current_ring());
+    let (voters, live_voters) = voters.fold((0, 0), |(all, live), g| (all + 1, live + usize::from(g.live)));
+    live_voters * 2 > voters
+}
+
+/// How long each member has been dead, counted only while this node sees a
+/// live majority. A node cut off with a minority learns nothing about who
+/// is really dead: when it regains a majority, the members it has not heard
+/// from yet (their datagrams may still be on the way) must not look dead for
+/// the whole cut, or it would remove them at once and fence them, and they
+/// would discard their data on seeing its fence. So the clocks stop, and
+/// are reset, whenever the live majority is lost, and after a gap in this
+/// node's own execution ([`DeadClocks::forget`]).
+#[derive(Debug, Default)]
+pub(crate) struct DeadClocks {
+    since: HashMap<NodeName, Instant>,
+}
+
+impl DeadClocks {
+    /// Sets `dead_for` of every member that is not live (the `live` flags
+    /// must be set) from its clock, starting the clocks of the newly dead.
+    pub(crate) fn stamp(&mut self, gossiped: &mut BTreeMap<NodeName, Gossiped>, now: Instant) {
+        if !live_majority(gossiped) {
+            self.since.clear();
+        }
+        self.since.retain(|name, _| gossiped.get(name).is_some_and(|g| !g.live));
+        for (name, g) in gossiped.iter_mut() {
+            g.dead_for = (!g.live).then(|| now - *self.since.entry(name.clone()).or_insert(now));
+        }
+    }
+
+    /// Restarts every clock: this node did not observe the time that passed.
+    pub(crate) fn forget(&mut self) {
+        self.since.clear();
     }
 }
 
@@ -231,6 +272,45 @@ mod tests {
         let ring: Vec<&str> = t.table.members().iter().map(|n| &**n).collect();
         assert_eq!(ring, ["a", "b"], "two of three remove the third");
         assert_eq!(t.table.replication(), 2, "N is clamped to the ring size");
+    }
+
+    #[test]
+    fn dead_clocks_run_only_while_a_live_majority_is_seen() {
+        let grace = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut clocks = DeadClocks::default();
+        let mut gossiped = BTreeMap::new();
+        gossiped.insert(NodeName::from("a"), member(1, true, None));
+        gossiped.insert(NodeName::from("b"), member(2, false, None));
+        gossiped.insert(NodeName::from("c"), member(3, false, None));
+        // Cut off alone for longer than the grace: a minority counts nothing.
+        for s in [0, 30, 90] {
+            clocks.stamp(&mut gossiped, start + Duration::from_secs(s));
+        }
+        assert_eq!(gossiped["b"].dead_for, Some(Duration::ZERO));
+        // The cut heals and b is heard before c: c's clock starts now, so
+        // a does not remove c for the time it was cut off itself.
+        gossiped.get_mut("b").unwrap().live = true;
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(91));
+        assert_eq!(gossiped["b"].dead_for, None);
+        assert_eq!(gossiped["c"].dead_for, Some(Duration::from_secs(1)));
+        let t = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, grace);
+        assert_eq!(t.table.members().len(), 3, "c is not removed on regaining a majority");
+        // With the majority, c's death counts, and outlasts the grace.
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(152));
+        assert_eq!(gossiped["c"].dead_for, Some(Duration::from_secs(62)));
+        let t = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, grace);
+        assert_eq!(t.table.members().len(), 2, "c is removed a grace after the majority saw it dead");
+        // A gap in this node's execution restarts the clocks.
+        clocks.forget();
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(300));
+        assert_eq!(gossiped["c"].dead_for, Some(Duration::ZERO));
+        // A member heard again has no clock.
+        gossiped.get_mut("c").unwrap().live = true;
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(301));
+        gossiped.get_mut("c").unwrap().live = false;
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(302));
+        assert_eq!(gossiped["c"].dead_for, Some(Duration::ZERO));
     }
 
     #[test]

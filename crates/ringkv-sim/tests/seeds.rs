@@ -103,9 +103,24 @@ fn seeds_pass_the_checker() {
 /// `tombstone_grace`, and the hint, still young when its holder checked,
 /// arrived just after the purge. Fixed: the owner drops hints older than
 /// its tombstone grace on arrival (`hints::outlived`).
+///
+/// 553, with held links: the whole cluster discarded its data. n3's links
+/// were held for longer than `dead_node_grace`; when the held datagrams
+/// came in, it heard n2 before n1, saw a live majority, and removed n1 at
+/// once, for having been silent through the whole hold; n1 obeyed the
+/// fence, and so on. Fixed: a node counts how long members are dead only
+/// while it sees a live majority (`topology::DeadClocks`).
+///
+/// 531: an expire answered "not applied" though it was. Its coordinator
+/// crashed after sending the write and restarted; the client's request
+/// went out again on a fresh connection to the restarted node (the
+/// transport resends once when a cached connection turns out dead), which
+/// found the key expired under the TTL the first copy had set. Fixed: the
+/// transport reports such a resend, and the client treats the first copy
+/// as a lost attempt.
 #[test]
 fn seeds_that_found_bugs_pass() {
-    let seeds = ["25", "28", "77", "82", "94", "98", "220", "265", "329"];
+    let seeds = ["25", "28", "77", "82", "94", "98", "220", "265", "329", "531", "553"];
     // Two at a time, as the batch runs them.
     std::thread::scope(|scope| {
         for half in seeds.chunks(seeds.len().div_ceil(2)) {
