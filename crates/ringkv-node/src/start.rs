@@ -388,6 +388,9 @@ impl Node {
                 _ = async { stopping.wait_for(|stop| *stop).await.map(|_| ()) } => {}
             }
         });
+        if let Some(wal) = &node.inner.wal {
+            node.spawn(log_watch(node.clone(), wal.failure()));
+        }
         node.spawn(sweeper(node.clone()));
         node.spawn(leadership(node.clone()));
         node.spawn(evictor(node.clone()));
@@ -568,6 +571,22 @@ async fn epoch_follower(node: Node, mut epochs: watch::Receiver<Epoch>) {
         if let Err(e) = node.apply_epoch(epoch).await {
             tracing::error!(error = %e, "cannot apply a gossiped truncate epoch");
         }
+    }
+}
+
+/// Stops the node once its log fails: every write since is in memory only,
+/// so serving on (answering reads, and repair, with state a restart would
+/// not have) could bring back what those writes overwrote or deleted once
+/// the others purge their tombstones. A restart recovers what is durable,
+/// and hints and repair bring the rest.
+async fn log_watch(node: Node, mut failure: tokio::sync::watch::Receiver<Option<String>>) {
+    let mut stopping = node.inner.shutdown.subscribe();
+    tokio::select! {
+        Ok(reason) = failure.wait_for(Option::is_some) => {
+            let reason = format!("the write-ahead log failed: {}", reason.as_deref().unwrap_or_default());
+            node.inner.supervisor.fail(reason);
+        }
+        _ = stopping.wait_for(|stop| *stop) => {}
     }
 }
 

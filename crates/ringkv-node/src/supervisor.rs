@@ -1,4 +1,5 @@
-//! Fail-stop for the node's actors. A partition actor that fails (a panic in
+//! Fail-stop for the node's actors (and its log: `Supervisor::fail`). A
+//! partition actor that fails (a panic in
 //! its handler) has lost its shard's in-memory state, and the only correct
 //! way to rebuild it is the recovery a restart runs: snapshot and log, then
 //! hints and repair from the peers. Serving on without it would leave the
@@ -20,6 +21,7 @@ pub(crate) struct Supervisor {
     actor: ActorRef<()>,
     names: Names,
     failed: watch::Receiver<Option<String>>,
+    fail: watch::Sender<Option<String>>,
 }
 
 type Names = Arc<Mutex<HashMap<ActorId, String>>>;
@@ -28,11 +30,11 @@ impl Supervisor {
     pub(crate) async fn start() -> Result<Supervisor, NodeError> {
         let (failed_tx, failed) = watch::channel(None);
         let names = Names::default();
-        let state = SupervisorState { names: names.clone(), failed: failed_tx };
+        let state = SupervisorState { names: names.clone(), failed: failed_tx.clone() };
         let (actor, _) = Actor::spawn(None, SupervisorActor, state)
             .await
             .map_err(|e| NodeError::Actor { name: "the supervisor".into(), reason: e.to_string() })?;
-        Ok(Supervisor { actor, names, failed })
+        Ok(Supervisor { actor, names, failed, fail: failed_tx })
     }
 
     pub(crate) fn cell(&self) -> ActorCell {
@@ -43,6 +45,12 @@ impl Supervisor {
     /// registry, which is process-wide).
     pub(crate) fn name(&self, child: ActorId, name: &str) {
         self.names.lock().unwrap_or_else(|e| e.into_inner()).insert(child, name.to_owned());
+    }
+
+    /// Records a failure outside the actors (the write-ahead log's), which
+    /// stops the node as an actor's would.
+    pub(crate) fn fail(&self, reason: String) {
+        record(&self.fail, reason);
     }
 
     /// Resolves with the first failure.
@@ -82,10 +90,14 @@ impl Actor for SupervisorActor {
         if let SupervisionEvent::ActorFailed(child, error) = event {
             let names = state.names.lock().unwrap_or_else(|e| e.into_inner());
             let name = names.get(&child.get_id()).cloned().unwrap_or_else(|| format!("actor {}", child.get_id()));
-            let reason = format!("{name} failed: {error}");
-            tracing::error!(%reason, "an actor failed; the node stops");
-            state.failed.send_if_modified(|failed| failed.is_none() && failed.replace(reason).is_none());
+            record(&state.failed, format!("{name} failed: {error}"));
         }
         Ok(())
     }
+}
+
+/// Keeps the first failure.
+fn record(failed: &watch::Sender<Option<String>>, reason: String) {
+    tracing::error!(%reason, "the node stops");
+    failed.send_if_modified(|failed| failed.is_none() && failed.replace(reason).is_none());
 }

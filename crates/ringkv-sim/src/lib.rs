@@ -9,18 +9,20 @@
 //! schedule (`schedule.rs`) comes from the seed, as does turmoil's own
 //! randomness, so a seed names one run.
 //!
-//! What is not simulated yet (ARCHITECTURE.md, "The simulator"): disks
-//! (nodes keep their data in memory, so a crash loses a node's data and it
-//! rejoins as a new member). Every random byte the process draws comes
-//! from the seed (`entropy.rs`); [`run`] still reports the history's hash,
-//! because determinism is checked, not assumed: two runs of a seed are
-//! compared.
+//! Each node's disk is a `MemDisk` that outlives its host: a crash is a
+//! power loss (what was not synced is gone) and the restarted node recovers
+//! from what was; the log and snapshot writers run as tasks of the host, so
+//! turmoil schedules them too. Which storage a run uses ([`Storage`]) comes
+//! from the seed, unless it is given. Every random byte the process draws
+//! comes from the seed (`entropy.rs`); [`run`] still reports the history's
+//! hash, because determinism is checked, not assumed: two runs of a seed
+//! are compared.
 
 pub mod entropy;
 mod net;
 pub mod schedule;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,7 @@ use ringkv_client::{Client, ClientConfig};
 use ringkv_core::{Clock, KvStore as _, SplitMix64};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_node::{Env, Node, NodeConfig, Persistence};
+use ringkv_storage::{Disk, FsyncPolicy, MemDisk, WriterHost};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::net::{Envelopes, SimNetwork};
@@ -53,13 +56,34 @@ const TICK: Duration = Duration::from_millis(1);
 /// The most a datagram takes on a healthy link (drawn per datagram, from
 /// 1 ms up).
 const MAX_LATENCY: Duration = Duration::from_millis(10);
-/// How long every node must have served before a crash. Nodes keep their
-/// data in memory only, so a crash is the loss of a disk; a second one
-/// before the first node has pulled its partitions back could lose the
-/// only copies of acknowledged writes, which no replicated store promises
-/// to survive. Two repair intervals: the rejoined node has pulled, and
-/// repair has run over what it missed meanwhile.
+/// How long every node must have served before a crash. With storage in
+/// memory a crash is the loss of a disk; a second one before the first
+/// node has pulled its partitions back could lose the only copies of
+/// acknowledged writes, which no replicated store promises to survive. Two
+/// repair intervals: the rejoined node has pulled, and repair has run over
+/// what it missed meanwhile. Runs with disks keep the same rule, so that a
+/// seed's schedule is the same whatever its storage.
 const CRASH_AFTER_HEALTHY: Duration = Duration::from_secs(10);
+
+/// How long a node whose process exited stays down before it is started
+/// again.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+/// How the fault log marks the restarts after such an exit, which the
+/// schedule did not plan.
+pub const BY_SUPERVISOR: &str = "(by its supervisor)";
+
+/// Keeps the set of crashed nodes as the schedule changes it.
+fn track(crashed: &mut BTreeSet<usize>, fault: &Fault) {
+    match fault {
+        Fault::Crash(i) => {
+            crashed.insert(*i);
+        }
+        Fault::Restart(i) => {
+            crashed.remove(i);
+        }
+        _ => {}
+    }
+}
 
 fn healthy_for(healthy: &Mutex<Option<Duration>>, now: Duration, stretch: Duration) -> bool {
     healthy.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|since| now >= since + stretch)
@@ -76,6 +100,64 @@ pub struct SimOptions {
     /// Episodes of the seed's schedule left out ([`Schedule::without`]):
     /// how a minimized failure is replayed.
     pub without: BTreeSet<usize>,
+    /// The nodes' storage; `None` draws it from the seed.
+    pub storage: Option<Storage>,
+}
+
+/// Where the nodes of a run keep their data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory only: a crashed node comes back empty and rejoins as new.
+    Memory,
+    /// A log on a simulated disk, synced before each write is acknowledged.
+    Always,
+    /// A log synced once a second: a crash (a power loss) takes the last
+    /// second of a node's writes, which its replicas still hold.
+    Everysec,
+}
+
+impl Storage {
+    /// The seed's draw: from a stream of its own, so that the fault schedule
+    /// does not depend on it.
+    pub fn drawn(seed: u64) -> Storage {
+        match SplitMix64::new(seed ^ STORAGE_SALT).below(3) {
+            0 => Storage::Memory,
+            1 => Storage::Always,
+            _ => Storage::Everysec,
+        }
+    }
+
+    fn fsync(self) -> Option<FsyncPolicy> {
+        match self {
+            Storage::Memory => None,
+            Storage::Always => Some(FsyncPolicy::Always),
+            Storage::Everysec => Some(FsyncPolicy::Everysec),
+        }
+    }
+}
+
+const STORAGE_SALT: u64 = 0x5354_4f52_4147_4521;
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Storage::Memory => "memory",
+            Storage::Always => "always",
+            Storage::Everysec => "everysec",
+        })
+    }
+}
+
+impl std::str::FromStr for Storage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Storage, String> {
+        match s {
+            "memory" => Ok(Storage::Memory),
+            "always" => Ok(Storage::Always),
+            "everysec" => Ok(Storage::Everysec),
+            other => Err(format!("unknown storage {other:?}: expected memory, always or everysec")),
+        }
+    }
 }
 
 impl SimOptions {
@@ -96,12 +178,18 @@ impl SimOptions {
             format!("--duration={}", ringkv_core::format_duration(self.duration)),
             format!("--nodes={}", self.nodes),
             format!("--clients={}", self.clients),
+            format!("--storage={}", self.storage()),
         ];
         if !self.without.is_empty() {
             let episodes: Vec<String> = self.without.iter().map(usize::to_string).collect();
             args.push(format!("--without={}", episodes.join(",")));
         }
         args
+    }
+
+    /// The run's storage: as given, or the seed's draw.
+    pub fn storage(&self) -> Storage {
+        self.storage.unwrap_or_else(|| Storage::drawn(self.seed))
     }
 
     /// The seed's fault schedule, less the episodes left out.
@@ -114,6 +202,7 @@ impl SimOptions {
 #[derive(Debug)]
 pub struct SimReport {
     pub seed: u64,
+    pub storage: Storage,
     pub operations: usize,
     /// Operations that completed with an answer (the others failed or
     /// timed out, which the checker allows).
@@ -165,7 +254,14 @@ fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConf
         listen: SocketAddr::new(ip, QUIC_PORT),
         gossip: Some(SocketAddr::new(ip, GOSSIP_PORT)),
         seeds: vec![SocketAddr::new(turmoil::lookup(node_name(0).as_str()), GOSSIP_PORT).to_string()],
-        persistence: Persistence::None,
+        persistence: match opts.storage() {
+            Storage::Memory => Persistence::None,
+            Storage::Always | Storage::Everysec => Persistence::Wal,
+        },
+        fsync: opts.storage().fsync().unwrap_or(FsyncPolicy::Always),
+        // Small, so that logs rotate and snapshots replace them in a run.
+        wal_segment_bytes: 256 << 10,
+        snapshot_after_bytes: 4 << 20,
         partitions: 32,
         vnodes: 16,
         replication: 3,
@@ -215,18 +311,21 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         leaves: (0..=opts.nodes).map(|_| Arc::new(Notify::new())).collect(),
         members: Arc::new(Mutex::new((0..opts.nodes).collect())),
         clear_due: Arc::new(Notify::new()),
+        disks: (0..=opts.nodes).map(|_| MemDisk::new().with_writer_host(WriterHost::Task)).collect(),
     };
     for (i, name) in world.names.iter().enumerate() {
         let (opts, certs, envelopes) = (opts.clone(), certs.path().to_path_buf(), envelopes.clone());
         let (skew, join, leave) = (world.skews[i].clone(), world.joins[i].subscribe(), world.leaves[i].clone());
+        let disk = world.disks[i].clone();
         sim.host(name.as_str(), move || {
             let config = node_config(&opts, i, &certs);
             let env = Env {
                 clock: Arc::new(SimClock { skew_ms: skew.clone() }),
                 network: Arc::new(SimNetwork { envelopes: envelopes.clone() }),
+                disk: Some(Arc::new(disk.clone()) as Arc<dyn Disk>),
                 ..Env::default()
             };
-            node_host(config, env, join.clone(), leave.clone())
+            node_host(config, env, disk.clone(), join.clone(), leave.clone())
         });
     }
 
@@ -257,6 +356,10 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
 
     let mut faults = Vec::new();
     let mut pending = schedule.faults.iter().peekable();
+    // Nodes the schedule crashed, and since when nodes whose process
+    // exited on its own (its disk failed) have been down.
+    let mut crashed: BTreeSet<usize> = BTreeSet::new();
+    let mut exited: BTreeMap<usize, Duration> = BTreeMap::new();
     // Time the schedule has been held back, waiting for a healthy cluster
     // before a crash.
     let mut held = Duration::ZERO;
@@ -270,11 +373,14 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 let members = world.members();
                 let down: Vec<usize> =
                     members.into_iter().filter(|i| !sim.is_host_running(world.names[*i].as_str())).collect();
-                let mut ending: Vec<Fault> = down.into_iter().map(Fault::Restart).collect();
+                let failing = (0..=opts.nodes).filter(|i| world.disks[*i].failing().is_some());
+                let mut ending: Vec<Fault> = failing.map(Fault::DiskHeal).collect();
+                ending.extend(down.into_iter().map(Fault::Restart));
                 ending.push(Fault::Heal);
                 ending.extend((0..=opts.nodes).map(|i| Fault::Skew(i, 0)));
                 for fault in ending {
                     faults.push(format!("{:>7.1}s {fault} (end of the run)", (now - start).as_secs_f64()));
+                    track(&mut crashed, &fault);
                     world.apply(&mut sim, &fault);
                 }
                 pending.by_ref().for_each(drop);
@@ -288,8 +394,23 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     break;
                 }
                 faults.push(format!("{:>7.1}s {}", (now - start).as_secs_f64(), planned.fault));
+                track(&mut crashed, &planned.fault);
                 world.apply(&mut sim, &planned.fault);
                 pending.next();
+            }
+            // As a process supervisor would, a while after the exit.
+            for i in world.members() {
+                let name = world.names[i].as_str();
+                if crashed.contains(&i) || sim.is_host_running(name) {
+                    exited.remove(&i);
+                    continue;
+                }
+                if now >= *exited.entry(i).or_insert(now) + RESTART_DELAY {
+                    let restart = Fault::Restart(i);
+                    faults.push(format!("{:>7.1}s {restart} {BY_SUPERVISOR}", (now - start).as_secs_f64()));
+                    world.apply(&mut sim, &restart);
+                    exited.remove(&i);
+                }
             }
         }
         match sim.step() {
@@ -311,6 +432,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     }
     Ok(SimReport {
         seed: opts.seed,
+        storage: opts.storage(),
         operations: history.len(),
         succeeded: history.iter().filter(|r| r.outcome == Outcome::Ok).count(),
         history_hash: hasher.digest(),
@@ -337,6 +459,9 @@ struct World {
     /// with the client host, which watches their health.
     members: Arc<Mutex<Vec<usize>>>,
     clear_due: Arc<Notify>,
+    /// Each node's disk, across its restarts (unused with storage in
+    /// memory).
+    disks: Vec<MemDisk>,
 }
 
 impl World {
@@ -348,7 +473,11 @@ impl World {
         let names = &self.names;
         let name = |i: &usize| names[*i].as_str();
         match fault {
-            Fault::Crash(i) => sim.crash(name(i)),
+            Fault::Crash(i) => {
+                sim.crash(name(i));
+                // A power loss: what the node had not synced is gone.
+                self.disks[*i].crash();
+            }
             Fault::Restart(i) => sim.bounce(name(i)),
             Fault::Partition(a, b) => {
                 for x in a {
@@ -391,6 +520,8 @@ impl World {
                 self.members.lock().unwrap_or_else(|e| e.into_inner()).retain(|x| x != i);
             }
             Fault::Clear => self.clear_due.notify_one(),
+            Fault::DiskFail(i, error) => self.disks[*i].fail(Some(error.kind())),
+            Fault::DiskHeal(i) => self.disks[*i].fail(None),
         }
     }
 }
@@ -405,13 +536,32 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
 async fn node_host(
     config: NodeConfig,
     env: Env,
+    disk: MemDisk,
     mut join: watch::Receiver<bool>,
     leave: Arc<Notify>,
 ) -> turmoil::Result {
     join.wait_for(|joined| *joined).await?;
-    let node = Node::start_with(config, env).await?;
+    let refused = disk.refused();
+    let node = match Node::start_with(config, env).await {
+        Ok(node) => node,
+        // The disk fails the node's start as it would a process's: it
+        // exits, and the driver restarts it a while later.
+        Err(e) if disk.refused() != refused => {
+            tracing::warn!(error = %e, "the node cannot start on its failing disk");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     tokio::select! {
-        reason = node.failed() => Err(format!("node failed: {reason}").into()),
+        reason = node.failed() => {
+            if disk.refused() == refused {
+                return Err(format!("node failed: {reason}").into());
+            }
+            // The process exits, and the driver restarts it (`exited`).
+            tracing::warn!(%reason, "the node stopped on its disk's failure");
+            node.shutdown().await;
+            Ok(())
+        }
         () = leave.notified() => {
             match tokio::time::timeout(LEAVE_TIMEOUT, node.leave()).await {
                 Ok(Ok(())) => {}

@@ -47,6 +47,31 @@ pub enum Fault {
     /// checked operation, and unlike the chaos suite's it may meet any
     /// fault (README promises a clear through a partition or a crash).
     Clear,
+    /// Every call that would change the node's disk fails (reads work):
+    /// the node's log fails at its next write and the node stops; it is
+    /// restarted, as a process supervisor would, and cannot start until
+    /// the disk works again. Nothing with storage in memory.
+    DiskFail(usize, DiskError),
+    /// The node's disk works again.
+    DiskHeal(usize),
+}
+
+/// How a failing disk refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskError {
+    /// ENOSPC.
+    Full,
+    /// EIO.
+    Io,
+}
+
+impl DiskError {
+    pub fn kind(self) -> std::io::ErrorKind {
+        match self {
+            DiskError::Full => std::io::ErrorKind::StorageFull,
+            DiskError::Io => std::io::ErrorKind::Other,
+        }
+    }
 }
 
 impl fmt::Display for Fault {
@@ -67,6 +92,9 @@ impl fmt::Display for Fault {
             Fault::Join(i) => write!(f, "{} joins", n(i)),
             Fault::Leave(i) => write!(f, "{} leaves", n(i)),
             Fault::Clear => write!(f, "clear"),
+            Fault::DiskFail(i, DiskError::Full) => write!(f, "disk of {} full", n(i)),
+            Fault::DiskFail(i, DiskError::Io) => write!(f, "disk of {} fails with I/O errors", n(i)),
+            Fault::DiskHeal(i) => write!(f, "disk of {} works again", n(i)),
         }
     }
 }
@@ -90,7 +118,9 @@ impl Fault {
             | Fault::Hold(i)
             | Fault::Skew(i, _)
             | Fault::Join(i)
-            | Fault::Leave(i) => vec![*i],
+            | Fault::Leave(i)
+            | Fault::DiskFail(i, _)
+            | Fault::DiskHeal(i) => vec![*i],
             Fault::Partition(a, _) => a.clone(),
             Fault::OneWay(a, b) => vec![*a, *b],
             Fault::Heal | Fault::Clear => Vec::new(),
@@ -219,6 +249,19 @@ impl Schedule {
             let span = (end - QUIET_START).as_millis() as u64;
             push(episode, QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
         }
+        // So is a disk's failure, which may overlap anything: a member
+        // of the first ones that stays.
+        if end > QUIET_START && rng.chance(0.5) {
+            episode += 1;
+            let span = (end - QUIET_START).as_millis() as u64;
+            let at = QUIET_START + Duration::from_millis(rng.below(span));
+            let until = (at + Duration::from_millis(1_000 + rng.below(19_000))).min(end);
+            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
+            let a = stayed[rng.below(stayed.len() as u64) as usize];
+            let error = if rng.chance(0.5) { DiskError::Full } else { DiskError::Io };
+            push(episode, at, Fault::DiskFail(a, error));
+            push(episode, until, Fault::DiskHeal(a));
+        }
         faults.sort_by_key(|p| p.at);
         Schedule { faults }
     }
@@ -344,7 +387,11 @@ mod tests {
                     }
                     Fault::Partition(a, b) => a.iter().chain(b).copied().collect(),
                     Fault::OneWay(a, b) => vec![*a, *b],
-                    Fault::Degrade(i, ..) | Fault::Hold(i) | Fault::Skew(i, _) => vec![*i],
+                    Fault::Degrade(i, ..)
+                    | Fault::Hold(i)
+                    | Fault::Skew(i, _)
+                    | Fault::DiskFail(i, _)
+                    | Fault::DiskHeal(i) => vec![*i],
                     Fault::Heal | Fault::Clear => vec![],
                 };
                 for i in touched {
@@ -427,8 +474,11 @@ mod tests {
                 Fault::Join(_) => "join",
                 Fault::Leave(_) => "leave",
                 Fault::Clear => "clear",
+                Fault::DiskFail(_, DiskError::Full) => "disk full",
+                Fault::DiskFail(_, DiskError::Io) => "disk I/O errors",
+                Fault::DiskHeal(_) => "disk heal",
             })
             .collect();
-        assert_eq!(kinds.len(), 11, "{kinds:?}");
+        assert_eq!(kinds.len(), 14, "{kinds:?}");
     }
 }

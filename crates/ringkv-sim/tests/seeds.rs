@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ringkv_sim::BY_SUPERVISOR;
 use ringkv_sim::schedule::{Fault, Schedule};
 
 /// Far beyond any run here (the slowest takes about a minute in a debug
@@ -126,7 +127,8 @@ fn seeds_that_found_bugs_pass() {
         for half in seeds.chunks(seeds.len().div_ceil(2)) {
             scope.spawn(move || {
                 for seed in half {
-                    let (ok, out) = sim(&["--seed", seed, "--duration", "60s"]);
+                    // In memory, as they ran when they found their bugs.
+                    let (ok, out) = sim(&["--seed", seed, "--duration", "60s", "--storage", "memory"]);
                     assert!(ok, "seed {seed}: {out}");
                 }
             });
@@ -160,6 +162,14 @@ fn a_seed_gives_the_same_history_in_another_process() {
     let (ok, out) = sim(&["--seed", "11", "--seeds", "3", "--duration", "25s", "--twice", "--jobs", "2"]);
     assert!(ok, "{out}");
     assert!(out.contains("3 seeds of 25 s simulated, each run twice: 0 failed"), "{out}");
+    // These three draw logs synced on every write; the other storages too.
+    assert_eq!(out.matches("storage always").count(), 3, "{out}");
+    for storage in ["everysec", "memory"] {
+        let (ok, out) = sim(&["--seed", "12", "--duration", "25s", "--twice", "--storage", storage]);
+        assert!(ok, "{out}");
+        assert!(out.contains("1 seeds of 25 s simulated, each run twice: 0 failed"), "{out}");
+        assert!(out.contains(&format!("storage {storage}")), "{out}");
+    }
     // One run's report, to show what is compared.
     let (ok, once) = sim(&["--seed", "11", "--duration", "25s", "--faults"]);
     assert!(ok, "{once}");
@@ -172,7 +182,7 @@ fn a_seed_gives_the_same_history_in_another_process() {
     let schedule = Schedule::generate(11, 3, RUN);
     let applied = |text: &str| -> Vec<String> {
         text.lines()
-            .filter(|l| l.starts_with("       ") && !l.contains("(end of the run)"))
+            .filter(|l| l.starts_with("       ") && !l.contains("(end of the run)") && !l.contains(BY_SUPERVISOR))
             .filter_map(|l| l.trim().split_once("s ").map(|(_, fault)| fault.to_string()))
             .collect()
     };

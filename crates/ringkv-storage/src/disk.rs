@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::WriterHost;
 
 /// A file open for appending.
 pub trait DiskFile: Send {
@@ -32,6 +35,11 @@ pub trait Disk: Send + Sync + 'static {
     fn remove(&self, name: &str) -> io::Result<()>;
     fn exists(&self, name: &str) -> bool {
         self.len(name).is_ok()
+    }
+    /// Where the log and snapshot writers of this disk run: on threads of
+    /// their own, since a disk's calls block, unless it says otherwise.
+    fn writer_host(&self) -> WriterHost {
+        WriterHost::Thread
     }
 }
 
@@ -129,11 +137,48 @@ struct MemFile {
 #[derive(Debug, Default, Clone)]
 pub struct MemDisk {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
+    /// While set, every call that would change the disk fails with this.
+    failing: Arc<Mutex<Option<io::ErrorKind>>>,
+    refused: Arc<AtomicU64>,
+    writers: WriterHost,
 }
 
 impl MemDisk {
     pub fn new() -> MemDisk {
         MemDisk::default()
+    }
+
+    /// This disk (the same files), with its writers run where `host` says:
+    /// a simulator runs them as tasks it schedules, since this disk never
+    /// blocks.
+    pub fn with_writer_host(&self, host: WriterHost) -> MemDisk {
+        MemDisk { writers: host, ..self.clone() }
+    }
+
+    /// From now on every write, sync, create, truncate, rename and removal
+    /// fails with `kind` (`StorageFull` for a full disk, `Other` for an I/O
+    /// error), until called with `None`. Reads keep working.
+    pub fn fail(&self, kind: Option<io::ErrorKind>) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = kind;
+    }
+
+    pub fn failing(&self) -> Option<io::ErrorKind> {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many calls the disk has refused, ever.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match self.failing() {
+            Some(kind) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(io::Error::new(kind, "simulated disk fault"))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Loses every byte that was not synced, like a power failure.
@@ -168,12 +213,14 @@ fn not_found(name: &str) -> io::Error {
 
 impl DiskFile for MemHandle {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.disk.check()?;
         let mut files = self.disk.lock();
         files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?.data.extend_from_slice(buf);
         Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        self.disk.check()?;
         let mut files = self.disk.lock();
         let file = files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
         file.synced = file.data.len();
@@ -200,11 +247,13 @@ impl Disk for MemDisk {
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn DiskFile>> {
+        self.check()?;
         self.lock().insert(name.to_string(), MemFile::default());
         Ok(Box::new(MemHandle { disk: self.clone(), name: name.to_string() }))
     }
 
     fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        self.check()?;
         let mut files = self.lock();
         let file = files.get_mut(name).ok_or_else(|| not_found(name))?;
         file.data.truncate(len as usize);
@@ -213,6 +262,7 @@ impl Disk for MemDisk {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.check()?;
         let mut files = self.lock();
         let file = files.remove(from).ok_or_else(|| not_found(from))?;
         files.insert(to.to_string(), file);
@@ -220,6 +270,11 @@ impl Disk for MemDisk {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.check()?;
         self.lock().remove(name).map(|_| ()).ok_or_else(|| not_found(name))
+    }
+
+    fn writer_host(&self) -> WriterHost {
+        self.writers
     }
 }

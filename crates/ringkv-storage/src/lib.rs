@@ -10,6 +10,7 @@ mod disk;
 mod error;
 pub mod eviction_sim;
 mod frame;
+mod host;
 mod legacy;
 mod record;
 mod recover;
@@ -19,6 +20,7 @@ mod wal;
 
 pub use disk::{Disk, DiskFile, FsDisk, MemDisk};
 pub use error::StorageError;
+pub use host::WriterHost;
 pub use recover::{Hints, Recovered, RecoveryConfig, RecoveryStats, compact, merge_hint, recover, remove_hint};
 pub use shard::{Applied, Digest, Horizon, Shard, ShardStats, Sweep, footprint};
 pub use snapshot::{SnapRecord, SnapshotInfo, SnapshotWriter};

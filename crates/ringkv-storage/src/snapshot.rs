@@ -109,7 +109,8 @@ pub struct SnapshotInfo {
     pub bytes: u64,
 }
 
-/// Writes one snapshot on a thread of its own, fed chunk by chunk.
+/// Writes one snapshot where its disk's [`crate::WriterHost`] puts it (on
+/// a thread of its own, for a file system), fed chunk by chunk.
 /// Dropping it unfinished removes the partial file.
 pub struct SnapshotWriter {
     tx: mpsc::Sender<Msg>,
@@ -118,20 +119,17 @@ pub struct SnapshotWriter {
 impl SnapshotWriter {
     /// `covers` is the last log segment whose records the snapshot includes
     /// (the value [`crate::Wal::rotate`] returned).
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the snapshot writer is a thread until it becomes a task the simulator schedules (ringkv-sim runs nodes without persistence meanwhile)"
-    )]
     pub fn start(disk: Arc<dyn Disk>, covers: u64) -> Result<SnapshotWriter, StorageError> {
         let tmp = format!("snap-{covers:020}.tmp");
         let mut file = disk.create(&tmp).map_err(|e| StorageError::io(disk.path(&tmp), e))?;
         file.write_all(&header(covers)).map_err(|e| StorageError::io(disk.path(&tmp), e))?;
         let (tx, mut rx) = mpsc::channel::<Msg>(4);
-        let spawned = std::thread::Builder::new().name("ringkv-snapshot".into()).spawn(move || {
+        let host = disk.writer_host();
+        let spawned = host.spawn("ringkv-snapshot", async move {
             let io = |e| StorageError::io(disk.path(&tmp), e);
             let mut entries = 0u64;
             let mut bytes = HEADER_LEN as u64;
-            while let Some(msg) = rx.blocking_recv() {
+            while let Some(msg) = rx.recv().await {
                 let records: Vec<SnapRecord> = match msg {
                     Msg::Chunk(partition, chunk) => {
                         entries += chunk.len() as u64;
@@ -172,7 +170,7 @@ impl SnapshotWriter {
             }
             let _ = disk.remove(&tmp);
         });
-        spawned.map_err(|e| StorageError::WriterStopped(format!("cannot start the snapshot thread: {e}")))?;
+        spawned.map_err(|e| StorageError::WriterStopped(format!("cannot start the snapshot writer: {e}")))?;
         Ok(SnapshotWriter { tx })
     }
 

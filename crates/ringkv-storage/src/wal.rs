@@ -10,18 +10,20 @@
 //! write(2) into the page cache (so a process crash loses nothing; a power
 //! loss loses up to a second, or whatever the OS had not flushed).
 //!
-//! The writer is a thread rather than a task because write(2) and fsync
-//! block; the rest of the node never waits on it except through `Durable`.
+//! The writer runs on a thread of its own rather than as a task of the
+//! node's runtime because write(2) and fsync block ([`WriterHost`]); the
+//! rest of the node never waits on it except through `Durable`.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ringkv_core::{Entry, Epoch};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::disk::{Disk, DiskFile};
 use crate::{StorageError, frame, legacy};
@@ -192,22 +194,20 @@ enum Command {
     Close { done: oneshot::Sender<Result<(), StorageError>> },
 }
 
-/// Handle to the log. Cheap to clone; the writer thread stops when the last
+/// Handle to the log. Cheap to clone; the writer stops when the last
 /// handle is dropped or [`Wal::close`] is called, syncing first.
 #[derive(Clone)]
 pub struct Wal {
-    tx: mpsc::Sender<Command>,
+    /// Unbounded in messages, bounded in bytes by `budget`.
+    tx: mpsc::UnboundedSender<Command>,
     budget: Arc<Semaphore>,
     queue_bytes: usize,
     stats: Arc<WalStats>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Wal {
-    /// Starts a new segment numbered `first_segment` and the writer thread.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the log writer is a thread with its own clock until it becomes a task the simulator schedules (ringkv-sim runs nodes without persistence meanwhile)"
-    )]
+    /// Starts a new segment numbered `first_segment` and the writer.
     pub fn start(disk: Arc<dyn Disk>, first_segment: u64, config: WalConfig) -> Result<Wal, StorageError> {
         let stats = Arc::new(WalStats::default());
         let mut writer = Writer {
@@ -220,16 +220,24 @@ impl Wal {
             // The new segment's header is unsynced until the first sync.
             dirty: true,
             failed: None,
+            failure: watch::channel(None).0,
             stats: stats.clone(),
         };
+        let failed = writer.failure.subscribe();
         stats.segment.store(first_segment, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("ringkv-wal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StorageError::WriterStopped(format!("cannot start the log writer thread: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let host = writer.disk.writer_host();
+        host.spawn("ringkv-wal", async move { writer.run(rx).await })
+            .map_err(|e| StorageError::WriterStopped(format!("cannot start the log writer: {e}")))?;
         let queue_bytes = config.queue_bytes.max(1);
-        Ok(Wal { tx, budget: Arc::new(Semaphore::new(queue_bytes)), queue_bytes, stats })
+        Ok(Wal { tx, budget: Arc::new(Semaphore::new(queue_bytes)), queue_bytes, stats, failed })
+    }
+
+    /// Why the log refuses writes, once it does (after an I/O error): the
+    /// node's memory then holds writes its disk may not, so it must stop
+    /// and recover rather than serve on.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failed.clone()
     }
 
     pub fn stats(&self) -> &WalStats {
@@ -281,7 +289,7 @@ pub async fn settle(durable: Durable) -> Result<(), StorageError> {
 }
 
 fn stopped() -> StorageError {
-    StorageError::WriterStopped("the writer thread exited".into())
+    StorageError::WriterStopped("the log writer exited".into())
 }
 
 fn open_segment(disk: &dyn Disk, seq: u64) -> Result<Box<dyn DiskFile>, StorageError> {
@@ -302,25 +310,26 @@ struct Writer {
     /// After an I/O error the log refuses all further appends: a log with a
     /// hole in it would recover to a state no client ever saw acknowledged.
     failed: Option<String>,
+    failure: watch::Sender<Option<String>>,
     stats: Arc<WalStats>,
 }
 
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
             let first = if self.dirty && self.config.fsync == FsyncPolicy::Everysec {
                 let wait = Duration::from_secs(1).saturating_sub(self.last_sync.elapsed());
-                match rx.recv_timeout(wait) {
-                    Ok(cmd) => Some(cmd),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(cmd)) => Some(cmd),
+                    Ok(None) => break,
+                    Err(_) => None,
                 }
             } else {
-                match rx.recv() {
-                    Ok(cmd) => Some(cmd),
-                    Err(_) => break,
+                match rx.recv().await {
+                    Some(cmd) => Some(cmd),
+                    None => break,
                 }
             };
             let Some(first) = first else {
@@ -402,10 +411,6 @@ impl Writer {
         }
     }
 
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the log writer is a thread with its own clock until it becomes a task the simulator schedules (ringkv-sim runs nodes without persistence meanwhile)"
-    )]
     fn sync(&mut self) -> Result<(), String> {
         if let Some(reason) = &self.failed {
             return Err(reason.clone());
@@ -431,6 +436,7 @@ impl Writer {
     fn fail(&mut self, reason: String) -> String {
         tracing::error!(%reason, "write-ahead log failed; refusing further writes");
         self.failed = Some(reason.clone());
+        self.failure.send_replace(Some(reason.clone()));
         reason
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ringkv_core::parse_duration;
-use ringkv_sim::{SimOptions, run, schedule};
+use ringkv_sim::{SimOptions, Storage, run, schedule};
 
 #[derive(Parser)]
 #[command(about = "Run ringkv clusters in simulation, one seed after another")]
@@ -62,6 +62,10 @@ struct Args {
     /// command that replays the rest. Each try is a run in a child process.
     #[arg(long, conflicts_with_all = ["seeds", "twice", "history"])]
     minimize: bool,
+    /// The nodes' storage: memory, always (a log synced before each
+    /// acknowledgement) or everysec; drawn from each seed if not given.
+    #[arg(long)]
+    storage: Option<Storage>,
 }
 
 impl Args {
@@ -72,6 +76,7 @@ impl Args {
             nodes: self.nodes,
             clients: self.clients,
             without: self.without.iter().copied().collect(),
+            storage: self.storage,
         }
     }
 }
@@ -123,13 +128,14 @@ fn one(args: &Args) -> ExitCode {
         }
     }
     println!(
-        "seed {}: history {:016x}, {} operations ({} acknowledged), {} faults, {:.0} s simulated, \
+        "seed {}: history {:016x}, {} operations ({} acknowledged), {} faults, storage {}, {:.0} s simulated, \
          members live after {:.1} s, formed after {:.1} s",
         report.seed,
         report.history_hash,
         report.operations,
         report.succeeded,
         report.faults.len(),
+        report.storage,
         report.simulated.as_secs_f64(),
         report.members_after.map_or(f64::NAN, |t| t.as_secs_f64()),
         report.formed_after.map_or(f64::NAN, |t| t.as_secs_f64()),
