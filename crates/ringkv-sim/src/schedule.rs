@@ -154,9 +154,10 @@ impl Schedule {
     /// lasts 1-20 s (so some outlast `dead_node_grace` and
     /// `tombstone_grace`, 8 and 12 s in the simulator), and ends it. A crash
     /// may overlap a network fault on another node. At most one node is
-    /// down at a time: nodes keep data in memory only, so a second crash
-    /// before the first node has caught up could lose acknowledged writes
-    /// for want of copies, which is not a bug. One episode may start the
+    /// crashed at a time: with data in memory, a second crash before the
+    /// first node has caught up could lose acknowledged writes for want of
+    /// copies, which is not a bug. (A failing disk, drawn apart, may stop a
+    /// second node meanwhile; with data in memory it changes nothing.) One episode may start the
     /// spare (node `nodes`, a new member), then or later one member leaves
     /// for good (never the first node, every node's seed; maybe the
     /// joiner); faults pick among the members of their time.
