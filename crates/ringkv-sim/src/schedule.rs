@@ -254,29 +254,29 @@ impl Schedule {
             let span = (end - QUIET_START).as_millis() as u64;
             push(episode, QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
         }
-        // So is a disk's failure, which may overlap anything: a member
-        // of the first ones that stays.
-        if end > QUIET_START && rng.chance(0.5) {
-            episode += 1;
+        // So are the overlays, which may overlap anything: one node (of the
+        // first members, one that stays) for 1-20 s from any time on.
+        let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
+        let overlay = |rng: &mut SplitMix64| {
             let span = (end - QUIET_START).as_millis() as u64;
             let at = QUIET_START + Duration::from_millis(rng.below(span));
             let until = (at + Duration::from_millis(1_000 + rng.below(19_000))).min(end);
-            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
-            let a = stayed[rng.below(stayed.len() as u64) as usize];
+            (at, until, stayed[rng.below(stayed.len() as u64) as usize])
+        };
+        // A disk's failure.
+        if end > QUIET_START && rng.chance(0.5) {
+            episode += 1;
+            let (at, until, a) = overlay(&mut rng);
             let error = if rng.chance(0.5) { DiskError::Full } else { DiskError::Io };
             push(episode, at, Fault::DiskFail(a, error));
             push(episode, until, Fault::DiskHeal(a));
         }
-        // And so, in a quarter of the seeds, is a clock set far off, ahead
-        // or behind by more than `max_clock_drift`: the node must then
-        // coordinate nothing, since what it stamped would be misordered.
+        // In a quarter of the seeds, a clock set far off, ahead or behind
+        // by more than `max_clock_drift`: the node must then coordinate
+        // nothing, since what it stamped would be misordered.
         if end > QUIET_START && rng.chance(0.25) {
             episode += 1;
-            let span = (end - QUIET_START).as_millis() as u64;
-            let at = QUIET_START + Duration::from_millis(rng.below(span));
-            let until = (at + Duration::from_millis(1_000 + rng.below(19_000))).min(end);
-            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
-            let a = stayed[rng.below(stayed.len() as u64) as usize];
+            let (at, until, a) = overlay(&mut rng);
             let off = (MAX_CLOCK_DRIFT_MS + 1 + rng.below(FAR_SKEW_MS - MAX_CLOCK_DRIFT_MS)) as i64;
             push(episode, at, Fault::Skew(a, if rng.chance(0.5) { off } else { -off }));
             push(episode, until, Fault::Skew(a, 0));
