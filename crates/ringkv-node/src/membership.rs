@@ -295,6 +295,13 @@ impl Membership {
 
         let own_seed = |s: &String| s.parse::<SocketAddr>().is_ok_and(|a| a == gossip_addr);
         let has_seeds = config.seeds.iter().any(|s| !own_seed(s));
+        // A member returning with data whose only seed is itself (the
+        // others' seed) still listens: the others gossip to it, and until
+        // it has heard them its ring is itself alone, in which it would
+        // acknowledge writes by itself and then drop them as partitions
+        // that moved elsewhere (simulator seed 3421).
+        let listens = has_seeds || config.alive_before.is_some();
+        let mut heard = false;
         let mut deadline = Instant::now() + config.join_timeout;
         loop {
             if let Some(peer) = *rejected_by.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -309,12 +316,13 @@ impl Membership {
             // Gossip, not yet proven: enough to know someone answered.
             let seen = newest(&read_gossip(&handle.chitchat()).await);
             let others = seen.iter().filter(|(n, s)| **n != me && s.live).count();
-            if !has_seeds || others > 0 {
+            heard = others > 0;
+            if !listens || heard {
                 break;
             }
             if Instant::now() >= deadline {
-                if config.alive_before.is_none() {
-                    tracing::warn!(seeds = ?config.seeds, "no seed answered within the join timeout; starting alone");
+                if config.alive_before.is_none() || !has_seeds {
+                    tracing::warn!(seeds = ?config.seeds, "no other member was heard within the join timeout; starting alone");
                     break;
                 }
                 // A member returning with data cannot know, alone, whether the
@@ -329,7 +337,7 @@ impl Membership {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if has_seeds {
+        if heard {
             // One more round so that the deltas of every member have arrived.
             tokio::time::sleep(config.gossip_interval * 2).await;
         }
