@@ -301,9 +301,8 @@ impl Membership {
         // acknowledge writes by itself and then drop them as partitions
         // that moved elsewhere (simulator seed 3421).
         let listens = has_seeds || config.alive_before.is_some();
-        let mut heard = false;
         let mut deadline = Instant::now() + config.join_timeout;
-        loop {
+        let heard = loop {
             if let Some(peer) = *rejected_by.lock().unwrap_or_else(|e| e.into_inner()) {
                 keyring_watch.abort();
                 let _ = handle.initiate_shutdown();
@@ -316,14 +315,13 @@ impl Membership {
             // Gossip, not yet proven: enough to know someone answered.
             let seen = newest(&read_gossip(&handle.chitchat()).await);
             let others = seen.iter().filter(|(n, s)| **n != me && s.live).count();
-            heard = others > 0;
-            if !listens || heard {
-                break;
+            if !listens || others > 0 {
+                break others > 0;
             }
             if Instant::now() >= deadline {
                 if config.alive_before.is_none() || !has_seeds {
                     tracing::warn!(seeds = ?config.seeds, "no other member was heard within the join timeout; starting alone");
-                    break;
+                    break false;
                 }
                 // A member returning with data cannot know, alone, whether the
                 // cluster was cleared or moved on without it meanwhile.
@@ -336,7 +334,7 @@ impl Membership {
                 deadline = Instant::now() + config.join_timeout;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
         if heard {
             // One more round so that the deltas of every member have arrived.
             tokio::time::sleep(config.gossip_interval * 2).await;
