@@ -273,7 +273,6 @@ fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConf
         // that faults outlast them.
         dead_node_grace: Duration::from_secs(8),
         tombstone_grace: Duration::from_secs(12),
-        max_clock_drift: Duration::from_millis(schedule::MAX_CLOCK_DRIFT_MS),
         replica_timeout: Duration::from_secs(2),
         repair_interval: Duration::from_secs(5),
         seed: opts.seed.wrapping_mul(31).wrapping_add(i as u64 + 1),

@@ -145,13 +145,9 @@ pub struct Schedule {
 
 /// Time for the cluster to form before the first fault.
 const QUIET_START: Duration = Duration::from_secs(5);
-/// Skews of episodes stay within this: the chaos checker is told the
-/// largest, and `max_clock_drift` is above it.
+/// Skews stay within this: the chaos checker is told the largest, and
+/// `max_clock_drift` (default 60 s) is far above it.
 const MAX_SKEW_MS: u64 = 2_000;
-/// The nodes' `max_clock_drift` in the simulator.
-pub const MAX_CLOCK_DRIFT_MS: u64 = 5_000;
-/// A clock set far off, beyond `max_clock_drift`, is off by up to this.
-const FAR_SKEW_MS: u64 = 30_000;
 
 impl Schedule {
     /// Episodes one after another until `duration`: each starts one fault,
@@ -271,16 +267,6 @@ impl Schedule {
             push(episode, at, Fault::DiskFail(a, error));
             push(episode, until, Fault::DiskHeal(a));
         }
-        // In a quarter of the seeds, a clock set far off, ahead or behind
-        // by more than `max_clock_drift`: the node must then coordinate
-        // nothing, since what it stamped would be misordered.
-        if end > QUIET_START && rng.chance(0.25) {
-            episode += 1;
-            let (at, until, a) = overlay(&mut rng);
-            let off = (MAX_CLOCK_DRIFT_MS + 1 + rng.below(FAR_SKEW_MS - MAX_CLOCK_DRIFT_MS)) as i64;
-            push(episode, at, Fault::Skew(a, if rng.chance(0.5) { off } else { -off }));
-            push(episode, until, Fault::Skew(a, 0));
-        }
         faults.sort_by_key(|p| p.at);
         Schedule { faults }
     }
@@ -322,15 +308,12 @@ impl Schedule {
         Schedule { faults: faults.collect() }
     }
 
-    /// The largest skew within `max_clock_drift` any node is given, for the
-    /// checker. A node further off coordinates nothing (a client's deadline
-    /// has passed by its clock, or the client's session clock is too far
-    /// ahead of it to absorb), so it widens nothing the checker allows.
+    /// The largest skew any node is given, for the checker.
     pub fn max_skew_ms(&self) -> u64 {
         self.faults
             .iter()
             .filter_map(|p| match p.fault {
-                Fault::Skew(_, ms) if ms.unsigned_abs() <= MAX_CLOCK_DRIFT_MS => Some(ms.unsigned_abs()),
+                Fault::Skew(_, ms) => Some(ms.unsigned_abs()),
                 _ => None,
             })
             .max()
@@ -492,7 +475,6 @@ mod tests {
                 Fault::Degrade(..) => "degrade",
                 Fault::Hold(_) => "hold",
                 Fault::Heal => "heal",
-                Fault::Skew(_, ms) if ms.unsigned_abs() > MAX_CLOCK_DRIFT_MS => "skew beyond drift",
                 Fault::Skew(..) => "skew",
                 Fault::Join(_) => "join",
                 Fault::Leave(_) => "leave",
@@ -502,6 +484,6 @@ mod tests {
                 Fault::DiskHeal(_) => "disk heal",
             })
             .collect();
-        assert_eq!(kinds.len(), 15, "{kinds:?}");
+        assert_eq!(kinds.len(), 14, "{kinds:?}");
     }
 }
