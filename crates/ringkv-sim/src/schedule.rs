@@ -250,19 +250,15 @@ impl Schedule {
             let span = (end - QUIET_START).as_millis() as u64;
             push(episode, QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
         }
-        // So are the overlays, which may overlap anything: one node (of the
-        // first members, one that stays) for 1-20 s from any time on.
-        let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
-        let overlay = |rng: &mut SplitMix64| {
+        // So is a disk's failure, which may overlap anything: one node (of
+        // the first members, one that stays) for 1-20 s from any time on.
+        if end > QUIET_START && rng.chance(0.5) {
+            episode += 1;
             let span = (end - QUIET_START).as_millis() as u64;
             let at = QUIET_START + Duration::from_millis(rng.below(span));
             let until = (at + Duration::from_millis(1_000 + rng.below(19_000))).min(end);
-            (at, until, stayed[rng.below(stayed.len() as u64) as usize])
-        };
-        // A disk's failure.
-        if end > QUIET_START && rng.chance(0.5) {
-            episode += 1;
-            let (at, until, a) = overlay(&mut rng);
+            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
+            let a = stayed[rng.below(stayed.len() as u64) as usize];
             let error = if rng.chance(0.5) { DiskError::Full } else { DiskError::Io };
             push(episode, at, Fault::DiskFail(a, error));
             push(episode, until, Fault::DiskHeal(a));

@@ -219,11 +219,10 @@ impl Wal {
             last_sync: Instant::now(),
             // The new segment's header is unsynced until the first sync.
             dirty: true,
-            failed: None,
-            failure: watch::channel(None).0,
+            failed: watch::channel(None).0,
             stats: stats.clone(),
         };
-        let failed = writer.failure.subscribe();
+        let failed = writer.failed.subscribe();
         stats.segment.store(first_segment, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let host = writer.disk.writer_host();
@@ -309,8 +308,7 @@ struct Writer {
     dirty: bool,
     /// After an I/O error the log refuses all further appends: a log with a
     /// hole in it would recover to a state no client ever saw acknowledged.
-    failed: Option<String>,
-    failure: watch::Sender<Option<String>>,
+    failed: watch::Sender<Option<String>>,
     stats: Arc<WalStats>,
 }
 
@@ -376,8 +374,8 @@ impl Writer {
     }
 
     fn write_batch(&mut self, batch: &[u8]) -> Result<(), String> {
-        if let Some(reason) = &self.failed {
-            return Err(reason.clone());
+        if let Some(reason) = self.failure() {
+            return Err(reason);
         }
         if batch.is_empty() {
             return Ok(());
@@ -399,7 +397,7 @@ impl Writer {
             FsyncPolicy::Always => self.sync(),
             FsyncPolicy::Everysec => {
                 self.sync_if_due();
-                self.failed.clone().map_or(Ok(()), Err)
+                self.failure().map_or(Ok(()), Err)
             }
             FsyncPolicy::Never => Ok(()),
         }
@@ -412,8 +410,8 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), String> {
-        if let Some(reason) = &self.failed {
-            return Err(reason.clone());
+        if let Some(reason) = self.failure() {
+            return Err(reason);
         }
         if !self.dirty {
             return Ok(());
@@ -433,10 +431,13 @@ impl Writer {
         Ok(())
     }
 
+    fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
     fn fail(&mut self, reason: String) -> String {
         tracing::error!(%reason, "write-ahead log failed; refusing further writes");
-        self.failed = Some(reason.clone());
-        self.failure.send_replace(Some(reason.clone()));
+        self.failed.send_replace(Some(reason.clone()));
         reason
     }
 
