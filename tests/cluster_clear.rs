@@ -110,8 +110,10 @@ async fn clear_is_ordered_by_acknowledgement_whatever_the_clocks(skew_ms: i64) {
         via_n2().put(format!("after-{i}"), "v").await.unwrap();
     }
 
-    cut(true).await;
+    // The clock first: healed with it still off, the majority would stop
+    // n1 until it agreed again (`clock_check.rs`).
     admin.inject_skew(addrs[0].0, 0).await.unwrap();
+    cut(true).await;
     for i in 0..3 {
         cluster.wait_serving(i, 3, Duration::from_secs(30)).await;
     }

@@ -37,8 +37,9 @@ use crate::NetError;
 /// (`ReplicaRequest::Update`, `KvError::Update`). 10: scans
 /// (`ReplicaRequest::Keys`), and the updates behind `RENAME`, `COPY` and
 /// `MSETNX`. 11: the join a member claims (`MemberClaim::join`). 12: hints
-/// marked as such in `ReplicaRequest::Deliver`.
-pub const PROTOCOL_VERSION: u16 = 12;
+/// marked as such in `ReplicaRequest::Deliver`. 13: `Request::Time`, the
+/// members' clock check.
+pub const PROTOCOL_VERSION: u16 = 13;
 pub const FRAME_HEADER_LEN: usize = 6;
 
 /// The largest frame a node accepts from another node (a node certificate),
@@ -142,6 +143,10 @@ pub enum Request {
     /// the same from gossip (ARCHITECTURE.md, *Membership bound to
     /// certificates*).
     Claim,
+    /// This node's wall clock: members ask each other, so that a node whose
+    /// clock strays from the majority's stops serving (`clock_check.rs` in
+    /// ringkv-node).
+    Time,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +292,7 @@ impl Request {
             Request::Crash { .. } => "crash",
             Request::Skew { .. } => "skew",
             Request::Claim => "claim",
+            Request::Time => "time",
             Request::Session { request, .. } => request.kind(),
         }
     }
@@ -335,6 +341,11 @@ pub enum Reply {
     /// so that a member that is down now is still known by its last proven
     /// state).
     Claim(Vec<MemberClaim>),
+    /// The answer to `Request::Time`: the node's wall clock, in ms since the
+    /// Unix epoch, read as it answered.
+    Time {
+        wall_ms: u64,
+    },
     /// The answer to `ReplicaRequest::Update`.
     Updated(Answer),
     /// The answer to `ReplicaRequest::Keys`.

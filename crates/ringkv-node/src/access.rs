@@ -43,7 +43,8 @@ impl Needs {
             | Request::Members
             | Request::Status
             | Request::Explain { .. }
-            | Request::Claim => Needs::Any,
+            | Request::Claim
+            | Request::Time => Needs::Any,
             Request::Replica(_) => Needs::Member,
             Request::Fault { .. } | Request::Skew { .. } | Request::Crash { .. } => Needs::MemberOrOperator,
             Request::Leave => Needs::Operator,
@@ -109,6 +110,7 @@ mod tests {
             Request::Status,
             Request::Explain { key: key.clone() },
             Request::Claim,
+            Request::Time,
             Request::Replica(ReplicaRequest::Read { partition: 0, key: key.clone() }),
             Request::Replica(ReplicaRequest::Stream { partition: 0, after: None, limit: 10 }),
             Request::Replica(ReplicaRequest::Deliver { entries: Vec::new(), hinted: false }),

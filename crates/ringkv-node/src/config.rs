@@ -81,7 +81,9 @@ pub struct NodeConfig {
     /// A remote timestamp further ahead of our clock than this is not
     /// absorbed into our hybrid logical clock (its entry is still stored),
     /// so that one node with a clock far ahead cannot drag every other
-    /// node's versions with it.
+    /// node's versions with it. A clustered node whose wall clock is off
+    /// from the majority's by more than half of this serves nothing until
+    /// it agrees again (`clock_check.rs`).
     #[serde(with = "duration")]
     pub max_clock_drift: Duration,
     /// Connections the endpoint accepts at once.

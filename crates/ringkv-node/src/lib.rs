@@ -4,6 +4,7 @@
 
 mod access;
 mod clock;
+mod clock_check;
 pub mod config;
 pub mod env;
 mod error;

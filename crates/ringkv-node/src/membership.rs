@@ -147,13 +147,17 @@ pub(crate) struct Membership {
 /// Whether this node may act on its data now: serve requests, repair,
 /// hand hints off. Not while a member fences it, nor after a gap in its
 /// own execution (see the module docs) until gossip has confirmed that no
-/// member fences it.
+/// member fences it, nor while its clock is off from the majority's
+/// (`clock_check.rs`).
 pub(crate) struct Standing {
     /// Longer gaps mean the others may have removed this node.
     limit: Duration,
     last_tick: Mutex<Instant>,
     suspect: AtomicBool,
     fenced: watch::Sender<bool>,
+    /// The offset of the majority's clocks from this node's, while beyond
+    /// the clock check's bound.
+    clock_off: Mutex<Option<i64>>,
 }
 
 impl Standing {
@@ -163,6 +167,7 @@ impl Standing {
             last_tick: Mutex::new(Instant::now()),
             suspect: AtomicBool::new(false),
             fenced: watch::channel(false).0,
+            clock_off: Mutex::new(None),
         }
     }
 
@@ -182,7 +187,36 @@ impl Standing {
                     .into(),
             ));
         }
+        if let Some(offset_ms) = self.clock_off() {
+            let side = if offset_ms > 0 { "behind" } else { "ahead of" };
+            return Err(KvError::Unavailable(format!(
+                "this node's clock runs {} ms {side} the majority's, more than half of max_clock_drift; it serves \
+                 nothing until its clock agrees again",
+                offset_ms.unsigned_abs()
+            )));
+        }
         Ok(())
+    }
+
+    /// The majority's clocks minus this node's, while that is beyond the
+    /// clock check's bound.
+    pub(crate) fn clock_off(&self) -> Option<i64> {
+        *self.clock_off.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the clock check's verdict: `Some` offset while off.
+    pub(crate) fn set_clock_off(&self, offset_ms: Option<i64>) {
+        let mut off = self.clock_off.lock().unwrap_or_else(|e| e.into_inner());
+        match (off.is_some(), offset_ms) {
+            (false, Some(offset_ms)) => tracing::error!(
+                offset_ms,
+                "this node's wall clock is off from the majority's by more than half of max_clock_drift; it serves \
+                 nothing until its clock agrees again"
+            ),
+            (true, None) => tracing::warn!("this node's wall clock agrees with the majority's again; serving"),
+            _ => {}
+        }
+        *off = offset_ms;
     }
 
     /// Turns true when a live member fences this node.

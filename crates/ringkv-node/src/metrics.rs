@@ -165,7 +165,7 @@ impl Op {
             Request::Persist { .. } => Op::Persist,
             Request::Clear => Op::Clear,
             Request::Replica(_) => Op::Replica,
-            Request::Ping | Request::Claim => Op::Connection,
+            Request::Ping | Request::Claim | Request::Time => Op::Connection,
             Request::Members
             | Request::Status
             | Request::Leave

@@ -999,6 +999,7 @@ impl Node {
                 self.local_replica(replica).await
             }
             Request::Members => Ok(Reply::Members(inner.topology().to_wire())),
+            Request::Time => Ok(Reply::Time { wall_ms: inner.now_ms() }),
             Request::Claim => match &inner.claims {
                 Some(claims) => Box::pin(claims.claims()).await.map(Reply::Claim),
                 None => Err(KvError::Unavailable("a standalone node gossips nothing".into())),

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::NodeError;
+use crate::clock_check::{CHECK_EVERY_GOSSIP_INTERVALS, ClockCheck, TimeAsker, clock_check};
 use crate::config::{NodeConfig, Persistence};
 use crate::env::{Env, Network};
 use crate::evictor::{eviction_sender, evictor, leadership};
@@ -442,6 +443,19 @@ impl Node {
             node.spawn(member_keeper(node.clone()));
             node.spawn(mover(node.clone()));
             node.spawn(fence_follower(node.clone()));
+            if let (Some(connector), Some(standing)) = (&connector, &node.inner.standing) {
+                let config = &node.inner.config;
+                let check = ClockCheck {
+                    clock: node.inner.clock.clone(),
+                    topology: node.inner.topology_watch(),
+                    standing: standing.clone(),
+                    ask: quic_time_asker(connector.clone(), node.inner.faults.clone()),
+                    period: config.gossip_interval * CHECK_EVERY_GOSSIP_INTERVALS,
+                    bound: config.max_clock_drift / 2,
+                    timeout: config.replica_timeout,
+                };
+                node.spawn(clock_check(check, node.inner.shutdown.subscribe()));
+            }
         }
         if let Some(listener) = resp {
             node.spawn(crate::resp::serve(node.clone(), listener, resp_tls));
@@ -506,6 +520,24 @@ fn quic_prover(connector: Arc<Connector>, check: NodeCheck) -> Prover {
             match claims.first() {
                 Some(own) if *own.node_id == *name && own.addr == addr => Ok(claims),
                 _ => Err(format!("{addr} claims another node id or address than {name} at {addr}")),
+            }
+        })
+    })
+}
+
+/// Reads a member's wall clock over the node's own QUIC endpoint (not
+/// across a link that fault injection cut, as replica calls are not).
+fn quic_time_asker(connector: Arc<Connector>, faults: Arc<Faults>) -> TimeAsker {
+    Arc::new(move |addr| {
+        let (connector, faults) = (connector.clone(), faults.clone());
+        Box::pin(async move {
+            if faults.blocks(addr) {
+                return Err(format!("link to {addr} cut by fault injection"));
+            }
+            match connector.call(addr, &Request::Time, PROBE_TIMEOUT).await.map_err(|e| e.to_string())? {
+                Ok(Reply::Time { wall_ms }) => Ok(wall_ms),
+                Ok(_) => Err(format!("{addr} answered a time request with something else")),
+                Err(e) => Err(e.to_string()),
             }
         })
     })

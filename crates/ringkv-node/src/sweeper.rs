@@ -11,6 +11,11 @@ use crate::partition::PartitionMsg;
 pub(crate) async fn sweeper(node: Node) {
     let inner = node.inner.clone();
     every(&node, inner.config.sweep_interval, || async {
+        // A clock the others say is off would purge tombstones too early
+        // (or expire keys too early): nothing is swept until it agrees.
+        if inner.standing.as_ref().is_some_and(|s| s.clock_off().is_some()) {
+            return;
+        }
         let grace = inner.config.tombstone_grace.as_millis() as u64;
         let topo = inner.topology();
         for (i, partition) in inner.partitions.iter().enumerate() {

@@ -269,6 +269,8 @@ fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConf
         read_quorum: 2,
         gossip_interval: Duration::from_millis(500),
         phi_threshold: 10.0,
+        // The clock check stops a node at half of this.
+        max_clock_drift: Duration::from_millis(2 * schedule::FAR_CLOCK_BOUND_MS),
         // The chaos suite's graces (ringkv-chaos `node_config`): short, so
         // that faults outlast them.
         dead_node_grace: Duration::from_secs(8),
@@ -307,6 +309,8 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let world = World {
         names,
         skews: (0..=opts.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect(),
+        drifts: Mutex::default(),
+        links_faulty: AtomicBool::new(false),
         joins: (0..=opts.nodes).map(|i| watch::channel(i < opts.nodes).0).collect(),
         leaves: (0..=opts.nodes).map(|_| Arc::new(Notify::new())).collect(),
         members: Arc::new(Mutex::new((0..opts.nodes).collect())),
@@ -413,6 +417,10 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 }
             }
         }
+        // Every member serving in every member's eyes, as the client host
+        // last saw (a member that rejoins is out of the ring meanwhile).
+        let serving = healthy.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        world.drift(!crashed.is_empty() || !exited.is_empty() || !serving);
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -451,6 +459,10 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
 struct World {
     names: Vec<String>,
     skews: Vec<Arc<AtomicI64>>,
+    /// The clocks that drift (`Fault::Drift`), by node.
+    drifts: Mutex<BTreeMap<usize, Drifting>>,
+    /// Some link is cut, lossy or held.
+    links_faulty: AtomicBool,
     /// True for the first members; the spare's host waits for its own,
     /// which stays true, so a restart after a crash does not wait again.
     joins: Vec<watch::Sender<bool>>,
@@ -464,7 +476,41 @@ struct World {
     disks: Vec<MemDisk>,
 }
 
+/// A clock that drifts: `rate` ms per simulated second, from `from` ms off.
+struct Drifting {
+    rate: i64,
+    from: i64,
+    gained_us: i64,
+}
+
 impl World {
+    fn drifts(&self) -> std::sync::MutexGuard<'_, BTreeMap<usize, Drifting>> {
+        self.drifts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the drifting clocks on by a step, if the cluster is otherwise
+    /// whole: every link works, no node is down or out of the ring
+    /// (`down`) or has a failing disk, and every other clock is right. Otherwise the clock check may
+    /// not hear the majority it needs, and a clock it cannot judge would
+    /// only test the checker's allowance.
+    fn drift(&self, down: bool) {
+        let mut drifts = self.drifts();
+        if drifts.is_empty() {
+            return;
+        }
+        let whole = !down
+            && !self.links_faulty.load(Ordering::Relaxed)
+            && self.disks.iter().all(|d| d.failing().is_none())
+            && (0..self.skews.len()).all(|i| drifts.contains_key(&i) || self.skews[i].load(Ordering::Relaxed) == 0);
+        if !whole {
+            return;
+        }
+        for (i, drifting) in drifts.iter_mut() {
+            drifting.gained_us += drifting.rate * TICK.as_millis() as i64;
+            self.skews[*i].store(drifting.from + drifting.gained_us / 1_000, Ordering::Relaxed);
+        }
+    }
+
     fn members(&self) -> Vec<usize> {
         self.members.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -477,28 +523,42 @@ impl World {
                 sim.crash(name(i));
                 // A power loss: what the node had not synced is gone.
                 self.disks[*i].crash();
+                // A drifting clock ends with it: a node restarted with its
+                // clock already far off serves by it until its first check
+                // has heard a majority (README), which the checker would
+                // rightly flag.
+                if self.drifts().remove(i).is_some() {
+                    self.skews[*i].store(0, Ordering::Relaxed);
+                }
             }
             Fault::Restart(i) => sim.bounce(name(i)),
             Fault::Partition(a, b) => {
+                self.links_faulty.store(true, Ordering::Relaxed);
                 for x in a {
                     for y in b {
                         sim.partition(name(x), name(y));
                     }
                 }
             }
-            Fault::OneWay(from, to) => sim.partition_oneway(name(from), name(to)),
+            Fault::OneWay(from, to) => {
+                self.links_faulty.store(true, Ordering::Relaxed);
+                sim.partition_oneway(name(from), name(to));
+            }
             Fault::Degrade(i, permille, ms) => {
+                self.links_faulty.store(true, Ordering::Relaxed);
                 for other in names.iter().filter(|n| n.as_str() != name(i)) {
                     sim.set_link_fail_rate(name(i), other.as_str(), *permille as f64 / 1000.0);
                     sim.set_link_max_message_latency(name(i), other.as_str(), Duration::from_millis(*ms));
                 }
             }
             Fault::Hold(i) => {
+                self.links_faulty.store(true, Ordering::Relaxed);
                 for other in names.iter().filter(|n| n.as_str() != name(i)) {
                     sim.hold(name(i), other.as_str());
                 }
             }
             Fault::Heal => {
+                self.links_faulty.store(false, Ordering::Relaxed);
                 for x in names {
                     for y in names {
                         if x != y {
@@ -510,7 +570,14 @@ impl World {
                     }
                 }
             }
-            Fault::Skew(i, ms) => self.skews[*i].store(*ms, Ordering::Relaxed),
+            Fault::Skew(i, ms) => {
+                self.drifts().remove(i);
+                self.skews[*i].store(*ms, Ordering::Relaxed);
+            }
+            Fault::Drift(i, rate) => {
+                let from = self.skews[*i].load(Ordering::Relaxed);
+                self.drifts().insert(*i, Drifting { rate: *rate, from, gained_us: 0 });
+            }
             Fault::Join(i) => {
                 self.joins[*i].send_replace(true);
                 self.members.lock().unwrap_or_else(|e| e.into_inner()).push(*i);

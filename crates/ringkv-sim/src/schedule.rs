@@ -39,6 +39,14 @@ pub enum Fault {
     Heal,
     /// The node's wall clock runs this many ms off (0: back in step).
     Skew(usize, i64),
+    /// The node's wall clock starts to gain (or, negative, lose) this many
+    /// ms per second, from wherever it reads, past the clock check's bound
+    /// (`FAR_CLOCK_BOUND_MS`) and on, until a `Skew` sets it again. It
+    /// gains only while the cluster is otherwise whole: a ring of three
+    /// with a member down cannot tell which of the other two clocks is
+    /// wrong (README), and the checker is told what a clock the check can
+    /// judge may reach before the check stops its node.
+    Drift(usize, i64),
     /// The spare host's node starts and joins the ring as a new member.
     Join(usize),
     /// The node hands its partitions off and leaves the ring for good.
@@ -89,6 +97,7 @@ impl fmt::Display for Fault {
             Fault::Hold(i) => write!(f, "hold {}'s datagrams", n(i)),
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
+            Fault::Drift(i, ms) => write!(f, "clock of {} drifts {ms:+} ms per second", n(i)),
             Fault::Join(i) => write!(f, "{} joins", n(i)),
             Fault::Leave(i) => write!(f, "{} leaves", n(i)),
             Fault::Clear => write!(f, "clear"),
@@ -117,6 +126,7 @@ impl Fault {
             | Fault::Degrade(i, ..)
             | Fault::Hold(i)
             | Fault::Skew(i, _)
+            | Fault::Drift(i, _)
             | Fault::Join(i)
             | Fault::Leave(i)
             | Fault::DiskFail(i, _)
@@ -145,9 +155,19 @@ pub struct Schedule {
 
 /// Time for the cluster to form before the first fault.
 const QUIET_START: Duration = Duration::from_secs(5);
-/// Skews stay within this: the chaos checker is told the largest, and
-/// `max_clock_drift` (default 60 s) is far above it.
+/// Skews stay within this: the chaos checker is told the largest. The
+/// clock check's bound is no lower, so it stops no node for them.
 const MAX_SKEW_MS: u64 = 2_000;
+/// The clock check's bound in the simulator: half of the nodes'
+/// `max_clock_drift` (`node_config`).
+pub const FAR_CLOCK_BOUND_MS: u64 = 2_000;
+/// How often the simulated nodes check their clocks (two gossip
+/// intervals), plus the longest a round of asks takes on healthy links
+/// and the half second the driver may take to see that a member is out
+/// of the ring (`World::drift`).
+const CLOCK_CHECK_ROUND_MS: u64 = 2_000;
+/// The fastest a drifting clock gains or loses, in ms per second.
+const MAX_DRIFT_MS_PER_S: u64 = 600;
 
 impl Schedule {
     /// Episodes one after another until `duration`: each starts one fault,
@@ -263,6 +283,20 @@ impl Schedule {
             push(episode, at, Fault::DiskFail(a, error));
             push(episode, until, Fault::DiskHeal(a));
         }
+        // And a clock that drifts past the clock check's bound, in a
+        // quarter of the seeds: 200-600 ms per second either way, for
+        // 10-40 s, then set right (as NTP steps a clock).
+        if end > QUIET_START && rng.chance(0.25) {
+            episode += 1;
+            let span = (end - QUIET_START).as_millis() as u64;
+            let at = QUIET_START + Duration::from_millis(rng.below(span));
+            let until = (at + Duration::from_millis(10_000 + rng.below(30_000))).min(end);
+            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
+            let a = stayed[rng.below(stayed.len() as u64) as usize];
+            let rate = (200 + rng.below(MAX_DRIFT_MS_PER_S - 199)) as i64;
+            push(episode, at, Fault::Drift(a, if rng.chance(0.5) { rate } else { -rate }));
+            push(episode, until, Fault::Skew(a, 0));
+        }
         faults.sort_by_key(|p| p.at);
         Schedule { faults }
     }
@@ -304,12 +338,15 @@ impl Schedule {
         Schedule { faults: faults.collect() }
     }
 
-    /// The largest skew any node is given, for the checker.
+    /// The largest skew a node serves with, for the checker: a drifting
+    /// clock's passes the clock check's bound by at most what it gains in
+    /// a round of the check.
     pub fn max_skew_ms(&self) -> u64 {
         self.faults
             .iter()
             .filter_map(|p| match p.fault {
                 Fault::Skew(_, ms) => Some(ms.unsigned_abs()),
+                Fault::Drift(_, rate) => Some(FAR_CLOCK_BOUND_MS + rate.unsigned_abs() * CLOCK_CHECK_ROUND_MS / 1_000),
                 _ => None,
             })
             .max()
@@ -391,6 +428,7 @@ mod tests {
                     Fault::Degrade(i, ..)
                     | Fault::Hold(i)
                     | Fault::Skew(i, _)
+                    | Fault::Drift(i, _)
                     | Fault::DiskFail(i, _)
                     | Fault::DiskHeal(i) => vec![*i],
                     Fault::Heal | Fault::Clear => vec![],
@@ -406,7 +444,8 @@ mod tests {
                 }
             }
             assert!(down.is_empty(), "seed {seed}: every crashed node restarts");
-            assert!(schedule.max_skew_ms() <= MAX_SKEW_MS);
+            let drifted = FAR_CLOCK_BOUND_MS + MAX_DRIFT_MS_PER_S * CLOCK_CHECK_ROUND_MS / 1_000;
+            assert!(schedule.max_skew_ms() <= MAX_SKEW_MS.max(drifted));
         }
     }
 
@@ -472,6 +511,7 @@ mod tests {
                 Fault::Hold(_) => "hold",
                 Fault::Heal => "heal",
                 Fault::Skew(..) => "skew",
+                Fault::Drift(..) => "drift",
                 Fault::Join(_) => "join",
                 Fault::Leave(_) => "leave",
                 Fault::Clear => "clear",
@@ -480,6 +520,6 @@ mod tests {
                 Fault::DiskHeal(_) => "disk heal",
             })
             .collect();
-        assert_eq!(kinds.len(), 14, "{kinds:?}");
+        assert_eq!(kinds.len(), 15, "{kinds:?}");
     }
 }

@@ -30,20 +30,28 @@ impl Drop for Group {
 }
 
 fn sim(args: &[&str]) -> (bool, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_ringkv-sim"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("run ringkv-sim");
-    let mut group = Group(child);
-    let mut stdout = group.0.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
+    let (ok, out, _) = sim_logging(args, None);
+    (ok, out)
+}
+
+/// Runs the simulator; with a `RUST_LOG` filter, also returns the log lines
+/// it lets through (otherwise errors go to the test's own output).
+fn sim_logging(args: &[&str], filter: Option<&str>) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringkv-sim"));
+    command.args(args).env_remove("RUST_LOG").stdout(Stdio::piped()).process_group(0);
+    if let Some(filter) = filter {
+        command.env("RUST_LOG", filter).stderr(Stdio::piped());
+    }
+    let mut group = Group(command.spawn().expect("run ringkv-sim"));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = pipe.read_to_string(&mut out);
+            out
+        })
+    };
+    let stdout = read(Box::new(group.0.stdout.take().expect("piped")));
+    let stderr = group.0.stderr.take().map(|pipe| read(Box::new(pipe)));
     let started = Instant::now();
     let status = loop {
         if let Some(status) = group.0.try_wait().expect("wait for ringkv-sim") {
@@ -53,7 +61,8 @@ fn sim(args: &[&str]) -> (bool, String) {
         std::thread::sleep(Duration::from_millis(100));
     };
     drop(group);
-    (status.success(), reader.join().expect("stdout reader"))
+    let logs = stderr.map(|reader| reader.join().expect("stderr reader")).unwrap_or_default();
+    (status.success(), stdout.join().expect("stdout reader"), logs)
 }
 
 #[test]
@@ -77,6 +86,22 @@ fn a_node_whose_disk_fills_stops_and_comes_back() {
     for expected in ["storage always", "disk of n2 full", "disk of n2 works again"] {
         assert!(out.contains(expected), "{expected}: {out}");
     }
+}
+
+/// A clock that drifts past the clock check's bound (2 s: half the
+/// simulator's `max_clock_drift`) stops its node, which serves nothing
+/// until the clock is set right, and the run passes a checker that allows
+/// only what the clock gained before the check stopped the node. Seed 33:
+/// n1's clock gains 514 ms a second.
+#[test]
+fn a_node_whose_clock_drifts_away_serves_nothing_until_it_is_set_right() {
+    let args = ["--seed", "33", "--duration", "60s", "--faults"];
+    let (ok, out, logs) = sim_logging(&args, Some("ringkv_node::membership=warn"));
+    assert!(ok, "{out}");
+    assert!(out.contains("clock of n1 drifts +514 ms per second"), "{out}");
+    let off = logs.find("wall clock is off from the majority's").unwrap_or_else(|| panic!("never stopped: {logs}"));
+    let back = logs.find("agrees with the majority's again").unwrap_or_else(|| panic!("never back: {logs}"));
+    assert!(off < back, "{logs}");
 }
 
 /// Seeds that found bugs. They found them with ECDSA certificates, whose
