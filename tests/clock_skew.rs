@@ -112,6 +112,21 @@ async fn a_node_whose_clock_strays_from_the_majority_serves_nothing_until_it_agr
     })
     .await;
     assert!(reason.contains("clock runs") && reason.contains("behind"), "{reason}");
+    let status = cluster.operator().status_of(c).await.unwrap();
+    let off = status.clock_off_ms.expect("the status names the clock's offset");
+    assert!((15_000..=25_000).contains(&off), "the others read about 20 s later: {off}");
+    // The CLI names the node and its offset, and exits as for an
+    // unreachable node.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .args(["status", "--certs"])
+        .arg(cluster.certs.path())
+        .args(["--addr", &a.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{stdout}");
+    let line = stdout.lines().skip_while(|l| !l.starts_with("clocks off")).nth(1).unwrap_or_default();
+    assert!(line.contains("n3") && line.contains("ms behind"), "{stdout}");
     // The majority serves on, and writes reach a quorum without c.
     assert_eq!(conn.call(a, &put("k", "w", Consistency::Quorum), t).await.unwrap(), Ok(Reply::Done));
 

@@ -192,6 +192,7 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
     let mut replication = Vec::new();
     let mut gossip = Vec::new();
     let mut memory = Vec::new();
+    let mut clocks = Vec::new();
     for m in &members.members {
         // A member that left on purpose is gone, not unhealthy.
         let left = m.status == ringkv_net::wire::MemberStatus::Left && !m.live;
@@ -205,6 +206,11 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
                 repairs.push((m.node_id.clone(), s.repair.clone()));
                 replication.push((m.node_id.clone(), s.replication.clone()));
                 memory.push((m.node_id.clone(), s.memory.clone()));
+                if let Some(offset_ms) = s.clock_off_ms {
+                    // It serves nothing meanwhile.
+                    unhealthy = true;
+                    clocks.push((m.node_id.clone(), offset_ms));
+                }
                 if let Some(g) = &s.gossip {
                     gossip.push((m.node_id.clone(), g.clone()));
                 }
@@ -236,6 +242,13 @@ async fn status(client: &Client, brief: bool) -> anyhow::Result<ExitCode> {
             values,
             hints
         );
+    }
+    if !clocks.is_empty() {
+        println!("clocks off from the majority's (these nodes serve nothing until they agree):");
+    }
+    for (node, offset_ms) in clocks {
+        let side = if offset_ms > 0 { "behind" } else { "ahead" };
+        println!("  {node:<12} {} ms {side}", offset_ms.unsigned_abs());
     }
     if !transfers.is_empty() {
         println!("transfers in progress:");

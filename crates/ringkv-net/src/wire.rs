@@ -468,6 +468,9 @@ pub struct NodeStatus {
     /// standalone.
     pub gossip: Option<GossipStatus>,
     pub memory: MemoryStatus,
+    /// The majority's clocks minus this node's, in ms, while the clock
+    /// check finds them too far apart (the node then serves nothing).
+    pub clock_off_ms: Option<i64>,
 }
 
 /// The memory bound as one node sees it.

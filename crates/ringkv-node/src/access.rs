@@ -128,10 +128,10 @@ mod tests {
     fn the_roles_table() {
         let member = |id: &str| id == "n1";
         let table = [
-            (Role::Client, "yyyyyyyyyyyyy--------"),
-            (Role::Operator("ops".into()), "yyyyyyyyyyyyy----yyyy"),
-            (Role::Node("n1".into()), "yyyyyyyyyyyyyyyyyyyy-"),
-            (Role::Node("n9".into()), "yyyyyyyyyyyyy--------"),
+            (Role::Client, "yyyyyyyyyyyyyy--------"),
+            (Role::Operator("ops".into()), "yyyyyyyyyyyyyy----yyyy"),
+            (Role::Node("n1".into()), "yyyyyyyyyyyyyyyyyyyyy-"),
+            (Role::Node("n9".into()), "yyyyyyyyyyyyyy--------"),
         ];
         for (role, expected) in table {
             let got: String =

@@ -799,6 +799,7 @@ impl Node {
                 status
             }),
             memory: self.inner.memory.status(),
+            clock_off_ms: self.inner.standing.as_ref().and_then(|s| s.clock_off()),
         })
     }
 }
