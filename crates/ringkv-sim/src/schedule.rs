@@ -270,29 +270,29 @@ impl Schedule {
             let span = (end - QUIET_START).as_millis() as u64;
             push(episode, QUIET_START + Duration::from_millis(rng.below(span)), Fault::Clear);
         }
-        // So is a disk's failure, which may overlap anything: one node (of
-        // the first members, one that stays) for 1-20 s from any time on.
-        if end > QUIET_START && rng.chance(0.5) {
-            episode += 1;
+        // So are the overlays, which may overlap anything: one node (of the
+        // first members, one that stays) from any time on, for a while.
+        let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
+        let overlay = |rng: &mut SplitMix64, least_ms: u64, spread_ms: u64| {
             let span = (end - QUIET_START).as_millis() as u64;
             let at = QUIET_START + Duration::from_millis(rng.below(span));
-            let until = (at + Duration::from_millis(1_000 + rng.below(19_000))).min(end);
-            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
-            let a = stayed[rng.below(stayed.len() as u64) as usize];
+            let until = (at + Duration::from_millis(least_ms + rng.below(spread_ms))).min(end);
+            (at, until, stayed[rng.below(stayed.len() as u64) as usize])
+        };
+        // A disk's failure, in half the seeds, for 1-20 s.
+        if end > QUIET_START && rng.chance(0.5) {
+            episode += 1;
+            let (at, until, a) = overlay(&mut rng, 1_000, 19_000);
             let error = if rng.chance(0.5) { DiskError::Full } else { DiskError::Io };
             push(episode, at, Fault::DiskFail(a, error));
             push(episode, until, Fault::DiskHeal(a));
         }
-        // And a clock that drifts past the clock check's bound, in a
-        // quarter of the seeds: 200-600 ms per second either way, for
-        // 10-40 s, then set right (as NTP steps a clock).
+        // A clock that drifts past the clock check's bound, in a quarter of
+        // the seeds: 200-600 ms per second either way, for 10-40 s, then set
+        // right (as NTP steps a clock).
         if end > QUIET_START && rng.chance(0.25) {
             episode += 1;
-            let span = (end - QUIET_START).as_millis() as u64;
-            let at = QUIET_START + Duration::from_millis(rng.below(span));
-            let until = (at + Duration::from_millis(10_000 + rng.below(30_000))).min(end);
-            let stayed: Vec<usize> = (0..nodes).filter(|x| members.contains(x)).collect();
-            let a = stayed[rng.below(stayed.len() as u64) as usize];
+            let (at, until, a) = overlay(&mut rng, 10_000, 30_000);
             let rate = (200 + rng.below(MAX_DRIFT_MS_PER_S - 199)) as i64;
             push(episode, at, Fault::Drift(a, if rng.chance(0.5) { rate } else { -rate }));
             push(episode, until, Fault::Skew(a, 0));
