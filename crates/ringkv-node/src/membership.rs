@@ -657,7 +657,13 @@ fn update_fences(
         let back = seen.get(name).is_some_and(|s| match s.status {
             MemberStatus::Left => true,
             MemberStatus::Joining => fence.join != Some(s.join),
-            _ => false,
+            // A joiner fenced in one join that began another while this
+            // node did not hear it (cut off), and maybe finished it: that
+            // join discarded and pulled afresh. It ignores the old join's
+            // fence, so nothing else would lift it (simulator seed 4162:
+            // the fencer refused its replica requests for good). Join 0 is
+            // a restart with data from the fenced join, which lifts nothing.
+            _ => fence.join.is_some_and(|join| s.join != 0 && s.join != join),
         });
         changed |= back;
         !back
@@ -886,6 +892,28 @@ mod tests {
         all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 8, true));
         let anew = view(&all["d"], Duration::ZERO, &fenced);
         assert!(update_fences(&mut fenced, &all, &anew, now), "a new join lifts the fence");
+        assert!(fenced.is_empty());
+    }
+
+    #[test]
+    fn a_joiner_seen_next_serving_after_a_new_join_is_lifted() {
+        let now = Instant::now();
+        let mut fenced = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 7, false));
+        let past = view(&all["d"], Duration::from_secs(11), &fenced);
+        assert!(update_fences(&mut fenced, &all, &past, now));
+        assert_eq!(fenced["d"].join, Some(7));
+
+        // Restarted with what join 7 pulled: the fence holds.
+        all.insert(NodeName::from("d"), seen(MemberStatus::Recovering, 0, true));
+        let back = view(&all["d"], Duration::ZERO, &fenced);
+        assert!(!update_fences(&mut fenced, &all, &back, now));
+
+        // Join 8 began and finished while this node was cut off.
+        all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 8, true));
+        let done = view(&all["d"], Duration::ZERO, &fenced);
+        assert!(update_fences(&mut fenced, &all, &done, now), "the join it finished unseen lifts the fence");
         assert!(fenced.is_empty());
     }
 
