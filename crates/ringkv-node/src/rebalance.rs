@@ -271,9 +271,17 @@ impl Node {
         }
         let others = topo.table.members().iter().filter(|n| !topo.is_self(n) && topo.is_up(n)).count();
         if others == 0 {
-            return Err(KvError::Unavailable(
-                "no other serving member to hand this node's partitions to; stop it instead".into(),
-            ));
+            let alone = topo.table.members().iter().all(|n| topo.is_self(n)) && topo.pending.is_none();
+            // Stopping is the advice only for a ring of one: with members
+            // down or still joining, this node may hold the only copies
+            // of what it acknowledged (simulator seed 4297).
+            let reason = if alone {
+                "this is the ring's only member, with no one to hand its partitions to; stop it instead"
+            } else {
+                "no other member of the ring serves now (the others are down or still joining), and this node may \
+                 hold the only copies of some keys; ask again once another member serves"
+            };
+            return Err(KvError::Unavailable(reason.into()));
         }
         self.set_status(MemberStatus::Leaving).await;
         tokio::spawn(self.clone().hand_off_and_leave());

@@ -33,7 +33,7 @@ use ringkv_chaos::checker::{CheckOptions, Violation, check};
 use ringkv_chaos::history::{CONTROLLER, OpKind, Outcome, Phase, Record};
 use ringkv_chaos::workload::{RunClock, WorkloadConfig, run_client};
 use ringkv_client::{Client, ClientConfig};
-use ringkv_core::{Clock, KvStore as _, SplitMix64};
+use ringkv_core::{Clock, KvError, KvStore as _, SplitMix64};
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings, client_config};
 use ringkv_node::{Env, Node, NodeConfig, Persistence};
 use ringkv_storage::{Disk, FsyncPolicy, MemDisk, WriterHost};
@@ -630,7 +630,20 @@ async fn node_host(
             Ok(())
         }
         () = leave.notified() => {
-            match tokio::time::timeout(LEAVE_TIMEOUT, node.leave()).await {
+            // Refused while no other member serves: asked again, as the
+            // refusal says, until LEAVE_TIMEOUT in all.
+            let asked = async {
+                loop {
+                    match node.leave().await {
+                        Err(KvError::Unavailable(reason)) => {
+                            tracing::warn!(%reason, "the leave is refused; asking again in a second");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        other => return other,
+                    }
+                }
+            };
+            match tokio::time::timeout(LEAVE_TIMEOUT, asked).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot leave the ring; stopping anyway"),
                 Err(_) => tracing::warn!("the leave did not finish within {LEAVE_TIMEOUT:?}; stopping anyway"),
