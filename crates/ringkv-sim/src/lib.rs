@@ -417,10 +417,12 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                 }
             }
         }
-        // Every member serving in every member's eyes, as the client host
-        // last saw (a member that rejoins is out of the ring meanwhile).
-        let serving = healthy.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        world.drift(!crashed.is_empty() || !exited.is_empty() || !serving);
+        world.drift(|| {
+            // Every member serving in every member's eyes, as the client
+            // host last saw (a member that rejoins is out of the ring).
+            let serving = healthy.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+            !crashed.is_empty() || !exited.is_empty() || !serving
+        });
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -490,15 +492,16 @@ impl World {
 
     /// Moves the drifting clocks on by a step, if the cluster is otherwise
     /// whole: every link works, no node is down or out of the ring
-    /// (`down`) or has a failing disk, and every other clock is right. Otherwise the clock check may
-    /// not hear the majority it needs, and a clock it cannot judge would
-    /// only test the checker's allowance.
-    fn drift(&self, down: bool) {
+    /// (`down`, asked only while a clock drifts: this runs every step) or
+    /// has a failing disk, and every other clock is right. Otherwise the
+    /// clock check may not hear the majority it needs, and a clock it
+    /// cannot judge would only test the checker's allowance.
+    fn drift(&self, down: impl FnOnce() -> bool) {
         let mut drifts = self.drifts();
         if drifts.is_empty() {
             return;
         }
-        let whole = !down
+        let whole = !down()
             && !self.links_faulty.load(Ordering::Relaxed)
             && self.disks.iter().all(|d| d.failing().is_none())
             && (0..self.skews.len()).all(|i| drifts.contains_key(&i) || self.skews[i].load(Ordering::Relaxed) == 0);
