@@ -6,6 +6,7 @@ mod access;
 mod clock;
 mod clock_check;
 pub mod config;
+mod coordinate;
 pub mod env;
 mod error;
 mod evictor;

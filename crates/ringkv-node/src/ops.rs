@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use ringkv_core::quorum::{Progress, QuorumTracker, resolve_read};
+use ringkv_core::quorum::Progress;
 use ringkv_core::ring::NodeName;
 use ringkv_core::scan::Cursor;
 use ringkv_core::update::{Answer, Update};
@@ -22,6 +22,7 @@ use ringkv_net::{Handler, Peer};
 use ringkv_storage::settle;
 
 use crate::access;
+use crate::coordinate::{Action, Round, WriteRound, Written, plan_read, plan_write, read_round, unavailable};
 use crate::hints::{HintsMsg, hint_horizon, outlived};
 use crate::metrics::{Metrics, Op, Outcome, Protocol};
 use crate::node::Node;
@@ -37,14 +38,6 @@ fn storage(e: ringkv_storage::StorageError) -> KvError {
 }
 
 type BoxedUpdate<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, KvError>> + Send + 'a>>;
-
-enum Written {
-    Done {
-        was_live: bool,
-    },
-    /// A conditional write found something newer on some replica.
-    Conflict,
-}
 
 impl Node {
     /// Runs a replica request on this node's own partitions: for requests
@@ -238,28 +231,6 @@ impl Node {
         }
     }
 
-    pub(crate) fn unavailable(
-        &self,
-        operation: &str,
-        topo: &Topology,
-        partition: PartitionId,
-        needed: usize,
-    ) -> KvError {
-        let replicas = topo.replicas(partition);
-        KvError::Quorum {
-            operation: operation.to_string(),
-            needed,
-            replicas: replicas.len(),
-            acked: 0,
-            answered: Vec::new(),
-            failed: replicas
-                .iter()
-                .filter(|n| !topo.is_up(n))
-                .map(|n| ReplicaFailure { node: n.to_string(), reason: "down".into() })
-                .collect(),
-        }
-    }
-
     /// Sends an entry to the key's replicas and waits for the quorum.
     async fn replicate(
         &self,
@@ -271,113 +242,57 @@ impl Node {
     ) -> Result<Written, KvError> {
         let topo = self.inner.topology();
         let partition = self.inner.partitioner.partition_of(&key);
-        let targets = topo.table.write_targets(partition, |n| topo.is_up(n));
-        let needed = consistency.required(topo.table.replication(), self.inner.config.write_quorum);
-        if targets.len() < needed || targets.is_empty() {
-            return Err(self.unavailable(operation, &topo, partition, needed.max(1)));
+        let plan = plan_write(operation, &topo, partition, consistency, self.inner.config.write_quorum)?;
+        for replica in &plan.hints {
+            self.store_hint(replica.clone(), partition, key.clone(), entry.clone()).await;
         }
-        // Down preferred replicas that no stand-in covers get a hint kept
-        // here, so they catch up when they return. (A hint held by the
-        // coordinator does not count towards the quorum; a stand-in does.)
-        for replica in topo.replicas(partition) {
-            let covered = targets.iter().any(|t| t.hint_for.as_ref() == Some(replica));
-            if !topo.is_up(replica) && !covered && !topo.is_self(replica) {
-                self.store_hint(replica.clone(), partition, key.clone(), entry.clone()).await;
-            }
-        }
-        // Nodes gaining the partition take every write while they pull it;
-        // their answers do not count, and anti-entropy covers a miss.
-        for gainer in topo.gaining(partition) {
-            if topo.takes_writes(&gainer) && !targets.iter().any(|t| t.node == gainer) {
-                let (node, topo, key, entry) = (self.clone(), topo.clone(), key.clone(), entry.clone());
-                tokio::spawn(async move {
-                    let request =
-                        ReplicaRequest::Apply { partition: partition.0, key, entry, condition, hint_for: None };
-                    if let Err(e) = node.on_replica(&topo, &gainer, request).await {
-                        tracing::debug!(%gainer, error = %e, "write to a gaining replica failed");
-                    }
-                });
-            }
+        for gainer in &plan.gainers {
+            let (node, topo, key, entry, gainer) =
+                (self.clone(), topo.clone(), key.clone(), entry.clone(), gainer.clone());
+            tokio::spawn(async move {
+                let request = ReplicaRequest::Apply { partition: partition.0, key, entry, condition, hint_for: None };
+                if let Err(e) = node.on_replica(&topo, &gainer, request).await {
+                    tracing::debug!(%gainer, error = %e, "write to a gaining replica failed");
+                }
+            });
         }
         // The replica calls run inside this task until the quorum is met
         // (no task per replica), and whatever is left runs on in a task of
         // its own so that slow replicas still get the write, or a hint.
-        let mut calls: FuturesUnordered<_> = targets
+        let mut calls: FuturesUnordered<_> = plan
+            .targets
             .iter()
             .enumerate()
             .map(|(i, target)| {
-                let (node, topo, key, entry, target) =
-                    (self.clone(), topo.clone(), key.clone(), entry.clone(), target.clone());
-                async move {
-                    let request = ReplicaRequest::Apply {
-                        partition: partition.0,
-                        key: key.clone(),
-                        entry: entry.clone(),
-                        condition,
-                        hint_for: target.hint_for.as_ref().map(|n| n.to_string()),
-                    };
-                    let result = node.on_replica(&topo, &target.node, request).await;
-                    // A replica we believed up did not take the write: keep
-                    // it for that replica as a hint, so it catches up when it
-                    // can. Safe even for a conditional write that lost its
-                    // race: a rewrite never outranks a newer write. Not for a
-                    // replica that refused it for memory: a hint's delivery
-                    // is not refused, so it would overrule the bound.
-                    if let Err(e) = &result
-                        && target.hint_for.is_none()
-                        && !topo.is_self(&target.node)
-                        && !matches!(e, KvError::OutOfMemory { .. })
-                    {
-                        tracing::debug!(replica = %target.node, error = %e, "replica write failed; keeping a hint");
-                        node.store_hint(target.node, partition, key, entry).await;
-                    }
-                    (i, result)
-                }
+                let request = ReplicaRequest::Apply {
+                    partition: partition.0,
+                    key: key.clone(),
+                    entry: entry.clone(),
+                    condition,
+                    hint_for: target.hint_for.as_ref().map(|n| n.to_string()),
+                };
+                let (node, topo, target) = (self.clone(), topo.clone(), target.node.clone());
+                async move { (i, node.on_replica(&topo, &target, request).await) }
             })
             .collect();
-        let mut tracker = QuorumTracker::new(operation, needed, calls.len());
-        let (mut was_live, mut conflict) = (false, false);
-        let mut out_of_memory = None;
-        while let Some((i, result)) = calls.next().await {
-            let progress = match result {
-                Ok(Reply::Applied { was_live: w }) => {
-                    was_live |= w;
-                    tracker.ok(i)
+        let mut round = WriteRound::new(operation, &plan, &topo);
+        let keep_hint = {
+            let (node, key, entry) = (self.clone(), key.clone(), entry.clone());
+            move |Action::KeepHint(replica): Action| {
+                let (node, key, entry) = (node.clone(), key.clone(), entry.clone());
+                async move {
+                    tracing::debug!(%replica, "replica write failed; keeping a hint");
+                    node.store_hint(replica, partition, key, entry).await;
                 }
-                Ok(Reply::Conflict) => {
-                    conflict = true;
-                    tracker.fail(i, "a newer write is stored")
-                }
-                Ok(other) => tracker.fail(i, format!("unexpected reply {other:?}")),
-                Err(e) => {
-                    let progress = tracker.fail(i, e.to_string());
-                    if matches!(e, KvError::OutOfMemory { .. }) {
-                        out_of_memory = Some(e);
-                    }
-                    progress
-                }
-            };
-            if progress != Progress::Pending {
-                break;
             }
-        }
+        };
+        let mut keep_late_hint = keep_hint.clone();
+        fan_out(&mut calls, &mut round, keep_hint, Until::Decided).await;
+        let outcome = round.outcome();
         if !calls.is_empty() {
-            tokio::spawn(async move { while calls.next().await.is_some() {} });
+            tokio::spawn(async move { fan_out(&mut calls, &mut round, &mut keep_late_hint, Until::AllAnswered).await });
         }
-        if conflict {
-            return Ok(Written::Conflict);
-        }
-        match tracker.progress() {
-            Progress::Succeeded => Ok(Written::Done { was_live }),
-            _ => match out_of_memory {
-                // A replica's memory refusal says more than a quorum count.
-                Some(e) => Err(e),
-                None => {
-                    let names: Vec<NodeName> = targets.iter().map(|t| t.node.clone()).collect();
-                    Err(tracker.error(&names, "no answer"))
-                }
-            },
-        }
+        outcome
     }
 
     /// Reads the key from its replicas, returns the newest entry and repairs
@@ -385,12 +300,8 @@ impl Node {
     async fn read_entry(&self, key: &Bytes, consistency: Consistency) -> Result<Option<Entry>, KvError> {
         let topo = self.inner.topology();
         let partition = self.inner.partitioner.partition_of(key);
-        let replicas: Vec<NodeName> = topo.replicas(partition).to_vec();
-        let needed = consistency.required(replicas.len(), self.inner.config.read_quorum).max(1);
-        let up: Vec<NodeName> = replicas.iter().filter(|n| topo.is_up(n)).cloned().collect();
-        if up.len() < needed {
-            return Err(self.unavailable("read", &topo, partition, needed));
-        }
+        let read_quorum = self.inner.config.read_quorum;
+        let up = plan_read("read", &topo, partition, consistency, read_quorum)?;
         // As for writes: the calls run in this task until the quorum is
         // met, and late answers are awaited in the background (they count
         // for read repair: a replica that was slow may be stale).
@@ -404,90 +315,76 @@ impl Node {
                     }
                 })
                 .collect();
-        let tracker = QuorumTracker::new("read", needed, up.len());
-        let entries = gather(&mut calls, tracker, &up, |reply| match reply {
-            Reply::Entry(entry) => Ok(entry),
-            other => Err(other),
-        })
-        .await?;
-        let mut answers: Vec<(String, Option<Entry>)> =
-            entries.into_iter().map(|(i, entry)| (up[i].to_string(), entry)).collect();
-        let resolution = resolve_read(&answers);
-        if let Some(entry) = &resolution.newest {
+        let mut round = read_round(up, consistency, read_quorum);
+        fan_out(&mut calls, &mut round, no_action, Until::Decided).await;
+        round.outcome()?;
+        let newest = round.newest();
+        if let Some(entry) = &newest {
             // What this node answers with, its clock now covers: a client's
             // session (and this node's next write) orders after it.
             let _ = self.inner.hlc.observe(entry.version.newest_ts(), self.inner.now_ms());
         }
-        if !calls.is_empty() || !resolution.stale.is_empty() {
-            let (node, key) = (self.clone(), key.clone());
-            tokio::spawn(async move {
-                while let Some((i, result)) = calls.next().await {
-                    if let Ok(Reply::Entry(entry)) = result {
-                        answers.push((up[i].to_string(), entry));
-                    }
-                }
-                node.read_repair(&topo, partition, key, &answers).await;
-            });
+        if calls.is_empty() && round.repairs().is_none() {
+            return Ok(newest);
         }
-        Ok(resolution.newest)
+        let (node, key) = (self.clone(), key.clone());
+        tokio::spawn(async move {
+            fan_out(&mut calls, &mut round, no_action, Until::AllAnswered).await;
+            let Some((newest, stale)) = round.repairs() else { return };
+            for replica in stale {
+                let request = ReplicaRequest::Apply {
+                    partition: partition.0,
+                    key: key.clone(),
+                    entry: newest.clone(),
+                    condition: None,
+                    hint_for: None,
+                };
+                if let Err(e) = node.on_replica(&topo, &replica, request).await {
+                    tracing::debug!(node = %replica, error = %e, "read repair failed");
+                }
+            }
+        });
+        Ok(newest)
     }
 }
 
-/// Collects replica answers from `calls` until `tracker` decides: `accept`
-/// takes a reply that answers the request, or hands back one that does not
-/// (a failure, like an error). The answers, each with its replica's index
-/// in `up`; calls still running stay in `calls` for the caller.
-pub(crate) async fn gather<T>(
+/// When [`fan_out`] returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// Once the round has its answer; calls still running stay in `calls`.
+    Decided,
+    /// Once every call has answered.
+    AllAnswered,
+}
+
+/// The one driver of a request's replica calls: feeds each call's result
+/// to `round` as it comes in and does the actions the round returns.
+pub(crate) async fn fan_out<R: Round, F, Fut>(
     calls: &mut (impl futures_util::Stream<Item = (usize, Result<Reply, KvError>)> + Unpin),
-    mut tracker: QuorumTracker,
-    up: &[NodeName],
-    mut accept: impl FnMut(Reply) -> Result<T, Reply>,
-) -> Result<Vec<(usize, T)>, KvError> {
-    let mut answers = Vec::with_capacity(up.len());
+    round: &mut R,
+    mut act: F,
+    until: Until,
+) where
+    F: FnMut(Action) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     while let Some((i, result)) = calls.next().await {
-        let progress = match result.map(&mut accept) {
-            Ok(Ok(answer)) => {
-                answers.push((i, answer));
-                tracker.ok(i)
-            }
-            Ok(Err(other)) => tracker.fail(i, format!("unexpected reply {other:?}")),
-            Err(e) => tracker.fail(i, e.to_string()),
-        };
-        if progress != Progress::Pending {
-            break;
+        let progress = round.answer(i, result);
+        for action in round.actions() {
+            act(action).await;
+        }
+        if until == Until::Decided && progress != Progress::Pending {
+            return;
         }
     }
-    match tracker.progress() {
-        Progress::Succeeded => Ok(answers),
-        _ => Err(tracker.error(up, "no answer")),
-    }
+}
+
+/// The action handler of rounds that return none.
+pub(crate) async fn no_action(action: Action) {
+    tracing::error!(?action, "a round without actions returned one");
 }
 
 impl Node {
-    async fn read_repair(
-        &self,
-        topo: &Topology,
-        partition: PartitionId,
-        key: Bytes,
-        answers: &[(String, Option<Entry>)],
-    ) {
-        let resolution = resolve_read(answers);
-        let Some(newest) = resolution.newest else { return };
-        for stale in resolution.stale {
-            let request = ReplicaRequest::Apply {
-                partition: partition.0,
-                key: key.clone(),
-                entry: newest.clone(),
-                condition: None,
-                hint_for: None,
-            };
-            let stale: NodeName = stale.into();
-            if let Err(e) = self.on_replica(topo, &stale, request).await {
-                tracing::debug!(node = %stale, error = %e, "read repair failed");
-            }
-        }
-    }
-
     async fn read_live(&self, key: &Bytes, consistency: Consistency) -> Result<Option<(Entry, u64)>, KvError> {
         self.inner.limits.check_key(key)?;
         let entry = self.read_entry(key, consistency).await?;
@@ -618,7 +515,7 @@ impl Node {
         let topo = inner.topology();
         let partition = inner.partitioner.partition_of(&key);
         let leader = topo.replicas(partition).iter().find(|n| topo.is_up(n)).cloned();
-        let Some(leader) = leader else { return Err(self.unavailable("update", &topo, partition, 1)) };
+        let Some(leader) = leader else { return Err(unavailable("update", &topo, partition, 1)) };
         if topo.is_self(&leader) {
             return self.lead_update(partition, key, update).await;
         }

@@ -5,14 +5,13 @@
 
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
-use ringkv_core::quorum::QuorumTracker;
-use ringkv_core::ring::NodeName;
 use ringkv_core::scan::{Cursor, Merged, Page, merge};
 use ringkv_core::{Consistency, KvError, PartitionId};
 use ringkv_net::wire::{ReplicaRequest, Reply};
 
+use crate::coordinate::{Gather, plan_read};
 use crate::node::Node;
-use crate::ops::gather;
+use crate::ops::{Until, fan_out, no_action};
 
 /// The most partition pages one call reads, so that a call over an empty
 /// or sparse stretch of partitions answers in bounded time (with fewer
@@ -49,12 +48,7 @@ impl Node {
     /// to answer, as a read at consistency `quorum` would ask them.
     async fn scan_page(&self, partition: PartitionId, from: u64, limit: usize) -> Result<Merged, KvError> {
         let topo = self.inner.topology();
-        let replicas = topo.replicas(partition);
-        let needed = Consistency::Quorum.required(replicas.len(), self.inner.config.read_quorum).max(1);
-        let up: Vec<NodeName> = replicas.iter().filter(|n| topo.is_up(n)).cloned().collect();
-        if up.len() < needed {
-            return Err(self.unavailable("scan", &topo, partition, needed));
-        }
+        let up = plan_read("scan", &topo, partition, Consistency::Quorum, self.inner.config.read_quorum)?;
         let request = ReplicaRequest::Keys { partition: partition.0, from, limit: limit as u32 };
         let mut calls: FuturesUnordered<_> = up
             .iter()
@@ -64,12 +58,14 @@ impl Node {
                 async move { (i, self.on_replica(topo, name, request).await) }
             })
             .collect();
-        let tracker = QuorumTracker::new("scan", needed, up.len());
-        let pages = gather(&mut calls, tracker, &up, |reply| match reply {
+        let needed = Consistency::Quorum.required(up.len(), self.inner.config.read_quorum).max(1);
+        let mut round = Gather::new("scan", up.clone(), needed, |reply| match reply {
             Reply::Keys { keys, full } => Ok(Page { keys, full }),
             other => Err(other),
-        })
-        .await?;
-        Ok(merge(pages.into_iter().map(|(_, page)| page).collect()))
+        });
+        fan_out(&mut calls, &mut round, no_action, Until::Decided).await;
+        round.outcome()?;
+        let pages = round.into_answers().collect();
+        Ok(merge(pages))
     }
 }

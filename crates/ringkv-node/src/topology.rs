@@ -224,6 +224,29 @@ impl Topology {
     }
 }
 
+/// A topology of `members`, `(name, status, live)`, as `self_name` sees
+/// it: replication 3 over 8 partitions, 16 virtual nodes each, the dead
+/// ones dead for a second. For the tests of the rules that work from one.
+#[cfg(test)]
+pub(crate) fn sketch(self_name: &str, members: &[(&str, MemberStatus, bool)]) -> Topology {
+    let gossiped: BTreeMap<NodeName, Gossiped> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (name, status, live))| {
+            let g = Gossiped {
+                addr: SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16)),
+                status: *status,
+                live: *live,
+                dead_for: (!live).then_some(Duration::from_secs(1)),
+                epoch: Epoch::NONE,
+                fenced: false,
+            };
+            (NodeName::from(*name), g)
+        })
+        .collect();
+    build(&NodeName::from(self_name), "sketch", gossiped, 8, 3, 16, Duration::from_secs(60))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
