@@ -58,6 +58,59 @@ pub(crate) fn sources_needed(replicas: usize, write_quorum: usize) -> usize {
     replicas.saturating_sub(write_quorum.min(replicas)) + 1
 }
 
+/// Whom a gaining node pulls a partition from, drawn from one topology:
+/// the current replicas that are up, one after another, until enough have
+/// given their whole copy.
+#[derive(Debug)]
+pub(crate) struct PullRound {
+    sources: std::vec::IntoIter<NodeName>,
+    needed: usize,
+    pulled: usize,
+    /// The partition has no replica now (a cluster's first member): there
+    /// is nothing to pull.
+    unplaced: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PullStep {
+    /// Pull the whole copy of this replica, and say whether it came.
+    Ask(NodeName),
+    Done,
+    /// Too few replicas gave their copy: try again with a newer topology.
+    Wait {
+        pulled: usize,
+        needed: usize,
+    },
+}
+
+impl PullRound {
+    pub(crate) fn new(topo: &Topology, partition: PartitionId, write_quorum: usize) -> PullRound {
+        let replicas = topo.replicas(partition);
+        let sources: Vec<NodeName> = replicas.iter().filter(|n| topo.is_up(n) && !topo.is_self(n)).cloned().collect();
+        PullRound {
+            sources: sources.into_iter(),
+            needed: sources_needed(replicas.len(), write_quorum),
+            pulled: 0,
+            unplaced: replicas.is_empty(),
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> PullStep {
+        if self.pulled >= self.needed || self.unplaced {
+            return PullStep::Done;
+        }
+        match self.sources.next() {
+            Some(source) => PullStep::Ask(source),
+            None => PullStep::Wait { pulled: self.pulled, needed: self.needed },
+        }
+    }
+
+    /// The source last asked gave its whole copy.
+    pub(crate) fn pulled(&mut self) {
+        self.pulled += 1;
+    }
+}
+
 impl Node {
     /// Forgets every partition's contents, durably.
     pub(crate) async fn drop_all_partitions(&self) -> Result<usize, KvError> {
@@ -203,24 +256,27 @@ impl Node {
     async fn pull(&self, partition: PartitionId) -> bool {
         loop {
             let topo = self.inner.topology();
-            let replicas = topo.replicas(partition);
-            let needed = sources_needed(replicas.len(), self.inner.config.write_quorum);
-            let mut pulled = 0;
-            for source in replicas.iter().filter(|n| topo.is_up(n) && !topo.is_self(n)) {
-                match self.pull_from(&topo, partition, source).await {
-                    Ok(()) => pulled += 1,
-                    Err(e) => {
-                        tracing::warn!(partition = partition.0, %source, error = %e, "partition pull failed; trying another replica")
+            let mut round = PullRound::new(&topo, partition, self.inner.config.write_quorum);
+            loop {
+                match round.next() {
+                    PullStep::Ask(source) => match self.pull_from(&topo, partition, &source).await {
+                        Ok(()) => round.pulled(),
+                        Err(e) => {
+                            tracing::warn!(partition = partition.0, %source, error = %e, "partition pull failed; trying another replica")
+                        }
+                    },
+                    PullStep::Done => return true,
+                    PullStep::Wait { pulled, needed } => {
+                        tracing::info!(
+                            partition = partition.0,
+                            pulled,
+                            needed,
+                            "not enough replicas to pull from yet; waiting"
+                        );
+                        break;
                     }
                 }
-                if pulled >= needed {
-                    return true;
-                }
             }
-            if replicas.is_empty() {
-                return true;
-            }
-            tracing::info!(partition = partition.0, pulled, needed, "not enough replicas to pull from yet; waiting");
             if !self.pause(Duration::from_secs(1)).await {
                 return false;
             }
@@ -527,5 +583,38 @@ mod tests {
         assert_eq!(sources_needed(3, 3), 1);
         assert_eq!(sources_needed(1, 2), 1, "W is clamped to the replicas there are");
         assert_eq!(sources_needed(0, 2), 1);
+    }
+
+    #[test]
+    fn a_joiner_pulls_from_replicas_up_until_enough_gave_their_copy() {
+        use ringkv_net::wire::MemberStatus::{Joining, Serving};
+        let all = [("n1", Serving, true), ("n2", Serving, true), ("n3", Serving, true), ("n4", Joining, true)];
+        let topo = crate::topology::sketch("n4", &all);
+        let ask = |name: &str| PullStep::Ask(NodeName::from(name));
+        // Every current replica is up: the first two to give their copy do.
+        let mut round = PullRound::new(&topo, PartitionId(0), 2);
+        assert_eq!(round.next(), ask("n1"));
+        round.pulled();
+        assert_eq!(round.next(), ask("n2"));
+        round.pulled();
+        assert_eq!(round.next(), PullStep::Done);
+        // A source that fails is passed over for the next.
+        let mut round = PullRound::new(&topo, PartitionId(0), 2);
+        assert_eq!(round.next(), ask("n1"));
+        assert_eq!(round.next(), ask("n2"));
+        round.pulled();
+        assert_eq!(round.next(), ask("n3"));
+        round.pulled();
+        assert_eq!(round.next(), PullStep::Done);
+        // With one replica down and another failing, it waits for more.
+        let topo = crate::topology::sketch("n4", &[all[0], ("n2", Serving, false), all[2], all[3]]);
+        let mut round = PullRound::new(&topo, PartitionId(0), 2);
+        assert_eq!(round.next(), ask("n1"));
+        round.pulled();
+        assert_eq!(round.next(), ask("n3"));
+        assert_eq!(round.next(), PullStep::Wait { pulled: 1, needed: 2 });
+        // The first member has no replica to pull from.
+        let topo = crate::topology::sketch("n1", &[("n1", Joining, true)]);
+        assert_eq!(PullRound::new(&topo, PartitionId(0), 2).next(), PullStep::Done);
     }
 }
