@@ -235,3 +235,66 @@ async fn sigint_stops_a_node_that_keeps_its_place_and_its_data() {
     all_readable(&client, &later).await;
     converged(&client, &later, 3, Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keeping_the_data() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_serving(0, 3, Duration::from_secs(30)).await;
+    let keys = write_keys(&cluster.client_of(0).with_consistency(Consistency::All), "k", 200).await;
+
+    // The other two stop where they stand: still ring members, but down.
+    for i in [1, 2] {
+        let status = cluster.nodes[i].stop_with("INT", Duration::from_secs(20));
+        assert!(status.success(), "n{} exited with {status} after SIGINT", i + 1);
+    }
+    let client = cluster.client_of(0);
+    wait_for("n1 to see n2 and n3 down", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let members = client.members().await.ok()?;
+            let down = members.members.iter().filter(|m| m.node_id != "n1" && !m.live && m.in_ring).count();
+            (down == 2).then_some(())
+        }
+    })
+    .await;
+    // n1 may hold the only copies: its leave is refused, and the reason
+    // says to ask again rather than to stop it.
+    let n1 = cluster.nodes[0].addr;
+    let refusal = cluster.operator_of(0).leave(n1).await.expect_err("n1's leave was taken with no one to hand off to");
+    let text = refusal.to_string();
+    assert!(text.contains("ask again once another member serves") && !text.contains("stop it"), "{text}");
+
+    // SIGTERM asks for the same leave; refused, the node stops as SIGINT
+    // would, keeping its place and its data.
+    let status = cluster.nodes[0].terminate(Duration::from_secs(30));
+    assert!(status.success(), "n1 exited with {status} after SIGTERM");
+    let log = cluster.nodes[0].drain_log().join("\n");
+    assert!(log.contains("cannot leave the ring; stopping anyway"), "n1 did not say why it stopped:\n{log}");
+
+    cluster.start_together(&[0, 1, 2]);
+    cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
+    let log = cluster.nodes[0].drain_log().join("\n");
+    assert!(!log.contains("discard"), "n1 discarded its data after a refused leave:\n{log}");
+    let client = cluster.client_of(1);
+    all_readable(&client.with_consistency(Consistency::All), &keys).await;
+
+    // Asked again once the others serve, the leave goes through: n1 hands
+    // its partitions off and exits, and nothing is lost.
+    cluster.operator_of(0).leave(n1).await.unwrap();
+    let exited = wait_for("n1 to exit after leaving", Duration::from_secs(60), || {
+        let done = cluster.nodes[0].try_wait();
+        async move { done }
+    })
+    .await;
+    assert!(exited.success(), "n1 exited with {exited:?}");
+    wait_for("n2 to see n1 out of the ring", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let members = client.members().await.ok()?;
+            members.members.iter().any(|m| m.node_id == "n1" && !m.in_ring).then_some(())
+        }
+    })
+    .await;
+    all_readable(&client.with_consistency(Consistency::All), &keys).await;
+}
