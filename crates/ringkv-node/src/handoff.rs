@@ -19,7 +19,7 @@ const HINT_BATCH: usize = 512;
 /// ([`Node::rehome`]). Expired hints are dropped first.
 pub(crate) async fn handoff(node: Node) {
     let inner = node.inner.clone();
-    every(&node, inner.config.hint_replay_interval, || async {
+    every(node.inner.shutdown.subscribe(), inner.config.hint_replay_interval, || async {
         let horizon = hint_horizon(inner.now_ms(), inner.config.tombstone_grace);
         let epoch = inner.epoch();
         if let Err(e) = inner.hints.call(|reply| HintsMsg::Prune { epoch, older_than_ms: horizon, reply }).await {

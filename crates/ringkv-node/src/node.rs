@@ -57,7 +57,7 @@ pub(crate) struct Inner {
     pub(crate) standing: Option<Arc<Standing>>,
     /// What a clustered node answers to `Request::Claim`.
     pub(crate) claims: Option<Arc<ClaimSource>>,
-    pub(crate) repair: Repair,
+    pub(crate) repair: Arc<Repair>,
     pub(crate) transfers: Transfers,
     pub(crate) faults: Arc<Faults>,
     /// Present for a clustered node that persists its data.
@@ -215,12 +215,11 @@ impl Inner {
 }
 
 /// Runs `work` every `period` until shutdown.
-pub(crate) async fn every<F, Fut>(node: &Node, period: Duration, mut work: F)
+pub(crate) async fn every<F, Fut>(mut shutdown: watch::Receiver<bool>, period: Duration, mut work: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut shutdown = node.inner.shutdown.subscribe();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -500,7 +500,7 @@ pub(crate) async fn member_keeper(node: Node) {
     // Precise enough to compare with the grace period, without a file write
     // every second.
     let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    every(&node, period, || async {
+    every(node.inner.shutdown.subscribe(), period, || async {
         if in_ring() {
             file.touch(inner.now_ms());
         }
@@ -554,7 +554,7 @@ pub(crate) async fn fence_follower(node: Node) {
 /// from outliving the tombstones it misses (see `drop_moved_partitions`).
 pub(crate) async fn mover(node: Node) {
     let mut checked: Option<(Arc<Topology>, tokio::time::Instant)> = None;
-    every(&node, Duration::from_secs(1), || {
+    every(node.inner.shutdown.subscribe(), Duration::from_secs(1), || {
         let topo = node.inner.topology();
         let due = checked.as_ref().is_none_or(|(seen, at)| !Arc::ptr_eq(seen, &topo) || at.elapsed() >= MOVER_RECHECK);
         if due {

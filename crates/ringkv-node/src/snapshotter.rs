@@ -49,7 +49,7 @@ impl Node {
 pub(crate) async fn snapshotter(node: Node) {
     let Some(wal) = node.inner.wal.clone() else { return };
     let mut logged_at_last = 0u64;
-    every(&node, Duration::from_secs(1), || {
+    every(node.inner.shutdown.subscribe(), Duration::from_secs(1), || {
         let logged = wal.stats().appended_bytes.load(std::sync::atomic::Ordering::Relaxed);
         let due = logged - logged_at_last >= node.inner.config.snapshot_after_bytes;
         if due {

@@ -38,7 +38,7 @@ use crate::rebalance::{fence_follower, member_keeper, mover};
 use crate::repair::repair_task;
 use crate::snapshotter::snapshotter;
 use crate::supervisor::Supervisor;
-use crate::sweeper::sweeper;
+use crate::sweeper::{Sweeper, sweeper};
 use crate::topology::{self, Gossiped, Topology};
 
 /// Leaves per partition in the repair digest.
@@ -346,7 +346,7 @@ impl Node {
                 gossip_keys,
                 standing,
                 claims,
-                repair: Repair::new(config.repair_bytes_per_sec),
+                repair: Arc::new(Repair::new(config.repair_bytes_per_sec)),
                 transfers: Transfers::new(config.transfer_bytes_per_sec),
                 faults,
                 member_file,
@@ -392,7 +392,17 @@ impl Node {
         if let Some(wal) = &node.inner.wal {
             node.spawn(log_watch(node.clone(), wal.failure()));
         }
-        node.spawn(sweeper(node.clone()));
+        let sweep = Sweeper {
+            partitions: node.inner.partitions.clone(),
+            repair: node.inner.repair.clone(),
+            topology: node.inner.topology_watch(),
+            standing: node.inner.standing.clone(),
+            clock: node.inner.clock.clone(),
+            interval: node.inner.config.sweep_interval,
+            tombstone_grace: node.inner.config.tombstone_grace,
+            budget: node.inner.config.sweep_budget,
+        };
+        node.spawn(sweeper(sweep, node.inner.shutdown.subscribe()));
         node.spawn(leadership(node.clone()));
         node.spawn(evictor(node.clone()));
         if let Some(evicted) = evicted_rx {
