@@ -309,6 +309,20 @@ mod tests {
         topology(&names.iter().map(|n| (*n, MemberStatus::Serving, true)).collect::<Vec<_>>())
     }
 
+    /// Four members, `n4` down, and a write to a partition it replicates:
+    /// some other member stands in for it.
+    fn fourth_down() -> (Topology, WritePlan) {
+        let topo = topology(&[
+            ("n1", MemberStatus::Serving, true),
+            ("n2", MemberStatus::Serving, true),
+            ("n3", MemberStatus::Serving, true),
+            ("n4", MemberStatus::Serving, false),
+        ]);
+        let partition = (0..8).map(PartitionId).find(|p| topo.replicas(*p).iter().any(|n| n.as_ref() == "n4")).unwrap();
+        let plan = plan_write("put", &topo, partition, Consistency::Quorum, QUORUM).unwrap();
+        (topo, plan)
+    }
+
     fn names(nodes: &[NodeName]) -> Vec<&str> {
         nodes.iter().map(|n| n.as_ref()).collect()
     }
@@ -333,15 +347,7 @@ mod tests {
 
     #[test]
     fn a_down_replica_gets_a_stand_in_or_else_a_hint_from_the_coordinator() {
-        // Four members: the down replica's stand-in is the fourth.
-        let topo = topology(&[
-            ("n1", MemberStatus::Serving, true),
-            ("n2", MemberStatus::Serving, true),
-            ("n3", MemberStatus::Serving, true),
-            ("n4", MemberStatus::Serving, false),
-        ]);
-        let partition = (0..8).map(PartitionId).find(|p| topo.replicas(*p).iter().any(|n| n.as_ref() == "n4")).unwrap();
-        let plan = plan_write("put", &topo, partition, Consistency::Quorum, QUORUM).unwrap();
+        let (_, plan) = fourth_down();
         let stand_in: Vec<_> = plan.targets.iter().filter(|t| t.hint_for.is_some()).collect();
         assert_eq!(stand_in.len(), 1, "{plan:?}");
         assert_eq!(stand_in[0].hint_for.as_deref(), Some("n4"));
@@ -414,14 +420,7 @@ mod tests {
 
     #[test]
     fn a_stand_in_that_fails_leaves_no_hint_of_its_own() {
-        let topo = topology(&[
-            ("n1", MemberStatus::Serving, true),
-            ("n2", MemberStatus::Serving, true),
-            ("n3", MemberStatus::Serving, true),
-            ("n4", MemberStatus::Serving, false),
-        ]);
-        let partition = (0..8).map(PartitionId).find(|p| topo.replicas(*p).iter().any(|n| n.as_ref() == "n4")).unwrap();
-        let plan = plan_write("put", &topo, partition, Consistency::Quorum, QUORUM).unwrap();
+        let (topo, plan) = fourth_down();
         let stand_in = plan.targets.iter().position(|t| t.hint_for.is_some()).unwrap();
         let mut round = WriteRound::new("put", &plan, &topo);
         round.answer(stand_in, Err(timeout()));

@@ -133,7 +133,8 @@ struct MemFile {
 }
 
 /// An in-memory disk for tests. Directory operations are durable at once;
-/// file contents only up to the last `sync`.
+/// file contents only up to the last `sync`, and a `sync` that fails loses
+/// what it would have made durable.
 #[derive(Debug, Default, Clone)]
 pub struct MemDisk {
     files: Arc<Mutex<BTreeMap<String, MemFile>>>,
@@ -220,9 +221,17 @@ impl DiskFile for MemHandle {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.disk.check()?;
+        let failed = self.disk.check();
         let mut files = self.disk.lock();
         let file = files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
+        if failed.is_err() {
+            // As Linux may after a failed fsync: the dirty pages are marked
+            // clean or dropped, so what was not synced is gone even without
+            // a crash, and a later fsync that succeeds does not bring it
+            // back.
+            file.data.truncate(file.synced);
+            return failed;
+        }
         file.synced = file.data.len();
         Ok(())
     }
@@ -276,5 +285,36 @@ impl Disk for MemDisk {
 
     fn writer_host(&self) -> WriterHost {
         self.writers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents(disk: &MemDisk, name: &str) -> Vec<u8> {
+        let mut data = Vec::new();
+        disk.open_read(name).unwrap().read_to_end(&mut data).unwrap();
+        data
+    }
+
+    #[test]
+    fn a_failed_sync_loses_what_was_not_synced_for_good() {
+        let disk = MemDisk::new();
+        let mut file = disk.create("log").unwrap();
+        file.write_all(b"synced ").unwrap();
+        file.sync().unwrap();
+        file.write_all(b"pending").unwrap();
+        assert_eq!(contents(&disk, "log"), b"synced pending");
+
+        disk.fail(Some(io::ErrorKind::Other));
+        assert!(file.sync().is_err());
+        assert_eq!(contents(&disk, "log"), b"synced ");
+        disk.fail(None);
+        file.sync().unwrap();
+        file.write_all(b"later").unwrap();
+        file.sync().unwrap();
+        disk.crash();
+        assert_eq!(contents(&disk, "log"), b"synced later");
     }
 }
