@@ -64,6 +64,18 @@ async fn all_readable(client: &Client, keys: &[String]) {
     }
 }
 
+/// Waits until the node `client` asks lists `node` as out of the ring.
+async fn wait_out_of_ring(client: &Client, node: &str) {
+    wait_for(&format!("{node} out of the ring"), Duration::from_secs(30), || {
+        let client = client.clone();
+        async move {
+            let members = client.members().await.ok()?;
+            members.members.iter().any(|m| m.node_id == node && !m.in_ring).then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_pulls_its_partitions_while_reads_and_writes_go_on() {
     let _serial = SERIAL.lock().await;
@@ -174,14 +186,7 @@ async fn a_node_dead_past_the_grace_period_is_replaced_and_returns_as_new() {
 
     cluster.nodes[3].kill9();
     let client = cluster.client_of(0);
-    wait_for("n4 out of the ring", Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let members = client.members().await.ok()?;
-            members.members.iter().any(|m| m.node_id == "n4" && !m.in_ring).then_some(())
-        }
-    })
-    .await;
+    wait_out_of_ring(&client, "n4").await;
     // Re-replicated: three copies among the three that are left.
     let took = converged(&client, &keys, 3, Duration::from_secs(60)).await;
     println!("three copies again {took:?} after n4 left the ring");
@@ -273,7 +278,10 @@ async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keepi
     assert!(log.contains("cannot leave the ring; stopping anyway"), "n1 did not say why it stopped:\n{log}");
 
     cluster.start_together(&[0, 1, 2]);
-    cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
+    // Reads at `all` go through n2, so n2 too must see all three serving.
+    for i in [0, 1] {
+        cluster.wait_serving(i, 3, Duration::from_secs(60)).await;
+    }
     let log = cluster.nodes[0].drain_log().join("\n");
     assert!(!log.contains("discard"), "n1 discarded its data after a refused leave:\n{log}");
     let client = cluster.client_of(1);
@@ -288,13 +296,7 @@ async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keepi
     })
     .await;
     assert!(exited.success(), "n1 exited with {exited:?}");
-    wait_for("n2 to see n1 out of the ring", Duration::from_secs(30), || {
-        let client = client.clone();
-        async move {
-            let members = client.members().await.ok()?;
-            members.members.iter().any(|m| m.node_id == "n1" && !m.in_ring).then_some(())
-        }
-    })
-    .await;
+    wait_out_of_ring(&client, "n1").await;
+    cluster.wait_serving(1, 2, Duration::from_secs(30)).await;
     all_readable(&client.with_consistency(Consistency::All), &keys).await;
 }

@@ -235,11 +235,11 @@ impl<T> Gather<T> {
         }
     }
 
-    /// Every answer so far, with the replica that gave it, once the round
-    /// has succeeded; otherwise the quorum error.
-    pub(crate) fn outcome(&self) -> Result<Vec<(&NodeName, &T)>, KvError> {
+    /// Whether the round has succeeded; otherwise the quorum error. The
+    /// answers stay in the round (`newest`, `into_answers`).
+    pub(crate) fn outcome(&self) -> Result<(), KvError> {
         match self.tracker.progress() {
-            Progress::Succeeded => Ok(self.answers.iter().map(|(i, a)| (&self.asked[*i], a)).collect()),
+            Progress::Succeeded => Ok(()),
             _ => Err(self.tracker.error(&self.asked, "no answer")),
         }
     }
@@ -469,7 +469,8 @@ mod tests {
         assert_eq!(round.answer(0, Ok(Reply::Entry(Some(entry(1, b"old"))))), Progress::Pending);
         assert_eq!(round.answer(1, Ok(Reply::Entry(Some(entry(2, b"new"))))), Progress::Succeeded);
         assert_eq!(round.newest(), Some(entry(2, b"new")));
-        assert_eq!(round.outcome().unwrap().len(), 2);
+        round.outcome().unwrap();
+        assert_eq!(round.answers.len(), 2);
         // The late answer has nothing: it is repaired with the first.
         round.answer(2, Ok(Reply::Entry(None)));
         let (newest, stale) = round.repairs().unwrap();

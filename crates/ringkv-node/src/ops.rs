@@ -1,8 +1,9 @@
 //! The store's operations as a coordinating node runs them: validate, stamp,
 //! fan out to the key's replicas (local ones by actor message, remote ones
-//! over the peer transport), count answers with the sans-I/O quorum tracker,
-//! answer, and finish the rest in the background (remaining replica writes,
-//! hints for replicas that failed, read repair).
+//! over the peer transport), feed the answers to the request's round from
+//! `coordinate.rs`, which decides, answer, and finish the rest in the
+//! background (remaining replica writes, hints for replicas that failed,
+//! read repair).
 
 use std::time::Duration;
 
