@@ -33,6 +33,10 @@ pub trait Disk: Send + Sync + 'static {
     /// Atomically replaces `to` with `from` and makes the rename durable.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes an existing file's contents durable. Recovery needs it: a node
+    /// that stopped on a failed write restarts with its page cache intact,
+    /// so what it reads back may never have reached the disk.
+    fn sync_file(&self, name: &str) -> io::Result<()>;
     fn exists(&self, name: &str) -> bool {
         self.len(name).is_ok()
     }
@@ -123,6 +127,10 @@ impl Disk for FsDisk {
     fn remove(&self, name: &str) -> io::Result<()> {
         fs::remove_file(self.path(name))?;
         self.sync_dir()
+    }
+
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        OpenOptions::new().write(true).open(self.path(name))?.sync_all()
     }
 }
 
@@ -221,19 +229,7 @@ impl DiskFile for MemHandle {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        let failed = self.disk.check();
-        let mut files = self.disk.lock();
-        let file = files.get_mut(&self.name).ok_or_else(|| not_found(&self.name))?;
-        if failed.is_err() {
-            // As Linux may after a failed fsync: the dirty pages are marked
-            // clean or dropped, so what was not synced is gone even without
-            // a crash, and a later fsync that succeeds does not bring it
-            // back.
-            file.data.truncate(file.synced);
-            return failed;
-        }
-        file.synced = file.data.len();
-        Ok(())
+        self.disk.sync_file(&self.name)
     }
 }
 
@@ -281,6 +277,22 @@ impl Disk for MemDisk {
     fn remove(&self, name: &str) -> io::Result<()> {
         self.check()?;
         self.lock().remove(name).map(|_| ()).ok_or_else(|| not_found(name))
+    }
+
+    fn sync_file(&self, name: &str) -> io::Result<()> {
+        let failed = self.check();
+        let mut files = self.lock();
+        let file = files.get_mut(name).ok_or_else(|| not_found(name))?;
+        if failed.is_err() {
+            // As Linux may after a failed fsync: the dirty pages are marked
+            // clean or dropped, so what was not synced is gone even without
+            // a crash, and a later fsync that succeeds does not bring it
+            // back.
+            file.data.truncate(file.synced);
+            return failed;
+        }
+        file.synced = file.data.len();
+        Ok(())
     }
 
     fn writer_host(&self) -> WriterHost {

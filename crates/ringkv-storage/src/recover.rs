@@ -128,6 +128,17 @@ pub fn recover(disk: &dyn Disk, config: &RecoveryConfig, now_ms: u64) -> Result<
         }
         state.stats.segments += 1;
     }
+    // A node that stopped on a failed write restarts with its files still in
+    // the page cache, so what it just read may never have reached the disk.
+    // It is made durable before the node builds on it: otherwise a later
+    // crash could tear a segment that is no longer the last, and the node
+    // could not start again (simulator seed 621).
+    for seq in &live {
+        let name = segment_name(*seq);
+        if disk.exists(&name) {
+            disk.sync_file(&name).map_err(|e| StorageError::io(disk.path(&name), e))?;
+        }
+    }
     let Rebuilt { mut shards, mut hints, stats } = state;
     for shard in &mut shards {
         shard.truncate(epoch);

@@ -1,4 +1,5 @@
-//! Recovery against real files: torn tails, corruption, foreign data
+//! Recovery against real files (and the simulated disk where a test needs a
+//! restart after a failed write): torn tails, corruption, foreign data
 //! directories.
 
 #![allow(clippy::disallowed_methods, reason = "tests damage real files on purpose")]
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringkv_core::{Entry, NodeTag, Partitioner, Timestamp, Version};
-use ringkv_storage::{FsDisk, FsyncPolicy, RecoveryConfig, StorageError, Wal, WalConfig, WalRecord, recover};
+use ringkv_storage::{FsDisk, FsyncPolicy, MemDisk, RecoveryConfig, StorageError, Wal, WalConfig, WalRecord, recover};
 
 const P: u16 = 8;
 
@@ -108,4 +109,45 @@ fn a_data_directory_of_another_node_or_partition_count_is_refused() {
     let other_p = RecoveryConfig { partitions: 16, ..config() };
     let err = recover(&disk, &other_p, 0).err().unwrap();
     assert!(err.to_string().contains("partition count"), "{err}");
+}
+
+/// A node that stops on a failed write restarts with its unsynced log still
+/// in the page cache. Recovery must make what it read durable, or a crash
+/// after the restart tears a segment that is no longer the last and the node
+/// can never start again (simulator seed 621).
+#[test]
+fn what_a_restart_after_a_failed_write_recovers_survives_a_later_crash() {
+    let disk = MemDisk::new();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let start = |first, fsync| {
+        let config = WalConfig { fsync, segment_bytes: 1 << 30, queue_bytes: 1 << 20 };
+        Wal::start(Arc::new(disk.clone()), first, config).unwrap()
+    };
+    let recovered = recover(&disk, &config(), 0).unwrap();
+    let wal = start(recovered.next_segment, FsyncPolicy::Never);
+    rt.block_on(async {
+        for i in 0..10 {
+            wal.append(record(i)).await.unwrap();
+        }
+        disk.fail(Some(std::io::ErrorKind::Other));
+        assert!(wal.append(record(10)).await.is_err(), "the write on the failing disk must fail");
+        assert!(wal.close().await.is_err());
+    });
+    disk.fail(None);
+
+    let recovered = recover(&disk, &config(), 0).unwrap();
+    assert_eq!(live_keys(&recovered), 10, "the page cache still holds the ten writes");
+    assert_eq!(recovered.next_segment, 2);
+    let wal = start(2, FsyncPolicy::Always);
+    rt.block_on(async {
+        for i in 20..25 {
+            wal.append(record(i)).await.unwrap();
+        }
+        wal.close().await.unwrap();
+    });
+
+    disk.crash();
+    let recovered = recover(&disk, &config(), 0).expect("the node starts after the crash");
+    assert_eq!(live_keys(&recovered), 15);
+    assert_eq!(recovered.stats.segments, 2);
 }
