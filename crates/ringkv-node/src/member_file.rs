@@ -6,6 +6,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringkv_core::ring::NodeName;
 use ringkv_storage::Disk;
 
 use crate::membership::Life;
@@ -13,12 +14,25 @@ use crate::membership::Life;
 const NAME: &str = "member";
 const TMP: &str = "member.tmp";
 
-/// The file that says this data directory belongs to a ring member, and
-/// when that member was last alive (wall-clock ms). On the node's `Disk`,
+/// The file that says this data directory belongs to a ring member, when
+/// that member was last alive (wall-clock ms) and which other members its
+/// ring held then. On the node's `Disk`,
 /// so that a simulated crash loses an update that was not synced, as a
 /// power loss would.
 pub(crate) struct MemberFile {
     disk: Arc<dyn Disk>,
+}
+
+/// What the member file says.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Membered {
+    pub last_alive_ms: u64,
+    /// The other members of the ring it last held a place in. A member that
+    /// had some must not serve alone when it returns (simulator seed 660:
+    /// it started alone on hearing nobody, acknowledged writes, then was
+    /// fenced and discarded them). `None` from a v1 file, which did not
+    /// record them.
+    pub peers: Option<Vec<NodeName>>,
 }
 
 impl MemberFile {
@@ -26,12 +40,16 @@ impl MemberFile {
         MemberFile { disk }
     }
 
-    pub(crate) fn last_alive(&self) -> Option<u64> {
+    pub(crate) fn read(&self) -> Option<Membered> {
         let mut text = String::new();
         self.disk.open_read(NAME).ok()?.read_to_string(&mut text).ok()?;
-        let value = text.lines().find_map(|l| l.strip_prefix("last_alive_ms="));
-        match value.and_then(|v| v.trim().parse().ok()) {
-            Some(ms) => Some(ms),
+        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix('='));
+        match field("last_alive_ms").and_then(|v| v.trim().parse().ok()) {
+            Some(last_alive_ms) => Some(Membered {
+                last_alive_ms,
+                peers: field("peers")
+                    .map(|list| list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(NodeName::from).collect()),
+            }),
             None => {
                 let file = self.disk.path(NAME);
                 tracing::warn!(file = %file.display(), "unreadable member file; joining as a new member");
@@ -41,9 +59,10 @@ impl MemberFile {
     }
 
     /// Replaces the file whole (written, synced, renamed over the old one),
-    /// so that a crash leaves either the old time or the new one.
-    pub(crate) fn touch(&self, now_ms: u64) {
-        let text = format!("ringkv member file v1\nlast_alive_ms={now_ms}\n");
+    /// so that a crash leaves either the old contents or the new.
+    pub(crate) fn touch(&self, now_ms: u64, peers: &[NodeName]) {
+        let peers: Vec<&str> = peers.iter().map(|n| &**n).collect();
+        let text = format!("ringkv member file v2\nlast_alive_ms={now_ms}\npeers={}\n", peers.join(","));
         let written = self.disk.create(TMP).and_then(|mut file| {
             file.write_all(text.as_bytes())?;
             file.sync()
@@ -112,13 +131,25 @@ mod tests {
     fn the_member_file_round_trips_and_a_crash_keeps_only_what_was_synced() {
         let disk = Arc::new(ringkv_storage::MemDisk::new());
         let file = MemberFile::new(disk.clone());
-        assert_eq!(file.last_alive(), None);
-        file.touch(1234);
-        assert_eq!(file.last_alive(), Some(1234));
+        assert_eq!(file.read(), None);
+        let peers = [NodeName::from("n2"), NodeName::from("n3")];
+        file.touch(1234, &peers);
+        let written = Membered { last_alive_ms: 1234, peers: Some(peers.to_vec()) };
+        assert_eq!(file.read(), Some(written.clone()));
         disk.crash();
-        assert_eq!(file.last_alive(), Some(1234), "touch syncs before it renames");
+        assert_eq!(file.read(), Some(written), "touch syncs before it renames");
+        file.touch(1300, &[]);
+        assert_eq!(file.read(), Some(Membered { last_alive_ms: 1300, peers: Some(Vec::new()) }));
         file.remove();
-        assert_eq!(file.last_alive(), None);
+        assert_eq!(file.read(), None);
         assert!(!disk.exists(NAME) && !disk.exists(TMP));
+    }
+
+    #[test]
+    fn a_v1_member_file_reads_with_its_peers_unknown() {
+        let disk = Arc::new(ringkv_storage::MemDisk::new());
+        let mut tmp = disk.create(NAME).unwrap();
+        tmp.write_all(b"ringkv member file v1\nlast_alive_ms=99\n").unwrap();
+        assert_eq!(MemberFile::new(disk).read(), Some(Membered { last_alive_ms: 99, peers: None }));
     }
 }

@@ -13,7 +13,10 @@
 //! tombstones without it, so its data can resurrect deleted keys. Each node
 //! therefore *fences* the members it removed: it gossips their names under
 //! `fenced`, keeps them out of its rings and refuses their replica
-//! requests, until they come back as `joining` (or `left`). A fenced member
+//! requests, until they come back as `joining` (or `left`). Every node
+//! does the same for a member that any live member fences, including nodes
+//! that never saw it die: otherwise one of them could pull from it or place
+//! it before it hears the fence. A fenced member
 //! that sees its own name in a live member's list discards its data and
 //! joins anew. A joining member is fenced the same way once it drops out of
 //! the next ring (the purge horizon stops waiting for it then), under its
@@ -96,6 +99,9 @@ pub(crate) struct MembershipConfig {
     /// Wall-clock ms the member was last alive before this start, if it is
     /// returning with its data.
     pub alive_before: Option<u64>,
+    /// The other members of the ring it last held a place in, if its member
+    /// file says (`member_file::Membered::peers`).
+    pub last_peers: Option<Vec<NodeName>>,
     pub faults: Arc<Faults>,
     pub network: Arc<dyn Network>,
     /// The keyring every gossip datagram is sealed and opened with.
@@ -353,18 +359,18 @@ impl Membership {
                 break others > 0;
             }
             if Instant::now() >= deadline {
-                if config.alive_before.is_none() || !has_seeds {
-                    tracing::warn!(seeds = ?config.seeds, "no other member was heard within the join timeout; starting alone");
-                    break false;
+                match wait_for_others(
+                    config.alive_before.is_some(),
+                    &config.seeds,
+                    has_seeds,
+                    config.last_peers.as_deref(),
+                ) {
+                    None => {
+                        tracing::warn!(seeds = ?config.seeds, "no other member was heard within the join timeout; starting alone");
+                        break false;
+                    }
+                    Some(why) => tracing::warn!(seeds = ?config.seeds, "{why}"),
                 }
-                // A member returning with data cannot know, alone, whether the
-                // cluster was cleared or moved on without it meanwhile.
-                tracing::warn!(
-                    seeds = ?config.seeds,
-                    "no seed answered within the join timeout; this member holds data that only the cluster can \
-                     say is still current (it may have been cleared), so it waits for a seed (start it without \
-                     --seeds to run it alone)"
-                );
                 deadline = Instant::now() + config.join_timeout;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -503,7 +509,7 @@ fn compute(
         }
         let Some(addr) = s.addr else { continue };
         let live = is_self || s.live;
-        let fenced = !is_self && fenced.contains_key(name);
+        let fenced = !is_self && (fenced.contains_key(name) || fencer(name, s, seen).is_some());
         gossiped
             .insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for: None, epoch: s.epoch, fenced });
     }
@@ -593,10 +599,7 @@ async fn maintain(
             *current = current.merge(max_epoch);
             raised
         });
-        let fenced_by = seen.get(&me).and_then(|own| {
-            let mine = |entry: &String| fences_this(entry, &me, own);
-            seen.iter().find(|(n, s)| **n != me && s.live && s.fences.iter().any(mine)).map(|(n, _)| n)
-        });
+        let fenced_by = seen.get(&me).and_then(|own| fencer(&me, own, &seen));
         standing.fenced.send_if_modified(|current| {
             let changed = *current != fenced_by.is_some();
             if changed && let Some(by) = fenced_by {
@@ -722,7 +725,56 @@ fn parse_state(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> Seen
     }
 }
 
-/// Whether a gossiped fence entry applies to this node as it is now: a
+/// Why a member that heard nobody within the join timeout keeps waiting,
+/// or `None` if it may start alone: a new member (nothing to lose), one
+/// told to run alone (no seeds at all), and one whose last ring held only
+/// itself (or, from a v1 member file, is not known to have held others).
+/// A member returning with data cannot know, alone, whether the cluster was
+/// cleared or moved on without it; and one whose only seed is itself (the
+/// others' seed) but whose ring held others would, alone, acknowledge
+/// writes that the others never see, and lose them when it learns it was
+/// fenced or its partitions moved (simulator seeds 3421 and 660).
+fn wait_for_others(
+    returning: bool,
+    seeds: &[String],
+    has_seeds: bool,
+    last_peers: Option<&[NodeName]>,
+) -> Option<String> {
+    if !returning {
+        return None;
+    }
+    if has_seeds {
+        return Some(
+            "no seed answered within the join timeout; this member holds data that only the cluster can say is \
+             still current (it may have been cleared), so it waits for a seed (start it without --seeds to run it \
+             alone)"
+                .into(),
+        );
+    }
+    let peers = last_peers.filter(|peers| !peers.is_empty() && !seeds.is_empty())?;
+    let peers: Vec<&str> = peers.iter().map(|n| &**n).collect();
+    Some(format!(
+        "no other member was heard within the join timeout; this member holds data and last served in a ring with \
+         {}, so it waits for one of them rather than acknowledge writes alone (start it without --seeds to run it \
+         alone)",
+        peers.join(", ")
+    ))
+}
+
+/// A live member that fences `name` (whose state is `state`) as it is now.
+/// Every node keeps such a member out of its rings, not only the nodes that
+/// saw it die: the fenced member discards its data once it hears the fence,
+/// and until then a node that never lost sight of it would still place it,
+/// pull from it and serve its data, resurrecting what the fencers purged
+/// meanwhile (simulator seed 413: a rejoining node pulled a deleted key
+/// back from a member the others had fenced).
+fn fencer<'a>(name: &NodeName, state: &Seen, seen: &'a BTreeMap<NodeName, Seen>) -> Option<&'a NodeName> {
+    seen.iter()
+        .find(|(n, s)| *n != name && s.live && s.fences.iter().any(|entry| fences_this(entry, name, state)))
+        .map(|(n, _)| n)
+}
+
+/// Whether a gossiped fence entry applies to member `me` as it is now: a
 /// fence of its place in the current ring while it holds one, or a fence
 /// of the join it is in. Fences of an earlier membership or join are stale.
 fn fences_this(entry: &str, me: &NodeName, own: &Seen) -> bool {
@@ -948,5 +1000,39 @@ mod tests {
         assert!(fences_this("d", &me, &serving));
         assert!(!fences_this("d", &me, &joining), "a fence of its old place is stale once it joins anew");
         assert!(!fences_this("dd", &me, &serving) && !fences_this("dd@7", &me, &joining));
+    }
+
+    #[test]
+    fn a_member_that_heard_nobody_starts_alone_only_if_it_risks_nothing() {
+        let own = vec!["10.0.0.1:7946".to_string()];
+        let peers = [NodeName::from("n2"), NodeName::from("n3")];
+        assert_eq!(wait_for_others(false, &own, false, None), None, "a new member");
+        assert_eq!(wait_for_others(true, &[], false, Some(&peers)), None, "told to run alone");
+        assert_eq!(wait_for_others(true, &own, false, Some(&[])), None, "its ring was itself");
+        assert_eq!(wait_for_others(true, &own, false, None), None, "a v1 member file");
+        let waits = wait_for_others(true, &own, false, Some(&peers)).expect("seed 660: waits for n2 or n3");
+        assert!(waits.contains("n2, n3"), "{waits}");
+        let other = vec!["10.0.0.2:7946".to_string()];
+        assert!(wait_for_others(true, &other, true, Some(&[])).is_some(), "returning with data, seeds elsewhere");
+    }
+
+    /// Simulator seed 413: `c` fenced `b`, `a` never lost sight of `b`. `a`
+    /// must still keep `b` out of its rings, or a join pulls from it.
+    #[test]
+    fn a_member_fenced_by_any_live_member_is_fenced_for_every_node() {
+        let b = NodeName::from("b");
+        let mut all = BTreeMap::new();
+        all.insert(NodeName::from("a"), seen(MemberStatus::Joining, 3, true));
+        all.insert(b.clone(), seen(MemberStatus::Serving, 1, true));
+        let fencing = Seen { fences: vec!["b".into()], ..seen(MemberStatus::Serving, 1, true) };
+        all.insert(NodeName::from("c"), fencing.clone());
+        assert_eq!(fencer(&b, &all["b"], &all).map(|n| &**n), Some("c"));
+
+        all.insert(NodeName::from("c"), Seen { live: false, ..fencing.clone() });
+        assert_eq!(fencer(&b, &all["b"], &all), None, "only a live member's fence counts");
+
+        all.insert(NodeName::from("c"), fencing);
+        all.insert(b.clone(), seen(MemberStatus::Joining, 2, true));
+        assert_eq!(fencer(&b, &all["b"], &all), None, "a new join is past the fence of its old place");
     }
 }

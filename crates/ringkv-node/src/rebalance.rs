@@ -493,21 +493,23 @@ impl Node {
 pub(crate) async fn member_keeper(node: Node) {
     let inner = node.inner.clone();
     let Some(file) = &inner.member_file else { return };
-    let in_ring = || {
+    // The other members of the ring, while this node holds a place in it.
+    let peers = || {
         let topo = inner.topology();
-        topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring())
+        let in_ring = topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring());
+        in_ring.then(|| topo.table.members().iter().filter(|n| !topo.is_self(n)).cloned().collect::<Vec<_>>())
     };
     // Precise enough to compare with the grace period, without a file write
     // every second.
     let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
     every(node.inner.shutdown.subscribe(), period, || async {
-        if in_ring() {
-            file.touch(inner.now_ms());
+        if let Some(peers) = peers() {
+            file.touch(inner.now_ms(), &peers);
         }
     })
     .await;
-    if in_ring() {
-        file.touch(inner.now_ms());
+    if let Some(peers) = peers() {
+        file.touch(inner.now_ms(), &peers);
     }
 }
 

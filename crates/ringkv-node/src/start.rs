@@ -173,7 +173,8 @@ impl Node {
             _ => None,
         };
         let state = recover_state(&config, disk, &hlc, clock.now_ms())?;
-        let last_alive = member_file.as_ref().and_then(MemberFile::last_alive);
+        let membered = member_file.as_ref().and_then(MemberFile::read);
+        let last_alive = membered.as_ref().map(|m| m.last_alive_ms);
 
         let supervisor = Supervisor::start().await?;
         let (evicted_tx, evicted_rx) = match config.gossip {
@@ -289,6 +290,7 @@ impl Node {
                     epoch: state.epoch,
                     status: if last_alive.is_some() { MemberStatus::Recovering } else { MemberStatus::Joining },
                     alive_before: last_alive,
+                    last_peers: membered.and_then(|m| m.peers),
                     faults: faults.clone(),
                     network: env.network.clone(),
                     keys: keys.clone(),

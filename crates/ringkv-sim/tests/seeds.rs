@@ -193,7 +193,7 @@ fn seeds_that_found_bugs_pass() {
     let seeds: Vec<(&str, &str)> = memory
         .into_iter()
         .map(|seed| (seed, "memory"))
-        .chain([("3421", "everysec"), ("3569", "everysec"), ("4162", "everysec"), ("4297", "everysec")])
+        .chain(["413", "621", "660", "3421", "3569", "4162", "4297"].map(|seed| (seed, "everysec")))
         .collect();
     // Two at a time, as the batch runs them.
     std::thread::scope(|scope| {
