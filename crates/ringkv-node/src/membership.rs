@@ -447,7 +447,7 @@ impl Membership {
     }
 
     /// What the other live members say of their own lives, for
-    /// [`crate::rebalance::replaced`].
+    /// [`crate::member_file::replaced`].
     pub(crate) async fn others_lives(&self) -> Vec<Life> {
         let chitchat = self.handle.chitchat();
         let raw = read_gossip(&chitchat).await;
