@@ -14,9 +14,9 @@
 //! therefore *fences* the members it removed: it gossips their names under
 //! `fenced`, keeps them out of its rings and refuses their replica
 //! requests, until they come back as `joining` (or `left`). Every node
-//! does the same for a member that any live member fences, including nodes
-//! that never saw it die: otherwise one of them could pull from it or place
-//! it before it hears the fence. A fenced member
+//! adopts, as its own, the fence any live member gossips, including nodes
+//! that never saw the member die: otherwise one of them could pull from it
+//! or place it before it hears the fence. A fenced member
 //! that sees its own name in a live member's list discards its data and
 //! joins anew. A joining member is fenced the same way once it drops out of
 //! the next ring (the purge horizon stops waiting for it then), under its
@@ -509,7 +509,7 @@ fn compute(
         }
         let Some(addr) = s.addr else { continue };
         let live = is_self || s.live;
-        let fenced = !is_self && (fenced.contains_key(name) || fencer(name, s, seen).is_some());
+        let fenced = !is_self && fenced.contains_key(name);
         gossiped
             .insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for: None, epoch: s.epoch, fenced });
     }
@@ -599,7 +599,7 @@ async fn maintain(
             *current = current.merge(max_epoch);
             raised
         });
-        let fenced_by = seen.get(&me).and_then(|own| fencer(&me, own, &seen));
+        let fenced_by = seen.get(&me).and_then(|own| fencer(&me, own, &seen)).map(|(by, _)| by);
         standing.fenced.send_if_modified(|current| {
             let changed = *current != fenced_by.is_some();
             if changed && let Some(by) = fenced_by {
@@ -609,7 +609,7 @@ async fn maintain(
             changed
         });
         let mut next = compute(&config, &seen, &mut clocks, &fenced);
-        if update_fences(&mut fenced, &seen, &next, now) {
+        if update_fences(&me, &mut fenced, &seen, &next, now) {
             let list: Vec<String> = fenced
                 .iter()
                 .map(|(name, fence)| match fence.join {
@@ -646,10 +646,11 @@ async fn maintain(
 }
 
 /// Fences the members the ring rules removed for being dead too long
-/// (from the current ring, or from the next one while joining), and lifts
-/// the fence of members that left or began a new join. Returns whether the
-/// set changed.
+/// (from the current ring, or from the next one while joining) and those a
+/// live member fences, and lifts the fence of members that left or began a
+/// new join. Returns whether the set changed.
 fn update_fences(
+    me: &NodeName,
     fenced: &mut BTreeMap<NodeName, Fence>,
     seen: &BTreeMap<NodeName, Seen>,
     topology: &Topology,
@@ -671,8 +672,17 @@ fn update_fences(
         changed |= back;
         !back
     });
+    for (name, state) in seen {
+        if name == me || fenced.contains_key(name) {
+            continue;
+        }
+        if let Some((_, join)) = fencer(name, state, seen) {
+            fenced.insert(name.clone(), Fence { since: now, join });
+            changed = true;
+        }
+    }
     for (name, member) in &topology.members {
-        if member.live || member.fenced {
+        if member.live || fenced.contains_key(name) {
             continue;
         }
         let join = match member.status {
@@ -761,17 +771,25 @@ fn wait_for_others(
     ))
 }
 
-/// A live member that fences `name` (whose state is `state`) as it is now.
-/// Every node keeps such a member out of its rings, not only the nodes that
-/// saw it die: the fenced member discards its data once it hears the fence,
-/// and until then a node that never lost sight of it would still place it,
-/// pull from it and serve its data, resurrecting what the fencers purged
-/// meanwhile (simulator seed 413: a rejoining node pulled a deleted key
-/// back from a member the others had fenced).
-fn fencer<'a>(name: &NodeName, state: &Seen, seen: &'a BTreeMap<NodeName, Seen>) -> Option<&'a NodeName> {
-    seen.iter()
-        .find(|(n, s)| *n != name && s.live && s.fences.iter().any(|entry| fences_this(entry, name, state)))
-        .map(|(n, _)| n)
+/// A live member that fences `name` (whose state is `state`) as it is now,
+/// and the join that fence names. Every node adopts such a fence as its
+/// own, not only the nodes that saw the member die: the fenced member
+/// discards its data once it hears the fence, and until then a node that
+/// never lost sight of it would still place it, pull from it and serve its
+/// data, resurrecting what the fencers purged meanwhile (simulator seed
+/// 413: a rejoining node pulled a deleted key back from a member the others
+/// had fenced). Adopted, not merely heeded: a node that only heeded the
+/// fence would take the member back into its ring, stale, as soon as the
+/// fencer went down (seed 39).
+fn fencer<'a>(
+    name: &NodeName,
+    state: &Seen,
+    seen: &'a BTreeMap<NodeName, Seen>,
+) -> Option<(&'a NodeName, Option<u64>)> {
+    seen.iter().filter(|(n, s)| *n != name && s.live).find_map(|(n, s)| {
+        let entry = s.fences.iter().find(|entry| fences_this(entry, name, state))?;
+        Some((n, entry.split_once('@').and_then(|(_, join)| join.parse().ok())))
+    })
 }
 
 /// Whether a gossiped fence entry applies to member `me` as it is now: a
@@ -926,10 +944,10 @@ mod tests {
         all.insert(NodeName::from("d"), d.clone());
 
         let within = view(&d, Duration::from_secs(9), &fenced);
-        assert!(!update_fences(&mut fenced, &all, &within, now), "within the grace nothing is fenced");
+        assert!(!update_fences(&"a".into(), &mut fenced, &all, &within, now), "within the grace nothing is fenced");
 
         let past = view(&d, Duration::from_secs(11), &fenced);
-        assert!(update_fences(&mut fenced, &all, &past, now));
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
         assert_eq!(fenced["d"].join, Some(7));
 
         // Back, still in the same join (or done with it and serving): the
@@ -937,13 +955,13 @@ mod tests {
         for status in [MemberStatus::Joining, MemberStatus::Serving] {
             all.insert(NodeName::from("d"), seen(status, 7, true));
             let back = view(&all["d"], Duration::ZERO, &fenced);
-            assert!(!update_fences(&mut fenced, &all, &back, now));
+            assert!(!update_fences(&"a".into(), &mut fenced, &all, &back, now));
             assert!(fenced.contains_key("d"));
         }
 
         all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 8, true));
         let anew = view(&all["d"], Duration::ZERO, &fenced);
-        assert!(update_fences(&mut fenced, &all, &anew, now), "a new join lifts the fence");
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &anew, now), "a new join lifts the fence");
         assert!(fenced.is_empty());
     }
 
@@ -954,18 +972,21 @@ mod tests {
         let mut all = BTreeMap::new();
         all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 7, false));
         let past = view(&all["d"], Duration::from_secs(11), &fenced);
-        assert!(update_fences(&mut fenced, &all, &past, now));
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
         assert_eq!(fenced["d"].join, Some(7));
 
         // Restarted with what join 7 pulled: the fence holds.
         all.insert(NodeName::from("d"), seen(MemberStatus::Recovering, 0, true));
         let back = view(&all["d"], Duration::ZERO, &fenced);
-        assert!(!update_fences(&mut fenced, &all, &back, now));
+        assert!(!update_fences(&"a".into(), &mut fenced, &all, &back, now));
 
         // Join 8 began and finished while this node was cut off.
         all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 8, true));
         let done = view(&all["d"], Duration::ZERO, &fenced);
-        assert!(update_fences(&mut fenced, &all, &done, now), "the join it finished unseen lifts the fence");
+        assert!(
+            update_fences(&"a".into(), &mut fenced, &all, &done, now),
+            "the join it finished unseen lifts the fence"
+        );
         assert!(fenced.is_empty());
     }
 
@@ -976,16 +997,16 @@ mod tests {
         let mut all = BTreeMap::new();
         all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 7, false));
         let past = view(&all["d"], Duration::from_secs(11), &fenced);
-        assert!(update_fences(&mut fenced, &all, &past, now));
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
         assert_eq!(fenced["d"].join, None);
 
         all.insert(NodeName::from("d"), seen(MemberStatus::Recovering, 7, true));
         let back = view(&all["d"], Duration::ZERO, &fenced);
-        assert!(!update_fences(&mut fenced, &all, &back, now), "restarting with its data lifts nothing");
+        assert!(!update_fences(&"a".into(), &mut fenced, &all, &back, now), "restarting with its data lifts nothing");
 
         all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 7, true));
         let anew = view(&all["d"], Duration::ZERO, &fenced);
-        assert!(update_fences(&mut fenced, &all, &anew, now));
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &anew, now));
         assert!(fenced.is_empty());
     }
 
@@ -1016,23 +1037,38 @@ mod tests {
         assert!(wait_for_others(true, &other, true, Some(&[])).is_some(), "returning with data, seeds elsewhere");
     }
 
-    /// Simulator seed 413: `c` fenced `b`, `a` never lost sight of `b`. `a`
-    /// must still keep `b` out of its rings, or a join pulls from it.
+    /// Simulator seeds 413 and 39: `b` fenced `d`, `a` never lost sight of
+    /// `d`. `a` must fence `d` too, and keep the fence once `b` is down,
+    /// until `d` joins anew.
     #[test]
-    fn a_member_fenced_by_any_live_member_is_fenced_for_every_node() {
-        let b = NodeName::from("b");
+    fn a_fence_of_any_live_member_is_adopted_until_the_member_joins_anew() {
+        let (a, b, d) = (NodeName::from("a"), NodeName::from("b"), NodeName::from("d"));
+        let now = Instant::now();
         let mut all = BTreeMap::new();
-        all.insert(NodeName::from("a"), seen(MemberStatus::Joining, 3, true));
-        all.insert(b.clone(), seen(MemberStatus::Serving, 1, true));
-        let fencing = Seen { fences: vec!["b".into()], ..seen(MemberStatus::Serving, 1, true) };
-        all.insert(NodeName::from("c"), fencing.clone());
-        assert_eq!(fencer(&b, &all["b"], &all).map(|n| &**n), Some("c"));
+        all.insert(a.clone(), seen(MemberStatus::Serving, 0, true));
+        all.insert(d.clone(), seen(MemberStatus::Serving, 1, true));
+        let fencing = Seen { fences: vec!["d".into()], ..seen(MemberStatus::Serving, 1, true) };
+        all.insert(b.clone(), Seen { live: false, ..fencing.clone() });
+        assert_eq!(fencer(&d, &all[&d], &all), None, "only a live member's fence counts");
+        all.insert(b.clone(), fencing);
+        assert_eq!(fencer(&d, &all[&d], &all), Some((&b, None)));
+        assert_eq!(fencer(&b, &all[&b], &all), None);
 
-        all.insert(NodeName::from("c"), Seen { live: false, ..fencing.clone() });
-        assert_eq!(fencer(&b, &all["b"], &all), None, "only a live member's fence counts");
+        let mut fenced = BTreeMap::new();
+        let live_d = view(&all[&d], Duration::ZERO, &fenced);
+        assert!(update_fences(&a, &mut fenced, &all, &live_d, now));
+        assert_eq!(fenced[&d].join, None, "adopted as b holds it");
+        assert_eq!(fenced.len(), 1, "a node never fences itself");
 
-        all.insert(NodeName::from("c"), fencing);
-        all.insert(b.clone(), seen(MemberStatus::Joining, 2, true));
-        assert_eq!(fencer(&b, &all["b"], &all), None, "a new join is past the fence of its old place");
+        all.get_mut(&b).unwrap().live = false;
+        let without_b = view(&all[&d], Duration::ZERO, &fenced);
+        assert!(!update_fences(&a, &mut fenced, &all, &without_b, now), "the fence outlives its source");
+        assert!(without_b.members[&d].fenced && !without_b.table.members().contains(&d));
+
+        all.insert(d.clone(), seen(MemberStatus::Joining, 2, true));
+        let anew = view(&all[&d], Duration::ZERO, &fenced);
+        assert!(update_fences(&a, &mut fenced, &all, &anew, now), "a new join lifts the adopted fence");
+        assert!(fenced.is_empty());
+        assert_eq!(fencer(&d, &all[&d], &all), None, "a new join is past the fence of its old place");
     }
 }

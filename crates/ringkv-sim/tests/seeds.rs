@@ -194,6 +194,7 @@ fn seeds_that_found_bugs_pass() {
         .into_iter()
         .map(|seed| (seed, "memory"))
         .chain(["413", "621", "660", "3421", "3569", "4162", "4297"].map(|seed| (seed, "everysec")))
+        .chain([("39", "always")])
         .collect();
     // Two at a time, as the batch runs them.
     std::thread::scope(|scope| {
