@@ -187,6 +187,25 @@ fn a_node_whose_clock_drifts_away_serves_nothing_until_it_is_set_right() {
 /// simulator did, for good, with the only copies. Fixed: that advice is
 /// given only to a ring's only member; otherwise the refusal says to ask
 /// again once another member serves, and the simulator does.
+///
+/// 621, with logs synced every second: the node could not start. Stopped
+/// by a failed write, n1 restarted with its unsynced log segments still in
+/// the page cache, wrote new ones, and a later crash emptied an older one:
+/// "a segment shorter than its header" that was not the last. Fixed:
+/// recovery fsyncs every segment it replayed.
+///
+/// 660, with logs synced every second: acknowledged writes lost. n1, its
+/// own only seed, restarted while its datagrams were held, heard nobody
+/// within `join_timeout`, started alone and acknowledged writes, then
+/// learned it had been fenced and discarded them. Fixed: a member whose
+/// member file lists other ring members waits for one of them.
+///
+/// 413, with logs synced every second: deletes undone. n3 fenced n2; n1,
+/// restarted without its fences, never saw n2 die and pulled n2's stale
+/// copy when it rejoined. Fixed: every node adopts any live member's
+/// fence. 39 (logs synced on every write) broke the first version of that
+/// fix, which only heeded such fences: n2 took the fenced n3 back into its
+/// ring, stale, once the fencer n1 was cut off.
 #[test]
 fn seeds_that_found_bugs_pass() {
     let memory = ["25", "28", "77", "82", "94", "98", "220", "265", "329", "531", "553"];
@@ -207,6 +226,20 @@ fn seeds_that_found_bugs_pass() {
             });
         }
     });
+}
+
+/// A run whose simulated time stops would hold its job for ever; the batch
+/// kills it after `--seed-timeout` and reports it with its replay command
+/// (here with a limit no run can meet).
+#[test]
+fn a_seed_that_runs_past_its_wall_time_limit_is_reported_stalled() {
+    let (ok, out) = sim(&["--seed", "1", "--seeds", "2", "--jobs", "2", "--seed-timeout", "1s"]);
+    assert!(!ok, "{out}");
+    for seed in [1, 2] {
+        assert!(out.contains(&format!("seed {seed}: STALLED: no result within 1 s of wall time")), "{out}");
+        assert!(out.contains(&format!("--seed={seed} ")), "the replay command: {out}");
+    }
+    assert!(out.contains("2 seeds of 60 s simulated: 2 failed ([1, 2])"), "{out}");
 }
 
 #[test]

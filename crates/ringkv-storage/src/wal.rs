@@ -317,7 +317,10 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 impl Writer {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let first = if self.dirty && self.config.fsync == FsyncPolicy::Everysec {
+            // Once failed, the log only answers with its failure: waiting for
+            // a sync that can never be due again would spin, and as a task
+            // would starve the runtime it shares (simulator seed 1189).
+            let first = if self.dirty && self.config.fsync == FsyncPolicy::Everysec && self.failure().is_none() {
                 let wait = Duration::from_secs(1).saturating_sub(self.last_sync.elapsed());
                 match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(Some(cmd)) => Some(cmd),
@@ -460,7 +463,42 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{MemDisk, WriterHost};
     use ringkv_core::{NodeTag, Timestamp};
+
+    #[test]
+    fn after_a_failed_everysec_sync_the_writer_waits_instead_of_spinning() {
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            // Paused, the clock moves only while every task waits, as the
+            // simulator's does.
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            rt.block_on(async {
+                let disk = MemDisk::new().with_writer_host(WriterHost::Task);
+                let config = WalConfig { fsync: FsyncPolicy::Everysec, segment_bytes: 1 << 20, queue_bytes: 1 << 20 };
+                let wal = Wal::start(Arc::new(disk.clone()), 1, config).unwrap();
+                wal.append(vec![7; 64]).await.unwrap();
+                disk.fail(Some(std::io::ErrorKind::Other));
+                let mut failure = wal.failure();
+                failure.wait_for(Option::is_some).await.unwrap();
+                // The writer is a task of this runtime: were it to spin,
+                // the clock would never move on and this sleep never end.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(wal.append(vec![7; 64]).await.is_err(), "a failed log refuses appends");
+                wal.close().await.unwrap_err();
+            });
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(20)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(worker.join().expect_err("the worker ended without reporting"))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the log writer spun after its failed sync and starved its runtime")
+            }
+        }
+    }
 
     /// Format-1 bytes as the previous build wrote them: a version was
     /// (timestamp, node) and nothing more.

@@ -13,7 +13,7 @@
 //! its replay.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,10 @@ struct Args {
     /// differ.
     #[arg(long)]
     twice: bool,
+    /// The most wall time one seed's process may take before it is killed
+    /// and reported as stalled (batches and minimization only).
+    #[arg(long, default_value = "600s", value_parser = parse_duration)]
+    seed_timeout: Duration,
     /// Seeds run at once (each in its own process).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -170,9 +174,55 @@ struct Child {
     output: String,
 }
 
-fn child(opts: &SimOptions) -> Child {
+/// Runs one seed in a child process, for at most `limit` of wall time: a
+/// run whose simulated time stops (a task that never lets its host idle,
+/// like the log writer that seed 1189 found spinning) would otherwise hold
+/// its job for ever. Such a run is killed and reported as failed.
+fn child(opts: &SimOptions, limit: Duration) -> Child {
     let exe = std::env::current_exe().expect("the running binary's path");
-    let output = Command::new(exe).args(opts.args()).env_remove("RUST_LOG").output();
+    let spawned = Command::new(exe)
+        .args(opts.args())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let process = match spawned {
+        Ok(process) => process,
+        Err(e) => {
+            return Child {
+                ok: false,
+                violated: false,
+                hash: None,
+                output: format!("seed {}: cannot start a child process: {e}\n", opts.seed),
+            };
+        }
+    };
+    let pid = process.id();
+    let (done, waited) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = done.send(process.wait_with_output());
+    });
+    let output = match waited.recv_timeout(limit) {
+        Ok(output) => output,
+        Err(_) => {
+            // The waiter reaps the child only once it has exited, so the pid
+            // is still the child's.
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+            let _ = waiter.join();
+            return Child {
+                ok: false,
+                violated: false,
+                hash: None,
+                output: format!(
+                    "seed {}: STALLED: no result within {} s of wall time (its simulated time stopped, or the \
+                     machine is far slower than --seed-timeout allows)\n  replay: {}\n",
+                    opts.seed,
+                    limit.as_secs(),
+                    opts.replay_command()
+                ),
+            };
+        }
+    };
     match output {
         Ok(output) => {
             let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -189,7 +239,7 @@ fn child(opts: &SimOptions) -> Child {
             ok: false,
             violated: false,
             hash: None,
-            output: format!("seed {}: cannot start a child process: {e}\n", opts.seed),
+            output: format!("seed {}: cannot read its child process: {e}\n", opts.seed),
         },
     }
 }
@@ -199,7 +249,7 @@ fn child(opts: &SimOptions) -> Child {
 fn minimize(args: &Args) -> ExitCode {
     let started = Instant::now();
     let opts = args.opts(args.seed);
-    let whole = child(&opts);
+    let whole = child(&opts, args.seed_timeout);
     if !whole.violated {
         print!("{}", whole.output);
         println!(
@@ -216,7 +266,7 @@ fn minimize(args: &Args) -> ExitCode {
         let mut without = opts.without.clone();
         without.extend(trial);
         let tried = SimOptions { without, ..opts.clone() };
-        let run = child(&tried);
+        let run = child(&tried, args.seed_timeout);
         runs += 1;
         let left = tried.schedule().episodes().len();
         let verdict = match (run.violated, run.ok) {
@@ -252,10 +302,10 @@ fn many(args: &Args) -> ExitCode {
             scope.spawn(move || {
                 loop {
                     let Some(seed) = seeds.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
-                    let first = child(&args.opts(seed));
+                    let first = child(&args.opts(seed), args.seed_timeout);
                     let mut problem = (!first.ok).then(|| first.output.clone());
                     if problem.is_none() && args.twice {
-                        let second = child(&args.opts(seed));
+                        let second = child(&args.opts(seed), args.seed_timeout);
                         if !second.ok {
                             problem = Some(second.output);
                         } else if second.hash != first.hash {
