@@ -467,6 +467,7 @@ mod tests {
     use ringkv_core::{NodeTag, Timestamp};
 
     #[test]
+    #[allow(clippy::disallowed_methods, reason = "the runtime under watch runs on a thread the test can give up on")]
     fn after_a_failed_everysec_sync_the_writer_waits_instead_of_spinning() {
         let (done, finished) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
