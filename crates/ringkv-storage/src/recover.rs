@@ -128,17 +128,6 @@ pub fn recover(disk: &dyn Disk, config: &RecoveryConfig, now_ms: u64) -> Result<
         }
         state.stats.segments += 1;
     }
-    // A node that stopped on a failed write restarts with its files still in
-    // the page cache, so what it just read may never have reached the disk.
-    // It is made durable before the node builds on it: otherwise a later
-    // crash could tear a segment that is no longer the last, and the node
-    // could not start again (simulator seed 621).
-    for seq in &live {
-        let name = segment_name(*seq);
-        if disk.exists(&name) {
-            disk.sync_file(&name).map_err(|e| StorageError::io(disk.path(&name), e))?;
-        }
-    }
     let Rebuilt { mut shards, mut hints, stats } = state;
     for shard in &mut shards {
         shard.truncate(epoch);
@@ -344,7 +333,17 @@ fn replay_segment(
         let offset = frames.offset();
         let payload = match frames.next().map_err(io)? {
             Next::Record(p) => p,
-            Next::End => return Ok(Some(epoch)),
+            Next::End => {
+                // A node that stopped on a failed write restarts with its
+                // files still in the page cache, so what was just read may
+                // never have reached the disk. It is made durable before the
+                // node builds on it: otherwise a later crash could tear a
+                // segment that is no longer the last, and the node could not
+                // start again (simulator seed 621). A torn tail's truncation
+                // below syncs the same way.
+                disk.sync_file(&name).map_err(io)?;
+                return Ok(Some(epoch));
+            }
             Next::Torn { reason } if last => {
                 tracing::warn!(file = %path.display(), offset, reason, "truncating torn tail of the write-ahead log");
                 disk.truncate(&name, offset).map_err(io)?;
