@@ -311,6 +311,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         skews: (0..=opts.nodes).map(|_| Arc::new(AtomicI64::new(0))).collect(),
         drifts: Mutex::default(),
         links_faulty: AtomicBool::new(false),
+        paused: Mutex::default(),
         joins: (0..=opts.nodes).map(|i| watch::channel(i < opts.nodes).0).collect(),
         leaves: (0..=opts.nodes).map(|_| Arc::new(Notify::new())).collect(),
         members: Arc::new(Mutex::new((0..opts.nodes).collect())),
@@ -379,6 +380,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
                     members.into_iter().filter(|i| !sim.is_host_running(world.names[*i].as_str())).collect();
                 let failing = (0..=opts.nodes).filter(|i| world.disks[*i].failing().is_some());
                 let mut ending: Vec<Fault> = failing.map(Fault::DiskHeal).collect();
+                ending.extend(world.paused().iter().copied().map(Fault::Resume));
                 ending.extend(down.into_iter().map(Fault::Restart));
                 ending.push(Fault::Heal);
                 ending.extend((0..=opts.nodes).map(|i| Fault::Skew(i, 0)));
@@ -465,6 +467,8 @@ struct World {
     drifts: Mutex<BTreeMap<usize, Drifting>>,
     /// Some link is cut, lossy or held.
     links_faulty: AtomicBool,
+    /// The nodes paused (`Fault::Pause`) and not yet resumed.
+    paused: Mutex<BTreeSet<usize>>,
     /// True for the first members; the spare's host waits for its own,
     /// which stays true, so a restart after a crash does not wait again.
     joins: Vec<watch::Sender<bool>>,
@@ -490,10 +494,14 @@ impl World {
         self.drifts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn paused(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Moves the drifting clocks on by a step, if the cluster is otherwise
     /// whole: every link works, no node is down or out of the ring
-    /// (`down`, asked only while a clock drifts: this runs every step) or
-    /// has a failing disk, and every other clock is right. Otherwise the
+    /// (`down`, asked only while a clock drifts: this runs every step), is
+    /// paused or has a failing disk, and every other clock is right. Otherwise the
     /// clock check may not hear the majority it needs, and a clock it
     /// cannot judge would only test the checker's allowance.
     fn drift(&self, down: impl FnOnce() -> bool) {
@@ -502,6 +510,7 @@ impl World {
             return;
         }
         let whole = !down()
+            && self.paused().is_empty()
             && !self.links_faulty.load(Ordering::Relaxed)
             && self.disks.iter().all(|d| d.failing().is_none())
             && (0..self.skews.len()).all(|i| drifts.contains_key(&i) || self.skews[i].load(Ordering::Relaxed) == 0);
@@ -523,6 +532,8 @@ impl World {
         let name = |i: &usize| names[*i].as_str();
         match fault {
             Fault::Crash(i) => {
+                // Stopped or not, the process is gone.
+                self.paused().remove(i);
                 sim.crash(name(i));
                 // A power loss: what the node had not synced is gone.
                 self.disks[*i].crash();
@@ -534,7 +545,10 @@ impl World {
                     self.skews[*i].store(0, Ordering::Relaxed);
                 }
             }
-            Fault::Restart(i) => sim.bounce(name(i)),
+            Fault::Restart(i) => {
+                self.paused().remove(i);
+                sim.bounce(name(i));
+            }
             Fault::Partition(a, b) => {
                 self.links_faulty.store(true, Ordering::Relaxed);
                 for x in a {
@@ -559,6 +573,14 @@ impl World {
                 for other in names.iter().filter(|n| n.as_str() != name(i)) {
                     sim.hold(name(i), other.as_str());
                 }
+            }
+            Fault::Pause(i) => {
+                sim.pause(name(i));
+                self.paused().insert(*i);
+            }
+            Fault::Resume(i) => {
+                sim.resume(name(i));
+                self.paused().remove(i);
             }
             Fault::Heal => {
                 self.links_faulty.store(false, Ordering::Relaxed);

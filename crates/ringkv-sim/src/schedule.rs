@@ -29,11 +29,17 @@ pub enum Fault {
     /// also arrive out of order.
     Degrade(usize, u32, u64),
     /// Every datagram between the node and the other nodes is held, then
-    /// all are delivered at once when the episode heals: what the others
-    /// see of a paused node's traffic (requests and answers arriving late,
-    /// in a burst), though the node itself runs on, since turmoil cannot
-    /// stop one host's runtime while the others run.
+    /// all are delivered at once when the episode heals: requests and
+    /// answers arriving late, in a burst, while the node runs on.
     Hold(usize),
+    /// The node's process stops, as SIGSTOP, a long GC or a migrated VM
+    /// stops it: none of its tasks runs, its clocks stand still and
+    /// datagrams to it wait, while the others run on and may declare it
+    /// dead, hand its writes off and collect tombstones.
+    Pause(usize),
+    /// A paused node goes on: its clocks jump by the pause, every timer
+    /// that fell due fires at once, and what waited is delivered.
+    Resume(usize),
     /// Every link works again, without loss or extra delay, and what was
     /// held is delivered.
     Heal,
@@ -95,6 +101,8 @@ impl fmt::Display for Fault {
                 write!(f, "degrade {}: {:.1}% loss, up to {ms} ms delay", n(i), *permille as f64 / 10.0)
             }
             Fault::Hold(i) => write!(f, "hold {}'s datagrams", n(i)),
+            Fault::Pause(i) => write!(f, "pause {}", n(i)),
+            Fault::Resume(i) => write!(f, "resume {}", n(i)),
             Fault::Heal => write!(f, "heal every link"),
             Fault::Skew(i, ms) => write!(f, "skew {} by {ms} ms", n(i)),
             Fault::Drift(i, ms) => write!(f, "clock of {} drifts {ms:+} ms per second", n(i)),
@@ -125,6 +133,8 @@ impl Fault {
             | Fault::Restart(i)
             | Fault::Degrade(i, ..)
             | Fault::Hold(i)
+            | Fault::Pause(i)
+            | Fault::Resume(i)
             | Fault::Skew(i, _)
             | Fault::Drift(i, _)
             | Fault::Join(i)
@@ -297,6 +307,16 @@ impl Schedule {
             push(episode, at, Fault::Drift(a, if rng.chance(0.5) { rate } else { -rate }));
             push(episode, until, Fault::Skew(a, 0));
         }
+        // A paused process, in half the seeds, for 1-30 s: past the
+        // failure detector, `dead_node_grace` and `tombstone_grace` in
+        // some, and over whatever else happens meanwhile. Drawn last, so
+        // that the seeds drawn before pauses were keep their other faults.
+        if end > QUIET_START && rng.chance(0.5) {
+            episode += 1;
+            let (at, until, a) = overlay(&mut rng, 1_000, 29_000);
+            push(episode, at, Fault::Pause(a));
+            push(episode, until, Fault::Resume(a));
+        }
         faults.sort_by_key(|p| p.at);
         Schedule { faults }
     }
@@ -427,6 +447,8 @@ mod tests {
                     Fault::OneWay(a, b) => vec![*a, *b],
                     Fault::Degrade(i, ..)
                     | Fault::Hold(i)
+                    | Fault::Pause(i)
+                    | Fault::Resume(i)
                     | Fault::Skew(i, _)
                     | Fault::Drift(i, _)
                     | Fault::DiskFail(i, _)
@@ -509,6 +531,8 @@ mod tests {
                 Fault::OneWay(..) => "one-way",
                 Fault::Degrade(..) => "degrade",
                 Fault::Hold(_) => "hold",
+                Fault::Pause(_) => "pause",
+                Fault::Resume(_) => "resume",
                 Fault::Heal => "heal",
                 Fault::Skew(..) => "skew",
                 Fault::Drift(..) => "drift",
@@ -520,6 +544,6 @@ mod tests {
                 Fault::DiskHeal(_) => "disk heal",
             })
             .collect();
-        assert_eq!(kinds.len(), 15, "{kinds:?}");
+        assert_eq!(kinds.len(), 17, "{kinds:?}");
     }
 }
