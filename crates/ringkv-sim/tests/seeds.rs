@@ -92,10 +92,13 @@ fn a_node_whose_disk_fills_stops_and_comes_back() {
 /// simulator's `max_clock_drift`) stops its node, which serves nothing
 /// until the clock is set right, and the run passes a checker that allows
 /// only what the clock gained before the check stopped the node. Seed 33:
-/// n1's clock gains 514 ms a second.
+/// n1's clock gains 514 ms a second. Its pause (episode 7, drawn since)
+/// stops n1 before the drift begins and keeps it out of the ring, where
+/// the clock does not drift (the simulator drifts a clock only while the
+/// cluster is otherwise whole), so it is left out.
 #[test]
 fn a_node_whose_clock_drifts_away_serves_nothing_until_it_is_set_right() {
-    let args = ["--seed", "33", "--duration", "60s", "--faults"];
+    let args = ["--seed", "33", "--duration", "60s", "--faults", "--without", "7"];
     let (ok, out, logs) = sim_logging(&args, Some("ringkv_node::membership=warn"));
     assert!(ok, "{out}");
     assert!(out.contains("clock of n1 drifts +514 ms per second"), "{out}");
