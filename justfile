@@ -27,9 +27,10 @@ serve: certs
 cluster n="3": build
     scripts/cluster.sh {{n}}
 
-# The whole test suite.
+# The whole test suite: the simulator's seeds beside the rest (see the
+# script).
 test: redis-py
-    cargo test --workspace --no-fail-fast
+    scripts/test.sh
 
 # redis-py's current release in a venv (target/redis-py), for tests/resp.rs.
 redis-py:

@@ -2,23 +2,27 @@
 //! evicting from them while over the bound, and sending a leader's
 //! evictions to the other replicas.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringkv_core::{PartitionId, SplitMix64};
+use tokio::sync::watch;
 
-use crate::memory::Evicted;
+use crate::memory::{Evicted, Memory};
 use crate::node::Node;
-use crate::partition::PartitionMsg;
+use crate::partition::{PartitionMailbox, PartitionMsg};
+use crate::topology::Topology;
 
 /// Keeps the memory bound's view of which partitions this node leads (is
 /// the first live replica of) in step with the topology.
-pub(crate) async fn leadership(node: Node) {
-    let inner = node.inner.clone();
-    let mut topology = inner.topology_watch();
-    let mut shutdown = inner.shutdown.subscribe();
+pub(crate) async fn leadership(
+    memory: Arc<Memory>,
+    mut topology: watch::Receiver<Arc<Topology>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let topo = topology.borrow_and_update().clone();
-        inner.memory.follow(&topo);
+        memory.follow(&topo);
         tokio::select! {
             changed = topology.changed() => if changed.is_err() { return },
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -30,15 +34,25 @@ pub(crate) async fn leadership(node: Node) {
 /// key it evicts.
 const EVICT_CHOICES: usize = 4;
 
+/// What the background evictor works with: the bound, and the partitions
+/// it evicts from.
+pub(crate) struct Evictor {
+    pub memory: Arc<Memory>,
+    pub partitions: Vec<PartitionMailbox>,
+    /// How often it looks without being woken: the sweep interval.
+    pub interval: Duration,
+    /// Seeds its choice of partitions (the node's clock at start).
+    pub seed: u64,
+}
+
 /// Brings a node that is over its memory bound back under it, by evicting
 /// from the partitions it leads: after a recovery into a smaller
 /// `maxmemory` or a `CONFIG SET` lowering it, when others' writes filled
 /// its replicas, or when a write's
 /// own shard had nothing left to evict. Writes evict inline as well; this
 /// covers what they cannot.
-pub(crate) async fn evictor(node: Node) {
-    let inner = node.inner.clone();
-    let memory = inner.memory.clone();
+pub(crate) async fn evictor(evictor: Evictor, mut shutdown: watch::Receiver<bool>) {
+    let Evictor { memory, partitions, interval, seed } = evictor;
     if memory.over() {
         // Recovered (or restarted with a smaller bound) over the limit.
         match memory.policy.evicts() {
@@ -56,28 +70,25 @@ pub(crate) async fn evictor(node: Node) {
             ),
         }
     }
-    let mut shutdown = inner.shutdown.subscribe();
     let (mut unreported, mut reported_at) = (0usize, None::<tokio::time::Instant>);
-    let mut rng = SplitMix64::new(inner.now_ms());
+    let mut rng = SplitMix64::new(seed);
     loop {
         if memory.over() && memory.policy.evicts() {
-            let led: Vec<usize> =
-                (0..inner.partitions.len()).filter(|i| memory.leads(PartitionId(*i as u16))).collect();
-            while memory.over() && !led.is_empty() && !inner.stopping() {
+            let led: Vec<usize> = (0..partitions.len()).filter(|i| memory.leads(PartitionId(*i as u16))).collect();
+            while memory.over() && !led.is_empty() && !*shutdown.borrow() {
                 // The best victim of a few partitions at random, so that a
                 // key goes only if it ranks low beyond its own shard.
                 let mut best: Option<(u64, usize)> = None;
                 for _ in 0..EVICT_CHOICES.min(led.len()) {
                     let i = led[rng.below(led.len() as u64) as usize];
-                    let partition = &inner.partitions[i];
-                    if let Ok(Some(score)) = partition.call(|reply| PartitionMsg::VictimScore { reply }).await
+                    if let Ok(Some(score)) = partitions[i].call(|reply| PartitionMsg::VictimScore { reply }).await
                         && best.is_none_or(|(s, _)| score > s)
                     {
                         best = Some((score, i));
                     }
                 }
                 let Some((_, i)) = best else { break };
-                match inner.partitions[i].call(|reply| PartitionMsg::Evict { max: 1, reply }).await {
+                match partitions[i].call(|reply| PartitionMsg::Evict { max: 1, reply }).await {
                     Ok(Ok(n)) => unreported += n,
                     _ => break,
                 }
@@ -94,7 +105,7 @@ pub(crate) async fn evictor(node: Node) {
         }
         tokio::select! {
             _ = memory.wake.notified() => {}
-            _ = tokio::time::sleep(inner.config.sweep_interval) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }

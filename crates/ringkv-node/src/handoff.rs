@@ -8,7 +8,8 @@ use ringkv_core::{Entry, KvError, PartitionId, Version};
 use ringkv_net::wire::ReplicaRequest;
 
 use crate::hints::{HintsMsg, hint_horizon};
-use crate::node::{Node, every};
+use crate::node::Node;
+use crate::periodic::every;
 use crate::topology::Topology;
 
 /// Hints per delivery, at most; a delivery is also cut to a batch's bytes.

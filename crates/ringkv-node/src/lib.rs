@@ -23,6 +23,7 @@ mod node;
 mod ops;
 mod partition;
 pub mod peers;
+mod periodic;
 mod progress;
 mod proofs;
 mod rebalance;

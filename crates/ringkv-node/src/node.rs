@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::partition::{PartitionMailbox, PartitionMsg};
 use crate::peers::{BatchStats, PeerTransport};
 use crate::progress::{Repair, Transfers};
+use crate::snapshotter::Snapshots;
 use crate::supervisor::Supervisor;
 use crate::topology::Topology;
 
@@ -66,7 +67,7 @@ pub(crate) struct Inner {
     pub(crate) left: watch::Sender<bool>,
     pub(crate) topology: watch::Receiver<Arc<Topology>>,
     pub(crate) wal: Option<Wal>,
-    pub(crate) epoch: Mutex<Epoch>,
+    pub(crate) epoch: Arc<Mutex<Epoch>>,
     pub(crate) disk: Option<Arc<dyn Disk>>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// Held for the whole of a shutdown, so that a second caller returns
@@ -83,6 +84,14 @@ pub(crate) struct Inner {
 }
 
 impl Node {
+    /// Takes a snapshot now and drops the log segments it covers.
+    pub async fn snapshot(&self) -> Result<(), KvError> {
+        let Some(snapshots) = self.inner.snapshots() else {
+            return Err(KvError::Storage("persistence is off; there is nothing to snapshot".into()));
+        };
+        snapshots.take().await
+    }
+
     pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let handle = tokio::spawn(task);
         self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(handle);
@@ -172,6 +181,18 @@ impl Node {
 }
 
 impl Inner {
+    /// What snapshots need, if persistence is on.
+    pub(crate) fn snapshots(&self) -> Option<Snapshots> {
+        let (wal, disk) = (self.wal.clone()?, self.disk.clone()?);
+        Some(Snapshots {
+            wal,
+            disk,
+            partitions: self.partitions.clone(),
+            hints: self.hints.clone(),
+            epoch: self.epoch.clone(),
+        })
+    }
+
     pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
@@ -211,22 +232,5 @@ impl Inner {
 
     pub(crate) fn stopping(&self) -> bool {
         *self.shutdown.borrow()
-    }
-}
-
-/// Runs `work` every `period` until shutdown.
-pub(crate) async fn every<F, Fut>(mut shutdown: watch::Receiver<bool>, period: Duration, mut work: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        work().await;
     }
 }

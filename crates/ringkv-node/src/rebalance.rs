@@ -31,8 +31,9 @@ use ringkv_net::wire::{MemberStatus, ReplicaRequest, Reply, TransferStatus};
 use ringkv_storage::settle;
 use tokio::time::Instant;
 
-use crate::node::{Node, every};
+use crate::node::Node;
 use crate::partition::PartitionMsg;
+use crate::periodic::every;
 use crate::progress::entries_bytes;
 use crate::topology::Topology;
 

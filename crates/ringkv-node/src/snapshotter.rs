@@ -1,30 +1,40 @@
 //! Snapshots: a node writes one whenever enough log has accumulated since
 //! the last, and drops the log segments it covers.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_core::KvError;
-use ringkv_storage::{SnapshotWriter, compact};
+use ringkv_core::{Epoch, KvError};
+use ringkv_storage::{Disk, SnapshotWriter, Wal, compact};
+use tokio::sync::watch;
 
-use crate::hints::HintsMsg;
-use crate::node::{Node, every};
-use crate::partition::PartitionMsg;
+use crate::hints::{HintsMailbox, HintsMsg};
+use crate::partition::{PartitionMailbox, PartitionMsg};
+use crate::periodic::every;
 
 /// Entries read from a partition per message while snapshotting; the
 /// snapshot writer cuts them into records by size.
 const SNAPSHOT_CHUNK: usize = 1024;
 
-impl Node {
+/// What a snapshot reads (every partition and the hint store, and the
+/// truncate epoch last, so that a clear during the snapshot is recorded)
+/// and writes (the log's rotation, the snapshot file, the compaction).
+pub(crate) struct Snapshots {
+    pub wal: Wal,
+    pub disk: Arc<dyn Disk>,
+    pub partitions: Vec<PartitionMailbox>,
+    pub hints: HintsMailbox,
+    pub epoch: Arc<Mutex<Epoch>>,
+}
+
+impl Snapshots {
     /// Takes a snapshot now and drops the log segments it covers.
-    pub async fn snapshot(&self) -> Result<(), KvError> {
-        let (Some(wal), Some(disk)) = (&self.inner.wal, &self.inner.disk) else {
-            return Err(KvError::Storage("persistence is off; there is nothing to snapshot".into()));
-        };
+    pub(crate) async fn take(&self) -> Result<(), KvError> {
         let storage = |e: ringkv_storage::StorageError| KvError::Storage(e.to_string());
-        let covers = wal.rotate().await.map_err(storage)?;
-        let writer = SnapshotWriter::start(disk.clone(), covers).map_err(storage)?;
-        for (i, partition) in self.inner.partitions.iter().enumerate() {
+        let covers = self.wal.rotate().await.map_err(storage)?;
+        let writer = SnapshotWriter::start(self.disk.clone(), covers).map_err(storage)?;
+        for (i, partition) in self.partitions.iter().enumerate() {
             let mut after: Option<Bytes> = None;
             loop {
                 let cursor = after.clone();
@@ -35,29 +45,30 @@ impl Node {
                 writer.add(i as u16, chunk).await.map_err(storage)?;
             }
         }
-        for (target, hints) in self.inner.hints.call(|reply| HintsMsg::All { reply }).await? {
+        for (target, hints) in self.hints.call(|reply| HintsMsg::All { reply }).await? {
             writer.add_hints(target.to_string(), hints).await.map_err(storage)?;
         }
-        let info = writer.finish(self.inner.epoch()).await.map_err(storage)?;
-        let removed = compact(&**disk, covers).map_err(storage)?;
+        let epoch = *self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        let info = writer.finish(epoch).await.map_err(storage)?;
+        let removed = compact(&*self.disk, covers).map_err(storage)?;
         tracing::info!(covers = info.covers, entries = info.entries, bytes = info.bytes, removed, "snapshot written");
         Ok(())
     }
 }
 
-/// Takes a snapshot whenever enough log has accumulated since the last.
-pub(crate) async fn snapshotter(node: Node) {
-    let Some(wal) = node.inner.wal.clone() else { return };
+/// Takes a snapshot whenever `after_bytes` of log have accumulated since
+/// the last.
+pub(crate) async fn snapshotter(snapshots: Snapshots, after_bytes: u64, shutdown: watch::Receiver<bool>) {
     let mut logged_at_last = 0u64;
-    every(node.inner.shutdown.subscribe(), Duration::from_secs(1), || {
-        let logged = wal.stats().appended_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let due = logged - logged_at_last >= node.inner.config.snapshot_after_bytes;
+    every(shutdown, Duration::from_secs(1), || {
+        let logged = snapshots.wal.stats().appended_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let due = logged - logged_at_last >= after_bytes;
         if due {
             logged_at_last = logged;
         }
-        let node = node.clone();
+        let snapshots = &snapshots;
         async move {
-            if due && let Err(e) = node.snapshot().await {
+            if due && let Err(e) = snapshots.take().await {
                 tracing::error!(error = %e, "snapshot failed; the log keeps growing until one succeeds");
             }
         }

@@ -19,7 +19,7 @@ use crate::NodeError;
 use crate::clock_check::{CHECK_EVERY_GOSSIP_INTERVALS, ClockCheck, TimeAsker, clock_check};
 use crate::config::{NodeConfig, Persistence};
 use crate::env::{Env, Network};
-use crate::evictor::{eviction_sender, evictor, leadership};
+use crate::evictor::{Evictor, eviction_sender, evictor, leadership};
 use crate::fault::{Faults, FaultyPeers, SkewedClock};
 use crate::gossip::GossipKeys;
 use crate::handoff::handoff;
@@ -355,7 +355,7 @@ impl Node {
                 left: watch::channel(false).0,
                 topology,
                 wal: state.wal,
-                epoch: Mutex::new(state.epoch),
+                epoch: Arc::new(Mutex::new(state.epoch)),
                 disk: state.disk,
                 shutdown,
                 stopped: tokio::sync::Mutex::new(false),
@@ -405,15 +405,21 @@ impl Node {
             budget: node.inner.config.sweep_budget,
         };
         node.spawn(sweeper(sweep, node.inner.shutdown.subscribe()));
-        node.spawn(leadership(node.clone()));
-        node.spawn(evictor(node.clone()));
+        node.spawn(leadership(node.inner.memory.clone(), node.inner.topology_watch(), node.inner.shutdown.subscribe()));
+        let evict = Evictor {
+            memory: node.inner.memory.clone(),
+            partitions: node.inner.partitions.clone(),
+            interval: node.inner.config.sweep_interval,
+            seed: node.inner.now_ms(),
+        };
+        node.spawn(evictor(evict, node.inner.shutdown.subscribe()));
         if let Some(evicted) = evicted_rx {
             node.spawn(eviction_sender(node.clone(), evicted));
         }
         node.spawn(handoff(node.clone()));
         node.spawn(repair_task(node.clone()));
-        if node.inner.wal.is_some() {
-            node.spawn(snapshotter(node.clone()));
+        if let Some(snapshots) = node.inner.snapshots() {
+            node.spawn(snapshotter(snapshots, node.inner.config.snapshot_after_bytes, node.inner.shutdown.subscribe()));
         }
         if let Some(server) = server_task {
             let _ = gate.node.set(node.clone());

@@ -7,8 +7,8 @@ use ringkv_core::{Clock, PartitionId};
 use tokio::sync::watch;
 
 use crate::membership::Standing;
-use crate::node::every;
 use crate::partition::{PartitionMailbox, PartitionMsg};
+use crate::periodic::every;
 use crate::progress::Repair;
 use crate::topology::Topology;
 
