@@ -31,7 +31,7 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
     // it back, which can be done before this test sees it serving, so its
     // emptiness is read from its recovery rather than from its status.
     let recovered = wait_for("n3's recovery", Duration::from_secs(10), || {
-        let line = cluster.nodes[2].drain_log().into_iter().find(|l| l.contains("recovered entries="));
+        let line = cluster.nodes[2].log_lines().into_iter().find(|l| l.contains("recovered entries="));
         async move { line }
     })
     .await;

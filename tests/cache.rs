@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Certs, Cluster, NodeProcess, NodeSpec, converged, wait_for};
+use common::{Certs, Cluster, NodeProc, converged, node_spec, wait_for};
 use ringkv::{Client, KvError, KvStore};
 
 /// ARCHITECTURE.md, *The memory bound*: RSS stays within 1.25 times
@@ -19,8 +19,9 @@ const BASE_RSS: u64 = 64 << 20;
 
 const MB: u64 = 1 << 20;
 
-fn rss(node: &NodeProcess) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("the node's /proc status");
+fn rss(node: &NodeProc) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", node.pid().unwrap())).expect("the node's /proc status");
     let kb: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -36,14 +37,14 @@ fn rss(node: &NodeProcess) -> u64 {
 struct Bounded {
     certs: Certs,
     _data: tempfile::TempDir,
-    node: NodeProcess,
+    node: NodeProc,
     client: Client,
 }
 
 fn bounded(maxmemory: &str, policy: &str) -> Bounded {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let node = NodeSpec::new("n1", &data.path().join("n1"), certs.path())
+    let node = node_spec("n1", &data.path().join("n1"), certs.path())
         .setting(&format!("maxmemory = \"{maxmemory}\""))
         .setting(&format!("maxmemory_policy = \"{policy}\""))
         .start();
@@ -98,7 +99,7 @@ fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:06}")).collect()
 }
 
-async fn memory(client: &Client, node: &NodeProcess) -> ringkv_net::wire::MemoryStatus {
+async fn memory(client: &Client, node: &NodeProc) -> ringkv_net::wire::MemoryStatus {
     client.status_of(node.addr).await.unwrap().memory
 }
 
@@ -106,7 +107,7 @@ async fn memory(client: &Client, node: &NodeProcess) -> ringkv_net::wire::Memory
 /// the same moment in two partitions can overshoot the bound by a write
 /// each, which the background evictor takes back within a sweep interval;
 /// a node still over it after 10 s fails the test.
-async fn settled(client: &Client, node: &NodeProcess, bound: u64) -> ringkv_net::wire::MemoryStatus {
+async fn settled(client: &Client, node: &NodeProc, bound: u64) -> ringkv_net::wire::MemoryStatus {
     let addr = node.addr;
     wait_for(&format!("{addr} within {bound} bytes"), Duration::from_secs(10), || {
         let client = client.clone();
@@ -235,14 +236,14 @@ async fn a_restart_into_a_smaller_bound_evicts_and_says_so() {
     assert!(put_all(&client, &all, 1_000, |_| None).await.is_empty());
     let before = memory(&client, &node).await.used;
     assert!(before > 8 * MB, "{before}");
-    node.stop_with("INT", Duration::from_secs(20));
+    node.stop_with(libc::SIGINT, Duration::from_secs(20)).unwrap();
     let mut spec = node.spec.clone();
-    spec.config = vec!["maxmemory = \"4mb\"".into(), "maxmemory_policy = \"allkeys-lru\"".into()];
-    let mut node = spec.start();
+    spec.settings = vec!["maxmemory = \"4mb\"".into(), "maxmemory_policy = \"allkeys-lru\"".into()];
+    let node = spec.start();
     let client = certs.client(vec![node.addr]);
     let m = settled(&client, &node, 4 * MB).await;
     assert!(m.evictions > 5_000, "{m:?}");
-    let log = node.drain_log().join("\n");
+    let log = node.log_lines().join("\n");
     assert!(log.contains("the recovered data is over maxmemory"), "{log}");
     let kept = present(&client, &all, 1_000).await.len();
     assert!((2_000..4_000).contains(&kept), "kept {kept}");
@@ -296,7 +297,7 @@ async fn memory_per_key_through_a_node_stays_under_its_guard() {
     const KEYS: u64 = 100_000;
     let certs = Certs::new();
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeSpec::new("n1", &dir.path().join("n1"), certs.path()).arg("--persistence").arg("none").start();
+    let node = node_spec("n1", &dir.path().join("n1"), certs.path()).arg("--persistence").arg("none").start();
     let bench = |ops: u64| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
             .args(["bench", "--ops", &ops.to_string(), "--keys", &ops.to_string(), "--sequential"])

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Cluster, NodeSpec, raw_connector};
+use common::{Cluster, node_spec, raw_connector};
 use ringkv::{Consistency, KvStore};
 use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::{ReplicationStatus, Reply, Request, Sent};
@@ -84,19 +84,19 @@ async fn a_node_with_another_partition_count_or_cluster_id_cannot_join() {
     let seed = cluster.nodes[0].spec.gossip.unwrap();
 
     let mut other_p =
-        NodeSpec::new("bad-p", &cluster.data.path().join("bad-p"), cluster.certs.path()).setting("partitions = 64");
+        node_spec("bad-p", &cluster.data.path().join("bad-p"), cluster.certs.path()).setting("partitions = 64");
     other_p.gossip = Some("127.0.0.1:0".parse().unwrap());
     other_p.seeds = vec![seed];
-    let stderr = other_p.try_start().err().expect("a node with another partition count must not start");
+    let stderr = other_p.try_start().err().expect("a node with another partition count must not start").to_string();
     assert!(stderr.contains("has 256 partitions and this node 64"), "{stderr}");
     assert!(stderr.contains("exit status: 2"), "{stderr}");
 
-    let mut other_cluster = NodeSpec::new("bad-c", &cluster.data.path().join("bad-c"), cluster.certs.path())
+    let mut other_cluster = node_spec("bad-c", &cluster.data.path().join("bad-c"), cluster.certs.path())
         .arg("--cluster-id")
         .arg("elsewhere");
     other_cluster.gossip = Some("127.0.0.1:0".parse().unwrap());
     other_cluster.seeds = vec![seed];
-    let stderr = other_cluster.try_start().err().expect("a node of another cluster must not start");
+    let stderr = other_cluster.try_start().err().expect("a node of another cluster must not start").to_string();
     assert!(stderr.contains("belongs to another cluster") && stderr.contains("'elsewhere'"), "{stderr}");
 
     // The cluster did not take either of them in.

@@ -63,7 +63,7 @@ async fn run(fault: Fault) {
     let fault_at = Instant::now();
     match fault {
         Fault::Kill => cluster.nodes[victim].kill9(),
-        Fault::Pause => cluster.nodes[victim].signal("STOP"),
+        Fault::Pause => cluster.nodes[victim].signal(libc::SIGSTOP).unwrap(),
         Fault::ActorPanic => {
             let addr = cluster.nodes[victim].addr;
             // The actor dies instead of answering and the node stops at
@@ -78,12 +78,12 @@ async fn run(fault: Fault) {
             // which actor failed.
             let node = &mut cluster.nodes[victim];
             let status = common::wait_for("the node to exit", Duration::from_secs(20), || {
-                let status = node.try_wait();
+                let status = node.exited();
                 async move { status }
             })
             .await;
             assert!(!status.success(), "a node whose actor failed must exit with an error, got {status}");
-            let log = node.drain_log().join("\n");
+            let log = node.log_lines().join("\n");
             assert!(log.contains("partition 0 failed"), "the error names the actor:\n{log}");
             println!("node exited {:?} after the actor failed", fault_at.elapsed());
         }
@@ -92,7 +92,7 @@ async fn run(fault: Fault) {
     let healed_at = Instant::now();
     match fault {
         Fault::Kill | Fault::ActorPanic => cluster.nodes[victim] = cluster.nodes[victim].spec.start(),
-        Fault::Pause => cluster.nodes[victim].signal("CONT"),
+        Fault::Pause => cluster.nodes[victim].signal(libc::SIGCONT).unwrap(),
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{Certs, NodeSpec};
+use common::{Certs, node_spec};
 use ringkv::{Bytes, KvStore};
 use ringkv_core::SplitMix64;
 
@@ -36,7 +36,7 @@ struct Read {
 async fn final_state_is_the_last_acknowledged_write_per_key() {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let node = NodeSpec::new("cc", data.path(), certs.path()).start();
+    let node = node_spec("cc", data.path(), certs.path()).start();
     let writes: Arc<Mutex<HashMap<String, Vec<Write>>>> = Arc::default();
     let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
 

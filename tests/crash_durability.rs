@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Certs, NodeSpec};
+use common::{Certs, node_spec};
 use ringkv::{Bytes, Client, KvStore};
 use ringkv_core::SplitMix64;
 
@@ -124,8 +124,7 @@ struct Outcome {
 async fn run(fsync: &str, seed: u64) -> Outcome {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let spec =
-        NodeSpec::new("crash", data.path(), certs.path()).arg("--persistence").arg("wal").arg("--fsync").arg(fsync);
+    let spec = node_spec("crash", data.path(), certs.path()).arg("--persistence").arg("wal").arg("--fsync").arg(fsync);
     let mut node = spec.start();
     let client = certs.client(vec![node.addr]);
 
@@ -171,7 +170,7 @@ async fn run(fsync: &str, seed: u64) -> Outcome {
         );
         lost.push((key.clone(), acked_at));
     }
-    node.terminate(Duration::from_secs(10));
+    node.terminate(Duration::from_secs(10)).unwrap();
     Outcome { acked_ops, checked_keys: history.len(), lost }
 }
 

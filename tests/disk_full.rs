@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Certs, NodeSpec};
+use common::{Certs, node_spec};
 use ringkv::{Bytes, KvStore};
 
 /// A tmpfs mounted for the test, unmounted on every path.
@@ -42,7 +42,7 @@ async fn a_full_disk_stops_the_node_and_it_keeps_what_it_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let disk = Tmpfs::mount(&data, "2m");
-    let spec = NodeSpec::new("n1", &data, certs.path())
+    let spec = node_spec("n1", &data, certs.path())
         .setting("persistence = \"wal\"")
         .setting("fsync = \"always\"")
         .setting("wal_segment_bytes = 262144");
@@ -63,7 +63,7 @@ async fn a_full_disk_stops_the_node_and_it_keeps_what_it_acknowledged() {
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = node.try_wait() {
+        if let Some(status) = node.exited() {
             break status;
         }
         assert!(Instant::now() < deadline, "the node still runs 20 s after its disk filled ({refusal})");
@@ -72,7 +72,7 @@ async fn a_full_disk_stops_the_node_and_it_keeps_what_it_acknowledged() {
     assert_eq!(status.code(), Some(2), "a failed node exits with status 2");
     // The reader thread may lag the exit by a moment.
     let log = common::wait_for("the log's last lines", Duration::from_secs(5), || {
-        let log = node.drain_log().join("\n");
+        let log = node.log_lines().join("\n");
         async move { log.contains("the write-ahead log failed").then_some(log) }
     })
     .await;

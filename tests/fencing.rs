@@ -129,8 +129,8 @@ async fn repair_passes(cluster: &Cluster) -> Option<Vec<u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_while_a_replica_was_paused_past_both_graces_stays_deleted() {
     deleted_keys_stay_deleted(
-        async |cluster| cluster.nodes[2].signal("STOP"),
-        async |cluster| cluster.nodes[2].signal("CONT"),
+        async |cluster| cluster.nodes[2].signal(libc::SIGSTOP).unwrap(),
+        async |cluster| cluster.nodes[2].signal(libc::SIGCONT).unwrap(),
     )
     .await;
 }

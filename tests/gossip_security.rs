@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Certs, Cluster, NodeProcess, NodeSpec, wait_for};
+use common::{BIN, Certs, Cluster, NodeProc, node_spec, wait_for};
 use ringkv::{Client, Consistency, KvStore};
 use ringkv_net::wire::MemberStatus;
 
@@ -28,10 +28,10 @@ fn key(i: usize) -> String {
 
 /// Stops a node with SIGINT (it keeps its data and place) and waits for
 /// it to exit.
-fn stop(node: &mut NodeProcess) {
-    node.signal("INT");
+fn stop(node: &mut NodeProc) {
+    node.signal(libc::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while node.try_wait().is_none() {
+    while node.exited().is_none() {
         assert!(Instant::now() < deadline, "node {} did not stop on SIGINT", node.spec.node_id);
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -48,7 +48,7 @@ async fn a_stranger_with_its_own_keys_and_the_cluster_id_is_refused_and_cannot_c
     // The stranger: its own CA and gossip key, the same (default) cluster
     // id, and a clear that raises its truncate epoch above every write.
     let stranger_certs = Certs::new();
-    let mut spec = NodeSpec::new("stranger", &cluster.data.path().join("stranger"), stranger_certs.path());
+    let mut spec = node_spec("stranger", &cluster.data.path().join("stranger"), stranger_certs.path());
     let mut stranger = spec.start();
     stranger_certs.client(vec![stranger.addr]).clear().await.unwrap();
     stop(&mut stranger);
@@ -115,7 +115,7 @@ async fn gossip_key_holders_without_a_member_certificate_are_never_placed_and_ca
     std::fs::copy(cluster.certs.path().join("gossip.key"), stranger_certs.path().join("gossip.key")).unwrap();
     let mut strangers = Vec::new();
     for id in ["intruder", "n2"] {
-        let mut spec = NodeSpec::new(id, &cluster.data.path().join(format!("stranger-{id}")), stranger_certs.path());
+        let mut spec = node_spec(id, &cluster.data.path().join(format!("stranger-{id}")), stranger_certs.path());
         let mut stranger = spec.start();
         stranger_certs.client(vec![stranger.addr]).clear().await.unwrap();
         stop(&mut stranger);
@@ -164,9 +164,9 @@ async fn a_clustered_node_without_a_gossip_key_refuses_to_start_and_says_how_to_
     let certs = Certs::new();
     std::fs::remove_file(certs.path().join("gossip.key")).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut spec = NodeSpec::new("n1", &data.path().join("n1"), certs.path());
+    let mut spec = node_spec("n1", &data.path().join("n1"), certs.path());
     spec.gossip = Some("127.0.0.1:0".parse().unwrap());
-    let stderr = spec.try_start().err().expect("a clustered node without a gossip key must not start");
+    let stderr = spec.try_start().err().expect("a clustered node without a gossip key must not start").to_string();
     assert!(stderr.contains("gossip.key") && stderr.contains("ringkv certs gossip-key new"), "{stderr}");
     assert!(stderr.contains("exit status: 2"), "{stderr}");
 
@@ -227,12 +227,12 @@ async fn gossip_keys_rotate_under_load_without_a_failed_write_or_a_member_down()
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
     let admin = certs.path().join("gossip.key");
-    let mut nodes: Vec<NodeProcess> = Vec::new();
+    let mut nodes: Vec<NodeProc> = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
     for i in 1..=3 {
         let file = data.path().join(format!("n{i}.gossip.key"));
         install(&admin, &file);
-        let mut spec = NodeSpec::new(&format!("n{i}"), &data.path().join(format!("n{i}")), certs.path())
+        let mut spec = node_spec(&format!("n{i}"), &data.path().join(format!("n{i}")), certs.path())
             .setting("[tls]")
             .setting(&format!("gossip_key = {:?}", file.to_str().unwrap()));
         spec.gossip = Some("127.0.0.1:0".parse().unwrap());

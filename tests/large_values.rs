@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Certs, Cluster, NodeSpec, converged, wait_for};
+use common::{Certs, Cluster, converged, node_spec, wait_for};
 use ringkv::{Client, Consistency, KvStore};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -83,7 +83,7 @@ async fn a_snapshot_of_large_values_recovers_after_kill_9_and_under_a_lower_valu
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("n1");
-    let spec = NodeSpec::new("n1", &dir, certs.path())
+    let spec = node_spec("n1", &dir, certs.path())
         .setting("partitions = 1")
         .setting("max_value_bytes = 65536")
         .setting("snapshot_after_bytes = 1048576");
@@ -113,9 +113,9 @@ async fn a_snapshot_of_large_values_recovers_after_kill_9_and_under_a_lower_valu
     // what is stored was accepted and must still load, from the snapshot
     // and from the log alike.
     node.kill9();
-    node.spec.config.retain(|line| !line.starts_with("max_value_bytes"));
-    node.spec.config.push("max_value_bytes = 4096".into());
-    node.spec.config.push("max_key_bytes = 64".into());
+    node.spec.settings.retain(|line| !line.starts_with("max_value_bytes"));
+    node.spec.settings.push("max_value_bytes = 4096".into());
+    node.spec.settings.push("max_key_bytes = 64".into());
     let node = match node.spec.try_start() {
         Ok(node) => node,
         Err(log) => panic!("the node does not recover under a lower max_value_bytes:\n{log}"),
@@ -166,7 +166,7 @@ async fn a_leaving_node_hands_off_a_partition_of_large_values() {
 
     cluster.operator_of(0).leave(cluster.nodes[3].addr).await.unwrap();
     let exited = wait_for("n4 to exit after leaving", Duration::from_secs(45), || {
-        let done = cluster.nodes[3].try_wait();
+        let done = cluster.nodes[3].exited();
         async move { done }
     })
     .await;
@@ -257,8 +257,8 @@ async fn a_replica_restarted_with_lower_limits_is_still_refilled_with_what_it_he
     cluster.nodes[2].wait_member_file().await;
     cluster.nodes[2].kill9_and_wipe_keeping_membership();
     let spec = &mut cluster.nodes[2].spec;
-    spec.config.retain(|line| !line.starts_with("max_value_bytes"));
-    spec.config.extend(["max_value_bytes = 1024".into(), "max_key_bytes = 64".into()]);
+    spec.settings.retain(|line| !line.starts_with("max_value_bytes"));
+    spec.settings.extend(["max_value_bytes = 1024".into(), "max_key_bytes = 64".into()]);
     cluster.nodes[2] = cluster.nodes[2].spec.start();
     cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
 

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{Certs, Cluster, NodeSpec, raw_connector};
+use common::{Certs, Cluster, node_spec, raw_connector};
 use ringkv::{Client, ClientConfig, Consistency, KvError, KvStore, Timestamp};
 use ringkv_core::Deadline;
 use ringkv_net::tls::TlsPaths;
@@ -47,12 +47,12 @@ async fn a_clients_later_write_is_never_overwritten_by_its_earlier_write_deliver
         let victim = trial % 3;
         let key = key_led_by(&client, victim, &format!("trial{trial}")).await;
 
-        cluster.nodes[victim].signal("STOP");
+        cluster.nodes[victim].signal(libc::SIGSTOP).unwrap();
         // v1 times out at the stopped node and is acknowledged through the
         // next one; v2 follows it.
         client.put(key.clone(), "v1").await.unwrap_or_else(|e| panic!("trial {trial}: v1 not acknowledged: {e}"));
         client.put(key.clone(), "v2").await.unwrap_or_else(|e| panic!("trial {trial}: v2 not acknowledged: {e}"));
-        cluster.nodes[victim].signal("CONT");
+        cluster.nodes[victim].signal(libc::SIGCONT).unwrap();
 
         // The resumed node answers once it has worked through what was
         // buffered while it was stopped, the stale v1 included.
@@ -80,7 +80,7 @@ async fn a_clients_later_write_is_never_overwritten_by_its_earlier_write_deliver
 async fn a_request_past_its_deadline_is_refused_and_not_applied() {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let node = NodeSpec::new("d1", data.path(), certs.path()).start();
+    let node = node_spec("d1", data.path(), certs.path()).start();
     let conn = raw_connector(&TlsPaths::client_in(certs.path()));
     let t = Duration::from_secs(5);
     let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;

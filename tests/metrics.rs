@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Certs, Cluster, NodeProcess, NodeSpec, wait_for};
+use common::{Certs, Cluster, NodeProc, node_spec, wait_for};
 use ringkv::KvStore;
 
 struct Http {
@@ -31,7 +31,7 @@ fn http(addr: SocketAddr, request: &[u8]) -> Http {
     Http { status: status.to_string(), headers: headers.to_string(), body: body.to_string() }
 }
 
-fn scrape(node: &NodeProcess) -> String {
+fn scrape(node: &NodeProc) -> String {
     let response = http(node.metrics.expect("the node serves metrics"), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, "HTTP/1.1 200 OK", "{}", response.body);
     assert!(response.headers.contains("Content-Type: text/plain; version=0.0.4"), "{}", response.headers);
@@ -70,7 +70,7 @@ fn promtool(text: &str) {
     );
 }
 
-fn resp(node: &NodeProcess, commands: &[u8], replies: usize) -> String {
+fn resp(node: &NodeProc, commands: &[u8], replies: usize) -> String {
     let mut stream = TcpStream::connect(node.resp.expect("the node serves RESP")).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     stream.write_all(commands).unwrap();
@@ -88,7 +88,7 @@ fn resp(node: &NodeProcess, commands: &[u8], replies: usize) -> String {
 async fn a_node_counts_what_it_serves_and_prometheus_accepts_the_exposition() {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let mut node = NodeSpec::new("n1", &data.path().join("n1"), certs.path())
+    let mut node = node_spec("n1", &data.path().join("n1"), certs.path())
         .arg("--resp")
         .arg("127.0.0.1:0")
         .arg("--metrics")
@@ -151,7 +151,7 @@ async fn a_node_counts_what_it_serves_and_prometheus_accepts_the_exposition() {
     let _silent = TcpStream::connect(metrics).unwrap();
     let text = scrape(&node);
     assert_eq!(value(&text, r#"ringkv_requests_total{op="put",protocol="resp",result="ok"}"#), 20.0);
-    node.terminate(Duration::from_secs(20));
+    node.terminate(Duration::from_secs(20)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Certs, NodeSpec, raw_connector};
+use common::{Certs, node_spec, raw_connector};
 use ringkv::{KvError, KvStore};
 use ringkv_net::tls::TlsPaths;
 use ringkv_net::wire::{self, Request};
@@ -23,7 +23,7 @@ fn protocol_error(result: Result<ringkv_net::wire::Response, ringkv_net::NetErro
 async fn garbage_oversized_and_wrong_version_get_errors_while_others_are_served() {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let node = NodeSpec::new("a1", data.path(), certs.path()).setting("max_value_bytes = 1024").start();
+    let node = node_spec("a1", data.path(), certs.path()).setting("max_value_bytes = 1024").start();
 
     // A well-behaved client works in the background the whole time.
     let good = certs.client(vec![node.addr]);

@@ -124,8 +124,8 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
     }
     // Then a and b stop. c must see them down (gossip from d would tell it
     // of them if they were only cut off), so that it picks d to stand in.
-    cluster.nodes[ai].signal("STOP");
-    cluster.nodes[bi].signal("STOP");
+    cluster.nodes[ai].signal(libc::SIGSTOP).unwrap();
+    cluster.nodes[bi].signal(libc::SIGSTOP).unwrap();
     common::wait_for("c to see a and b down", Duration::from_secs(30), || {
         let client = client.clone();
         let names = [format!("n{}", ai + 1), format!("n{}", bi + 1)];
@@ -144,8 +144,8 @@ async fn expire_and_persist_through_a_stand_in_never_revert_an_acknowledged_put(
     let stood_in = [format!("n{}", ai + 1), format!("n{}", bi + 1)];
     assert!(held.iter().any(|(n, _)| stood_in.contains(n)), "d stood in for a or b and holds hints: {held:?}");
 
-    cluster.nodes[ai].signal("CONT");
-    cluster.nodes[bi].signal("CONT");
+    cluster.nodes[ai].signal(libc::SIGCONT).unwrap();
+    cluster.nodes[bi].signal(libc::SIGCONT).unwrap();
     cluster.heal().await;
     common::wait_for("hints to drain", Duration::from_secs(60), || {
         let client = client.clone();

@@ -158,7 +158,7 @@ async fn a_leaving_node_hands_its_partitions_off_and_exits() {
     let started = Instant::now();
     // The process exits by itself once it has handed everything off.
     let exited = wait_for("n4 to exit after leaving", Duration::from_secs(60), || {
-        let done = cluster.nodes[leaving].try_wait();
+        let done = cluster.nodes[leaving].exited();
         async move { done }
     })
     .await;
@@ -195,7 +195,7 @@ async fn a_node_dead_past_the_grace_period_is_replaced_and_returns_as_new() {
     // and n4 pulls its partitions like a new member.
     cluster.nodes[3] = cluster.nodes[3].spec.start();
     cluster.wait_serving(0, 4, Duration::from_secs(60)).await;
-    let log = cluster.nodes[3].drain_log().join("\n");
+    let log = cluster.nodes[3].log_lines().join("\n");
     assert!(log.contains("discarding its data"), "n4 did not discard its stale data:\n{log}");
     all_readable(&client, &keys).await;
     converged(&client, &keys[..300], 3, Duration::from_secs(30)).await;
@@ -209,7 +209,7 @@ async fn sigint_stops_a_node_that_keeps_its_place_and_its_data() {
     let client = cluster.client_of(0);
     let keys = write_keys(&client.with_consistency(Consistency::All), "k", 200).await;
 
-    let status = cluster.nodes[2].stop_with("INT", Duration::from_secs(20));
+    let status = cluster.nodes[2].stop_with(libc::SIGINT, Duration::from_secs(20)).unwrap();
     assert!(status.success(), "n3 exited with {status} after SIGINT");
     // The others see it down, and keep it in their ring.
     wait_for("n1 to see n3 down", Duration::from_secs(30), || {
@@ -235,7 +235,7 @@ async fn sigint_stops_a_node_that_keeps_its_place_and_its_data() {
         let n3 = explanation.replicas.iter().find(|r| r.node_id == "n3").expect("n3 is a replica of every key");
         assert!(matches!(&n3.entry, Ok(Some(e)) if e.value.is_some()), "n3 lost {key}: {:?}", n3.entry);
     }
-    let log = cluster.nodes[2].drain_log().join("\n");
+    let log = cluster.nodes[2].log_lines().join("\n");
     assert!(!log.contains("discard"), "n3 discarded its data after a SIGINT:\n{log}");
     all_readable(&client, &later).await;
     converged(&client, &later, 3, Duration::from_secs(30)).await;
@@ -250,7 +250,7 @@ async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keepi
 
     // The other two stop where they stand: still ring members, but down.
     for i in [1, 2] {
-        let status = cluster.nodes[i].stop_with("INT", Duration::from_secs(20));
+        let status = cluster.nodes[i].stop_with(libc::SIGINT, Duration::from_secs(20)).unwrap();
         assert!(status.success(), "n{} exited with {status} after SIGINT", i + 1);
     }
     let client = cluster.client_of(0);
@@ -272,9 +272,9 @@ async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keepi
 
     // SIGTERM asks for the same leave; refused, the node stops as SIGINT
     // would, keeping its place and its data.
-    let status = cluster.nodes[0].terminate(Duration::from_secs(30));
+    let status = cluster.nodes[0].terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "n1 exited with {status} after SIGTERM");
-    let log = cluster.nodes[0].drain_log().join("\n");
+    let log = cluster.nodes[0].log_lines().join("\n");
     assert!(log.contains("cannot leave the ring; stopping anyway"), "n1 did not say why it stopped:\n{log}");
 
     cluster.start_together(&[0, 1, 2]);
@@ -282,7 +282,7 @@ async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keepi
     for i in [0, 1] {
         cluster.wait_serving(i, 3, Duration::from_secs(60)).await;
     }
-    let log = cluster.nodes[0].drain_log().join("\n");
+    let log = cluster.nodes[0].log_lines().join("\n");
     assert!(!log.contains("discard"), "n1 discarded its data after a refused leave:\n{log}");
     let client = cluster.client_of(1);
     all_readable(&client.with_consistency(Consistency::All), &keys).await;
@@ -291,7 +291,7 @@ async fn a_leave_with_no_other_member_serving_is_refused_and_sigterm_stops_keepi
     // its partitions off and exits, and nothing is lost.
     cluster.operator_of(0).leave(n1).await.unwrap();
     let exited = wait_for("n1 to exit after leaving", Duration::from_secs(60), || {
-        let done = cluster.nodes[0].try_wait();
+        let done = cluster.nodes[0].exited();
         async move { done }
     })
     .await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Certs, NodeSpec, raw_connector};
+use common::{Certs, node_spec, raw_connector};
 use ringkv_net::tls::{TlsPaths, TransportSettings};
 use ringkv_net::wire::{Reply, Request};
 
@@ -16,7 +16,7 @@ use ringkv_net::wire::{Reply, Request};
 async fn a_restarted_node_resets_connections_to_its_predecessor() {
     let certs = Certs::new();
     let data = tempfile::tempdir().unwrap();
-    let mut node = NodeSpec::new("r1", data.path(), certs.path()).start();
+    let mut node = node_spec("r1", data.path(), certs.path()).start();
 
     let connector = raw_connector(&TlsPaths::client_in(certs.path()));
     let first = connector.call(node.addr, &Request::Ping, Duration::from_secs(10)).await;

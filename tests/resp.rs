@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Certs, Cluster, NodeProcess, NodeSpec};
+use common::{Certs, Cluster, NodeProc, node_spec};
 
 /// Cluster tests share two cores; one at a time keeps failure detection
 /// honest.
@@ -18,7 +18,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 struct Conn(TcpStream);
 
 impl Conn {
-    fn open(node: &NodeProcess) -> Conn {
+    fn open(node: &NodeProc) -> Conn {
         Conn::to(node.resp.expect("the node serves RESP"))
     }
 
@@ -83,8 +83,8 @@ fn cmd(args: &[&str]) -> Vec<u8> {
     out
 }
 
-fn node(certs: &Certs, dir: &tempfile::TempDir) -> NodeProcess {
-    NodeSpec::new("n1", &dir.path().join("n1"), certs.path())
+fn node(certs: &Certs, dir: &tempfile::TempDir) -> NodeProc {
+    node_spec("n1", &dir.path().join("n1"), certs.path())
         .arg("--persistence")
         .arg("none")
         .arg("--resp")
@@ -510,7 +510,7 @@ fn config_set_changes_maxmemory_while_the_node_runs() {
 #[test]
 fn tls_on_the_resp_port_admits_only_clients_with_a_certificate_of_the_cluster() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
-    let node = NodeSpec::new("n1", &dir.path().join("n1"), certs.path())
+    let node = node_spec("n1", &dir.path().join("n1"), certs.path())
         .arg("--persistence")
         .arg("none")
         .arg("--resp")
@@ -575,16 +575,19 @@ fn a_malformed_stream_closes_its_connection_and_nobody_else_notices() {
 #[test]
 fn a_resp_port_off_loopback_without_tls_or_a_password_is_refused_with_the_reason() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
-    let spec = NodeSpec::new("n1", &dir.path().join("n1"), certs.path()).arg("--resp").arg("0.0.0.0:0");
-    let err =
-        spec.try_start().err().expect("a node with a RESP port on every interface and no password must not start");
+    let spec = node_spec("n1", &dir.path().join("n1"), certs.path()).arg("--resp").arg("0.0.0.0:0");
+    let err = spec
+        .try_start()
+        .err()
+        .expect("a node with a RESP port on every interface and no password must not start")
+        .to_string();
     assert!(err.contains("is not a loopback address and neither resp_tls nor resp_password is set"), "{err}");
 }
 
 #[test]
 fn with_a_password_nothing_is_served_before_auth_and_other_addresses_are_allowed() {
     let (certs, dir) = (Certs::new(), tempfile::tempdir().unwrap());
-    let node = NodeSpec::new("n1", &dir.path().join("n1"), certs.path())
+    let node = node_spec("n1", &dir.path().join("n1"), certs.path())
         .arg("--persistence")
         .arg("none")
         .arg("--resp")
@@ -849,7 +852,7 @@ async fn a_scan_across_a_join_and_a_crash_lists_every_key_that_existed_throughou
             }
             // The ring has changed under the cursor before the walk goes on.
             15 => cluster.wait_serving(0, 4, Duration::from_secs(60)).await,
-            30 if cluster.nodes[1].try_wait().is_none() => cluster.nodes[1].kill9(),
+            30 if cluster.nodes[1].exited().is_none() => cluster.nodes[1].kill9(),
             _ => {}
         }
         let new = format!("new:{calls}:{refused}");

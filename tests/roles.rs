@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Cluster, NodeSpec, raw_connector, wait_for};
+use common::{Cluster, node_spec, raw_connector, wait_for};
 use ringkv::{Consistency, KvError, KvStore};
 use ringkv_core::{Entry, NodeTag, Partitioner, Timestamp, Version};
 use ringkv_net::Connector;
@@ -130,7 +130,7 @@ async fn only_members_replicate_and_only_the_operator_makes_a_node_leave() {
     cluster.operator_of(2).leave(n3).await.unwrap();
     let mut cluster = cluster;
     let exited = wait_for("n3 to exit after leaving", Duration::from_secs(60), || {
-        let done = cluster.nodes[2].try_wait();
+        let done = cluster.nodes[2].exited();
         async move { done }
     })
     .await;
@@ -149,11 +149,11 @@ async fn a_node_refuses_to_start_under_a_certificate_naming_another_node() {
     ringkv_net::certs::issue_node_cert(dir, "n2", &[]).unwrap();
 
     // Configured as n3, holding n2's certificate (a valid one of the CA).
-    let mut spec = NodeSpec::new("n3", &data.path().join("n3"), dir);
+    let mut spec = node_spec("n3", &data.path().join("n3"), dir);
     std::fs::copy(dir.join("n2.crt"), dir.join("n3.crt")).unwrap();
     std::fs::copy(dir.join("n2.key"), dir.join("n3.key")).unwrap();
     spec.gossip = Some("127.0.0.1:0".parse().unwrap());
-    let stderr = spec.try_start().err().expect("a node under another node's certificate must not start");
+    let stderr = spec.try_start().err().expect("a node under another node's certificate must not start").to_string();
     let expected =
         format!("the certificate {} cannot serve as node n3: it names node n2", dir.join("n3.crt").display());
     assert!(stderr.contains(&expected), "{stderr}");
@@ -164,15 +164,15 @@ async fn a_node_refuses_to_start_under_a_certificate_naming_another_node() {
     // Standalone, the same mismatch is refused too.
     let mut standalone = spec.clone();
     standalone.gossip = None;
-    let stderr = standalone.try_start().err().expect("standalone too");
+    let stderr = standalone.try_start().err().expect("standalone too").to_string();
     assert!(stderr.contains("it names node n2"), "{stderr}");
 
     // A clustered node with only the shared node.crt (naming no node).
-    let mut shared = NodeSpec::new("n4", &data.path().join("n4"), dir);
+    let mut shared = node_spec("n4", &data.path().join("n4"), dir);
     std::fs::remove_file(dir.join("n4.crt")).unwrap();
     std::fs::remove_file(dir.join("n4.key")).unwrap();
     shared.gossip = Some("127.0.0.1:0".parse().unwrap());
-    let stderr = shared.try_start().err().expect("a clustered node needs its own certificate");
+    let stderr = shared.try_start().err().expect("a clustered node needs its own certificate").to_string();
     assert!(stderr.contains("node.crt cannot serve as node n4: it names no node id"), "{stderr}");
 
     // Standalone, the shared node.crt still serves.

@@ -1,16 +1,19 @@
 //! Test harness: real `ringkv` processes on loopback ports chosen at run
-//! time, killed on every exit path by their drop guards.
+//! time, killed on every exit path by their drop guards. The process guard,
+//! the waiting and the judgement of convergence are the chaos suite's
+//! ([`ringkv_chaos::process`], [`ringkv_chaos::observe`]); what is here is
+//! the clusters by index that the tests address nodes in.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use ringkv::{Client, ClientConfig};
+use ringkv_chaos::history::now_wall_ms;
+use ringkv_chaos::observe::wait_converged;
+pub use ringkv_chaos::process::{NodeProc, NodeSpec, wait_for};
 use ringkv_net::Connector;
 use ringkv_net::tls::{Identity, TlsPaths, TransportSettings};
 
@@ -32,7 +35,7 @@ pub struct Certs {
 
 impl Certs {
     /// A CA, the client certificate and the operator certificate. Node
-    /// certificates are issued as nodes are specified ([`NodeSpec::new`]).
+    /// certificates are issued as nodes are specified ([`node_spec`]).
     pub fn new() -> Certs {
         let dir = tempfile::tempdir().expect("tempdir");
         ringkv_net::certs::init(dir.path(), &[], &[]).expect("certs");
@@ -61,295 +64,24 @@ impl Certs {
     }
 }
 
-/// How to start a node.
-#[derive(Clone)]
-pub struct NodeSpec {
-    pub node_id: String,
-    pub data_dir: PathBuf,
-    pub certs: PathBuf,
-    pub listen: SocketAddr,
-    /// Gossip address; `None` runs the node standalone.
-    pub gossip: Option<SocketAddr>,
-    pub seeds: Vec<SocketAddr>,
-    pub extra: Vec<String>,
-    /// Lines of TOML written to a config file passed with --config.
-    pub config: Vec<String>,
-}
-
-impl NodeSpec {
-    /// Issues the node's own certificate (naming `node_id`) from the CA in
-    /// `certs` if there is none yet.
-    pub fn new(node_id: &str, data_dir: &Path, certs: &Path) -> NodeSpec {
-        if !certs.join(format!("{node_id}.crt")).exists() && certs.join("ca.key").exists() {
-            ringkv_net::certs::issue_node_cert(certs, node_id, &[]).expect("node certificate");
-        }
-        NodeSpec {
-            node_id: node_id.into(),
-            data_dir: data_dir.into(),
-            certs: certs.into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            gossip: None,
-            seeds: Vec::new(),
-            extra: Vec::new(),
-            config: Vec::new(),
-        }
+/// A standalone node's spec for a test: `ringkv` as built for the tests,
+/// logging to `<data_dir>.log` at `RINGKV_TEST_LOG` (default `info`), with
+/// its own certificate (naming `node_id`), issued from the CA in `certs`
+/// if there is none yet.
+pub fn node_spec(node_id: &str, data_dir: &Path, certs: &Path) -> NodeSpec {
+    if !certs.join(format!("{node_id}.crt")).exists() && certs.join("ca.key").exists() {
+        ringkv_net::certs::issue_node_cert(certs, node_id, &[]).expect("node certificate");
     }
-
-    pub fn arg(mut self, a: &str) -> NodeSpec {
-        self.extra.push(a.into());
-        self
-    }
-
-    pub fn setting(mut self, line: &str) -> NodeSpec {
-        self.config.push(line.into());
-        self
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--node-id")
-            .arg(&self.node_id)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--certs")
-            .arg(&self.certs)
-            .arg("--listen")
-            .arg(self.listen.to_string())
-            .args(&self.extra)
-            .env("RUST_LOG", std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(gossip) = self.gossip {
-            cmd.arg("--gossip").arg(gossip.to_string());
-        }
-        if !self.seeds.is_empty() {
-            let seeds: Vec<String> = self.seeds.iter().map(|s| s.to_string()).collect();
-            cmd.arg("--seeds").arg(seeds.join(","));
-        }
-        if !self.config.is_empty() {
-            std::fs::create_dir_all(&self.data_dir).unwrap();
-            let path = self.data_dir.with_extension("toml");
-            std::fs::write(&path, self.config.join("\n")).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        cmd
-    }
-
-    /// Starts the node and waits for it to announce its address.
-    pub fn start(&self) -> NodeProcess {
-        match self.try_start() {
-            Ok(p) => p,
-            Err(stderr) => panic!("node {} did not start:\n{stderr}", self.node_id),
-        }
-    }
-
-    /// Starts the node on a thread of its own, for a node that is expected
-    /// not to become ready yet; see [`Starting`].
-    pub fn start_in_background(&self) -> Starting {
-        let spec = self.clone();
-        Starting(Some(std::thread::spawn(move || spec.start())))
-    }
-
-    /// Starts the node; on failure returns what it printed on stderr.
-    pub fn try_start(&self) -> Result<NodeProcess, String> {
-        let mut child = self.command().spawn().expect("spawn ringkv");
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (err_tx, err_rx) = mpsc::channel();
-        let log_name = self.node_id.clone();
-        std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("RINGKV_TEST_ECHO").is_some() {
-                    eprintln!("[{log_name}] {line}");
-                }
-                all.push_str(&line);
-                all.push('\n');
-                let _ = err_tx.send(line);
-            }
-        });
-        let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = ready_tx.send(line);
-            }
-        });
-        let mut process = NodeProcess {
-            child: Some(child),
-            addr: self.listen,
-            resp: None,
-            metrics: None,
-            spec: self.clone(),
-            stderr: err_rx,
-            log: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(line) = ready_rx.recv_timeout(Duration::from_millis(50)) {
-                let words: Vec<&str> = line.split(' ').collect();
-                let after = |marker: &str| {
-                    words.iter().position(|w| *w == marker).and_then(|i| words.get(i + 1)).and_then(|a| a.parse().ok())
-                };
-                if let Some(addr) = after("on") {
-                    process.addr = addr;
-                    process.spec.listen = addr;
-                    process.spec.gossip = after("gossip").or(process.spec.gossip);
-                    process.resp = after("resp");
-                    process.metrics = after("metrics");
-                    return Ok(process);
-                }
-            }
-            if let Some(status) = process.child.as_mut().unwrap().try_wait().unwrap() {
-                // Give the stderr reader a moment to drain.
-                std::thread::sleep(Duration::from_millis(100));
-                let log = process.drain_log().join("\n");
-                process.child = None;
-                return Err(format!("exited with {status}\n{log}"));
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no ready line within 30 s\n{}", process.drain_log().join("\n")));
-            }
-        }
-    }
-}
-
-/// A node being started in the background. Dropping it (a test that
-/// panicked) waits for the start to end and kills the node, so no process
-/// outlives the test.
-pub struct Starting(Option<std::thread::JoinHandle<NodeProcess>>);
-
-impl Starting {
-    /// Whether the node announced itself ready (or failed to start).
-    pub fn is_finished(&self) -> bool {
-        self.0.as_ref().is_none_or(|h| h.is_finished())
-    }
-
-    pub fn wait(mut self) -> NodeProcess {
-        self.0.take().expect("not yet joined").join().expect("the starting thread panicked")
-    }
-}
-
-impl Drop for Starting {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            let _ = handle.join();
-        }
-    }
-}
-
-/// A running node; killed when dropped.
-pub struct NodeProcess {
-    child: Option<Child>,
-    pub addr: SocketAddr,
-    /// The RESP port, if the node serves one (`--resp`).
-    pub resp: Option<SocketAddr>,
-    /// The metrics port, if the node serves one (`--metrics`).
-    pub metrics: Option<SocketAddr>,
-    pub spec: NodeSpec,
-    stderr: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl NodeProcess {
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The exit status, if the process has exited by itself.
-    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().unwrap()?;
-        self.child = None;
-        Some(status)
-    }
-
-    /// SIGTERM, and wait for a clean exit within `timeout`.
-    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        self.stop_with("TERM", timeout)
-    }
-
-    /// Sends `sig` and waits for the process to exit within `timeout`.
-    pub fn stop_with(&mut self, sig: &str, timeout: Duration) -> std::process::ExitStatus {
-        self.signal(sig);
-        let deadline = Instant::now() + timeout;
-        let mut child = self.child.take().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node {} did not exit within {timeout:?} of SIG{sig}", self.spec.node_id);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Everything the node logged so far.
-    pub fn drain_log(&mut self) -> Vec<String> {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.log.push(line);
-        }
-        self.log.clone()
-    }
-
-    /// Waits until the node has recorded in its data directory that it is a
-    /// ring member (a few seconds after it serves), so that it comes back
-    /// from a restart as the same member rather than joining as a new one.
-    pub async fn wait_member_file(&self) {
-        let file = self.spec.data_dir.join("member");
-        wait_for(&format!("{}'s member file", self.spec.node_id), Duration::from_secs(20), || {
-            let exists = file.exists();
-            async move { exists.then_some(()) }
-        })
-        .await;
-    }
-
-    /// SIGKILL, then delete the node's log and snapshots but keep its member
-    /// file: it comes back as the same ring member holding nothing.
-    pub fn kill9_and_wipe_keeping_membership(&mut self) {
-        self.kill9();
-        for file in std::fs::read_dir(&self.spec.data_dir).unwrap() {
-            let path = file.unwrap().path();
-            if path.file_name().unwrap() != "member" {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-    }
-
-    /// Restarts on the same port and data directory.
-    pub fn restart(&mut self) -> NodeProcess {
-        self.kill9();
-        self.spec.start()
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    let mut spec = NodeSpec::new(Path::new(BIN), node_id, data_dir, certs);
+    spec.rust_log = std::env::var("RINGKV_TEST_LOG").unwrap_or_else(|_| "info".into());
+    spec
 }
 
 /// A cluster of real nodes on loopback, ports chosen at run time.
 pub struct Cluster {
     pub certs: Certs,
     pub data: tempfile::TempDir,
-    pub nodes: Vec<NodeProcess>,
+    pub nodes: Vec<NodeProc>,
 }
 
 impl Cluster {
@@ -359,9 +91,9 @@ impl Cluster {
     pub fn start(n: usize, settings: &[&str]) -> Cluster {
         let certs = Certs::new();
         let data = tempfile::tempdir().unwrap();
-        let mut nodes: Vec<NodeProcess> = Vec::new();
+        let mut nodes: Vec<NodeProc> = Vec::new();
         for i in 1..=n {
-            let mut spec = NodeSpec::new(&format!("n{i}"), &data.path().join(format!("n{i}")), certs.path());
+            let mut spec = node_spec(&format!("n{i}"), &data.path().join(format!("n{i}")), certs.path());
             spec.gossip = Some("127.0.0.1:0".parse().unwrap());
             spec.seeds = nodes.first().and_then(|n1| n1.spec.gossip).into_iter().collect();
             for line in settings {
@@ -420,53 +152,22 @@ impl Cluster {
     }
 }
 
-/// Polls `check` until it returns `Some`, or panics with `what` at the
-/// deadline.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until each key has `replicas` replicas that all hold the same
-/// version (a tombstone counts), and returns how long that took.
+/// Waits until each key's replicas hold the same thing, as the chaos suite
+/// judges it ([`ringkv_chaos::checker::replicas_agree`]: `replicas` of them,
+/// all answering, tombstones kept, expired entries and those the truncate
+/// epoch covers absent), and returns how long that took. The epoch is read
+/// from the nodes the client was given.
 pub async fn converged(client: &Client, keys: &[String], replicas: usize, bound: Duration) -> Duration {
-    let started = Instant::now();
-    let mut pending: Vec<String> = keys.to_vec();
-    while !pending.is_empty() {
-        assert!(started.elapsed() < bound, "{} keys still differ after {bound:?}, e.g. {}", pending.len(), pending[0]);
-        let mut still = Vec::new();
-        for key in pending {
-            let agree = match client.explain(key.clone()).await {
-                Ok(explanation) => {
-                    let versions: Vec<_> = explanation
-                        .replicas
-                        .iter()
-                        .map(|r| r.entry.clone().ok().flatten().map(|e| e.version))
-                        .collect();
-                    versions.len() == replicas && versions.iter().all(|v| v.is_some() && *v == versions[0])
-                }
-                Err(_) => false,
-            };
-            if !agree {
-                still.push(key);
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+    let outcome = wait_converged(client, client.seeds(), keys, replicas, bound, now_wall_ms).await;
+    match outcome.converged_after {
+        Some(took) => took,
+        None => panic!(
+            "{} of {} keys still differ after {bound:?}, e.g. {:?}",
+            outcome.diverged.len(),
+            outcome.keys,
+            outcome.diverged.first()
+        ),
     }
-    started.elapsed()
 }
 
 impl Cluster {
@@ -474,7 +175,7 @@ impl Cluster {
     /// members that each wait for another as their seed.
     pub fn start_together(&mut self, indices: &[usize]) {
         let specs: Vec<NodeSpec> = indices.iter().map(|i| self.nodes[*i].spec.clone()).collect();
-        let started: Vec<NodeProcess> = std::thread::scope(|s| {
+        let started: Vec<NodeProc> = std::thread::scope(|s| {
             let handles: Vec<_> = specs.iter().map(|spec| s.spawn(|| spec.start())).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -486,7 +187,7 @@ impl Cluster {
     /// Starts a new member n{k} that joins through every current node.
     pub fn add(&mut self, settings: &[&str]) -> usize {
         let i = self.nodes.len() + 1;
-        let mut spec = NodeSpec::new(&format!("n{i}"), &self.data.path().join(format!("n{i}")), self.certs.path());
+        let mut spec = node_spec(&format!("n{i}"), &self.data.path().join(format!("n{i}")), self.certs.path());
         spec.gossip = Some("127.0.0.1:0".parse().unwrap());
         spec.seeds = self.nodes.iter().filter_map(|n| n.spec.gossip).collect();
         for line in settings {

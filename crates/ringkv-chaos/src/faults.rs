@@ -48,7 +48,7 @@ pub struct Applied {
 pub async fn health(cluster: &Cluster, ctl: &Client) -> Result<(), String> {
     let running = cluster.running_ids();
     for id in &running {
-        let addr = cluster.nodes[id].addr();
+        let addr = cluster.nodes[id].addr;
         let members = ctl.members_of(addr).await.map_err(|e| format!("{id}: {e}"))?;
         for other in &running {
             let seen = members.members.iter().find(|m| &m.node_id == other);
@@ -157,9 +157,9 @@ impl Cuts {
                     .keys()
                     .filter(|(a, _)| a == at)
                     .filter_map(|(_, from)| cluster.nodes.get(from))
-                    .flat_map(|n| [n.addr(), n.gossip()])
+                    .flat_map(|n| [n.addr, n.gossip()])
                     .collect();
-                if let Err(e) = inject(ctl, node.addr(), blocked).await {
+                if let Err(e) = inject(ctl, node.addr, blocked).await {
                     problems.push(e);
                 }
             }
@@ -229,7 +229,7 @@ impl Item<'_> {
                 Active::Cut(links)
             }
             FaultKind::ClockSkew => {
-                let node = self.cluster.node(&target)?.addr();
+                let node = self.cluster.node(&target)?.addr;
                 let ctl = self.ctl;
                 if let Err(e) = retrying(node, || ctl.inject_skew(node, fault.skew_ms)).await {
                     self.problems.push(e);

@@ -59,6 +59,7 @@ pub mod faults;
 pub mod history;
 pub mod net;
 pub mod observe;
+pub mod process;
 pub mod schedule;
 pub mod summary;
 pub mod workload;
@@ -310,8 +311,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
     keys.dedup();
     progress!(opts, "{:>6.1}s  waiting for {} keys' replicas to converge", clock.ms() as f64 / 1000.0, keys.len());
     let reader = ctl.with_timeout(Duration::from_secs(5));
-    let convergence =
-        observe::wait_converged(&reader, &cluster.addrs(), &keys, REPLICATION, opts.convergence_bound).await;
+    let convergence = observe::wait_converged(
+        &reader,
+        &cluster.addrs(),
+        &keys,
+        REPLICATION,
+        opts.convergence_bound,
+        history::now_wall_ms,
+    )
+    .await;
     progress!(
         opts,
         "{:>6.1}s  convergence: {:?} after {} passes (last pass {:?})",
@@ -337,7 +345,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Summary> {
     let mut memory_status: std::collections::BTreeMap<String, MemoryStatus> = Default::default();
     if opts.maxmemory_bytes > 0 {
         for id in cluster.running_ids() {
-            match reader.status_of(cluster.nodes[&id].addr()).await {
+            match reader.status_of(cluster.nodes[&id].addr).await {
                 Ok(status) => {
                     memory_status.insert(id, status.memory);
                 }

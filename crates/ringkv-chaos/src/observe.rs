@@ -65,20 +65,22 @@ pub struct Convergence {
 }
 
 /// Compares every key's replicas (via `explain`) in full passes until one
-/// pass finds them all identical, or `bound` passes.
+/// pass finds them all identical, or `bound` passes. `now_ms` is the wall
+/// clock expiry is judged by (the simulator's, in the simulator).
 pub async fn wait_converged(
     client: &Client,
     nodes: &[SocketAddr],
     keys: &[String],
     replication: usize,
     bound: Duration,
+    now_ms: impl Fn() -> u64,
 ) -> Convergence {
     let start = Instant::now();
     let mut passes = 0;
     loop {
         passes += 1;
         let pass = Instant::now();
-        let diverged = diverged_keys(client, nodes, keys, replication).await;
+        let diverged = diverged_keys(client, nodes, keys, replication, &now_ms).await;
         let last_pass = pass.elapsed();
         if diverged.is_empty() {
             return Convergence {
@@ -102,6 +104,7 @@ async fn diverged_keys(
     nodes: &[SocketAddr],
     keys: &[String],
     replication: usize,
+    now_ms: impl Fn() -> u64,
 ) -> Vec<(String, String)> {
     // The truncate epoch: entries it covers count as absent.
     let mut epoch = Epoch::NONE;
@@ -115,6 +118,9 @@ async fn diverged_keys(
             eprintln!("[chaos] status of {addr} took {:?}", asked.elapsed());
         }
     }
+    // One instant for the whole pass: a key's replicas are all judged at
+    // the same time, so an expiry between two answers is no difference.
+    let now = now_ms();
     let diverged = for_each_key(keys, move |key| {
         let client = client.clone();
         async move {
@@ -122,7 +128,7 @@ async fn diverged_keys(
                 Err(e) => Some((key, format!("explain failed: {e}"))),
                 Ok(explanation) => {
                     let replicas: Vec<_> = explanation.replicas.into_iter().map(|r| (r.node_id, r.entry)).collect();
-                    if replicas_agree(&replicas, replication, crate::history::now_wall_ms(), epoch) {
+                    if replicas_agree(&replicas, replication, now, epoch) {
                         None
                     } else {
                         Some((key, describe_replicas(&replicas)))

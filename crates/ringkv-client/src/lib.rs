@@ -179,6 +179,11 @@ impl Client {
         }
     }
 
+    /// The nodes the client was given to start from.
+    pub fn seeds(&self) -> &[SocketAddr] {
+        &self.seeds
+    }
+
     /// The session clock: at or above the version of everything this client
     /// has written or read so far.
     pub fn session(&self) -> Timestamp {

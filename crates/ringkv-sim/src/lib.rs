@@ -31,6 +31,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ringkv_chaos::checker::{CheckOptions, Violation, check};
 use ringkv_chaos::history::{CONTROLLER, OpKind, Outcome, Phase, Record};
+use ringkv_chaos::observe::{Convergence, final_reads, wait_converged};
 use ringkv_chaos::workload::{RunClock, WorkloadConfig, run_client};
 use ringkv_client::{Client, ClientConfig};
 use ringkv_core::{Clock, KvError, KvStore as _, SplitMix64};
@@ -46,10 +47,16 @@ use crate::schedule::{Fault, Schedule};
 /// does not depend on the day it runs.
 const EPOCH_MS: u64 = 1_800_000_000_000;
 const QUIC_PORT: u16 = 7400;
+/// N: every key's replicas.
+const REPLICATION: usize = 3;
 const GOSSIP_PORT: u16 = 7946;
 /// Simulated time after the clients stop, with every fault healed, for
 /// hints, repair and rejoins to finish before the final reads.
 const SETTLE: Duration = Duration::from_secs(30);
+/// How long after the settling time every key's replicas may take to
+/// become identical, as in the chaos suite; past it each key that still
+/// differs is a violation.
+pub const CONVERGENCE_BOUND: Duration = Duration::from_secs(120);
 
 /// turmoil's step: the resolution of simulated time.
 const TICK: Duration = Duration::from_millis(1);
@@ -224,6 +231,11 @@ pub struct SimReport {
     /// as live, whatever its status: membership converged (gossip), before
     /// placement did.
     pub members_after: Option<Duration>,
+    /// Simulated time from the end of the settling time until a pass over
+    /// every key found its replicas identical; `None` if
+    /// [`CONVERGENCE_BOUND`] passed first (each key that differed is then a
+    /// violation).
+    pub converged_after: Option<Duration>,
     /// Every operation the clients ran, in the order the hash covers.
     pub history: Vec<Record>,
 }
@@ -264,7 +276,7 @@ fn node_config(opts: &SimOptions, i: usize, certs: &std::path::Path) -> NodeConf
         snapshot_after_bytes: 4 << 20,
         partitions: 32,
         vnodes: 16,
-        replication: 3,
+        replication: REPLICATION,
         write_quorum: 2,
         read_quorum: 2,
         gossip_interval: Duration::from_millis(500),
@@ -298,7 +310,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(opts.seed)
-        .simulation_duration(opts.duration + SETTLE + Duration::from_secs(300))
+        .simulation_duration(opts.duration + SETTLE + CONVERGENCE_BOUND + Duration::from_secs(300))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(MAX_LATENCY)
         .udp_capacity(4096)
@@ -334,7 +346,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         });
     }
 
-    let history: Arc<Mutex<Option<Vec<Record>>>> = Arc::default();
+    let history: Arc<Mutex<Option<Observed>>> = Arc::default();
     let out = history.clone();
     // Set by the client host once every node serves; the schedule's times
     // count from then.
@@ -434,9 +446,17 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
     let simulated = sim.elapsed();
     let formed_after = *formed.lock().unwrap_or_else(|e| e.into_inner());
     let members_after = *members_known.lock().unwrap_or_else(|e| e.into_inner());
-    let history = history.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+    let Some((history, convergence)) = history.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        anyhow::bail!("seed {}: the simulation ended before the final reads", opts.seed);
+    };
     let max_skew = schedule.max_skew_ms();
-    let violations = check(&history, &CheckOptions::with_clock_skew(max_skew));
+    let converged_after = convergence.converged_after;
+    let mut violations = check(&history, &CheckOptions::with_clock_skew(max_skew));
+    violations.extend(convergence.diverged.into_iter().map(|(key, replicas)| Violation::NotConverged {
+        key,
+        bound_ms: CONVERGENCE_BOUND.as_millis() as u64,
+        replicas,
+    }));
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for record in &history {
         hasher.update(record.to_json().as_bytes());
@@ -453,6 +473,7 @@ pub fn run(opts: &SimOptions) -> anyhow::Result<SimReport> {
         simulated,
         formed_after,
         members_after,
+        converged_after,
         history,
     })
 }
@@ -679,9 +700,14 @@ async fn node_host(
     }
 }
 
+/// What the client host saw: every operation, and how the replicas
+/// converged after the run.
+type Observed = (Vec<Record>, Convergence);
+
 /// The client host: the chaos suite's clients for the run's duration,
-/// then (all faults healed) a settling time and a read of every key
-/// written at consistency ALL.
+/// then (all faults healed) a settling time, the wait for every key's
+/// replicas to become identical, and a read of every key written at
+/// consistency ALL.
 async fn workload(
     opts: &SimOptions,
     certs: &std::path::Path,
@@ -690,7 +716,7 @@ async fn workload(
     members_known: &Mutex<Option<Duration>>,
     clear_due: Arc<Notify>,
     members: Arc<Mutex<Vec<usize>>>,
-) -> anyhow::Result<Vec<Record>> {
+) -> anyhow::Result<Observed> {
     let addrs: Vec<SocketAddr> = (0..opts.nodes).map(quic_addr).collect();
     let tls = TlsPaths::client_in(certs);
     let clock = RunClock::starting_at(EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64);
@@ -702,7 +728,7 @@ async fn workload(
     *members_known.lock().unwrap_or_else(|e| e.into_inner()) = Some(known);
     let (stop_clearing, clearing_stopped) = oneshot::channel();
     let clearer = tokio::spawn(run_clears(operator.clone(), clear_due, clearing_stopped, clock));
-    let watcher = tokio::spawn(watch_health(operator, members, healthy.clone()));
+    let watcher = tokio::spawn(watch_health(operator, members.clone(), healthy.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for id in 0..opts.clients as u32 {
@@ -724,9 +750,17 @@ async fn workload(
         history.iter().filter(|r| r.op.is_mutation() && r.op != OpKind::Clear).filter_map(|r| r.key.clone()).collect();
     keys.sort();
     keys.dedup();
-    let reader = endpoint.client(seeds.next_u64()).await?.with_consistency(ringkv_core::Consistency::All);
-    history.extend(ringkv_chaos::observe::final_reads(&reader, &keys, clock, Duration::from_secs(120)).await);
-    Ok(history)
+    let reader = endpoint.client(seeds.next_u64()).await?;
+    // The members' status answers carry the truncate epoch.
+    let now: Vec<SocketAddr> =
+        members.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|i| quic_addr(*i)).collect();
+    let convergence = wait_converged(&reader, &now, &keys, REPLICATION, CONVERGENCE_BOUND, || {
+        EPOCH_MS + turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64
+    })
+    .await;
+    let reader = reader.with_consistency(ringkv_core::Consistency::All);
+    history.extend(final_reads(&reader, &keys, clock, Duration::from_secs(120)).await);
+    Ok((history, convergence))
 }
 
 /// How long an operator's clear may take, as in the chaos suite.

@@ -133,7 +133,7 @@ fn one(args: &Args) -> ExitCode {
     }
     println!(
         "seed {}: history {:016x}, {} operations ({} acknowledged), {} faults, storage {}, {:.0} s simulated, \
-         members live after {:.1} s, formed after {:.1} s",
+         members live after {:.1} s, formed after {:.1} s, replicas identical {} after settling",
         report.seed,
         report.history_hash,
         report.operations,
@@ -143,6 +143,7 @@ fn one(args: &Args) -> ExitCode {
         report.simulated.as_secs_f64(),
         report.members_after.map_or(f64::NAN, |t| t.as_secs_f64()),
         report.formed_after.map_or(f64::NAN, |t| t.as_secs_f64()),
+        report.converged_after.map_or("NOT within the bound".to_string(), |t| format!("{:.1} s", t.as_secs_f64())),
     );
     let promised = report.violations.iter().filter(|v| v.is_promised()).count();
     let unpromised = report.violations.len() - promised;
