@@ -71,6 +71,9 @@ fn seeds_pass_the_checker() {
     assert!(ok, "{out}");
     assert_eq!(out.lines().filter(|l| l.starts_with("seed ")).count(), 8, "{out}");
     assert!(out.contains("8 seeds of 60 s simulated: 0 failed"), "{out}");
+    // Each seed waited for its replicas to become identical and saw it.
+    let converged = out.lines().filter(|l| l.starts_with("seed ") && l.ends_with(" s after settling")).count();
+    assert_eq!(converged, 8, "{out}");
 }
 
 /// A disk that fills up stops its node (its log fails), which is then
