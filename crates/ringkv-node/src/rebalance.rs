@@ -542,8 +542,11 @@ pub(crate) async fn fence_follower(node: Node) {
             Err(e) => {
                 // Fail-stop: serving on with data that may resurrect deleted
                 // keys is worse than a restart, whose recovery rules discard it.
-                tracing::error!(error = %e, "cannot discard the data of a removed member; stopping");
-                node.shutdown().await;
+                // Recorded as a failure, not a bare shutdown, so that
+                // `Node::failed` resolves and the process exits with an error
+                // for its supervisor to restart (simulator seed 854: a
+                // shutdown alone left a stopped node in a running process).
+                node.inner.supervisor.fail(format!("cannot discard the data of a removed member: {e}"));
                 return;
             }
         }
