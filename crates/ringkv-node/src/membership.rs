@@ -59,7 +59,7 @@ use crate::env::{GossipTransport, Network};
 use crate::fault::Faults;
 use crate::gossip::{GossipKeys, SealedTransport, SocketShared};
 use crate::proofs::{MAX_PROBES, PROBE_TIMEOUT, Proofs, Prover};
-use crate::topology::{self, DeadClocks, Gossiped, Topology};
+use crate::topology::{self, DeadClocks, Gossiped, Missing, Topology};
 
 const KEY_ADDR: &str = "addr";
 const KEY_PARTITIONS: &str = "partitions";
@@ -418,14 +418,31 @@ impl Membership {
         }
         let mut first = compute(&config, &seen, &mut DeadClocks::default(), &BTreeMap::new());
         first.unproven = unproven(&me, &raw, &seen);
+        let mut missing = Missing::new(&me, config.last_peers.as_deref().unwrap_or_default());
+        missing.overdue(&first, |_| false, Instant::now(), config.dead_node_grace);
+        first.missing = missing.names();
+        if !first.missing.is_empty() {
+            tracing::warn!(
+                missing = ?first.missing,
+                "members of this node's last ring are not heard from yet; it purges no tombstone until each is \
+                 proven, or fenced after dead_node_grace"
+            );
+        }
         let first = Arc::new(first);
         let (topology_tx, topology) = watch::channel(first);
         // What gossip already shows, so that a starting node applies the
         // cluster's epoch before it serves.
         let (epoch_tx, epochs) = watch::channel(max_epoch(&seen));
         let standing = Arc::new(Standing::new(config.dead_node_grace));
-        let task =
-            tokio::spawn(maintain(handle.chitchat(), config, topology_tx, epoch_tx, standing.clone(), proofs.clone()));
+        let task = tokio::spawn(maintain(
+            handle.chitchat(),
+            config,
+            topology_tx,
+            epoch_tx,
+            standing.clone(),
+            proofs.clone(),
+            missing,
+        ));
         Ok(Membership { handle, keyring_watch, gossip_addr, topology, epochs, standing, proofs, task })
     }
 
@@ -532,6 +549,7 @@ async fn maintain(
     epoch_tx: watch::Sender<Epoch>,
     standing: Arc<Standing>,
     proofs: Arc<Mutex<Proofs>>,
+    mut missing: Missing,
 ) {
     let mut changes = chitchat.lock().await.live_nodes_watcher();
     // `Proofs::due` keeps at most MAX_PROBES probes running, each of which
@@ -565,6 +583,7 @@ async fn maintain(
             standing.suspect.store(true, Ordering::Relaxed);
             contact_since = None;
             clocks.forget();
+            missing.forget();
         }
         let raw = read_gossip(&chitchat).await;
         // Ask, off this loop, every member whose newest gossip differs from
@@ -609,7 +628,17 @@ async fn maintain(
             changed
         });
         let mut next = compute(&config, &seen, &mut clocks, &fenced);
-        if update_fences(&me, &mut fenced, &seen, &next, now) {
+        let mut fences_changed = update_fences(&me, &mut fenced, &seen, &next, now);
+        for name in missing.overdue(&next, |n| fenced.contains_key(n), now, config.dead_node_grace) {
+            tracing::warn!(
+                node = %name,
+                "a member of this node's last ring has not been proven since this node started, for longer than \
+                 dead_node_grace; fencing it"
+            );
+            fenced.insert(name, Fence { since: now, join: None });
+            fences_changed = true;
+        }
+        if fences_changed {
             let list: Vec<String> = fenced
                 .iter()
                 .map(|(name, fence)| match fence.join {
@@ -622,6 +651,7 @@ async fn maintain(
             next = compute(&config, &seen, &mut clocks, &fenced);
         }
         next.unproven = unproven_now;
+        next.missing = missing.names();
         if standing.suspect.load(Ordering::Relaxed) {
             let others: Vec<&NodeName> = next.table.members().iter().filter(|n| !next.is_self(n)).collect();
             let contact = others.is_empty() || others.iter().any(|n| next.members.get(*n).is_some_and(|m| m.live));

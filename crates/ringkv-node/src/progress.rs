@@ -89,8 +89,14 @@ impl Repair {
     /// the partition in a join or leave: a gainer that pulled a key and
     /// then missed its delete (writes to gainers keep no hint) would bring
     /// the key back once the tombstone was gone here (simulator seed 28).
+    /// Nothing dead is purged while a member of this node's last ring is
+    /// missing from its view (`topology::Missing`): where that member's
+    /// replicas lie is unknown, and it may hold an older copy of any key.
     pub(crate) fn purge_horizon(&self, topo: &Topology, partition: PartitionId, now_ms: u64, grace_ms: u64) -> Horizon {
         let written_before = now_ms.saturating_sub(grace_ms);
+        if !topo.missing.is_empty() {
+            return Horizon { written_before, died_before: 0 };
+        }
         if !topo.table.is_replica(partition, &topo.self_name) {
             return Horizon::at(written_before);
         }
@@ -172,6 +178,13 @@ mod tests {
         sync("c", 999_000);
         assert_eq!(horizon(grace).died_before, 970_000, "30 s after death at least");
         assert_eq!(horizon(5_000), Horizon { written_before: 995_000, died_before: 990_000 }, "a shorter grace");
+        let mut missing_d = topo.clone();
+        missing_d.missing = vec![NodeName::from("d")];
+        assert_eq!(
+            repair.purge_horizon(&missing_d, p, now, grace),
+            Horizon { written_before: 400_000, died_before: 0 },
+            "a member of the last ring is missing: nothing dead is purged"
+        );
     }
 
     #[test]

@@ -494,11 +494,20 @@ impl Node {
 pub(crate) async fn member_keeper(node: Node) {
     let inner = node.inner.clone();
     let Some(file) = &inner.member_file else { return };
-    // The other members of the ring, while this node holds a place in it.
+    // The other members of the ring, while this node holds a place in it,
+    // and those of its last ring it has not heard from since it started: a
+    // crash before they are proven or fenced must not forget them.
     let peers = || {
         let topo = inner.topology();
         let in_ring = topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring());
-        in_ring.then(|| topo.table.members().iter().filter(|n| !topo.is_self(n)).cloned().collect::<Vec<_>>())
+        in_ring.then(|| {
+            let ring = topo.table.members().iter().filter(|n| !topo.is_self(n));
+            ring.chain(&topo.missing)
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        })
     };
     // Precise enough to compare with the grace period, without a file write
     // every second.
@@ -522,10 +531,17 @@ pub(crate) async fn fence_follower(node: Node) {
     let Some(standing) = node.inner.standing.clone() else { return };
     let mut fenced = standing.fenced();
     let mut shutdown = node.inner.shutdown.subscribe();
+    // The first pass looks at the fence as it already stands: a restarted
+    // node may learn of its removal before this task subscribes, and a
+    // receiver counts the value it was created with as seen (simulator seed
+    // 1107: the fence was set at start and the node never rejoined).
+    let mut first = true;
     loop {
-        tokio::select! {
-            changed = fenced.changed() => if changed.is_err() { return },
-            _ = shutdown.wait_for(|stop| *stop) => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                changed = fenced.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
         }
         if !*fenced.borrow_and_update() {
             continue;

@@ -44,6 +44,10 @@ pub(crate) struct Topology {
     /// Node ids gossip names but no certificate has proven: listed, never
     /// placed (see `proofs.rs`).
     pub unproven: Vec<NodeName>,
+    /// Members of this node's last ring that it has neither believed nor
+    /// fenced since it started ([`Missing`]): no dead entry is purged while
+    /// there are any.
+    pub missing: Vec<NodeName>,
 }
 
 /// What gossip says about one member, before ring rules are applied.
@@ -113,6 +117,7 @@ pub(crate) fn build(
         table,
         pending,
         unproven: Vec::new(),
+        missing: Vec::new(),
     }
 }
 
@@ -153,6 +158,65 @@ impl DeadClocks {
     /// Restarts every clock: this node did not observe the time that passed.
     pub(crate) fn forget(&mut self) {
         self.since.clear();
+    }
+}
+
+/// The members of this node's last ring, as its member file remembers
+/// them, that it has neither believed nor fenced since it started. A node
+/// that restarts while another member is paused or cut off cannot prove that
+/// member, so it neither places it nor, when it stays away, removes and
+/// fences it: the restarted node would purge tombstones the member never
+/// saw and take it back, stale, when it returns (simulator seed 830: a
+/// member paused through both graces came back serving deleted keys). So
+/// while any is missing nothing dead is purged ([`Topology::missing`]), and
+/// one missing for longer than `dead_node_grace`, counted as a dead voter
+/// like a member that died, is fenced.
+#[derive(Debug, Default)]
+pub(crate) struct Missing {
+    /// Since when each has been missing while this node saw a live majority.
+    since: BTreeMap<NodeName, Option<Instant>>,
+}
+
+impl Missing {
+    pub(crate) fn new(self_name: &NodeName, remembered: &[NodeName]) -> Missing {
+        let since = remembered.iter().filter(|n| *n != self_name).map(|n| (n.clone(), None)).collect();
+        Missing { since }
+    }
+
+    /// Drops the members now believed (`topology` lists them) or fenced,
+    /// runs the clocks of the rest while the live members are a majority of
+    /// the voters and the missing together, and takes out and returns those
+    /// missing for longer than `grace`, for the caller to fence.
+    pub(crate) fn overdue(
+        &mut self,
+        topology: &Topology,
+        fenced: impl Fn(&NodeName) -> bool,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<NodeName> {
+        self.since.retain(|name, _| !topology.members.contains_key(name) && !fenced(name));
+        let voters = topology.members.values().filter(|m| !m.fenced && m.status.in_current_ring());
+        let (voters, live) = voters.fold((0, 0), |(all, live), m| (all + 1, live + usize::from(m.live)));
+        let majority = live * 2 > voters + self.since.len();
+        let mut due = Vec::new();
+        for (name, since) in &mut self.since {
+            if !majority {
+                *since = None;
+            } else if now - *since.get_or_insert(now) > grace {
+                due.push(name.clone());
+            }
+        }
+        self.since.retain(|name, _| !due.contains(name));
+        due
+    }
+
+    /// Restarts every clock: this node did not observe the time that passed.
+    pub(crate) fn forget(&mut self) {
+        self.since.values_mut().for_each(|since| *since = None);
+    }
+
+    pub(crate) fn names(&self) -> Vec<NodeName> {
+        self.since.keys().cloned().collect()
     }
 }
 
@@ -200,7 +264,7 @@ impl Topology {
 
     /// Whether two views place data identically and agree on who is up.
     pub fn same_as(&self, other: &Topology) -> bool {
-        self.members == other.members && self.unproven == other.unproven
+        self.members == other.members && self.unproven == other.unproven && self.missing == other.missing
     }
 
     pub fn to_wire(&self) -> Members {
@@ -334,6 +398,39 @@ mod tests {
         gossiped.get_mut("c").unwrap().live = false;
         clocks.stamp(&mut gossiped, start + Duration::from_secs(302));
         assert_eq!(gossiped["c"].dead_for, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_member_of_the_last_ring_missing_for_the_grace_under_a_majority_is_due_for_a_fence() {
+        let grace = Duration::from_secs(60);
+        let start = Instant::now();
+        let at = |s| start + Duration::from_secs(s);
+        let names = |list: &[&str]| list.iter().map(|n| NodeName::from(*n)).collect::<Vec<_>>();
+        let mut missing = Missing::new(&"a".into(), &names(&["a", "b", "c"]));
+        assert_eq!(missing.names(), names(&["b", "c"]), "itself is never missing");
+        let mut gossiped = BTreeMap::new();
+        gossiped.insert(NodeName::from("a"), member(1, true, None));
+        // Alone, with both others missing: one live of three, no clock runs.
+        let alone = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, grace);
+        assert!(missing.overdue(&alone, |_| false, at(0), grace).is_empty());
+        assert!(missing.overdue(&alone, |_| false, at(300), grace).is_empty(), "a minority fences nothing");
+        // c is proven: it leaves the missing, and two of three run b's clock.
+        gossiped.insert(NodeName::from("c"), member(3, true, None));
+        let with_c = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, grace);
+        assert!(missing.overdue(&with_c, |_| false, at(301), grace).is_empty());
+        assert_eq!(missing.names(), names(&["b"]));
+        assert!(missing.overdue(&with_c, |_| false, at(361), grace).is_empty(), "not longer than the grace yet");
+        // A gap in this node's execution restarts the clock.
+        missing.forget();
+        assert!(missing.overdue(&with_c, |_| false, at(400), grace).is_empty());
+        assert!(missing.overdue(&with_c, |_| false, at(460), grace).is_empty());
+        assert_eq!(missing.overdue(&with_c, |_| false, at(461), grace), names(&["b"]));
+        assert!(missing.names().is_empty(), "handed over to be fenced");
+
+        // One the caller fenced otherwise, or that is proven, is missing no more.
+        let mut missing = Missing::new(&"a".into(), &names(&["b", "d"]));
+        assert!(missing.overdue(&with_c, |n| **n == *"d", at(0), grace).is_empty());
+        assert_eq!(missing.names(), names(&["b"]));
     }
 
     #[test]
