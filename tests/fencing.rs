@@ -3,7 +3,8 @@
 //! SIGSTOP, or cut off from its peers. While it was gone the others removed
 //! it from the ring and purged the tombstones of keys it still holds; when
 //! it returns it must learn that it was removed and discard its data before
-//! anything it holds can be read or repaired back.
+//! anything it holds can be read or repaired back, even if the members
+//! that removed it restarted meanwhile.
 
 mod common;
 
@@ -167,7 +168,6 @@ async fn a_member_gone_past_the_graces_stays_replaced_across_a_whole_cluster_res
     settings.push("snapshot_after_bytes = 1");
     let mut cluster = Cluster::start(3, &settings);
     let keys = write_doomed(&cluster).await;
-    let all = cluster.client_of(0).with_consistency(Consistency::All);
 
     // n3 has recorded that it is a member, so it restarts as a returning one.
     cluster.nodes[2].wait_member_file().await;
@@ -177,18 +177,7 @@ async fn a_member_gone_past_the_graces_stays_replaced_across_a_whole_cluster_res
     })
     .await;
     delete_and_wait_purged(&cluster, &keys).await;
-    let snapshots = |i: usize| -> Vec<String> {
-        let dir = std::fs::read_dir(&cluster.nodes[i].spec.data_dir).unwrap();
-        let mut names: Vec<String> = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        names.retain(|n| n.ends_with(".snap"));
-        names
-    };
-    let before = [snapshots(0), snapshots(1)];
-    all.put("after-the-purge", "v").await.unwrap();
-    wait_for("a snapshot after the purge on n1 and n2", Duration::from_secs(20), || async {
-        (snapshots(0) != before[0] && snapshots(1) != before[1]).then_some(())
-    })
-    .await;
+    snapshot_after_the_purge(&cluster).await;
 
     // The whole cluster restarts: n1 and n2 first, then n3, which has been
     // gone far longer than the grace.
@@ -205,5 +194,63 @@ async fn a_member_gone_past_the_graces_stays_replaced_across_a_whole_cluster_res
     let any = cluster.client().with_consistency(Consistency::All);
     for key in &keys {
         assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after the restart");
+    }
+}
+
+/// Writes a key and waits until n1 and n2 have each written a snapshot
+/// since (with `snapshot_after_bytes = 1`): a tombstone purged before is
+/// then gone from disk too, and a restart cannot bring it back from the log.
+async fn snapshot_after_the_purge(cluster: &Cluster) {
+    let snapshots = |i: usize| -> Vec<String> {
+        let dir = std::fs::read_dir(&cluster.nodes[i].spec.data_dir).unwrap();
+        let mut names: Vec<String> = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.retain(|n| n.ends_with(".snap"));
+        names
+    };
+    let before = [snapshots(0), snapshots(1)];
+    let all = cluster.client_of(0).with_consistency(Consistency::All);
+    all.put("after-the-purge", "v").await.unwrap();
+    wait_for("a snapshot after the purge on n1 and n2", Duration::from_secs(20), || async {
+        (snapshots(0) != before[0] && snapshots(1) != before[1]).then_some(())
+    })
+    .await;
+}
+
+/// The members that fenced a paused replica restart before it resumes: the
+/// fence must outlive their restart, or they take it back, stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_while_a_replica_was_paused_stays_deleted_when_its_fencers_restart() {
+    let mut settings = SETTINGS.to_vec();
+    settings.push("snapshot_after_bytes = 1");
+    let mut cluster = Cluster::start(3, &settings);
+    let keys = write_doomed(&cluster).await;
+    let all = cluster.client_of(0).with_consistency(Consistency::All);
+    all.put("kept", "v").await.unwrap();
+    for i in 0..2 {
+        cluster.nodes[i].wait_member_file().await;
+    }
+
+    cluster.nodes[2].signal(libc::SIGSTOP).unwrap();
+    wait_for("n3 out of n1's and n2's rings", Duration::from_secs(30), || async {
+        (in_ring(&cluster, 0, "n3").await == Some(false) && in_ring(&cluster, 1, "n3").await == Some(false))
+            .then_some(())
+    })
+    .await;
+    delete_and_wait_purged(&cluster, &keys).await;
+    snapshot_after_the_purge(&cluster).await;
+    for i in 0..2 {
+        cluster.nodes[i].kill9();
+    }
+    cluster.start_together(&[0, 1]);
+    cluster.wait_serving(0, 2, Duration::from_secs(30)).await;
+
+    cluster.nodes[2].signal(libc::SIGCONT).unwrap();
+    cluster.wait_serving(0, 3, Duration::from_secs(60)).await;
+    cluster.wait_serving(2, 3, Duration::from_secs(60)).await;
+    three_repair_passes(&cluster).await;
+    let any = cluster.client().with_consistency(Consistency::All);
+    assert_eq!(any.get("kept").await.unwrap().as_deref(), Some(&b"v"[..]), "a key nobody deleted was lost");
+    for key in &keys {
+        assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after n3 resumed");
     }
 }

@@ -102,6 +102,10 @@ pub(crate) struct MembershipConfig {
     /// The other members of the ring it last held a place in, if its member
     /// file says (`member_file::Membered::peers`).
     pub last_peers: Option<Vec<NodeName>>,
+    /// The fences its member file kept (`Topology::fences`): a member this
+    /// node fenced stays fenced across its restart, or the node would take
+    /// it back, stale, if it returned without rejoining.
+    pub last_fences: Vec<String>,
     pub faults: Arc<Faults>,
     pub network: Arc<dyn Network>,
     /// The keyring every gossip datagram is sealed and opened with.
@@ -257,13 +261,51 @@ struct Seen {
 }
 
 /// A member this node fenced.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Fence {
     since: Instant,
     /// The join it was in, if it was fenced while joining: only a new join
     /// lifts the fence, since the one it was in pulled data that may miss
     /// deletes whose tombstones were purged without it.
     join: Option<u64>,
+    /// The join it gossiped when it was fenced, if it was heard: one it
+    /// began since, seen under any status, discarded its data and pulled
+    /// afresh, and lifts the fence. What lifts the fence of a member a
+    /// restarted node remembers it fenced, if the member rejoined meanwhile.
+    seen_join: Option<u64>,
+}
+
+impl Fence {
+    /// As gossiped: `name` for a place in the current ring, `name@join` for
+    /// a join.
+    fn gossiped(name: &NodeName, fence: &Fence) -> String {
+        match fence.join {
+            Some(join) => format!("{name}@{join}"),
+            None => name.to_string(),
+        }
+    }
+
+    /// As the member file keeps it: as gossiped, and `#seen_join` if known.
+    fn kept(name: &NodeName, fence: &Fence) -> String {
+        let gossiped = Fence::gossiped(name, fence);
+        match fence.seen_join {
+            Some(seen) => format!("{gossiped}#{seen}"),
+            None => gossiped,
+        }
+    }
+
+    /// A fence the member file kept ([`Fence::kept`]); `None` if malformed.
+    fn restore(kept: &str, now: Instant) -> Option<(NodeName, Fence)> {
+        let (gossiped, seen_join) = match kept.split_once('#') {
+            Some((gossiped, seen)) => (gossiped, Some(seen.parse().ok()?)),
+            None => (kept, None),
+        };
+        let (name, join) = match gossiped.split_once('@') {
+            Some((name, join)) => (name, Some(join.parse().ok()?)),
+            None => (gossiped, None),
+        };
+        (!name.is_empty()).then(|| (NodeName::from(name), Fence { since: now, join, seen_join }))
+    }
 }
 
 impl Membership {
@@ -416,10 +458,13 @@ impl Membership {
                 config.partitions
             )));
         }
-        let mut first = compute(&config, &seen, &mut DeadClocks::default(), &BTreeMap::new());
+        let restored: BTreeMap<NodeName, Fence> =
+            config.last_fences.iter().filter_map(|kept| Fence::restore(kept, Instant::now())).collect();
+        let mut first = compute(&config, &seen, &mut DeadClocks::default(), &restored);
         first.unproven = unproven(&me, &raw, &seen);
+        first.fences = kept(&restored);
         let mut missing = Missing::new(&me, config.last_peers.as_deref().unwrap_or_default());
-        missing.overdue(&first, |_| false, Instant::now(), config.dead_node_grace);
+        missing.overdue(&first, |n| restored.contains_key(n), Instant::now(), config.dead_node_grace);
         first.missing = missing.names();
         if !first.missing.is_empty() {
             tracing::warn!(
@@ -441,7 +486,7 @@ impl Membership {
             epoch_tx,
             standing.clone(),
             proofs.clone(),
-            missing,
+            Remembered { missing, fenced: restored },
         ));
         Ok(Membership { handle, keyring_watch, gossip_addr, topology, epochs, standing, proofs, task })
     }
@@ -549,8 +594,9 @@ async fn maintain(
     epoch_tx: watch::Sender<Epoch>,
     standing: Arc<Standing>,
     proofs: Arc<Mutex<Proofs>>,
-    mut missing: Missing,
+    remembered: Remembered,
 ) {
+    let Remembered { mut missing, mut fenced } = remembered;
     let mut changes = chitchat.lock().await.live_nodes_watcher();
     // `Proofs::due` keeps at most MAX_PROBES probes running, each of which
     // sends one answer: the channel never makes a probe wait.
@@ -558,8 +604,9 @@ async fn maintain(
     let mut tick = tokio::time::interval(config.gossip_interval);
     let mut clocks = DeadClocks::default();
     let mut warned: HashSet<NodeName> = HashSet::new();
-    // Members this node removed from the ring, and since when.
-    let mut fenced: BTreeMap<NodeName, Fence> = BTreeMap::new();
+    // Fences restored from the member file are gossiped on the first pass,
+    // after it lifted those of members that rejoined meanwhile.
+    let mut restored = !fenced.is_empty();
     let mut contact_since: Option<Instant> = None;
     let me = NodeName::from(config.node_id.as_str());
     loop {
@@ -628,30 +675,25 @@ async fn maintain(
             changed
         });
         let mut next = compute(&config, &seen, &mut clocks, &fenced);
-        let mut fences_changed = update_fences(&me, &mut fenced, &seen, &next, now);
+        let mut fences_changed = update_fences(&me, &mut fenced, &seen, &next, now) || std::mem::take(&mut restored);
         for name in missing.overdue(&next, |n| fenced.contains_key(n), now, config.dead_node_grace) {
             tracing::warn!(
                 node = %name,
                 "a member of this node's last ring has not been proven since this node started, for longer than \
                  dead_node_grace; fencing it"
             );
-            fenced.insert(name, Fence { since: now, join: None });
+            fenced.insert(name, Fence { since: now, join: None, seen_join: None });
             fences_changed = true;
         }
         if fences_changed {
-            let list: Vec<String> = fenced
-                .iter()
-                .map(|(name, fence)| match fence.join {
-                    Some(join) => format!("{name}@{join}"),
-                    None => name.to_string(),
-                })
-                .collect();
+            let list: Vec<String> = fenced.iter().map(|(name, fence)| Fence::gossiped(name, fence)).collect();
             tracing::info!(fenced = ?list, "fenced members changed");
             chitchat.lock().await.self_node_state().set(KEY_FENCED, list.join(","));
             next = compute(&config, &seen, &mut clocks, &fenced);
         }
         next.unproven = unproven_now;
         next.missing = missing.names();
+        next.fences = kept(&fenced);
         if standing.suspect.load(Ordering::Relaxed) {
             let others: Vec<&NodeName> = next.table.members().iter().filter(|n| !next.is_self(n)).collect();
             let contact = others.is_empty() || others.iter().any(|n| next.members.get(*n).is_some_and(|m| m.live));
@@ -697,7 +739,13 @@ fn update_fences(
             // fence, so nothing else would lift it (simulator seed 4162:
             // the fencer refused its replica requests for good). Join 0 is
             // a restart with data from the fenced join, which lifts nothing.
-            _ => fence.join.is_some_and(|join| s.join != 0 && s.join != join),
+            _ => match fence.join {
+                Some(join) => s.join != 0 && s.join != join,
+                // Likewise a member fenced from its ring place that began
+                // and finished a new join unheard: by a node that restarted
+                // since, remembering the fence (`Fence::seen_join`).
+                None => fence.seen_join.is_some_and(|seen| s.join != 0 && s.join != seen),
+            },
         });
         changed |= back;
         !back
@@ -707,7 +755,7 @@ fn update_fences(
             continue;
         }
         if let Some((_, join)) = fencer(name, state, seen) {
-            fenced.insert(name.clone(), Fence { since: now, join });
+            fenced.insert(name.clone(), Fence { since: now, join, seen_join: Some(state.join) });
             changed = true;
         }
     }
@@ -725,7 +773,8 @@ fn update_fences(
             },
             _ => continue,
         };
-        fenced.insert(name.clone(), Fence { since: now, join });
+        let seen_join = seen.get(name).map(|s| s.join);
+        fenced.insert(name.clone(), Fence { since: now, join, seen_join });
         changed = true;
     }
     while fenced.len() > MAX_FENCED {
@@ -735,6 +784,20 @@ fn update_fences(
         }
     }
     changed
+}
+
+/// What the member file remembered of the last ring, as the maintenance
+/// loop starts with it.
+struct Remembered {
+    /// Its members not proven yet.
+    missing: Missing,
+    /// The members fenced then, and not yet seen to rejoin.
+    fenced: BTreeMap<NodeName, Fence>,
+}
+
+/// The fences as the member file keeps them.
+fn kept(fenced: &BTreeMap<NodeName, Fence>) -> Vec<String> {
+    fenced.iter().map(|(name, fence)| Fence::kept(name, fence)).collect()
 }
 
 /// Every node state gossip holds, each generation of a node id apart.
@@ -1037,6 +1100,39 @@ mod tests {
         all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 7, true));
         let anew = view(&all["d"], Duration::ZERO, &fenced);
         assert!(update_fences(&"a".into(), &mut fenced, &all, &anew, now));
+        assert!(fenced.is_empty());
+    }
+
+    #[test]
+    fn a_fence_kept_in_the_member_file_holds_after_a_restart_until_the_member_joins_anew() {
+        let now = Instant::now();
+        let mut fenced = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 7, false));
+        let past = view(&all["d"], Duration::from_secs(11), &fenced);
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
+        let kept = kept(&fenced);
+        assert_eq!(kept, ["d#7"]);
+        let joiner = Fence { since: now, join: Some(12), seen_join: None };
+        assert_eq!(Fence::kept(&"e".into(), &joiner), "e@12");
+        assert_eq!(Fence::restore("e@12", now), Some(("e".into(), joiner)));
+        assert_eq!(Fence::restore("e@x", now), None, "malformed");
+
+        // Restarted: the fence is restored before d is heard.
+        let mut fenced: BTreeMap<NodeName, Fence> = kept.iter().filter_map(|k| Fence::restore(k, now)).collect();
+        assert_eq!(fenced["d"], Fence { since: now, join: None, seen_join: Some(7) });
+        // d resumes, still in the membership it was fenced in, or restarted
+        // with its data since: the fence holds, and keeps it out of the ring.
+        for join in [7, 0] {
+            all.insert(NodeName::from("d"), seen(MemberStatus::Serving, join, true));
+            let back = view(&all["d"], Duration::ZERO, &fenced);
+            assert!(!update_fences(&"a".into(), &mut fenced, &all, &back, now));
+            assert!(!back.table.members().iter().any(|n| **n == *"d"), "a fenced member is placed nowhere");
+        }
+        // d joined anew while this node was down, and serves again.
+        all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 9, true));
+        let rejoined = view(&all["d"], Duration::ZERO, &fenced);
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &rejoined, now), "the join it made since lifts it");
         assert!(fenced.is_empty());
     }
 

@@ -21,6 +21,7 @@
 //! its partitions were re-replicated and tombstones purged without it, so
 //! it discards its data and joins as a new node.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -490,36 +491,48 @@ impl Node {
 /// Keeps the member file's last-alive time fresh while this node holds its
 /// place in the ring, and writes it a last time when the node stops in
 /// place (SIGINT, not a leave), so that a member stopped soon after it
-/// joined still comes back as itself.
+/// joined still comes back as itself. Peers and fences are written as soon
+/// as they change: a fence forgotten in a crash lets the fenced member back,
+/// stale, once this node restarts.
 pub(crate) async fn member_keeper(node: Node) {
     let inner = node.inner.clone();
     let Some(file) = &inner.member_file else { return };
     // The other members of the ring, while this node holds a place in it,
-    // and those of its last ring it has not heard from since it started: a
-    // crash before they are proven or fenced must not forget them.
-    let peers = || {
+    // and those of its last ring it has not heard from since it started (a
+    // crash before they are proven or fenced must not forget them); and
+    // the members it fenced.
+    let kept = || {
         let topo = inner.topology();
         let in_ring = topo.members.get(&topo.self_name).is_some_and(|m| m.status.in_current_ring());
         in_ring.then(|| {
             let ring = topo.table.members().iter().filter(|n| !topo.is_self(n));
-            ring.chain(&topo.missing)
-                .cloned()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>()
+            let peers: BTreeSet<NodeName> = ring.chain(&topo.missing).cloned().collect();
+            (peers.into_iter().collect::<Vec<_>>(), topo.fences.clone())
         })
     };
     // Precise enough to compare with the grace period, without a file write
     // every second.
     let period = (inner.config.dead_node_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    every(node.inner.shutdown.subscribe(), period, || async {
-        if let Some(peers) = peers() {
-            file.touch(inner.now_ms(), &peers);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut topology = inner.topology_watch();
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut written = None;
+    loop {
+        let due = tokio::select! {
+            _ = tick.tick() => true,
+            changed = topology.changed() => if changed.is_err() { break } else { false },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        if let Some(now) = kept()
+            && (due || written.as_ref() != Some(&now))
+        {
+            file.touch(inner.now_ms(), &now.0, &now.1);
+            written = Some(now);
         }
-    })
-    .await;
-    if let Some(peers) = peers() {
-        file.touch(inner.now_ms(), &peers);
+    }
+    if let Some((peers, fences)) = kept() {
+        file.touch(inner.now_ms(), &peers, &fences);
     }
 }
 

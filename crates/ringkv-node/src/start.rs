@@ -290,6 +290,7 @@ impl Node {
                     epoch: state.epoch,
                     status: if last_alive.is_some() { MemberStatus::Recovering } else { MemberStatus::Joining },
                     alive_before: last_alive,
+                    last_fences: membered.as_ref().map(|m| m.fences.clone()).unwrap_or_default(),
                     last_peers: membered.and_then(|m| m.peers),
                     faults: faults.clone(),
                     network: env.network.clone(),

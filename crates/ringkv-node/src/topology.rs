@@ -48,6 +48,9 @@ pub(crate) struct Topology {
     /// fenced since it started ([`Missing`]): no dead entry is purged while
     /// there are any.
     pub missing: Vec<NodeName>,
+    /// This node's fences, as its member file keeps them (see
+    /// `membership.rs`).
+    pub fences: Vec<String>,
 }
 
 /// What gossip says about one member, before ring rules are applied.
@@ -118,6 +121,7 @@ pub(crate) fn build(
         pending,
         unproven: Vec::new(),
         missing: Vec::new(),
+        fences: Vec::new(),
     }
 }
 
@@ -264,7 +268,10 @@ impl Topology {
 
     /// Whether two views place data identically and agree on who is up.
     pub fn same_as(&self, other: &Topology) -> bool {
-        self.members == other.members && self.unproven == other.unproven && self.missing == other.missing
+        self.members == other.members
+            && self.unproven == other.unproven
+            && self.missing == other.missing
+            && self.fences == other.fences
     }
 
     pub fn to_wire(&self) -> Members {
