@@ -1028,6 +1028,17 @@ mod tests {
         topology::build(&"a".into(), "x", gossiped, 16, 3, 8, Duration::from_secs(10))
     }
 
+    /// `a`'s fences and gossip once `d`, with `status` in join `join`, has
+    /// been dead past the grace and fenced.
+    fn fenced_dead_d(status: MemberStatus, join: u64) -> (BTreeMap<NodeName, Fence>, BTreeMap<NodeName, Seen>) {
+        let mut fenced = BTreeMap::new();
+        let mut all = BTreeMap::new();
+        all.insert(NodeName::from("d"), seen(status, join, false));
+        let past = view(&all["d"], Duration::from_secs(11), &fenced);
+        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, Instant::now()));
+        (fenced, all)
+    }
+
     #[test]
     fn a_joiner_cut_off_past_the_grace_is_fenced_until_it_begins_a_new_join() {
         let now = Instant::now();
@@ -1061,11 +1072,7 @@ mod tests {
     #[test]
     fn a_joiner_seen_next_serving_after_a_new_join_is_lifted() {
         let now = Instant::now();
-        let mut fenced = BTreeMap::new();
-        let mut all = BTreeMap::new();
-        all.insert(NodeName::from("d"), seen(MemberStatus::Joining, 7, false));
-        let past = view(&all["d"], Duration::from_secs(11), &fenced);
-        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
+        let (mut fenced, mut all) = fenced_dead_d(MemberStatus::Joining, 7);
         assert_eq!(fenced["d"].join, Some(7));
 
         // Restarted with what join 7 pulled: the fence holds.
@@ -1086,11 +1093,7 @@ mod tests {
     #[test]
     fn a_member_fenced_out_of_the_current_ring_is_lifted_by_any_join() {
         let now = Instant::now();
-        let mut fenced = BTreeMap::new();
-        let mut all = BTreeMap::new();
-        all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 7, false));
-        let past = view(&all["d"], Duration::from_secs(11), &fenced);
-        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
+        let (mut fenced, mut all) = fenced_dead_d(MemberStatus::Serving, 7);
         assert_eq!(fenced["d"].join, None);
 
         all.insert(NodeName::from("d"), seen(MemberStatus::Recovering, 7, true));
@@ -1106,11 +1109,7 @@ mod tests {
     #[test]
     fn a_fence_kept_in_the_member_file_holds_after_a_restart_until_the_member_joins_anew() {
         let now = Instant::now();
-        let mut fenced = BTreeMap::new();
-        let mut all = BTreeMap::new();
-        all.insert(NodeName::from("d"), seen(MemberStatus::Serving, 7, false));
-        let past = view(&all["d"], Duration::from_secs(11), &fenced);
-        assert!(update_fences(&"a".into(), &mut fenced, &all, &past, now));
+        let (fenced, mut all) = fenced_dead_d(MemberStatus::Serving, 7);
         let kept = kept(&fenced);
         assert_eq!(kept, ["d#7"]);
         let joiner = Fence { since: now, join: Some(12), seen_join: None };
