@@ -465,7 +465,8 @@ impl PageCacheConfig {
 /// - `capacity`: None (unlimited)
 /// - `io_error_probability`: 0.0 (no random I/O errors)
 /// - `corruption_probability`: 0.0 (no silent corruption)
-/// - `noatime`: true (access time not updated on reads)
+/// - access times: never tracked (noatime; `Metadata::accessed()` returns
+///   the creation time)
 /// - `direct_io_alignment`: 512 (minimum kernel alignment for O_DIRECT)
 /// - `block_size`: None (writes are atomic, no torn writes)
 /// - `io_latency`: None (instant operations)
@@ -480,8 +481,6 @@ pub struct FsConfig {
     pub(crate) io_error_probability: f64,
     /// Probability of silent data corruption on reads (0.0 - 1.0)
     pub(crate) corruption_probability: f64,
-    /// Whether to use noatime semantics (atime not updated on reads)
-    pub(crate) noatime: bool,
     /// Required alignment in bytes for O_DIRECT I/O (buffer pointer, offset, and length)
     pub(crate) direct_io_alignment: u64,
     /// Block size for torn write simulation (None = atomic writes)
@@ -499,7 +498,6 @@ impl Default for FsConfig {
             capacity: None,
             io_error_probability: 0.0,
             corruption_probability: 0.0,
-            noatime: true,
             direct_io_alignment: 512,
             block_size: None,
             io_latency: None,
@@ -569,26 +567,6 @@ impl FsConfig {
             "corruption_probability must be between 0.0 and 1.0"
         );
         self.corruption_probability = value;
-        self
-    }
-
-    /// Set whether to use noatime mount semantics.
-    ///
-    /// Default: true (atime not updated on reads).
-    ///
-    /// When true, `Metadata::accessed()` returns the file creation time
-    /// rather than tracking access times on every read. This matches
-    /// common Linux ext3/ext4 configurations.
-    ///
-    /// # Panics
-    ///
-    /// Setting this to `false` will panic. Access time tracking is not
-    /// currently implemented.
-    pub fn noatime(&mut self, value: bool) -> &mut Self {
-        if !value {
-            unimplemented!("atime tracking is not implemented; noatime must be true");
-        }
-        self.noatime = value;
         self
     }
 
