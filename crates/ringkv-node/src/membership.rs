@@ -607,6 +607,7 @@ async fn maintain(
     // Fences restored from the member file are gossiped on the first pass,
     // after it lifted those of members that rejoined meanwhile.
     let mut restored = !fenced.is_empty();
+    let mut kept_now = kept(&fenced);
     let mut contact_since: Option<Instant> = None;
     let me = NodeName::from(config.node_id.as_str());
     loop {
@@ -690,10 +691,11 @@ async fn maintain(
             tracing::info!(fenced = ?list, "fenced members changed");
             chitchat.lock().await.self_node_state().set(KEY_FENCED, list.join(","));
             next = compute(&config, &seen, &mut clocks, &fenced);
+            kept_now = kept(&fenced);
         }
         next.unproven = unproven_now;
         next.missing = missing.names();
-        next.fences = kept(&fenced);
+        next.fences = kept_now.clone();
         if standing.suspect.load(Ordering::Relaxed) {
             let others: Vec<&NodeName> = next.table.members().iter().filter(|n| !next.is_self(n)).collect();
             let contact = others.is_empty() || others.iter().any(|n| next.members.get(*n).is_some_and(|m| m.live));

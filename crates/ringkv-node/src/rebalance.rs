@@ -544,40 +544,36 @@ pub(crate) async fn fence_follower(node: Node) {
     let Some(standing) = node.inner.standing.clone() else { return };
     let mut fenced = standing.fenced();
     let mut shutdown = node.inner.shutdown.subscribe();
-    // The first pass looks at the fence as it already stands: a restarted
-    // node may learn of its removal before this task subscribes, and a
-    // receiver counts the value it was created with as seen (simulator seed
-    // 1107: the fence was set at start and the node never rejoined).
-    let mut first = true;
+    // The fence is looked at as it stands before the first wait: a
+    // restarted node may learn of its removal before this task subscribes,
+    // and a receiver counts the value it was created with as seen
+    // (simulator seed 1107: the fence was set at start and the node never
+    // rejoined).
     loop {
-        if !std::mem::take(&mut first) {
-            tokio::select! {
-                changed = fenced.changed() => if changed.is_err() { return },
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
-        if !*fenced.borrow_and_update() {
-            continue;
-        }
         let topo = node.inner.topology();
         let status = topo.members.get(&topo.self_name).map(|m| m.status);
-        if !status.is_some_and(|s| s.in_current_ring() || s == MemberStatus::Joining) {
-            continue;
+        let holds_a_place = status.is_some_and(|s| s.in_current_ring() || s == MemberStatus::Joining);
+        if *fenced.borrow_and_update() && holds_a_place {
+            match node.join_as_new().await {
+                Ok(dropped) => {
+                    tracing::warn!(dropped, "removed from the ring while out: discarded this node's data; joining anew")
+                }
+                Err(e) => {
+                    // Fail-stop: serving on with data that may resurrect
+                    // deleted keys is worse than a restart, whose recovery
+                    // rules discard it. Recorded as a failure, not a bare
+                    // shutdown, so that `Node::failed` resolves and the
+                    // process exits with an error for its supervisor to
+                    // restart (simulator seed 854: a shutdown alone left a
+                    // stopped node in a running process).
+                    node.inner.supervisor.fail(format!("cannot discard the data of a removed member: {e}"));
+                    return;
+                }
+            }
         }
-        match node.join_as_new().await {
-            Ok(dropped) => {
-                tracing::warn!(dropped, "removed from the ring while out: discarded this node's data; joining anew")
-            }
-            Err(e) => {
-                // Fail-stop: serving on with data that may resurrect deleted
-                // keys is worse than a restart, whose recovery rules discard it.
-                // Recorded as a failure, not a bare shutdown, so that
-                // `Node::failed` resolves and the process exits with an error
-                // for its supervisor to restart (simulator seed 854: a
-                // shutdown alone left a stopped node in a running process).
-                node.inner.supervisor.fail(format!("cannot discard the data of a removed member: {e}"));
-                return;
-            }
+        tokio::select! {
+            changed = fenced.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }
