@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringkv_chaos::schedule::FaultKind;
+use ringkv_chaos::summary::membership_events;
 use ringkv_chaos::{Options, run};
+
+/// How many of each node's membership events a failed run prints.
+const EVENTS_PER_NODE: usize = 30;
 
 /// Every fault kind appears in this seed's 45 s schedule, a pause and a
 /// partition that outlast both grace periods, and two faults that overlap
@@ -53,6 +57,12 @@ async fn chaos_ci_seed_survives_its_faults() {
         );
     }
     assert!(summary.faults.iter().any(|f| f.fault.also.is_some()), "the schedule should overlap two faults");
+    if !summary.passed() {
+        println!(
+            "membership events, the last {EVENTS_PER_NODE} of each node:\n{}",
+            membership_events(&summary.out_dir.join("logs"), EVENTS_PER_NODE)
+        );
+    }
     assert!(summary.passed(), "{} violations; see {}", summary.violations.len(), summary.out_dir.display());
 }
 
@@ -91,5 +101,11 @@ async fn chaos_ci_cache_profile_evicts_without_losing_writes() {
         "no eviction was recorded: the bound no longer makes this run test eviction; see {}",
         summary.out_dir.display()
     );
+    if !summary.passed() {
+        println!(
+            "membership events, the last {EVENTS_PER_NODE} of each node:\n{}",
+            membership_events(&summary.out_dir.join("logs"), EVENTS_PER_NODE)
+        );
+    }
     assert!(summary.passed(), "{} violations; see {}", summary.violations.len(), summary.out_dir.display());
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ringkv_net::wire::MemoryStatus;
 use serde::Serialize;
@@ -152,6 +152,40 @@ impl Summary {
         self.violations.iter().filter(|v| !v.is_promised()).count()
     }
 }
+
+/// The last `per_node` lines of each node's log in `logs` (`n1.log`, ...)
+/// that say how its membership changed (fences, joins, discarded data,
+/// stalls): what a failed run's printout needs when its directory is gone,
+/// as on a CI machine, to tell why a node stayed out.
+pub fn membership_events(logs: &Path, per_node: usize) -> String {
+    let Ok(dir) = std::fs::read_dir(logs) else { return String::new() };
+    let mut files: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    let mut out = String::new();
+    for log in files {
+        let Ok(text) = std::fs::read_to_string(&log) else { continue };
+        let events: Vec<&str> =
+            text.lines().filter(|line| MEMBERSHIP_EVENTS.iter().any(|event| line.contains(event))).collect();
+        let node = log.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        for line in &events[events.len().saturating_sub(per_node)..] {
+            out.push_str(&format!("{node}: {line}\n"));
+        }
+    }
+    out
+}
+
+/// Fragments of the node's log messages on membership changes.
+const MEMBERSHIP_EVENTS: &[&str] = &[
+    "removed this node from the ring",
+    "fenced members changed",
+    "fencing it",
+    "discarded this node's data",
+    "discarding its data",
+    "joined: partitions pulled",
+    "did not run for longer than half",
+    "confirms this node's membership",
+    "not heard from yet",
+];
 
 /// Most violations of one kind listed in the text summary (all are in
 /// `violations.json`).
@@ -381,5 +415,25 @@ mod tests {
         );
         assert!(text.contains("n1 3.0 MiB, 2 evictions, 1 refused"), "{text}");
         assert!(summary(Vec::new()).to_string().lines().all(|l| !l.starts_with("memory bound")));
+    }
+
+    #[test]
+    fn membership_events_are_the_last_of_each_node_in_node_order() {
+        let dir = std::env::temp_dir().join(format!("ringkv-chaos-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n1 = "a INFO membership changed\nb WARN a member removed this node from the ring while it was out\n\
+                  c WARN removed from the ring while out: discarded this node's data; joining anew\n\
+                  d INFO joined: partitions pulled; serving\n";
+        std::fs::write(dir.join("n2.log"), "e INFO fenced members changed fenced=[\"n1\"]\n").unwrap();
+        std::fs::write(dir.join("n1.log"), n1).unwrap();
+        let events = membership_events(&dir, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            events,
+            "n1: c WARN removed from the ring while out: discarded this node's data; joining anew\n\
+             n1: d INFO joined: partitions pulled; serving\n\
+             n2: e INFO fenced members changed fenced=[\"n1\"]\n"
+        );
+        assert_eq!(membership_events(Path::new("/nonexistent/logs"), 2), "", "no logs, no events");
     }
 }

@@ -148,6 +148,7 @@ mod tests {
         let member = |port: u16, dead_for: Option<u64>| Gossiped {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             status: MemberStatus::Serving,
+            join: 0,
             live: dead_for.is_none(),
             dead_for: dead_for.map(Duration::from_secs),
             epoch: Epoch::NONE,

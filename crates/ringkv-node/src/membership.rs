@@ -572,8 +572,8 @@ fn compute(
         let Some(addr) = s.addr else { continue };
         let live = is_self || s.live;
         let fenced = !is_self && fenced.contains_key(name);
-        gossiped
-            .insert(name.clone(), Gossiped { addr, status: s.status, live, dead_for: None, epoch: s.epoch, fenced });
+        let g = Gossiped { addr, status: s.status, join: s.join, live, dead_for: None, epoch: s.epoch, fenced };
+        gossiped.insert(name.clone(), g);
     }
     clocks.stamp(&mut gossiped, Instant::now());
     topology::build(
@@ -1011,6 +1011,7 @@ mod tests {
             let g = Gossiped {
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
                 status: MemberStatus::Serving,
+                join: 0,
                 live: true,
                 dead_for: None,
                 epoch: Epoch::NONE,
@@ -1021,6 +1022,7 @@ mod tests {
         let g = Gossiped {
             addr: SocketAddr::from(([127, 0, 0, 1], 4)),
             status: d.status,
+            join: d.join,
             live: d.live,
             dead_for: (!d.live).then_some(dead_for),
             epoch: Epoch::NONE,

@@ -159,6 +159,7 @@ mod tests {
         let member = |port: u16| Gossiped {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             status: MemberStatus::Serving,
+            join: 0,
             live: true,
             dead_for: None,
             epoch: ringkv_core::Epoch::NONE,
@@ -194,6 +195,7 @@ mod tests {
         let member = |port: u16, status| Gossiped {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             status,
+            join: 0,
             live: true,
             dead_for: None,
             epoch: ringkv_core::Epoch::NONE,

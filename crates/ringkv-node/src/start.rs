@@ -120,7 +120,15 @@ fn standalone_topology(config: &NodeConfig, addr: SocketAddr) -> Topology {
     let mut me = BTreeMap::new();
     me.insert(
         name.clone(),
-        Gossiped { addr, status: MemberStatus::Serving, live: true, dead_for: None, epoch: Epoch::NONE, fenced: false },
+        Gossiped {
+            addr,
+            status: MemberStatus::Serving,
+            join: 0,
+            live: true,
+            dead_for: None,
+            epoch: Epoch::NONE,
+            fenced: false,
+        },
     );
     topology::build(
         &name,

@@ -58,6 +58,8 @@ pub(crate) struct Topology {
 pub(crate) struct Gossiped {
     pub addr: SocketAddr,
     pub status: MemberStatus,
+    /// The join it gossips (0 if it began none since it started).
+    pub join: u64,
     pub live: bool,
     /// How long it has been dead, as this node observed it while it saw a
     /// live majority ([`DeadClocks`]).
@@ -148,17 +150,19 @@ fn majority_of_voters(members: impl Iterator<Item = (bool, MemberStatus, bool)>,
 /// are reset, whenever the live majority is lost, and after a gap in this
 /// node's own execution ([`DeadClocks::forget`]).
 ///
-/// A member's clock also restarts when its gossiped status changes: only a
-/// running member changes it, so the silence before does not count against
-/// what it does now. A member resuming from a pause past the grace is fenced,
-/// discards its data and begins a new join; a node whose failure detector
-/// still calls it down when that `joining` arrives (relayed by others) would
-/// otherwise count the whole pause against the join and fence it at once,
-/// and it would discard and rejoin again, over and over (the chaos suite's
-/// seed 1: a 24.5 s pause left n3 joining for good).
+/// A member's clock also restarts when its gossiped status or join
+/// changes: only a running member changes them, so the silence before does
+/// not count against what it does now. A member resuming from a pause past
+/// the grace is fenced, discards its data and begins a new join; a node
+/// whose failure detector still calls it down when that `joining` arrives
+/// (relayed by others) would otherwise count the whole pause against the
+/// join and fence it at once, and it would discard and rejoin again, over
+/// and over (the chaos suite's seed 1: a 24.5 s pause left n3 joining for
+/// good). A join fenced in turn is followed by another join under the same
+/// status, which deserves its own grace just the same.
 #[derive(Debug, Default)]
 pub(crate) struct DeadClocks {
-    since: HashMap<NodeName, (MemberStatus, Instant)>,
+    since: HashMap<NodeName, ((MemberStatus, u64), Instant)>,
 }
 
 impl DeadClocks {
@@ -168,9 +172,9 @@ impl DeadClocks {
         if !live_majority(gossiped) {
             self.since.clear();
         }
-        self.since.retain(|name, (status, _)| gossiped.get(name).is_some_and(|g| !g.live && g.status == *status));
+        self.since.retain(|name, (said, _)| gossiped.get(name).is_some_and(|g| !g.live && (g.status, g.join) == *said));
         for (name, g) in gossiped.iter_mut() {
-            g.dead_for = (!g.live).then(|| now - self.since.entry(name.clone()).or_insert((g.status, now)).1);
+            g.dead_for = (!g.live).then(|| now - self.since.entry(name.clone()).or_insert(((g.status, g.join), now)).1);
         }
     }
 
@@ -190,6 +194,13 @@ impl DeadClocks {
 /// while any is missing nothing dead is purged ([`Topology::missing`]), and
 /// one missing for longer than `dead_node_grace`, counted as a dead voter
 /// like a member that died, is fenced.
+///
+/// Only while this node holds a place in the ring do those clocks run. A
+/// node that discarded its data to join anew holds nothing a stale member
+/// could outlive, and knows the least of anyone: the others adopt its
+/// fences, and a fence of a member it was merely slow to prove would make
+/// that member discard good data and rejoin. Once it serves, its clocks
+/// start; until then its missing still hold its purges back.
 #[derive(Debug, Default)]
 pub(crate) struct Missing {
     /// Since when each has been missing while this node saw a live majority.
@@ -203,9 +214,10 @@ impl Missing {
     }
 
     /// Drops the members now believed (`topology` lists them) or fenced,
-    /// runs the clocks of the rest while the live members are a majority of
-    /// the voters and the missing together, and takes out and returns those
-    /// missing for longer than `grace`, for the caller to fence.
+    /// runs the clocks of the rest while this node is in the current ring
+    /// and the live members are a majority of the voters and the missing
+    /// together, and takes out and returns those missing for longer than
+    /// `grace`, for the caller to fence.
     pub(crate) fn overdue(
         &mut self,
         topology: &Topology,
@@ -215,10 +227,11 @@ impl Missing {
     ) -> Vec<NodeName> {
         self.since.retain(|name, _| !topology.members.contains_key(name) && !fenced(name));
         let members = topology.members.values().map(|m| (m.fenced, m.status, m.live));
-        let majority = majority_of_voters(members, self.since.len());
+        let placed = topology.members.get(&topology.self_name).is_some_and(|m| m.status.in_current_ring());
+        let counting = placed && majority_of_voters(members, self.since.len());
         let mut due = Vec::new();
         for (name, since) in &mut self.since {
-            if !majority {
+            if !counting {
                 *since = None;
             } else if now - *since.get_or_insert(now) > grace {
                 due.push(name.clone());
@@ -321,6 +334,7 @@ pub(crate) fn sketch(self_name: &str, members: &[(&str, MemberStatus, bool)]) ->
             let g = Gossiped {
                 addr: SocketAddr::from(([127, 0, 0, 1], 7400 + i as u16)),
                 status: *status,
+                join: 0,
                 live: *live,
                 dead_for: (!live).then_some(Duration::from_secs(1)),
                 epoch: Epoch::NONE,
@@ -340,6 +354,7 @@ mod tests {
         Gossiped {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             status: MemberStatus::Serving,
+            join: 0,
             live,
             dead_for: dead_for.map(Duration::from_secs),
             epoch: Epoch::NONE,
@@ -426,6 +441,10 @@ mod tests {
         gossiped.get_mut("c").unwrap().status = MemberStatus::Joining;
         clocks.stamp(&mut gossiped, start + Duration::from_secs(401));
         assert_eq!(gossiped["c"].dead_for, Some(Duration::ZERO), "a new status restarts the clock");
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(420));
+        gossiped.get_mut("c").unwrap().join = 9;
+        clocks.stamp(&mut gossiped, start + Duration::from_secs(421));
+        assert_eq!(gossiped["c"].dead_for, Some(Duration::ZERO), "so does a new join under the same status");
     }
 
     #[test]
@@ -454,6 +473,18 @@ mod tests {
         assert!(missing.overdue(&with_c, |_| false, at(460), grace).is_empty());
         assert_eq!(missing.overdue(&with_c, |_| false, at(461), grace), names(&["b"]));
         assert!(missing.names().is_empty(), "handed over to be fenced");
+
+        // A node joining anew runs no clock: it fences nobody until it serves.
+        let mut missing = Missing::new(&"a".into(), &names(&["b"]));
+        gossiped.get_mut("a").unwrap().status = MemberStatus::Joining;
+        let joining = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, grace);
+        assert!(missing.overdue(&joining, |_| false, at(0), grace).is_empty());
+        assert!(missing.overdue(&joining, |_| false, at(300), grace).is_empty(), "not while joining");
+        assert_eq!(missing.names(), names(&["b"]), "still missing: its purges wait");
+        gossiped.get_mut("a").unwrap().status = MemberStatus::Serving;
+        let serving = build(&"a".into(), "x", gossiped.clone(), 16, 3, 8, grace);
+        assert!(missing.overdue(&serving, |_| false, at(301), grace).is_empty(), "the clock starts as it serves");
+        assert_eq!(missing.overdue(&serving, |_| false, at(362), grace), names(&["b"]));
 
         // One the caller fenced otherwise, or that is proven, is missing no more.
         let mut missing = Missing::new(&"a".into(), &names(&["b", "d"]));
