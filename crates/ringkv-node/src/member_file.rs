@@ -65,8 +65,9 @@ impl MemberFile {
     }
 
     /// Replaces the file whole (written, synced, renamed over the old one),
-    /// so that a crash leaves either the old contents or the new.
-    pub(crate) fn touch(&self, now_ms: u64, peers: &[NodeName], fences: &[String]) {
+    /// so that a crash leaves either the old contents or the new. Returns
+    /// whether it was written.
+    pub(crate) fn touch(&self, now_ms: u64, peers: &[NodeName], fences: &[String]) -> bool {
         let peers: Vec<&str> = peers.iter().map(|n| &**n).collect();
         let text = format!(
             "ringkv member file v3\nlast_alive_ms={now_ms}\npeers={}\nfences={}\n",
@@ -80,7 +81,9 @@ impl MemberFile {
         if let Err(e) = written.and_then(|()| self.disk.rename(TMP, NAME)) {
             let file = self.disk.path(NAME);
             tracing::warn!(file = %file.display(), error = %e, "cannot update the member file");
+            return false;
         }
+        true
     }
 
     pub(crate) fn remove(&self) {
@@ -144,12 +147,12 @@ mod tests {
         assert_eq!(file.read(), None);
         let peers = [NodeName::from("n2"), NodeName::from("n3")];
         let fences = ["n4#7".to_string(), "n5@12#9".to_string()];
-        file.touch(1234, &peers, &fences);
+        assert!(file.touch(1234, &peers, &fences));
         let written = Membered { last_alive_ms: 1234, peers: Some(peers.to_vec()), fences: fences.to_vec() };
         assert_eq!(file.read(), Some(written.clone()));
         disk.crash();
         assert_eq!(file.read(), Some(written), "touch syncs before it renames");
-        file.touch(1300, &[], &[]);
+        assert!(file.touch(1300, &[], &[]));
         assert_eq!(file.read(), Some(Membered { last_alive_ms: 1300, peers: Some(Vec::new()), fences: Vec::new() }));
         file.remove();
         assert_eq!(file.read(), None);

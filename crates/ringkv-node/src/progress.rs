@@ -64,6 +64,9 @@ pub(crate) struct Repair {
     /// ended with both in sync began.
     synced: Mutex<HashMap<(u16, NodeName), u64>>,
     status: Mutex<RepairStatus>,
+    /// The fences the member file holds, once the node keeps one
+    /// (`rebalance::member_keeper`).
+    kept_fences: Mutex<Option<Vec<String>>>,
     pub(crate) budget: Budget,
     pub(crate) wake: Notify,
 }
@@ -73,6 +76,7 @@ impl Repair {
         Repair {
             synced: Mutex::new(HashMap::new()),
             status: Mutex::new(RepairStatus::default()),
+            kept_fences: Mutex::new(None),
             budget: Budget::new(bytes_per_sec),
             wake: Notify::new(),
         }
@@ -92,9 +96,18 @@ impl Repair {
     /// Nothing dead is purged while a member of this node's last ring is
     /// missing from its view (`topology::Missing`): where that member's
     /// replicas lie is unknown, and it may hold an older copy of any key.
+    /// Nor while a fence is not yet in the member file: a crash would
+    /// forget it, and the fenced member would come back, stale, to a node
+    /// that purged without it.
     pub(crate) fn purge_horizon(&self, topo: &Topology, partition: PartitionId, now_ms: u64, grace_ms: u64) -> Horizon {
         let written_before = now_ms.saturating_sub(grace_ms);
-        if !topo.missing.is_empty() {
+        let unkept = self
+            .kept_fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|kept| *kept != topo.fences);
+        if !topo.missing.is_empty() || unkept {
             return Horizon { written_before, died_before: 0 };
         }
         if !topo.table.is_replica(partition, &topo.self_name) {
@@ -111,6 +124,11 @@ impl Repair {
             .map(|peer| synced.get(&(partition.0, peer.clone())).copied().unwrap_or(0))
             .fold(settled, u64::min);
         Horizon { written_before, died_before }
+    }
+
+    /// Records the fences the member file holds now.
+    pub(crate) fn fences_kept(&self, fences: Vec<String>) {
+        *self.kept_fences.lock().unwrap_or_else(|e| e.into_inner()) = Some(fences);
     }
 
     /// Records that a comparison with `peer` that began at `at_ms` (wall
@@ -186,6 +204,13 @@ mod tests {
             Horizon { written_before: 400_000, died_before: 0 },
             "a member of the last ring is missing: nothing dead is purged"
         );
+        let mut fencing_d = topo.clone();
+        fencing_d.fences = vec!["d#7".into()];
+        assert_eq!(repair.purge_horizon(&fencing_d, p, now, grace).died_before, 970_000, "no member file kept");
+        repair.fences_kept(Vec::new());
+        assert_eq!(repair.purge_horizon(&fencing_d, p, now, grace).died_before, 0, "a fence not yet written");
+        repair.fences_kept(fencing_d.fences.clone());
+        assert_eq!(repair.purge_horizon(&fencing_d, p, now, grace).died_before, 970_000, "written");
     }
 
     #[test]

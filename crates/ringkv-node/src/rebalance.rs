@@ -492,8 +492,9 @@ impl Node {
 /// place in the ring, and writes it a last time when the node stops in
 /// place (SIGINT, not a leave), so that a member stopped soon after it
 /// joined still comes back as itself. Peers and fences are written as soon
-/// as they change: a fence forgotten in a crash lets the fenced member back,
-/// stale, once this node restarts.
+/// as they change, and no purge runs before a fence is written
+/// (`Repair::purge_horizon`): a fence forgotten in a crash lets the fenced
+/// member back, stale, once this node restarts.
 pub(crate) async fn member_keeper(node: Node) {
     let inner = node.inner.clone();
     let Some(file) = &inner.member_file else { return };
@@ -518,6 +519,9 @@ pub(crate) async fn member_keeper(node: Node) {
     let mut topology = inner.topology_watch();
     let mut shutdown = inner.shutdown.subscribe();
     let mut written = None;
+    // Until the first write, the fences it holds are not known to be the
+    // node's: purges wait for it.
+    inner.repair.fences_kept(Vec::new());
     loop {
         let due = tokio::select! {
             _ = tick.tick() => true,
@@ -526,8 +530,9 @@ pub(crate) async fn member_keeper(node: Node) {
         };
         if let Some(now) = kept()
             && (due || written.as_ref() != Some(&now))
+            && file.touch(inner.now_ms(), &now.0, &now.1)
         {
-            file.touch(inner.now_ms(), &now.0, &now.1);
+            inner.repair.fences_kept(now.1.clone());
             written = Some(now);
         }
     }
