@@ -303,7 +303,7 @@ impl Node {
                     faults: faults.clone(),
                     network: env.network.clone(),
                     keys: keys.clone(),
-                    prover: quic_prover(connector.clone(), check.clone()),
+                    prover: quic_prover(connector.clone(), check.clone(), faults.clone()),
                     claims: claims.clone(),
                 })
                 .await?;
@@ -529,10 +529,15 @@ impl Drop for EarlyStop {
 /// for its claims and checks that the certificate that answered (verified
 /// against the cluster CA in the handshake) is a node certificate naming
 /// exactly that node id, and that the node claims that address.
-fn quic_prover(connector: Arc<Connector>, check: NodeCheck) -> Prover {
+fn quic_prover(connector: Arc<Connector>, check: NodeCheck, faults: Arc<Faults>) -> Prover {
     Arc::new(move |name, addr| {
-        let (connector, check) = (connector.clone(), check.clone());
+        let (connector, check, faults) = (connector.clone(), check.clone(), faults.clone());
         Box::pin(async move {
+            // A cut link cuts proofs too, as a real partition would: a node
+            // must not learn across it what gossip cannot tell it.
+            if faults.blocks(addr) {
+                return Err(format!("link to {addr} cut by fault injection"));
+            }
             let (response, identity) =
                 connector.call_identified(addr, &Request::Claim, PROBE_TIMEOUT).await.map_err(|e| e.to_string())?;
             match check.role(identity) {
@@ -724,7 +729,8 @@ mod tests {
         let client = ringkv_net::tls::client_config(&identity, &settings).unwrap();
         let endpoint = ringkv_net::bind("127.0.0.1:0".parse().unwrap(), None, client, None).unwrap();
         let connector = Arc::new(Connector::new(endpoint, 1 << 20));
-        let prover = quic_prover(connector, NodeCheck::new(&identity).unwrap());
+        let faults = Arc::new(Faults::default());
+        let prover = quic_prover(connector, NodeCheck::new(&identity).unwrap(), faults.clone());
 
         // A valid certificate of the CA naming n9, claiming to be n2.
         let (addr, _stop) = server(dir.path(), "n9", "n2").await;
@@ -738,5 +744,9 @@ mod tests {
         let (addr, _stop) = server(dir.path(), "n2", "n2").await;
         let claims = prover(NodeName::from("n2"), addr).await.unwrap();
         assert_eq!((claims[0].node_id.as_str(), claims[0].addr), ("n2", addr));
+        // Not across a link that fault injection cut.
+        faults.set(vec![addr]);
+        let err = prover(NodeName::from("n2"), addr).await.unwrap_err();
+        assert!(err.contains("cut by fault injection"), "{err}");
     }
 }
