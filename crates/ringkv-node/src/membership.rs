@@ -1008,16 +1008,7 @@ mod tests {
     fn view(d: &Seen, dead_for: Duration, fenced: &BTreeMap<NodeName, Fence>) -> Topology {
         let mut gossiped = BTreeMap::new();
         for (name, port) in [("a", 1), ("b", 2)] {
-            let g = Gossiped {
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                status: MemberStatus::Serving,
-                join: 0,
-                live: true,
-                dead_for: None,
-                epoch: Epoch::NONE,
-                fenced: false,
-            };
-            gossiped.insert(NodeName::from(name), g);
+            gossiped.insert(NodeName::from(name), Gossiped::serving(SocketAddr::from(([127, 0, 0, 1], port))));
         }
         let g = Gossiped {
             addr: SocketAddr::from(([127, 0, 0, 1], 4)),

@@ -173,16 +173,7 @@ mod tests {
     #[test]
     fn markers_wait_for_every_other_replica_and_the_settle_time_and_their_writes_for_the_grace() {
         use crate::topology::{Gossiped, build};
-        use ringkv_net::wire::MemberStatus;
-        let member = |port: u16| Gossiped {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            status: MemberStatus::Serving,
-            join: 0,
-            live: true,
-            dead_for: None,
-            epoch: ringkv_core::Epoch::NONE,
-            fenced: false,
-        };
+        let member = |port: u16| Gossiped::serving(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
         let gossiped = [("a", 1), ("b", 2), ("c", 3)].map(|(n, port)| (NodeName::from(n), member(port)));
         let topo = build(&NodeName::from("a"), "test", gossiped.into(), 4, 3, 8, Duration::from_secs(60));
         let repair = Repair::new(1 << 20);
@@ -218,13 +209,8 @@ mod tests {
         use crate::topology::{Gossiped, build};
         use ringkv_net::wire::MemberStatus;
         let member = |port: u16, status| Gossiped {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             status,
-            join: 0,
-            live: true,
-            dead_for: None,
-            epoch: ringkv_core::Epoch::NONE,
-            fenced: false,
+            ..Gossiped::serving(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         };
         let serving = MemberStatus::Serving;
         let gossiped = [("a", 1, serving), ("b", 2, serving), ("c", 3, serving), ("d", 4, MemberStatus::Joining)]

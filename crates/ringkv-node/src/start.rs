@@ -118,18 +118,7 @@ fn recover_state(
 fn standalone_topology(config: &NodeConfig, addr: SocketAddr) -> Topology {
     let name = NodeName::from(config.node_id.as_str());
     let mut me = BTreeMap::new();
-    me.insert(
-        name.clone(),
-        Gossiped {
-            addr,
-            status: MemberStatus::Serving,
-            join: 0,
-            live: true,
-            dead_for: None,
-            epoch: Epoch::NONE,
-            fenced: false,
-        },
-    );
+    me.insert(name.clone(), Gossiped::serving(addr));
     topology::build(
         &name,
         &config.cluster_id,

@@ -69,6 +69,22 @@ pub(crate) struct Gossiped {
     pub fenced: bool,
 }
 
+impl Gossiped {
+    /// A live member serving at `addr`, in no join, fenced by nobody: what
+    /// a standalone node is to itself.
+    pub(crate) fn serving(addr: SocketAddr) -> Gossiped {
+        Gossiped {
+            addr,
+            status: MemberStatus::Serving,
+            join: 0,
+            live: true,
+            dead_for: None,
+            epoch: Epoch::NONE,
+            fenced: false,
+        }
+    }
+}
+
 /// The ring rules, as a pure function: a member is in the ring while it is
 /// live, or dead for less than `dead_node_grace` (its writes meanwhile go to
 /// stand-ins as hints); after that its partitions move to the others, but
@@ -352,13 +368,9 @@ mod tests {
 
     fn member(port: u16, live: bool, dead_for: Option<u64>) -> Gossiped {
         Gossiped {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            status: MemberStatus::Serving,
-            join: 0,
             live,
             dead_for: dead_for.map(Duration::from_secs),
-            epoch: Epoch::NONE,
-            fenced: false,
+            ..Gossiped::serving(SocketAddr::from(([127, 0, 0, 1], port)))
         }
     }
 
