@@ -254,3 +254,56 @@ async fn a_key_deleted_while_a_replica_was_paused_stays_deleted_when_its_fencers
         assert_eq!(any.get(key.clone()).await.unwrap(), None, "{key} came back after n3 resumed");
     }
 }
+
+/// Only a majority drops a member, and a member nobody dropped keeps its
+/// data when it restarts, however long it was gone: what it holds may be
+/// the only copy of acknowledged writes. Here n1 and n2 hold writes n3
+/// missed (it was paused, and no hints are kept), then stay down past the
+/// grace while n3, a minority, runs on alone. A rule that had a restarted
+/// member discard its data because another had served throughout its
+/// absence lost such writes (simulator seeds 1715 and 1808).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_down_past_the_grace_that_no_majority_dropped_keep_their_data() {
+    let mut cluster = Cluster::start(3, &SETTINGS);
+    cluster.wait_serving(0, 3, Duration::from_secs(20)).await;
+    for i in 0..3 {
+        cluster.nodes[i].wait_member_file().await;
+    }
+    cluster.nodes[2].signal(libc::SIGSTOP).unwrap();
+    let quorum = cluster.client_of(0).with_consistency(Consistency::Quorum);
+    let keys: Vec<String> = (0..20).map(|i| format!("only-on-n1-n2-{i}")).collect();
+    for key in &keys {
+        quorum.put(key.clone(), "v").await.unwrap();
+    }
+    for i in 0..2 {
+        cluster.nodes[i].kill9();
+    }
+    cluster.nodes[2].signal(libc::SIGCONT).unwrap();
+    // n3 sees both down, and keeps them in its ring for twice the grace.
+    wait_for("n3 seeing n1 and n2 down", Duration::from_secs(30), || async {
+        let members = cluster.client_of(2).members_of(cluster.nodes[2].addr).await.ok()?;
+        let down = |name: &str| members.members.iter().any(|m| m.node_id == name && !m.live);
+        (down("n1") && down("n2")).then_some(())
+    })
+    .await;
+    let kept_until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < kept_until {
+        for name in ["n1", "n2"] {
+            assert_eq!(in_ring(&cluster, 2, name).await, Some(true), "n3, a minority, dropped {name}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    cluster.start_together(&[0, 1]);
+    for i in 0..3 {
+        cluster.wait_serving(i, 3, Duration::from_secs(60)).await;
+    }
+    // Back after more than half the grace, each serves once gossip has
+    // confirmed, from a majority, that nobody fenced it.
+    let all = cluster.client().with_consistency(Consistency::All);
+    wait_for("every replica answering", Duration::from_secs(30), || async { all.get(keys[0].clone()).await.ok() })
+        .await;
+    for key in &keys {
+        assert_eq!(all.get(key.clone()).await.unwrap().as_deref(), Some(&b"v"[..]), "{key} was lost");
+    }
+}

@@ -90,7 +90,14 @@ pub(crate) fn plan_write(
     let gainers = topo
         .gaining(partition)
         .into_iter()
-        .filter(|gainer| topo.takes_writes(gainer) && !targets.iter().any(|t| t.node == *gainer))
+        // A stand-in keeps the write only as a hint for the replica it
+        // covers: gaining the partition too, it needs its own copy, or a
+        // leaver that already handed that partition off takes the only one
+        // with it, and the hint can expire before its replica is back
+        // (simulator seed 1808).
+        .filter(|gainer| {
+            topo.takes_writes(gainer) && !targets.iter().any(|t| t.node == *gainer && t.hint_for.is_none())
+        })
         .collect();
     Ok(WritePlan { targets, needed, hints, gainers })
 }
@@ -386,6 +393,28 @@ mod tests {
             assert_eq!(names(&plan.gainers), ["n4"]);
             assert!(plan.targets.iter().all(|t| t.node.as_ref() != "n4"));
         }
+    }
+
+    #[test]
+    fn a_gainer_that_stands_in_for_a_down_replica_still_gets_its_own_copy() {
+        // n2 leaves while n1 and n3 are down: n4 gains n2's partitions and
+        // is the only stand-in there is.
+        let topo = topology(&[
+            ("n1", MemberStatus::Serving, false),
+            ("n2", MemberStatus::Leaving, true),
+            ("n3", MemberStatus::Serving, false),
+            ("n4", MemberStatus::Serving, true),
+        ]);
+        let mut checked = 0;
+        for p in (0..8).map(PartitionId) {
+            let plan = plan_write("put", &topo, p, Consistency::One, QUORUM).unwrap();
+            let stands_in = plan.targets.iter().any(|t| t.node.as_ref() == "n4" && t.hint_for.is_some());
+            if stands_in && topo.gaining(p).iter().any(|g| g.as_ref() == "n4") {
+                assert_eq!(names(&plan.gainers), ["n4"], "{plan:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no partition where n4 both stands in and gains");
     }
 
     #[test]

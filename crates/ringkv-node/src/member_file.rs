@@ -1,15 +1,12 @@
 //! The member file: this data directory belongs to a ring member, last
-//! alive at a given time; and whether such a member was replaced while it
-//! was gone.
+//! alive at a given time, whose ring held these peers and who fenced these
+//! members.
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
 
 use ringkv_core::ring::NodeName;
 use ringkv_storage::Disk;
-
-use crate::membership::Life;
 
 const NAME: &str = "member";
 const TMP: &str = "member.tmp";
@@ -96,49 +93,9 @@ impl MemberFile {
     }
 }
 
-/// Whether a member that was last alive at `last_alive_ms` must discard its
-/// data: it was gone longer than the grace period while some other member
-/// lived on for longer than that, so placement may have moved on without it
-/// (partitions re-replicated, tombstones purged). The other member either
-/// serves now and has been up that long, or it restarted too but had been
-/// alive until well after this one died (a whole-cluster restart after this
-/// member had long been gone). After a restart of the whole cluster at
-/// once, nobody has, and the data is kept.
-pub(crate) fn replaced(last_alive_ms: u64, now_ms: u64, grace: Duration, others: &[Life]) -> bool {
-    let grace = grace.as_millis() as u64;
-    let outlived = |other: &Life| {
-        other.serving_since.is_some_and(|since| now_ms.saturating_sub(since) > grace)
-            || other.alive_before > last_alive_ms.saturating_add(grace)
-    };
-    now_ms.saturating_sub(last_alive_ms) > grace && others.iter().any(outlived)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_member_is_replaced_only_if_others_served_through_its_absence() {
-        let grace = Duration::from_secs(60);
-        let now = 1_000_000;
-        let serving = |since: u64| Life { serving_since: Some(since), alive_before: 0 };
-        // Back within the grace period: keeps its data.
-        assert!(!replaced(now - 30_000, now, grace, &[serving(0)]));
-        // Gone for long while another member served throughout.
-        assert!(replaced(now - 600_000, now, grace, &[serving(now - 900_000)]));
-        // Or while the others restarted and served long enough without it.
-        assert!(replaced(now - 600_000, now, grace, &[serving(now - 300_000)]));
-        // Gone for long, but everybody has just restarted: a whole-cluster
-        // restart.
-        assert!(!replaced(now - 600_000, now, grace, &[serving(now - 10_000), serving(now - 5_000)]));
-        assert!(!replaced(now - 600_000, now, grace, &[]));
-        // Everybody has just restarted, but another member had been alive
-        // long after this one died: the cluster had moved on without it.
-        let recovering = |alive_before: u64| Life { serving_since: None, alive_before };
-        assert!(replaced(now - 600_000, now, grace, &[recovering(now - 20_000)]));
-        // Both died at about the same time: kept.
-        assert!(!replaced(now - 600_000, now, grace, &[recovering(now - 590_000)]));
-    }
 
     #[test]
     fn the_member_file_round_trips_and_a_crash_keeps_only_what_was_synced() {

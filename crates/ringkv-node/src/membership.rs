@@ -22,10 +22,11 @@
 //! the next ring (the purge horizon stops waiting for it then), under its
 //! name and the id of its join (`name@join`): what that join pulled may
 //! miss deletes, so the fence holds until it begins a new join. Until it
-//! has heard from the cluster after a gap in its own execution longer than
-//! half the grace period (a pause, or a starved process), a node does not
-//! act on its data at all ([`Standing`]), so it cannot serve or repair
-//! stale data before it learns it was fenced.
+//! has heard from a majority of its ring after a gap in its own execution
+//! longer than half the grace period (a pause, a starved process, or a
+//! restart after being down that long), a node does not act on its data at
+//! all ([`Standing`]), so it cannot serve or repair stale data before it
+//! learns it was fenced.
 //!
 //! chitchat leaves three things to us. It authenticates nothing, so every
 //! datagram is sealed with the cluster's gossip key (`crate::gossip`). A
@@ -150,15 +151,14 @@ pub(crate) struct Membership {
     topology: watch::Receiver<Arc<Topology>>,
     epochs: watch::Receiver<Epoch>,
     standing: Arc<Standing>,
-    proofs: Arc<Mutex<Proofs>>,
     task: JoinHandle<()>,
 }
 
 /// Whether this node may act on its data now: serve requests, repair,
 /// hand hints off. Not while a member fences it, nor after a gap in its
-/// own execution (see the module docs) until gossip has confirmed that no
-/// member fences it, nor while its clock is off from the majority's
-/// (`clock_check.rs`).
+/// own execution or a long time down (see the module docs) until gossip
+/// from a majority has confirmed that no member fences it, nor while its
+/// clock is off from the majority's (`clock_check.rs`).
 pub(crate) struct Standing {
     /// Longer gaps mean the others may have removed this node.
     limit: Duration,
@@ -171,11 +171,13 @@ pub(crate) struct Standing {
 }
 
 impl Standing {
-    fn new(dead_node_grace: Duration) -> Standing {
+    /// `suspect`: the node starts with data it last held longer ago than
+    /// half the grace period, the same doubt as a long pause.
+    fn new(dead_node_grace: Duration, suspect: bool) -> Standing {
         Standing {
             limit: dead_node_grace / 2,
             last_tick: Mutex::new(Instant::now()),
-            suspect: AtomicBool::new(false),
+            suspect: AtomicBool::new(suspect),
             fenced: watch::channel(false).0,
             clock_off: Mutex::new(None),
         }
@@ -192,8 +194,8 @@ impl Standing {
         let idle = self.last_tick.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
         if self.suspect.load(Ordering::Relaxed) || idle > self.limit {
             return Err(KvError::Unavailable(
-                "this node was paused or starved for longer than half of dead_node_grace; it serves again once gossip \
-                 confirms it is still a member"
+                "this node was down, paused or starved for longer than half of dead_node_grace; it serves again \
+                 once gossip from a majority confirms it is still a member"
                     .into(),
             ));
         }
@@ -233,15 +235,6 @@ impl Standing {
     pub(crate) fn fenced(&self) -> watch::Receiver<bool> {
         self.fenced.subscribe()
     }
-}
-
-/// What one live member says of its life: since when it serves (its
-/// generation, the wall-clock ms it started), and when it was last alive
-/// before that start.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Life {
-    pub serving_since: Option<u64>,
-    pub alive_before: u64,
 }
 
 /// One member as gossip describes it, deduplicated by node id.
@@ -478,7 +471,16 @@ impl Membership {
         // What gossip already shows, so that a starting node applies the
         // cluster's epoch before it serves.
         let (epoch_tx, epochs) = watch::channel(max_epoch(&seen));
-        let standing = Arc::new(Standing::new(config.dead_node_grace));
+        let away_ms = config.alive_before.map(|last| config.generation.saturating_sub(last));
+        let suspect = away_ms.is_some_and(|away| away > (config.dead_node_grace / 2).as_millis() as u64);
+        if suspect {
+            tracing::warn!(
+                away_ms,
+                "this node was down for longer than half of dead_node_grace; it serves nothing until gossip confirms \
+                 it is still a member"
+            );
+        }
+        let standing = Arc::new(Standing::new(config.dead_node_grace, suspect));
         let task = tokio::spawn(maintain(
             handle.chitchat(),
             config,
@@ -488,7 +490,7 @@ impl Membership {
             proofs.clone(),
             Remembered { missing, fenced: restored },
         ));
-        Ok(Membership { handle, keyring_watch, gossip_addr, topology, epochs, standing, proofs, task })
+        Ok(Membership { handle, keyring_watch, gossip_addr, topology, epochs, standing, task })
     }
 
     pub(crate) fn gossip_addr(&self) -> SocketAddr {
@@ -506,23 +508,6 @@ impl Membership {
     /// The largest truncate epoch any member gossips.
     pub(crate) fn epochs(&self) -> watch::Receiver<Epoch> {
         self.epochs.clone()
-    }
-
-    /// What the other live members say of their own lives, for
-    /// [`crate::member_file::replaced`].
-    pub(crate) async fn others_lives(&self) -> Vec<Life> {
-        let chitchat = self.handle.chitchat();
-        let raw = read_gossip(&chitchat).await;
-        let id = chitchat.lock().await.self_chitchat_id().clone();
-        let me = NodeName::from(&*id.node_id);
-        let seen = believe(&me, id.generation_id, &raw, &lock(&self.proofs));
-        seen.iter()
-            .filter(|(n, s)| **n != me && s.live)
-            .map(|(_, s)| Life {
-                serving_since: s.status.serves().then_some(s.generation),
-                alive_before: s.alive_before,
-            })
-            .collect()
     }
 
     pub(crate) async fn set_status(&self, status: MemberStatus) {
@@ -697,9 +682,12 @@ async fn maintain(
         next.missing = missing.names();
         next.fences = kept_now.clone();
         if standing.suspect.load(Ordering::Relaxed) {
-            let others: Vec<&NodeName> = next.table.members().iter().filter(|n| !next.is_self(n)).collect();
-            let contact = others.is_empty() || others.iter().any(|n| next.members.get(*n).is_some_and(|m| m.live));
-            if !contact {
+            // A majority, not any one member: a member that drops this node
+            // is one of a live majority, and every member it reaches adopts
+            // its fence, so any majority this node hears holds the fence if
+            // there is one. A single member heard may be one cut off from the
+            // fencers since before the fence.
+            if !next.live_majority() {
                 contact_since = None;
             } else if now - *contact_since.get_or_insert(now) >= config.gossip_interval * RECHECK_INTERVALS {
                 tracing::info!("gossip confirms this node's membership; serving again");

@@ -16,10 +16,12 @@
 //! back to this node.
 //!
 //! A member restarting with its data (the `member` file in its data
-//! directory) takes its place back as `recovering`. One that was gone longer
-//! than `dead_node_grace` while the others kept serving has been replaced:
-//! its partitions were re-replicated and tombstones purged without it, so
-//! it discards its data and joins as a new node.
+//! directory) takes its place back as `recovering`, and keeps its data
+//! unless a member fences it ([`fence_follower`]): only then were its
+//! partitions re-replicated and tombstones purged without it. Being gone
+//! long is not enough: while no majority could drop it, nobody purged
+//! without it, and its data may hold the only copies of acknowledged writes
+//! (simulator seeds 1715 and 1808).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

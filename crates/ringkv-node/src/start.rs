@@ -25,7 +25,7 @@ use crate::gossip::GossipKeys;
 use crate::handoff::handoff;
 use crate::hints::{HintsActor, HintsState};
 use crate::mailbox::Mailbox;
-use crate::member_file::{MemberFile, replaced};
+use crate::member_file::MemberFile;
 use crate::membership::{ClaimSource, Membership, MembershipConfig};
 use crate::memory::{EVICTION_QUEUE, Memory};
 use crate::metrics::Metrics;
@@ -429,24 +429,8 @@ impl Node {
                 let _ = stop.send(true);
             });
         }
-        let lives = match node.inner.membership.lock().await.as_ref() {
-            Some(membership) => Some(membership.others_lives().await),
-            None => None,
-        };
-        if let Some(others) = lives {
-            let now = node.inner.now_ms();
-            let returning = match last_alive {
-                Some(last) if replaced(last, now, node.inner.config.dead_node_grace, &others) => {
-                    tracing::warn!(
-                        gone_ms = now.saturating_sub(last),
-                        "this member was gone longer than dead_node_grace and the cluster moved on; discarding its \
-                         data and joining as a new member"
-                    );
-                    false
-                }
-                Some(_) => true,
-                None => false,
-            };
+        if node.inner.membership.lock().await.is_some() {
+            let returning = last_alive.is_some();
             if returning {
                 node.set_status(MemberStatus::Serving).await;
             } else {

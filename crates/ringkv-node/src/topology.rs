@@ -268,6 +268,12 @@ impl Missing {
 }
 
 impl Topology {
+    /// Whether the live members are a majority of the current ring's
+    /// voters, counting missing members as dead ones.
+    pub(crate) fn live_majority(&self) -> bool {
+        majority_of_voters(self.members.values().map(|m| (m.fenced, m.status, m.live)), self.missing.len())
+    }
+
     /// A node may be sent requests: live and serving.
     pub fn is_up(&self, node: &str) -> bool {
         self.members.get(node).is_some_and(|m| m.live && !m.fenced && m.status.serves())
@@ -407,6 +413,21 @@ mod tests {
         let ring: Vec<&str> = t.table.members().iter().map(|n| &**n).collect();
         assert_eq!(ring, ["a", "b"], "two of three remove the third");
         assert_eq!(t.table.replication(), 2, "N is clamped to the ring size");
+    }
+
+    #[test]
+    fn a_live_majority_is_of_the_ring_voters_and_missing_members_count_as_dead() {
+        use MemberStatus::{Joining, Serving};
+        assert!(sketch("n1", &[("n1", Serving, true)]).live_majority());
+        assert!(!sketch("n1", &[("n1", Serving, true), ("n2", Serving, false)]).live_majority());
+        let mut three = sketch("n1", &[("n1", Serving, true), ("n2", Serving, true), ("n3", Serving, false)]);
+        assert!(three.live_majority());
+        // A member of the last ring not heard from since the restart.
+        three.missing = vec![NodeName::from("n4")];
+        assert!(!three.live_majority());
+        // A joiner is no voter: live, it makes no majority.
+        let joined = sketch("n1", &[("n1", Serving, true), ("n2", Serving, false), ("n3", Joining, true)]);
+        assert!(!joined.live_majority());
     }
 
     #[test]

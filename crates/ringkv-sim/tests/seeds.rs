@@ -236,12 +236,32 @@ fn a_node_whose_clock_drifts_away_serves_nothing_until_it_is_set_right() {
 /// has not proven since it started blocks every purge, and is fenced once
 /// missing for `dead_node_grace` under a live majority.
 ///
+/// 1715, with writes synced every second: acknowledged writes were lost.
+/// n1's clock drifted so far that it served nothing, n3 crashed, and n2's
+/// disk failed, each of n3 and n2 for longer than `dead_node_grace`; the
+/// writes lived on n2 and n3 only. Nobody fenced either (no live
+/// majority), yet each discarded its data on restart, because n1 had
+/// served throughout: the restart rule asked whether another member had
+/// outlived the absence, not whether anyone had dropped the member. Fixed:
+/// a restarted member discards its data only when fenced, and one down for
+/// longer than half the grace serves nothing until gossip from a majority
+/// confirms that nobody fences it.
+///
+/// 1808, with every write synced: the same restart rule (n1, its disk
+/// full), and a second bug. While n2 was leaving and n1 and n3 were down,
+/// n4, gaining n2's partitions, was the stand-in for a down replica; a
+/// gainer that was a write's target was sent no gainer's copy, and a
+/// stand-in keeps only the hint. Writes that arrived after n2 had handed a
+/// partition off existed, once n2 left, only as hints, which expired before
+/// their replica returned. Fixed: a gainer that only stands in is sent its
+/// own copy too.
+///
 /// Each runs its schedule as found: the pause drawn since (last, so it
 /// left every other fault as it was) is left out where it came.
 #[test]
 fn seeds_that_found_bugs_pass() {
     // (seed, storage, the pause's episode)
-    let seeds: [(&str, &str, Option<&str>); 22] = [
+    let seeds: [(&str, &str, Option<&str>); 24] = [
         ("25", "memory", Some("6")),
         ("28", "memory", None),
         ("77", "memory", Some("7")),
@@ -262,8 +282,10 @@ fn seeds_that_found_bugs_pass() {
         ("4297", "everysec", None),
         ("854", "everysec", None),
         ("1107", "everysec", None),
+        ("1715", "everysec", None),
         ("830", "always", None),
         ("39", "always", None),
+        ("1808", "always", None),
     ];
     // Two at a time, as the batch runs them.
     std::thread::scope(|scope| {
