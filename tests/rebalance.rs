@@ -191,12 +191,13 @@ async fn a_node_dead_past_the_grace_period_is_replaced_and_returns_as_new() {
     let took = converged(&client, &keys, 3, Duration::from_secs(60)).await;
     println!("three copies again {took:?} after n4 left the ring");
 
-    // Back after the grace period: its data is stale, so it is discarded
-    // and n4 pulls its partitions like a new member.
+    // Back after the grace period: the others fenced it, so its data is
+    // stale; it hears the fence, discards its data and pulls its
+    // partitions like a new member.
     cluster.nodes[3] = cluster.nodes[3].spec.start();
     cluster.wait_serving(0, 4, Duration::from_secs(60)).await;
     let log = cluster.nodes[3].log_lines().join("\n");
-    assert!(log.contains("discarding its data"), "n4 did not discard its stale data:\n{log}");
+    assert!(log.contains("discarded this node's data"), "n4 did not discard its stale data:\n{log}");
     all_readable(&client, &keys).await;
     converged(&client, &keys[..300], 3, Duration::from_secs(30)).await;
 }

@@ -430,8 +430,9 @@ impl Node {
             });
         }
         if node.inner.membership.lock().await.is_some() {
-            let returning = last_alive.is_some();
-            if returning {
+            // A returning member keeps its data: only a fence, which the
+            // fence follower acts on, says the others moved on without it.
+            if last_alive.is_some() {
                 node.set_status(MemberStatus::Serving).await;
             } else {
                 let dropped =
