@@ -39,7 +39,8 @@
 //! Gossip itself is believed for liveness only: a member's state is
 //! believed, and the member placed, once it is proven over mutual TLS by a
 //! certificate naming its node id (`crate::proofs`). Until then it is
-//! listed as unproven and ignored.
+//! listed as unproven and ignored; a restarted member's last proven run
+//! stands for it meanwhile, down.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -901,8 +902,9 @@ fn newest(raw: &[(NodeName, Seen)]) -> BTreeMap<NodeName, Seen> {
 
 /// What this node believes: its own state as it gossips it, and for every
 /// other node id the claim proven for it (`crate::proofs`), live as gossip
-/// says of that generation. A node id gossip holds no state of under the
-/// proven generation is not believed at all.
+/// says of that generation, or down if gossip holds only newer ones. A node
+/// id gossip holds no state of under the proven generation or a newer one
+/// is not believed at all.
 fn believe(me: &NodeName, generation: u64, raw: &[(NodeName, Seen)], proofs: &Proofs) -> BTreeMap<NodeName, Seen> {
     let mut seen = BTreeMap::new();
     for (name, entry) in raw {
@@ -916,14 +918,30 @@ fn believe(me: &NodeName, generation: u64, raw: &[(NodeName, Seen)], proofs: &Pr
             seen.insert(name.clone(), from_claim(claim, entry.live));
         }
     }
+    // A member gossip shows only under a newer generation than the one
+    // proven restarted (or someone holding the gossip key claims its id),
+    // and the new run is not proven yet: its last proven run stands for
+    // it, down. Dropped instead, it would leave the ring for that moment,
+    // and a ring without it needs fewer answers: one node alone
+    // acknowledged a quorum write that later went with it (simulator seed
+    // 434).
+    for (name, entry) in raw {
+        if let Some(claim) = proofs.believed(name).filter(|c| c.generation < entry.generation)
+            && !seen.contains_key(name)
+        {
+            seen.insert(name.clone(), from_claim(claim, false));
+        }
+    }
     seen
 }
 
-/// Node ids gossip names that are not believed.
+/// Node ids whose newest gossiped run is not believed.
 fn unproven(me: &NodeName, raw: &[(NodeName, Seen)], believed: &BTreeMap<NodeName, Seen>) -> Vec<NodeName> {
-    let names: std::collections::BTreeSet<&NodeName> =
-        raw.iter().map(|(n, _)| n).filter(|n| *n != me && !believed.contains_key(*n)).collect();
-    names.into_iter().cloned().collect()
+    newest(raw)
+        .into_iter()
+        .filter(|(n, entry)| n != me && believed.get(n).is_none_or(|b| b.generation != entry.generation))
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// What gossip says of a node, as the node would claim it.
@@ -1020,6 +1038,34 @@ mod tests {
         let past = view(&all["d"], Duration::from_secs(11), &fenced);
         assert!(update_fences(&"a".into(), &mut fenced, &all, &past, Instant::now()));
         (fenced, all)
+    }
+
+    #[test]
+    fn a_restarted_member_not_yet_proven_stays_believed_as_its_last_run_down() {
+        let me = NodeName::from("a");
+        let b = NodeName::from("b");
+        let first = seen(MemberStatus::Serving, 0, true);
+        let mut proofs = Proofs::default();
+        let claim = claim_of(&b, &first).unwrap();
+        proofs.record(&b, &claim, Ok(vec![claim.clone()]), "a", Instant::now());
+        let believed = believe(&me, 9, &[(b.clone(), first.clone())], &proofs);
+        assert!(believed[&b].live);
+        assert!(unproven(&me, &[(b.clone(), first)], &believed).is_empty());
+
+        // b restarts: gossip shows its new run, which is not proven yet.
+        let restarted =
+            Seen { generation: 2, status: MemberStatus::Recovering, ..seen(MemberStatus::Serving, 0, true) };
+        let raw = [(b.clone(), restarted)];
+        let believed = believe(&me, 9, &raw, &proofs);
+        let stands_in = &believed[&b];
+        assert_eq!((stands_in.generation, stands_in.status, stands_in.live), (1, MemberStatus::Serving, false));
+        assert_eq!(unproven(&me, &raw, &believed), std::slice::from_ref(&b));
+
+        // A newer run claimed beside the proven one, still gossiped live (a
+        // stranger with the gossip key claiming b's id): the proven run is
+        // believed as gossip says of it.
+        let both = [(b.clone(), seen(MemberStatus::Serving, 0, true)), raw[0].clone()];
+        assert!(believe(&me, 9, &both, &proofs)[&b].live);
     }
 
     #[test]

@@ -65,15 +65,21 @@ fn sim_logging(args: &[&str], filter: Option<&str>) -> (bool, String, String) {
     (status.success(), stdout.join().expect("stdout reader"), logs)
 }
 
+/// As many seeds as fit, at the lowest priority, in the time the
+/// real-process tests beside them leave the cores half idle (about 3
+/// minutes here, well inside `DEADLINE`).
+const BATCH: usize = 64;
+
 #[test]
 fn seeds_pass_the_checker() {
-    let (ok, out) = sim(&["--seed", "1000", "--seeds", "8", "--duration", "60s", "--jobs", "2"]);
+    let batch = BATCH.to_string();
+    let (ok, out) = sim(&["--seed", "1000", "--seeds", &batch, "--duration", "60s", "--jobs", "2"]);
     assert!(ok, "{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("seed ")).count(), 8, "{out}");
-    assert!(out.contains("8 seeds of 60 s simulated: 0 failed"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("seed ")).count(), BATCH, "{out}");
+    assert!(out.contains(&format!("{BATCH} seeds of 60 s simulated: 0 failed")), "{out}");
     // Each seed waited for its replicas to become identical and saw it.
     let converged = out.lines().filter(|l| l.starts_with("seed ") && l.ends_with(" s after settling")).count();
-    assert_eq!(converged, 8, "{out}");
+    assert_eq!(converged, BATCH, "{out}");
 }
 
 /// A disk that fills up stops its node (its log fails), which is then
@@ -256,12 +262,21 @@ fn a_node_whose_clock_drifts_away_serves_nothing_until_it_is_set_right() {
 /// their replica returned. Fixed: a gainer that only stands in is sent its
 /// own copy too.
 ///
+/// 434, with every write synced: an acknowledged write was lost, once the
+/// two fixes above kept n1's data through its restart. n1 restarted after
+/// its disk had been full past the grace (nobody fenced it: n2 was
+/// joining, n3 alone no majority), and for the moment its new run was not
+/// yet proven n3 dropped it from its ring entirely: a ring of n3 alone
+/// needs one answer, and n3 acknowledged a quorum write by itself; n3 was
+/// later fenced and discarded it. Fixed: until a restarted member's new run
+/// is proven, its last proven run stands for it, down.
+///
 /// Each runs its schedule as found: the pause drawn since (last, so it
 /// left every other fault as it was) is left out where it came.
 #[test]
 fn seeds_that_found_bugs_pass() {
     // (seed, storage, the pause's episode)
-    let seeds: [(&str, &str, Option<&str>); 24] = [
+    let seeds: [(&str, &str, Option<&str>); 25] = [
         ("25", "memory", Some("6")),
         ("28", "memory", None),
         ("77", "memory", Some("7")),
@@ -286,6 +301,7 @@ fn seeds_that_found_bugs_pass() {
         ("830", "always", None),
         ("39", "always", None),
         ("1808", "always", None),
+        ("434", "always", None),
     ];
     // Two at a time, as the batch runs them.
     std::thread::scope(|scope| {
