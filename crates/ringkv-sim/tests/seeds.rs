@@ -65,10 +65,10 @@ fn sim_logging(args: &[&str], filter: Option<&str>) -> (bool, String, String) {
     (status.success(), stdout.join().expect("stdout reader"), logs)
 }
 
-/// As many seeds as fit, at the lowest priority, in the time the
-/// real-process tests beside them leave the cores half idle (about 3
-/// minutes here, well inside `DEADLINE`).
-const BATCH: usize = 64;
+/// As many seeds as fit, at the lowest priority and beside the regression
+/// seeds, in the time the real-process tests beside them leave the cores
+/// half idle, well inside `DEADLINE`: 64 ran past it in CI here.
+const BATCH: usize = 32;
 
 #[test]
 fn seeds_pass_the_checker() {
