@@ -270,6 +270,13 @@ async fn members_down_past_the_grace_that_no_majority_dropped_keep_their_data() 
         cluster.nodes[i].wait_member_file().await;
     }
     cluster.nodes[2].signal(libc::SIGSTOP).unwrap();
+    // Paused for longer than half the grace (1.5 s): once resumed, n3 must
+    // not serve before a majority confirms it is still a member.
+    wait_for("n1 seeing n3 down", Duration::from_secs(30), || async {
+        let members = cluster.client_of(0).members_of(cluster.nodes[0].addr).await.ok()?;
+        members.members.iter().any(|m| m.node_id == "n3" && !m.live).then_some(())
+    })
+    .await;
     let quorum = cluster.client_of(0).with_consistency(Consistency::Quorum);
     let keys: Vec<String> = (0..20).map(|i| format!("only-on-n1-n2-{i}")).collect();
     for key in &keys {
@@ -279,18 +286,23 @@ async fn members_down_past_the_grace_that_no_majority_dropped_keep_their_data() 
         cluster.nodes[i].kill9();
     }
     cluster.nodes[2].signal(libc::SIGCONT).unwrap();
-    // n3 sees both down, and keeps them in its ring for twice the grace.
+    // n3 sees both down, keeps them in its ring for twice the grace, and
+    // serves nothing: alone, it hears no majority, and the two its failure
+    // detector called live for seconds after they died did not count (their
+    // heartbeats stood still).
     wait_for("n3 seeing n1 and n2 down", Duration::from_secs(30), || async {
         let members = cluster.client_of(2).members_of(cluster.nodes[2].addr).await.ok()?;
         let down = |name: &str| members.members.iter().any(|m| m.node_id == name && !m.live);
         (down("n1") && down("n2")).then_some(())
     })
     .await;
+    let alone = cluster.client_of(2).with_consistency(Consistency::One);
     let kept_until = tokio::time::Instant::now() + Duration::from_secs(6);
     while tokio::time::Instant::now() < kept_until {
         for name in ["n1", "n2"] {
             assert_eq!(in_ring(&cluster, 2, name).await, Some(true), "n3, a minority, dropped {name}");
         }
+        n3_refuses(&cluster, &alone).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -306,4 +318,19 @@ async fn members_down_past_the_grace_that_no_majority_dropped_keep_their_data() 
     for key in &keys {
         assert_eq!(all.get(key.clone()).await.unwrap().as_deref(), Some(&b"v"[..]), "{key} was lost");
     }
+}
+
+/// Asserts that n3, asked through `client`, refuses a read for want of a
+/// majority's word. A transport error is no answer (the client may try a
+/// member it has not yet learned is dead): it asks again.
+async fn n3_refuses(cluster: &Cluster, client: &Client) {
+    let refusal = wait_for("an answer from n3", Duration::from_secs(10), || async {
+        match client.get("anything").await {
+            Ok(_) => panic!("n3 served alone after its pause:\n{}", cluster.nodes[2].log_lines().join("\n")),
+            Err(e) if e.to_string().starts_with("transport error") => None,
+            Err(e) => Some(e.to_string()),
+        }
+    })
+    .await;
+    assert!(refusal.contains("from a majority"), "{refusal}");
 }

@@ -79,6 +79,17 @@ const MAX_FENCED: usize = 32;
 /// Gossip intervals of contact after a gap before a node trusts that it has
 /// heard every member's fences.
 const RECHECK_INTERVALS: u32 = 6;
+/// Gossip intervals into that contact at which the members' heartbeats are
+/// noted, to see which still advance by the end of it: past the burst of
+/// datagrams that queued up while this node was not running.
+const BASELINE_INTERVALS: u32 = 2;
+
+/// Contact with a live majority after a gap (see [`Standing`]).
+struct Contact {
+    since: Instant,
+    /// Each member's gossip heartbeat, noted `BASELINE_INTERVALS` in.
+    baseline: Option<BTreeMap<NodeName, u64>>,
+}
 
 pub(crate) struct MembershipConfig {
     pub node_id: String,
@@ -594,7 +605,7 @@ async fn maintain(
     // after it lifted those of members that rejoined meanwhile.
     let mut restored = !fenced.is_empty();
     let mut kept_now = kept(&fenced);
-    let mut contact_since: Option<Instant> = None;
+    let mut contact: Option<Contact> = None;
     let me = NodeName::from(config.node_id.as_str());
     loop {
         tokio::select! {
@@ -615,7 +626,7 @@ async fn maintain(
                  nothing until gossip confirms it is still a member"
             );
             standing.suspect.store(true, Ordering::Relaxed);
-            contact_since = None;
+            contact = None;
             clocks.forget();
             missing.forget();
         }
@@ -687,12 +698,33 @@ async fn maintain(
             // is one of a live majority, and every member it reaches adopts
             // its fence, so any majority this node hears holds the fence if
             // there is one. A single member heard may be one cut off from the
-            // fencers since before the fence.
+            // fencers since before the fence. And a majority heard now, not
+            // one the failure detector still calls live because it takes
+            // seconds to notice the dead: only members whose heartbeat
+            // advances count (a node resumed alone once counted two members
+            // killed during its pause, `tests/fencing.rs`).
             if !next.live_majority() {
-                contact_since = None;
-            } else if now - *contact_since.get_or_insert(now) >= config.gossip_interval * RECHECK_INTERVALS {
-                tracing::info!("gossip confirms this node's membership; serving again");
-                standing.suspect.store(false, Ordering::Relaxed);
+                contact = None;
+            } else {
+                let c = contact.get_or_insert(Contact { since: now, baseline: None });
+                let into = now - c.since;
+                match &c.baseline {
+                    None if into >= config.gossip_interval * BASELINE_INTERVALS => {
+                        c.baseline = Some(heartbeats(&chitchat).await);
+                    }
+                    Some(before) if into >= config.gossip_interval * RECHECK_INTERVALS => {
+                        let beats = heartbeats(&chitchat).await;
+                        let advanced = |name: &NodeName| {
+                            beats.get(name).zip(before.get(name)).is_some_and(|(now, then)| now > then)
+                        };
+                        if next.majority_where(|name| next.is_self(name) || advanced(name)) {
+                            tracing::info!("gossip confirms this node's membership; serving again");
+                            standing.suspect.store(false, Ordering::Relaxed);
+                            contact = None;
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         if !topology_tx.borrow().same_as(&next) {
@@ -800,6 +832,19 @@ async fn read_gossip(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> 
         .iter()
         .map(|(id, state)| (NodeName::from(&*id.node_id), parse_state(id, state, live.contains(id))))
         .collect()
+}
+
+/// Each node id's gossip heartbeat, of its newest generation.
+async fn heartbeats(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> BTreeMap<NodeName, u64> {
+    let guard = chitchat.lock().await;
+    let mut newest: BTreeMap<NodeName, (u64, u64)> = BTreeMap::new();
+    for (id, state) in guard.node_states() {
+        let entry = newest.entry(NodeName::from(&*id.node_id)).or_insert((id.generation_id, 0));
+        if id.generation_id >= entry.0 {
+            *entry = (id.generation_id, u64::from(state.heartbeat()));
+        }
+    }
+    newest.into_iter().map(|(name, (_, beat))| (name, beat)).collect()
 }
 
 fn parse_state(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> Seen {

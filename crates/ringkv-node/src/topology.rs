@@ -271,7 +271,13 @@ impl Topology {
     /// Whether the live members are a majority of the current ring's
     /// voters, counting missing members as dead ones.
     pub(crate) fn live_majority(&self) -> bool {
-        majority_of_voters(self.members.values().map(|m| (m.fenced, m.status, m.live)), self.missing.len())
+        self.majority_where(|name| self.members.get(name).is_some_and(|m| m.live))
+    }
+
+    /// Whether the members `up` says of are a majority of the current
+    /// ring's voters, counting missing members as dead ones.
+    pub(crate) fn majority_where(&self, up: impl Fn(&NodeName) -> bool) -> bool {
+        majority_of_voters(self.members.iter().map(|(n, m)| (m.fenced, m.status, up(n))), self.missing.len())
     }
 
     /// A node may be sent requests: live and serving.
