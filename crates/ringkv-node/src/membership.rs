@@ -85,10 +85,53 @@ const RECHECK_INTERVALS: u32 = 6;
 const BASELINE_INTERVALS: u32 = 2;
 
 /// Contact with a live majority after a gap (see [`Standing`]).
+#[derive(Debug)]
 struct Contact {
     since: Instant,
     /// Each member's gossip heartbeat, noted `BASELINE_INTERVALS` in.
     baseline: Option<BTreeMap<NodeName, u64>>,
+}
+
+impl Contact {
+    /// One membership pass of a suspect node, with `topology` and the
+    /// members' gossip heartbeats `beats` as it sees them now: whether
+    /// gossip now confirms that it is still a member.
+    ///
+    /// A majority, not any one member: a member that drops this node is one
+    /// of a live majority, and every member it reaches adopts its fence, so
+    /// any majority this node hears holds the fence if there is one; a
+    /// single member heard may be one cut off from the fencers since before
+    /// the fence. And a majority heard now, not one the failure detector
+    /// still calls live because it takes seconds to notice the dead: only
+    /// members whose heartbeat advances count (a node resumed alone once
+    /// counted two members killed during its pause, `tests/fencing.rs`).
+    fn confirms(
+        contact: &mut Option<Contact>,
+        topology: &Topology,
+        beats: &BTreeMap<NodeName, u64>,
+        now: Instant,
+        interval: Duration,
+    ) -> bool {
+        if !topology.live_majority() {
+            *contact = None;
+            return false;
+        }
+        let c = contact.get_or_insert(Contact { since: now, baseline: None });
+        let into = now - c.since;
+        match &c.baseline {
+            None if into >= interval * BASELINE_INTERVALS => c.baseline = Some(beats.clone()),
+            Some(before) if into >= interval * RECHECK_INTERVALS => {
+                let advanced =
+                    |name: &NodeName| beats.get(name).zip(before.get(name)).is_some_and(|(now, then)| now > then);
+                if topology.majority_where(|name| topology.is_self(name) || advanced(name)) {
+                    *contact = None;
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        false
+    }
 }
 
 pub(crate) struct MembershipConfig {
@@ -263,6 +306,9 @@ struct Seen {
     fences: Vec<String>,
     alive_before: u64,
     join: u64,
+    /// Its gossip heartbeat as this node last heard it: advancing while it
+    /// runs, standing still once it is gone however live it still looks.
+    heartbeat: u64,
 }
 
 /// A member this node fenced.
@@ -693,39 +739,11 @@ async fn maintain(
         next.unproven = unproven_now;
         next.missing = missing.names();
         next.fences = kept_now.clone();
-        if standing.suspect.load(Ordering::Relaxed) {
-            // A majority, not any one member: a member that drops this node
-            // is one of a live majority, and every member it reaches adopts
-            // its fence, so any majority this node hears holds the fence if
-            // there is one. A single member heard may be one cut off from the
-            // fencers since before the fence. And a majority heard now, not
-            // one the failure detector still calls live because it takes
-            // seconds to notice the dead: only members whose heartbeat
-            // advances count (a node resumed alone once counted two members
-            // killed during its pause, `tests/fencing.rs`).
-            if !next.live_majority() {
-                contact = None;
-            } else {
-                let c = contact.get_or_insert(Contact { since: now, baseline: None });
-                let into = now - c.since;
-                match &c.baseline {
-                    None if into >= config.gossip_interval * BASELINE_INTERVALS => {
-                        c.baseline = Some(heartbeats(&chitchat).await);
-                    }
-                    Some(before) if into >= config.gossip_interval * RECHECK_INTERVALS => {
-                        let beats = heartbeats(&chitchat).await;
-                        let advanced = |name: &NodeName| {
-                            beats.get(name).zip(before.get(name)).is_some_and(|(now, then)| now > then)
-                        };
-                        if next.majority_where(|name| next.is_self(name) || advanced(name)) {
-                            tracing::info!("gossip confirms this node's membership; serving again");
-                            standing.suspect.store(false, Ordering::Relaxed);
-                            contact = None;
-                        }
-                    }
-                    _ => {}
-                }
-            }
+        if standing.suspect.load(Ordering::Relaxed)
+            && Contact::confirms(&mut contact, &next, &heartbeats(&raw), now, config.gossip_interval)
+        {
+            tracing::info!("gossip confirms this node's membership; serving again");
+            standing.suspect.store(false, Ordering::Relaxed);
         }
         if !topology_tx.borrow().same_as(&next) {
             let members: Vec<String> = next
@@ -835,16 +853,8 @@ async fn read_gossip(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> 
 }
 
 /// Each node id's gossip heartbeat, of its newest generation.
-async fn heartbeats(chitchat: &Arc<tokio::sync::Mutex<chitchat::Chitchat>>) -> BTreeMap<NodeName, u64> {
-    let guard = chitchat.lock().await;
-    let mut newest: BTreeMap<NodeName, (u64, u64)> = BTreeMap::new();
-    for (id, state) in guard.node_states() {
-        let entry = newest.entry(NodeName::from(&*id.node_id)).or_insert((id.generation_id, 0));
-        if id.generation_id >= entry.0 {
-            *entry = (id.generation_id, u64::from(state.heartbeat()));
-        }
-    }
-    newest.into_iter().map(|(name, (_, beat))| (name, beat)).collect()
+fn heartbeats(raw: &[(NodeName, Seen)]) -> BTreeMap<NodeName, u64> {
+    newest(raw).into_iter().map(|(name, s)| (name, s.heartbeat)).collect()
 }
 
 fn parse_state(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> Seen {
@@ -857,6 +867,7 @@ fn parse_state(id: &ChitchatId, state: &chitchat::NodeState, live: bool) -> Seen
         live,
         alive_before: state.get(KEY_ALIVE_BEFORE).and_then(|t| t.parse().ok()).unwrap_or(0),
         join: state.get(KEY_JOIN).and_then(|t| t.parse().ok()).unwrap_or(0),
+        heartbeat: u64::from(state.heartbeat()),
         fences: state
             .get(KEY_FENCED)
             .map(|list| list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
@@ -960,7 +971,7 @@ fn believe(me: &NodeName, generation: u64, raw: &[(NodeName, Seen)], proofs: &Pr
             continue;
         }
         if let Some(claim) = proofs.believed(name).filter(|c| c.generation == entry.generation) {
-            seen.insert(name.clone(), from_claim(claim, entry.live));
+            seen.insert(name.clone(), from_claim(claim, entry, entry.live));
         }
     }
     // A member gossip shows only under a newer generation than the one
@@ -974,7 +985,7 @@ fn believe(me: &NodeName, generation: u64, raw: &[(NodeName, Seen)], proofs: &Pr
         if let Some(claim) = proofs.believed(name).filter(|c| c.generation < entry.generation)
             && !seen.contains_key(name)
         {
-            seen.insert(name.clone(), from_claim(claim, false));
+            seen.insert(name.clone(), from_claim(claim, entry, false));
         }
     }
     seen
@@ -1004,7 +1015,8 @@ fn claim_of(name: &NodeName, s: &Seen) -> Option<MemberClaim> {
     })
 }
 
-fn from_claim(claim: &MemberClaim, live: bool) -> Seen {
+/// The claim, with what only gossip knows (`live` aside) from `gossip`.
+fn from_claim(claim: &MemberClaim, gossip: &Seen, live: bool) -> Seen {
     Seen {
         generation: claim.generation,
         addr: Some(claim.addr),
@@ -1015,6 +1027,7 @@ fn from_claim(claim: &MemberClaim, live: bool) -> Seen {
         fences: claim.fences.clone(),
         alive_before: claim.alive_before,
         join: claim.join,
+        heartbeat: gossip.heartbeat,
     }
 }
 
@@ -1051,6 +1064,7 @@ mod tests {
             fences: Vec::new(),
             alive_before: 0,
             join,
+            heartbeat: 0,
         }
     }
 
@@ -1083,6 +1097,37 @@ mod tests {
         let past = view(&all["d"], Duration::from_secs(11), &fenced);
         assert!(update_fences(&"a".into(), &mut fenced, &all, &past, Instant::now()));
         (fenced, all)
+    }
+
+    #[test]
+    fn a_suspect_node_is_confirmed_only_by_a_majority_whose_heartbeats_advance() {
+        use MemberStatus::Serving;
+        let interval = Duration::from_millis(500);
+        let topo = topology::sketch("n1", &[("n1", Serving, true), ("n2", Serving, true), ("n3", Serving, true)]);
+        let beats = |n2: u64, n3: u64| -> BTreeMap<NodeName, u64> {
+            [("n1", 100), ("n2", n2), ("n3", n3)].into_iter().map(|(n, b)| (NodeName::from(n), b)).collect()
+        };
+        let start = Instant::now();
+        let at = |intervals: u32| start + interval * intervals;
+        // Two members the failure detector still calls live, whose
+        // heartbeats stand still: they died while this node was paused.
+        let mut contact = None;
+        for i in 0..=12 {
+            assert!(!Contact::confirms(&mut contact, &topo, &beats(7, 9), at(i), interval), "interval {i}");
+        }
+        // One of them advancing makes, with this node, a majority of three,
+        // but only once the sixth interval of contact has passed.
+        let mut contact = None;
+        for i in 0..6 {
+            assert!(!Contact::confirms(&mut contact, &topo, &beats(7 + u64::from(i), 9), at(i), interval));
+        }
+        assert!(Contact::confirms(&mut contact, &topo, &beats(13, 9), at(6), interval));
+        // Losing the live majority starts the count again.
+        let mut contact = None;
+        let down = topology::sketch("n1", &[("n1", Serving, true), ("n2", Serving, false), ("n3", Serving, false)]);
+        assert!(!Contact::confirms(&mut contact, &topo, &beats(7, 9), at(0), interval));
+        assert!(!Contact::confirms(&mut contact, &down, &beats(8, 9), at(3), interval));
+        assert!(contact.is_none());
     }
 
     #[test]
